@@ -1,0 +1,419 @@
+"""Decode one chest radiograph (bytes or a path) to a 2-D uint8 gray image, and size it for a model.
+
+Clinicians upload whatever their systems export, so `decode` accepts PNG, JPEG, BMP, TIFF and
+DICOM and turns everything else into an `ImageDecodeError` whose message says what was wrong and
+what to do. Uploaded bytes are decoded from memory and never written to disk; nothing here logs
+pixel content. Training (`xray_core.data.load_images`) and inference both size images through
+`resize`/`to_model_input`, so a model sees the same pixels in both.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "ImageDecodeError",
+    "MAX_PIXELS",
+    "MAX_UPLOAD_MB",
+    "MAX_UPLOAD_BYTES",
+    "RESIZE_METHODS",
+    "decode",
+    "resize",
+    "to_model_input",
+]
+
+#: Largest upload accepted, in MB. Keep equal to `server.maxUploadSize` in .streamlit/config.toml.
+MAX_UPLOAD_MB = 50
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+#: Largest image accepted, in pixels (width x height): a decompression-bomb guard. The largest
+#: radiographs (43 x 43 cm detectors at 0.1 mm) are about 18 megapixels.
+MAX_PIXELS = 50_000_000
+
+RESIZE_METHODS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "area": Image.Resampling.BOX,
+}
+
+SUPPORTED = "PNG, JPEG, BMP, TIFF or DICOM"
+
+# Pip packages that give pydicom a decoder, per compressed transfer syntax (by UID prefix).
+_DICOM_DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.5": "pylibjpeg pylibjpeg-libjpeg (or python-gdcm)",  # JPEG baseline/extended
+    "1.2.840.10008.1.2.4.7": "pylibjpeg pylibjpeg-libjpeg (or python-gdcm)",  # JPEG lossless
+    "1.2.840.10008.1.2.4.8": "pylibjpeg pylibjpeg-libjpeg (or python-gdcm, or pyjpegls)",  # JPEG-LS
+    "1.2.840.10008.1.2.4.9": "pylibjpeg pylibjpeg-openjpeg (or python-gdcm)",  # JPEG 2000
+    "1.2.840.10008.1.2.4.2": "pylibjpeg pylibjpeg-openjpeg (or python-gdcm)",  # HTJ2K
+    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",  # RLE
+}
+
+
+class ImageDecodeError(ValueError):
+    """An upload or file that cannot be turned into a gray image; the message says why and what to do."""
+
+
+def _what(filename: str | None) -> str:
+    return f"'{filename}'" if filename else "The file"
+
+
+def _read_source(data: bytes | bytearray | memoryview | str | Path, filename: str | None,
+                 max_bytes: int) -> tuple[bytes, str | None]:
+    """Return the raw bytes and a display name, refusing missing, empty and oversized input."""
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        filename = filename or path.name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ImageDecodeError(f"{path} does not exist. Check the path and try again.") from None
+        except OSError as exc:
+            raise ImageDecodeError(f"{path} cannot be read ({exc.strerror}). Check the path and its "
+                                   "permissions and try again.") from None
+        if path.is_dir():
+            raise ImageDecodeError(f"{path} is a folder, not an image file. Choose a single image file.")
+        if size > max_bytes:
+            raise _too_many_bytes(filename, size, max_bytes)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError(f"{path} cannot be read ({exc.strerror}). Check its permissions "
+                                   "and try again.") from None
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+    else:
+        raise TypeError(f"decode() takes bytes or a path, not {type(data).__name__}")
+    if len(raw) == 0:
+        raise ImageDecodeError(f"{_what(filename)} is empty (0 bytes): the upload or export did not "
+                               "complete. Export the image again and upload the new file.")
+    if len(raw) > max_bytes:
+        raise _too_many_bytes(filename, len(raw), max_bytes)
+    return raw, filename
+
+
+def _too_many_bytes(filename: str | None, size: int, max_bytes: int) -> ImageDecodeError:
+    return ImageDecodeError(
+        f"{_what(filename)} is {size / 1024 / 1024:.1f} MB, over the {max_bytes / 1024 / 1024:.0f} MB "
+        "limit. Export a smaller version (for example a PNG or JPEG of the image) and try again.")
+
+
+def _too_many_pixels(filename: str | None, width: int, height: int, max_pixels: int) -> ImageDecodeError:
+    return ImageDecodeError(
+        f"{_what(filename)} is {width} x {height} pixels ({width * height / 1e6:.0f} megapixels), over "
+        f"the limit of {max_pixels / 1e6:.0f} megapixels. Radiographs are smaller than this: export "
+        "the image at its native or a reduced resolution and try again.")
+
+
+_IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"GIF8", b"RIFF")
+
+
+def _is_dicom(raw: bytes, filename: str | None) -> bool:
+    """Content first: a DICOM preamble, or no known image signature and a DICOM name or first tag."""
+    if len(raw) >= 132 and raw[128:132] == b"DICM":
+        return True
+    if raw.startswith(_IMAGE_SIGNATURES):
+        return False
+    # DICOM without the 128-byte preamble: trust the extension, or a leading group 0002/0008 tag.
+    name = (filename or "").lower()
+    return name.endswith((".dcm", ".dicom")) or raw[:2] in (b"\x02\x00", b"\x08\x00")
+
+
+def _describe_non_image(raw: bytes) -> str | None:
+    """Name what a non-image upload really is, for the error message."""
+    head = raw[:1024].lstrip()
+    low = head.lower()
+    if raw.startswith(b"%PDF"):
+        return "a PDF document"
+    if raw.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "a zip archive (or an Office document)"
+    if raw.startswith((b"\x1f\x8b",)):
+        return "a gzip archive"
+    if raw.startswith(b"Rar!") or raw.startswith(b"7z\xbc\xaf"):
+        return "a compressed archive"
+    if low.startswith((b"<!doctype html", b"<html")) or b"<html" in low[:200]:
+        return "an HTML web page (perhaps a login or error page saved instead of the image)"
+    if low.startswith(b"<svg") or (low.startswith(b"<?xml") and b"<svg" in low):
+        return "an SVG drawing"
+    if low.startswith((b"<?xml", b"<")):
+        return "an XML or markup text file"
+    if low.startswith((b"{", b"[")):
+        try:
+            raw[:4096].decode("utf-8")
+            return "a JSON text file"
+        except UnicodeDecodeError:
+            pass  # not text: fall through to the binary check below
+    sample = raw[:4096]
+    try:
+        text = sample.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in text)
+    if printable >= 0.95 * max(len(text), 1):
+        return "a text file"
+    return None
+
+
+def decode(data: bytes | str | Path, filename: str | None = None, *, max_pixels: int = MAX_PIXELS,
+           max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
+    """Decode an image (bytes or a path) to a 2-D uint8 gray array (height, width).
+
+    The format is recognised by content, not by the file name (a PNG named .jpg decodes);
+    `filename` only helps messages and recognises a DICOM without its preamble. EXIF orientation is
+    applied, colour is converted to gray (ITU-R 601 luma), transparency is composited on black and
+    images of more than 8 bits (16-bit PNG/TIFF, DICOM) are scaled to 0..255: DICOMs through their
+    rescale, VOI LUT or window, others over their own minimum..maximum.
+
+    Raises
+    ------
+    ImageDecodeError
+        For anything that is not a readable image within `max_bytes` and `max_pixels`.
+    """
+    raw, filename = _read_source(data, filename, max_bytes)
+    if _is_dicom(raw, filename):
+        return _decode_dicom(raw, filename, max_pixels)
+    return _decode_pillow(raw, filename, max_pixels)
+
+
+# --------------------------------------------------------------------------------------- Pillow
+
+
+def _decode_pillow(raw: bytes, filename: str | None, max_pixels: int) -> np.ndarray:
+    try:
+        im = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError:
+        raise ImageDecodeError(
+            f"{_what(filename)} declares an image too large to decode safely. Export the image at "
+            "its native or a reduced resolution and try again.") from None
+    except UnidentifiedImageError:
+        kind = _describe_non_image(raw)
+        if kind:
+            raise ImageDecodeError(f"{_what(filename)} is {kind}, not an image. Upload the X-ray itself "
+                                   f"as {SUPPORTED}.") from None
+        raise ImageDecodeError(f"{_what(filename)} is not an image format this app can read (or it is "
+                               f"damaged). Upload the X-ray as {SUPPORTED}.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _damaged(filename, exc) from None
+    with im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise _too_many_pixels(filename, width, height, max_pixels)
+        if width == 0 or height == 0:
+            raise ImageDecodeError(f"{_what(filename)} has no pixels (size {width} x {height}). Export the "
+                                   "image again and upload the new file.")
+        try:
+            im.seek(0)  # first page or frame of a multi-page TIFF or animated image
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _pillow_to_gray(im)
+        except Image.DecompressionBombError:
+            raise _too_many_pixels(filename, width, height, max_pixels) from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+            raise _damaged(filename, exc) from None
+
+
+def _damaged(filename: str | None, exc: BaseException) -> ImageDecodeError:
+    text = str(exc).lower()
+    if "truncated" in text or isinstance(exc, EOFError) or "broken" in text or "premature" in text:
+        what = "is truncated (the file ends before the image does)"
+    else:
+        what = f"is damaged and cannot be decoded ({type(exc).__name__})"
+    return ImageDecodeError(f"{_what(filename)} {what}. The download or export was probably "
+                            "interrupted: export the image again and upload the new file.")
+
+
+def _pillow_to_gray(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode == "L":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return _stretch(np.asarray(im))
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode == "PA":
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(background, rgba).convert("RGB")
+        mode = "RGB"
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV", "1", "RGBX"):
+        im = im.convert("RGB")
+    return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+
+
+def _stretch(arr: np.ndarray) -> np.ndarray:
+    """Scale a high-bit-depth image over its own min..max to uint8 (a viewer's default window)."""
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.ndim == 3:
+        arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114]) if arr.shape[-1] >= 3 else arr[..., 0]
+    finite = np.isfinite(arr)
+    if not finite.all():
+        arr = np.where(finite, arr, np.nan)
+    lo, hi = np.nanmin(arr), np.nanmax(arr)
+    if not np.isfinite(lo) or hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    out = (arr - lo) * (255.0 / (hi - lo))
+    return np.nan_to_num(np.rint(out), nan=0.0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------- DICOM
+
+
+def _decode_dicom(raw: bytes, filename: str | None, max_pixels: int) -> np.ndarray:
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+    except ImportError:  # pragma: no cover - pydicom is a pinned requirement
+        raise ImageDecodeError(f"{_what(filename)} is a DICOM file, and reading DICOM needs the pydicom "
+                               "package: run `pip install pydicom` and try again.") from None
+
+    has_preamble = len(raw) >= 132 and raw[128:132] == b"DICM"
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw), force=not has_preamble)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise ImageDecodeError(f"{_what(filename)} looks like DICOM but cannot be read "
+                               f"({type(exc).__name__}); it may be truncated or not DICOM at all. "
+                               "Export the image again, or as PNG or JPEG, and upload that.") from None
+    if not has_preamble and "PixelData" not in ds and len(ds) == 0:
+        raise ImageDecodeError(f"{_what(filename)} is not a DICOM file or an image. Upload the X-ray as "
+                               f"{SUPPORTED}.")
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageDecodeError(f"{_what(filename)} is a DICOM file without pixel data (perhaps a "
+                               "structured report or a presentation state). Export the image series "
+                               "itself and upload that.")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * cols > max_pixels:
+        raise _too_many_pixels(filename, cols, rows, max_pixels)
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    tsyntax = ds.file_meta.TransferSyntaxUID
+    if tsyntax.is_compressed:
+        try:
+            decoder = get_decoder(tsyntax)
+        except NotImplementedError:
+            decoder = None
+        if decoder is None or not decoder.is_available:
+            packages = next((p for prefix, p in _DICOM_DECODER_PACKAGES.items()
+                             if str(tsyntax).startswith(prefix)), "pylibjpeg or python-gdcm")
+            raise ImageDecodeError(
+                f"{_what(filename)} is a DICOM compressed as {tsyntax.name} ({tsyntax}), and no decoder "
+                f"for it is installed. Install one (pip install {packages}) and try again, or export "
+                "the image uncompressed or as PNG.")
+
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        arr = pixel_array(ds, index=0) if n_frames > 1 else ds.pixel_array
+    except (RuntimeError, NotImplementedError) as exc:
+        raise ImageDecodeError(f"{_what(filename)} is a DICOM whose pixel data cannot be decoded "
+                               f"({exc}). Export the image uncompressed or as PNG and try "
+                               "again.") from None
+    except (ValueError, EOFError, OSError, AttributeError, KeyError, TypeError) as exc:
+        raise ImageDecodeError(f"{_what(filename)} is a DICOM whose pixel data is incomplete or "
+                               f"inconsistent with its header ({type(exc).__name__}); the file may be "
+                               "truncated. Export the image again and upload the new file.") from None
+    if n_frames > 1:
+        warnings.warn(f"{_what(filename)} holds {n_frames} frames; only the first is used.",
+                      UserWarning, stacklevel=3)
+    return _dicom_to_gray(arr, ds, filename, apply_modality_lut, apply_voi_lut)
+
+
+def _dicom_to_gray(arr, ds, filename, apply_modality_lut, apply_voi_lut) -> np.ndarray:
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples > 1:  # colour DICOM (secondary capture): pydicom returns RGB
+        rgb = np.asarray(arr, dtype=np.float64)[..., :3]
+        return _to_uint8_range(rgb @ np.array([0.299, 0.587, 0.114]), 0.0, 255.0)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
+        out = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        gray = _to_uint8_range(out, 0.0, float(2**bits - 1))
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
+        gray = _window(values, center, width, function)
+    else:
+        gray = _stretch(values)
+    if photometric == "MONOCHROME1":  # low values are white: invert for display and for the model
+        gray = 255 - gray
+    return gray
+
+
+def _first(value) -> float:
+    """Window centre/width may be multi-valued; the first pair is the default view."""
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 windowing to 0..255."""
+    if function == "SIGMOID":
+        return np.rint(255.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))).astype(np.uint8)
+    if function == "LINEAR_EXACT":
+        lo, hi = center - width / 2, center + width / 2
+    else:
+        width = max(width, 1.0)
+        lo, hi = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    return _to_uint8_range(values, lo, hi)
+
+
+def _to_uint8_range(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return np.where(values > lo, 255, 0).astype(np.uint8)
+    out = (np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo))
+    return np.rint(out).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------- model input
+
+
+def _check_size(size) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        size = (int(size), int(size))
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be (height, width) or an int, got {size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return h, w
+
+
+def resize(img: np.ndarray, size, method: str = "bilinear") -> np.ndarray:
+    """Squash a 2-D uint8 image to size (height, width) with Pillow, ignoring the aspect ratio.
+
+    The seed and the 224 px dataset copy both squash, so the models expect squashed anatomy.
+    """
+    h, w = _check_size(size)
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"method must be one of {sorted(RESIZE_METHODS)}, got {method!r}")
+    img = np.asarray(img)
+    if img.ndim != 2:
+        raise ValueError(f"resize() takes a 2-D gray image, got shape {img.shape}")
+    if img.dtype != np.uint8:
+        raise ValueError(f"resize() takes a uint8 image, got {img.dtype}")
+    if img.shape == (h, w):
+        return img.copy()
+    return np.asarray(Image.fromarray(img).resize((w, h), RESIZE_METHODS[method]), dtype=np.uint8)
+
+
+def to_model_input(img: np.ndarray, size, channels: int = 1, method: str = "bilinear") -> np.ndarray:
+    """Resize and return float32 (h, w, channels) in 0..255: models rescale inside themselves."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    small = resize(img, size, method).astype(np.float32)[..., None]
+    return np.repeat(small, channels, axis=-1) if channels == 3 else small
+
