@@ -1,0 +1,637 @@
+"""The run registry on disk: `trained_models/<run_id>/`, one folder per training run.
+
+Every file is written to a temporary name in the same folder, flushed to disk and renamed into
+place, so a reader (the dashboard polling a training, or a crash halfway through a write) only
+ever sees the old file or the new one, never half of one. A run folder is the whole truth about
+a run: a training process writes it, everything else only reads it.
+
+No TensorFlow at import time: the dashboard lists runs without loading any model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RUNS_DIR = Path(os.environ.get("XRAY_MODELS_DIR") or PROJECT_ROOT / "trained_models")
+
+STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+ACTIVE_STATES = ("queued", "running")
+# A running training rewrites status.json at least this often (a heartbeat thread), so a status
+# older than this whose process we cannot check is taken for a dead training.
+STALE_SECONDS = 300.0
+
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.keras"
+CHECKPOINT_FILE = "checkpoint.keras"
+CHECKPOINT_META_FILE = "checkpoint.json"
+SKIPPED_FILE = "skipped_files.json"
+STOP_FILE = "STOP"
+
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class InvalidRunId(ValueError):
+    """A run id that is empty, hidden, or could name a folder outside the runs folder."""
+
+
+class RunNotFound(ValueError):
+    """No run folder of that name (or it holds no run)."""
+
+
+class RunBusy(ValueError):
+    """The run is still training; the operation would break it."""
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write data to path so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # The temporary file is ours and unfinished: remove it, then let the error travel on.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX only; a no-op where folders cannot be opened)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays, Paths and NaN -> plain JSON (NaN becomes null: JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# --------------------------------------------------------------------------- ids and folders
+
+
+def runs_root(root: str | Path | None = None) -> Path:
+    """The registry folder: root if given, else $XRAY_MODELS_DIR (read now), else trained_models/."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("XRAY_MODELS_DIR")
+    return Path(env) if env else PROJECT_ROOT / "trained_models"
+
+
+def validate_run_id(run_id: Any) -> str:
+    """Return run_id if it names a plain folder directly inside the runs folder; else raise.
+
+    Refuses empty ids, `.`/`..`, separators (`/`, `\\`), absolute paths, drive letters, hidden
+    names (a leading dot: temporary and deleted folders use those) and anything beyond letters,
+    digits, `.`, `_` and `-`, so an id can never reach outside the registry.
+    """
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise InvalidRunId("The run id is empty. Give the name of a run folder (see `python -m xray_core runs`).")
+    if "/" in run_id or "\\" in run_id or os.path.isabs(run_id) or ".." in run_id:
+        raise InvalidRunId(
+            f"The run id {run_id!r} contains a path (a slash, a backslash or '..'). "
+            "Give only the run's folder name, as `python -m xray_core runs` lists it."
+        )
+    if run_id.startswith("."):
+        raise InvalidRunId(f"The run id {run_id!r} starts with a dot; run ids are plain, visible folder names.")
+    if not _RUN_ID_RE.match(run_id):
+        raise InvalidRunId(
+            f"The run id {run_id!r} has characters other than letters, digits, '.', '_' and '-' "
+            "(at most 128). Choose a simpler name."
+        )
+    return run_id
+
+
+def run_path(run_id: str, root: str | Path | None = None) -> Path:
+    """The folder of run_id inside the registry (validated, so it cannot escape it)."""
+    return runs_root(root) / validate_run_id(run_id)
+
+
+def new_run_id(arch: str, root: str | Path | None = None, *, create: bool = True) -> str:
+    """A fresh id like `20261125-221503-baseline-3f2a`; with create, its folder is made too.
+
+    The folder is created with exist_ok=False, so two trainings started in the same second
+    can never share one: the loser of the race simply draws another suffix.
+    """
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", str(arch)).strip("-") or "run"
+    base = runs_root(root)
+    for _ in range(100):
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        run_id = validate_run_id(f"{stamp}-{slug}-{secrets.token_hex(2)}")
+        if not create:
+            if not (base / run_id).exists():
+                return run_id
+            continue
+        base.mkdir(parents=True, exist_ok=True)
+        try:
+            (base / run_id).mkdir(exist_ok=False)
+        except FileExistsError:
+            continue
+        return run_id
+    raise RuntimeError(f"Could not create a new run folder in {base} after 100 attempts.")
+
+
+def create_run_dir(run_id: str, root: str | Path | None = None) -> Path:
+    """Create the folder of a user-chosen run id; refuse one that already exists."""
+    path = run_path(run_id, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(exist_ok=False)
+    except FileExistsError:
+        raise InvalidRunId(
+            f"A run named {run_id!r} already exists in {path.parent}. Choose another --run-id, "
+            "or continue it with --resume."
+        ) from None
+    return path
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """The kernel's start time of pid (Linux), which tells a reused pid from the original."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its closing ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _proc_is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return bool(fields) and fields[0] in ("Z", "X")
+
+
+def process_identity() -> dict:
+    """What status.json records so that readers can tell whether this process still lives."""
+    pid = os.getpid()
+    return {"pid": pid, "pid_started": _proc_start_time(pid), "host": socket.gethostname()}
+
+
+def pid_alive(pid: Any, started: str | None = None) -> bool:
+    """Whether pid is a live (not zombie) process, and the same one if its start time is known."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    except OSError:
+        return False
+    if _proc_is_zombie(pid):
+        return False
+    if started is not None:
+        current = _proc_start_time(pid)
+        if current is not None and current != started:
+            return False  # the pid was reused by another process
+    return True
+
+
+def _age_seconds(updated: Any) -> float | None:
+    if not updated:
+        return None
+    try:
+        when = datetime.fromisoformat(str(updated))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - when).total_seconds()
+
+
+def effective_status(status: dict | None) -> dict:
+    """status.json as it should be read now: a 'running' run whose process died is 'interrupted'.
+
+    The process is checked by pid (and its start time, against pid reuse) when it ran on this
+    machine; from another machine only the heartbeat's age can tell.
+    """
+    status = dict(status or {})
+    state = status.get("state")
+    if state not in ACTIVE_STATES:
+        return status
+    pid = status.get("pid")
+    if pid is None:
+        return status  # queued by a launcher that has not started the process yet
+    same_host = status.get("host") in (None, socket.gethostname())
+    if same_host:
+        dead = not pid_alive(pid, status.get("pid_started"))
+    else:
+        age = _age_seconds(status.get("updated"))
+        dead = age is not None and age > STALE_SECONDS
+    if dead:
+        status["recorded_state"] = state
+        status["state"] = "interrupted"
+        status.setdefault("error", None)
+        if not status.get("error"):
+            status["error"] = "The training process stopped without finishing (killed or crashed)."
+    return status
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def _read_json_or_note(path: Path) -> tuple[Any, str | None]:
+    """Read a JSON file; a missing file is None, a broken one is None plus a reason (never a crash)."""
+    if not path.is_file():
+        return None, None
+    try:
+        return read_json(path), None
+    except (OSError, ValueError) as exc:
+        return None, f"{path.name} could not be read: {exc}"
+
+
+def _is_run_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in (CONFIG_FILE, STATUS_FILE, MODEL_FILE))
+
+
+@dataclass
+class RunInfo:
+    """A run as the registry lists it: no model, no history, cheap to build for every run."""
+
+    run_id: str
+    path: Path
+    status: dict
+    config: dict
+    metrics: dict | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        return str(self.status.get("state") or "unknown")
+
+
+def _run_info(path: Path) -> RunInfo:
+    problems = []
+    config, note = _read_json_or_note(path / CONFIG_FILE)
+    problems += [note] if note else []
+    status, note = _read_json_or_note(path / STATUS_FILE)
+    problems += [note] if note else []
+    metrics, note = _read_json_or_note(path / METRICS_FILE)
+    problems += [note] if note else []
+    if status is None:
+        # A bundled model (default/) has no training process behind it: it is simply complete.
+        status = {"state": "completed" if (path / MODEL_FILE).is_file() else "unknown"}
+    return RunInfo(
+        run_id=path.name,
+        path=path,
+        status=effective_status(status if isinstance(status, dict) else {}),
+        config=config if isinstance(config, dict) else {},
+        metrics=metrics if isinstance(metrics, dict) else None,
+        problems=problems,
+    )
+
+
+def list_runs(root: str | Path | None = None) -> list[RunInfo]:
+    """Every run folder in the registry, sorted by id (ids start with their UTC start time).
+
+    Hidden folders (deletions in progress) and names that are not valid run ids are skipped;
+    a run with a damaged file is still listed, with the damage in `problems`.
+    """
+    base = runs_root(root)
+    if not base.is_dir():
+        return []
+    out = []
+    for path in sorted(base.iterdir(), key=lambda p: p.name):
+        if path.name.startswith(".") or not _RUN_ID_RE.match(path.name) or not _is_run_folder(path):
+            continue
+        out.append(_run_info(path))
+    return out
+
+
+class Run:
+    """One run folder, with its model loaded on first use (safe_mode: no arbitrary code)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.run_id = self.path.name
+        self._model = None
+        self._predict_fn = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r}, state={self.status.get('state')!r})"
+
+    # Files are re-read on every access: a training process may be rewriting them.
+    @property
+    def config(self) -> dict:
+        config, _ = _read_json_or_note(self.path / CONFIG_FILE)
+        return config if isinstance(config, dict) else {}
+
+    @property
+    def status(self) -> dict:
+        status, _ = _read_json_or_note(self.path / STATUS_FILE)
+        if status is None:
+            status = {"state": "completed" if (self.path / MODEL_FILE).is_file() else "unknown"}
+        return effective_status(status)
+
+    @property
+    def metrics(self) -> dict | None:
+        metrics, _ = _read_json_or_note(self.path / METRICS_FILE)
+        return metrics if isinstance(metrics, dict) else None
+
+    @property
+    def history(self):
+        """history.csv as a DataFrame (empty when no epoch has finished yet)."""
+        import pandas as pd
+
+        path = self.path / HISTORY_FILE
+        if not path.is_file():
+            return pd.DataFrame()
+        return pd.read_csv(path)
+
+    @property
+    def skipped_files(self) -> list:
+        skipped, _ = _read_json_or_note(self.path / SKIPPED_FILE)
+        return skipped if isinstance(skipped, list) else []
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = self.config.get("image_size")
+        if size is None:
+            shape = self.model.inputs[0].shape
+            return int(shape[1]), int(shape[2])
+        if isinstance(size, (list, tuple)):
+            return int(size[0]), int(size[1])
+        return int(size), int(size)
+
+    @property
+    def channels(self) -> int:
+        channels = self.config.get("channels")
+        if channels is None:
+            return int(self.model.inputs[0].shape[-1])
+        return int(channels)
+
+    @property
+    def output_units(self) -> int:
+        units = self.config.get("output_units")
+        if units is None:
+            return int(self.model.outputs[0].shape[-1])
+        return int(units)
+
+    @property
+    def threshold(self) -> float:
+        """The operating threshold chosen on validation (0.5 when the run has no metrics yet)."""
+        metrics = self.metrics or {}
+        value = metrics.get("threshold")
+        return float(value) if value is not None else 0.5
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def model(self):
+        """The Keras model, loaded once with safe_mode=True (thread-safe for concurrent sessions)."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = load_model_file(self.model_path)
+        return self._model
+
+    def prepare(self, img2d_uint8: np.ndarray) -> np.ndarray:
+        """A decoded gray image -> this run's model input (h, w, c) float32 0..255, as in training."""
+        from xray_core import imaging
+
+        return imaging.to_model_input(img2d_uint8, self.image_size, self.channels)
+
+    def predict_scores(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Pneumonia probability per image, shape (N,), from float32 (N, h, w, c) raw pixels.
+
+        Calls the model directly in batches through one traced function (no `predict()` setup
+        per call, no retracing for each batch size); hides 2-unit (column 1) vs 1-unit heads.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[None]
+        h, w = self.image_size
+        c = self.channels
+        if x.ndim != 4 or x.shape[1:] != (h, w, c):
+            raise ValueError(
+                f"Run {self.run_id!r} expects images of shape (N, {h}, {w}, {c}) but got {x.shape}. "
+                "Prepare each image with Run.prepare()."
+            )
+        if len(x) == 0:
+            return np.zeros((0,), dtype=np.float32)
+        fn = self._scores_fn()
+        parts = [np.asarray(fn(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        out = np.concatenate(parts, axis=0)
+        if out.ndim == 1:
+            return out.astype(np.float32)
+        column = 1 if out.shape[-1] >= 2 else 0
+        return out[:, column].astype(np.float32)
+
+    def _scores_fn(self):
+        if self._predict_fn is None:
+            import tensorflow as tf
+
+            model = self.model
+            h, w = self.image_size
+            spec = tf.TensorSpec((None, h, w, self.channels), tf.float32)
+
+            @tf.function(input_signature=[spec])
+            def scores(batch):
+                return model(batch, training=False)
+
+            self._predict_fn = scores
+        return self._predict_fn
+
+
+def load_model_file(path: str | Path):
+    """keras.models.load_model with safe_mode=True, with a sentence when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunNotFound(
+            f"There is no model file at {path}. The run may still be training, or it failed before "
+            "saving; check its status with `python -m xray_core runs`."
+        )
+    import keras
+
+    # Our own layers (if any) must be importable for deserialisation; safe_mode still refuses
+    # Lambda layers and other arbitrary code.
+    try:
+        from xray_core import architectures  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "xray_core.architectures":
+            raise
+        # Without the architectures module only built-in Keras layers can load, which is fine.
+
+    return keras.models.load_model(path, safe_mode=True, compile=False)
+
+
+def load_run(run_id_or_path: str | Path, root: str | Path | None = None) -> Run:
+    """A Run from a run id (a str, validated against the registry) or an explicit Path."""
+    if isinstance(run_id_or_path, Path):
+        path = run_id_or_path
+    else:
+        path = run_path(run_id_or_path, root)
+    if not _is_run_folder(path):
+        raise RunNotFound(
+            f"There is no run {path.name!r} in {path.parent}. "
+            "List the runs with `python -m xray_core runs` (add --runs-dir if they live elsewhere)."
+        )
+    return Run(path)
+
+
+def delete_run(run_id: str, root: str | Path | None = None, *, allow_default: bool = False) -> None:
+    """Remove a run folder. A training still in progress, and the bundled default, are refused.
+
+    The folder is first renamed to a hidden name (atomic), so it vanishes from listings at
+    once even if removing its files takes a while or fails halfway.
+    """
+    path = run_path(run_id, root)
+    if not path.is_dir():
+        raise RunNotFound(f"There is no run {run_id!r} in {path.parent}; nothing was deleted.")
+    if run_id == "default" and not allow_default:
+        raise RunBusy("The run 'default' is the bundled model the dashboard uses; it is not deleted.")
+    status = _run_info(path).status
+    if status.get("state") in ACTIVE_STATES and status.get("pid") is not None:
+        raise RunBusy(
+            f"The run {run_id!r} is still training (pid {status.get('pid')}). Stop it first "
+            f"(create the file {path / STOP_FILE}), then delete it."
+        )
+    trash = path.parent / f".deleting-{run_id}-{secrets.token_hex(4)}"
+    os.replace(path, trash)
+    shutil.rmtree(trash)
+
+
+# --------------------------------------------------------------------------- status writing
+
+
+class StatusWriter:
+    """Writes status.json for a training process: merges fields, stamps pid and time, throttles.
+
+    One lock serialises writers (the Keras callback and the heartbeat thread), and every write
+    is atomic. `beat()` rewrites the current status with a fresh `updated` time so readers on
+    other machines can tell a live training from a dead one.
+    """
+
+    def __init__(self, run_dir: str | Path, min_interval: float = 0.5):
+        self.path = Path(run_dir) / STATUS_FILE
+        self.min_interval = min_interval
+        self._lock = threading.Lock()
+        self._last_write = 0.0
+        self._state: dict = {
+            "state": "queued",
+            "epoch": 0,
+            "epochs": None,
+            "batch": 0,
+            "batches": None,
+            "fraction": 0.0,
+            "images_per_second": None,
+            "eta_seconds": None,
+            "error": None,
+        }
+        self._heartbeat: threading.Thread | None = None
+        self._stop_beat = threading.Event()
+
+    @property
+    def current(self) -> dict:
+        with self._lock:
+            return dict(self._state)
+
+    def update(self, force: bool = True, **fields: Any) -> bool:
+        """Merge fields and write; with force=False skip the write if the last was too recent."""
+        with self._lock:
+            self._state.update(fields)
+            now = time.monotonic()
+            if not force and now - self._last_write < self.min_interval:
+                return False
+            self._write_locked(now)
+            return True
+
+    def _write_locked(self, now: float) -> None:
+        self._state.update(process_identity())
+        self._state["updated"] = now_iso()
+        atomic_write_json(self.path, self._state)
+        self._last_write = now
+
+    def beat(self) -> None:
+        with self._lock:
+            self._write_locked(time.monotonic())
+
+    def start_heartbeat(self, interval: float = 15.0) -> None:
+        def loop():
+            while not self._stop_beat.wait(interval):
+                self.beat()
+
+        self._stop_beat.clear()
+        self._heartbeat = threading.Thread(target=loop, name="xray-status-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop_beat.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+            self._heartbeat = None
