@@ -1,0 +1,221 @@
+"""Dataset: what is in the folder, a browsable sample, and how to get the data when it is missing."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from xray_core import data, imaging, ui
+
+PER_PAGE = 12
+
+
+@st.cache_data(show_spinner="Indexing the dataset…")
+def load_index(root: str, stamp: float) -> pd.DataFrame:
+    """The dataset's index; `stamp` (the folders' mtimes) invalidates it when files change."""
+    return data.index_dataset(root)
+
+
+@st.cache_data(show_spinner="Reading image headers…")
+def load_stats(root: str, stamp: float) -> dict:
+    return data.dataset_stats(load_index(root, stamp))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def load_thumbnail(path: str, max_side: int) -> tuple:
+    """(thumbnail, full size) of one dataset file, or (None, reason) when it cannot be read."""
+    try:
+        img = imaging.decode(path)
+    except imaging.ImageDecodeError as exc:
+        return None, str(exc)
+    return ui.thumbnail(img, max_side), img.shape
+
+
+def folder_stamp(root: Path) -> float:
+    """Latest mtime of the split and class folders: changes when files are added or removed."""
+    stamps = [root.stat().st_mtime]
+    for split in root.iterdir():
+        if split.is_dir():
+            stamps.append(split.stat().st_mtime)
+            stamps += [c.stat().st_mtime for c in split.iterdir() if c.is_dir()]
+    return max(stamps)
+
+
+def show_missing(folder: Path, reason: str) -> None:
+    """No dataset: say what the folder must look like, where the data comes from, offer a download."""
+    st.warning(reason)
+    st.markdown(
+        "The dashboard expects the pediatric chest X-ray collection of Kermany et al. (2018) in "
+        "this layout (`val/` and `test/` are optional; class folder names in any case):"
+    )
+    st.code(
+        "chest_xray/\n"
+        "  train/\n    NORMAL/     IM-0115-0001.jpeg, NORMAL2-IM-1427-0001.jpeg, …\n"
+        "    PNEUMONIA/  person1946_bacteria_4874.jpeg, person1_virus_6.jpeg, …\n"
+        "  val/    (NORMAL/, PNEUMONIA/)\n"
+        "  test/   (NORMAL/, PNEUMONIA/)",
+        language=None,
+    )
+    st.markdown(
+        "The data: Kermany, Zhang, Goldbaum (2018), *Large Dataset of Labeled Optical Coherence "
+        "Tomography (OCT) and Chest X-Ray Images*, Mendeley Data V3, "
+        "[doi:10.17632/rscbjbr9sj.3](https://doi.org/10.17632/rscbjbr9sj.3), CC BY 4.0 "
+        "(about 1.2 GB). Download it here, or with `python -m xray_core download`, or point "
+        "the sidebar's *Dataset folder* at a copy you already have."
+    )
+    show_download(folder)
+
+
+def show_download(folder: Path) -> None:
+    try:
+        download = importlib.import_module("xray_core.download")
+    except ModuleNotFoundError as exc:
+        if exc.name != "xray_core.download":
+            raise
+        st.info("The download command is not part of this installation.")
+        return
+    sources = list(getattr(download, "SOURCES", {"kermany": None}))
+    dest = folder.parent if folder.name.lower() == "chest_xray" else folder
+    cols = st.columns([2, 3])
+    source = cols[0].selectbox("Source", sources, key="dataset_source")
+    cols[1].text_input("Download into", value=str(dest), key="dataset_download_dest")
+    if st.button("Download the dataset", key="dataset_download", type="primary"):
+        bar = st.progress(0.0, text="Connecting…")
+        started = time.monotonic()
+
+        def progress(done: int, total: int | None) -> None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            rate = done / elapsed
+            if total:
+                eta = (total - done) / rate if rate > 0 else None
+                bar.progress(min(done / total, 1.0),
+                             text=f"{ui.format_bytes(done)} of {ui.format_bytes(total)} · "
+                                  f"{ui.format_bytes(rate)}/s · {ui.format_seconds(eta)} left")
+            else:
+                bar.progress(0.0, text=f"{ui.format_bytes(done)} · {ui.format_bytes(rate)}/s")
+
+        try:
+            where = download.download(source, dest=st.session_state["dataset_download_dest"],
+                                      progress=progress)
+        except (ValueError, OSError) as exc:
+            st.error(f"The download did not complete: {exc}")
+            return
+        bar.progress(1.0, text="Done.")
+        st.success(f"The dataset is in {where}. Set the sidebar's Dataset folder to it if it differs.")
+        st.cache_data.clear()
+
+
+def show_counts(stats: dict) -> None:
+    counts = ui.stats_counts(stats)
+    patients = ui.stats_patients(stats)
+    left, right = st.columns(2)
+    left.plotly_chart(ui.counts_figure(counts), key="dataset_counts_chart")
+    right.plotly_chart(ui.bar_figure(patients, "Patients per class", "patients"),
+                       key="dataset_patients_chart")
+    table = counts.copy()
+    table["total"] = table.sum(axis=1)
+    st.dataframe(table, key="dataset_counts_table")
+
+
+def show_grid(index: pd.DataFrame) -> None:
+    st.subheader("Sample images")
+    cols = st.columns([1, 1, 1, 1, 1])
+    split = cols[0].selectbox("Split", ["all"] + ui.present(index["split"], ui.SPLIT_ORDER),
+                              key="dataset_split")
+    class_name = cols[1].selectbox("Class", ["all", *data.CLASSES], key="dataset_class")
+    pathogen = cols[2].selectbox("Pathogen", ["all", "bacteria", "virus", "none"], key="dataset_pathogen")
+    st.session_state.setdefault("dataset_seed", 0)
+    cols[3].number_input("Shuffle seed", min_value=0, step=1, key="dataset_seed")
+    cols[4].button("Reshuffle", key="dataset_reshuffle", on_click=_reshuffle)
+
+    rows = ui.filter_index(index, split, class_name, pathogen)
+    if rows.empty:
+        st.info("No image matches these filters.")
+        return
+    pages = ui.n_pages(len(rows), PER_PAGE)
+    page = st.number_input(f"Page (of {pages}; {len(rows)} images)", min_value=1, max_value=pages,
+                           value=1, step=1, key="dataset_page")
+    shown = ui.shuffled_page(rows, st.session_state["dataset_seed"], page - 1, PER_PAGE)
+    grid = st.columns(6)
+    for i, (_, row) in enumerate(shown.iterrows()):
+        with grid[i % 6]:
+            thumb, info = load_thumbnail(row["path"], 192)
+            if thumb is None:
+                st.error(f"{row['filename']}: cannot be read.")
+                continue
+            st.image(thumb, caption=f"{row['class_name']} · {row['split']}", width="stretch")
+            st.button("Open", key=f"dataset_open_{row['path']}", on_click=_open, args=(row["path"],),
+                      width="stretch")
+
+
+def _reshuffle() -> None:
+    st.session_state["dataset_seed"] = int(st.session_state.get("dataset_seed", 0)) + 1
+    st.session_state["dataset_page"] = 1
+
+
+def _open(path: str) -> None:
+    st.session_state["dataset_selected"] = path
+
+
+def show_selected(index: pd.DataFrame) -> None:
+    path = st.session_state.get("dataset_selected")
+    if not path:
+        return
+    match = index[index["path"] == path]
+    if match.empty:
+        return
+    row = match.iloc[0]
+    st.subheader(row["filename"])
+    left, right = st.columns([3, 2])
+    try:
+        img = imaging.decode(path)
+    except imaging.ImageDecodeError as exc:
+        left.error(str(exc))
+        return
+    left.image(ui.thumbnail(img, 900), width="stretch")
+    right.markdown(
+        f"**File:** `{row['filename']}`  \n**Patient id:** {row['patient_id']}  \n"
+        f"**Class:** {row['class_name']} ({row['pathogen']})  \n**Split:** {row['split']}  \n"
+        f"**Size:** {img.shape[1]} × {img.shape[0]} pixels"
+    )
+    right.button("Close", key="dataset_close", on_click=_open, args=(None,))
+
+
+st.title("Dataset")
+folder = ui.resolve_folder(st.session_state.get("data_dir", "data/chest_xray"))
+try:
+    root = data.find_dataset(folder)
+except (data.DatasetLayoutError, FileNotFoundError) as exc:
+    show_missing(folder, str(exc))
+    st.stop()
+
+index = load_index(str(root), folder_stamp(root))
+stats = load_stats(str(root), folder_stamp(root))
+st.caption(f"{root} · {len(index)} images · "
+           f"{index['patient_id'].nunique()} patients")
+show_counts(stats)
+show_selected(index)
+show_grid(index)
+
+st.subheader("Image sizes")
+sizes = ui.stats_sizes(stats)
+left, right = st.columns([3, 1])
+if not sizes.empty:
+    left.plotly_chart(ui.sizes_figure(sizes, stats["image_sizes"].get("distinct")),
+                      key="dataset_sizes_chart")
+right.dataframe(ui.stats_size_summary(stats), key="dataset_sizes_table")
+
+st.subheader("Files that could not be read")
+unreadable = ui.stats_unreadable(stats)
+if unreadable.empty:
+    st.success("Every file could be read.")
+else:
+    st.warning(f"{len(unreadable)} files could not be read; they are left out of training.")
+    st.dataframe(unreadable, key="dataset_unreadable")
+
+with st.expander("Download the dataset again or another source"):
+    show_download(folder)

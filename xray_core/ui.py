@@ -1,0 +1,333 @@
+"""Small pure helpers the dashboard's pages share: figures, tables, downloads, the training queue.
+
+No Streamlit here (pages stay layout only, and these are testable without a browser). Plotly
+figures are built from what the library returns. TensorFlow is never imported by this module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+CLASS_COLOURS = {"NORMAL": "#2E86AB", "PNEUMONIA": "#E4572E"}
+SPLIT_ORDER = ["train", "val", "test"]
+RUN_COLOURS = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+]
+
+
+def resolve_folder(text: str | Path) -> Path:
+    """A folder typed in the sidebar: relative paths are taken from the project folder, so the
+    defaults work whatever directory `streamlit run` was started from."""
+    path = Path(str(text).strip()).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+# --------------------------------------------------------------------------------- dataset
+
+
+def filter_index(df: pd.DataFrame, split: str = "all", class_name: str = "all",
+                 pathogen: str = "all") -> pd.DataFrame:
+    """The rows of an index that match the sample grid's filters ("all" keeps everything)."""
+    keep = pd.Series(True, index=df.index)
+    if split != "all":
+        keep &= df["split"] == split
+    if class_name != "all":
+        keep &= df["class_name"] == class_name
+    if pathogen != "all":
+        keep &= df["pathogen"] == pathogen
+    return df[keep]
+
+
+def shuffled_page(df: pd.DataFrame, seed: int, page: int, per_page: int) -> pd.DataFrame:
+    """Page `page` (0-based) of df in an order fixed by seed: the same seed shows the same grid."""
+    order = np.random.default_rng(int(seed)).permutation(len(df))
+    start = max(0, int(page)) * per_page
+    return df.iloc[order[start:start + per_page]]
+
+
+def n_pages(n_rows: int, per_page: int) -> int:
+    return max(1, -(-int(n_rows) // int(per_page)))
+
+
+def thumbnail(img2d: np.ndarray, max_side: int = 256) -> np.ndarray:
+    """A display copy no larger than max_side (aspect kept), so a grid sends little to the browser."""
+    from PIL import Image
+
+    h, w = img2d.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale >= 1.0:
+        return img2d
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(img2d).resize(size, Image.Resampling.BILINEAR))
+
+
+def present(values: Iterable[str], order: Iterable[str]) -> list[str]:
+    """The items of order that occur in values, in order (e.g. the splits a dataset has)."""
+    seen = set(values)
+    return [v for v in order if v in seen]
+
+
+def stats_counts(stats: dict) -> pd.DataFrame:
+    """`data.dataset_stats` counts as a split x class table (rows in train, val, test order)."""
+    table = pd.DataFrame(stats["counts"]).T.fillna(0).astype(int)
+    table.index.name = "split"
+    return table
+
+
+def stats_patients(stats: dict) -> dict:
+    return dict(stats.get("patients", {}))
+
+
+def stats_sizes(stats: dict) -> pd.DataFrame:
+    """The most common image sizes (width, height, images) from `dataset_stats`."""
+    common = stats.get("image_sizes", {}).get("most_common") or []
+    return pd.DataFrame(common, columns=["width", "height", "images"])
+
+
+def stats_size_summary(stats: dict) -> pd.DataFrame:
+    sizes = stats.get("image_sizes", {})
+    return pd.DataFrame({k: sizes.get(k, {}) for k in ("width", "height")}).T
+
+
+def stats_unreadable(stats: dict) -> pd.DataFrame:
+    return pd.DataFrame(stats.get("unreadable") or [], columns=["path", "reason"])
+
+
+def counts_figure(counts: pd.DataFrame, title: str = "Images per split and class"):
+    """Grouped bars: one group per split, one bar per class, the count written on each bar."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for class_name in [c for c in counts.columns if c in CLASS_COLOURS]:
+        fig.add_bar(x=list(counts.index), y=counts[class_name].tolist(), name=class_name,
+                    marker_color=CLASS_COLOURS[class_name], text=counts[class_name].tolist(),
+                    textposition="outside")
+    fig.update_layout(barmode="group", title=title, yaxis_title="images", height=340,
+                      margin=dict(t=50, b=30, l=40, r=10), legend_title_text="class")
+    return fig
+
+
+def bar_figure(values: dict, title: str, yaxis: str, colours: dict | None = None):
+    """One bar per key (e.g. patients per class), each labelled with its value."""
+    import plotly.graph_objects as go
+
+    keys = list(values)
+    fig = go.Figure(go.Bar(
+        x=keys, y=[values[k] for k in keys], text=[values[k] for k in keys], textposition="outside",
+        marker_color=[(colours or CLASS_COLOURS).get(k, "#888888") for k in keys],
+    ))
+    fig.update_layout(title=title, yaxis_title=yaxis, height=340, margin=dict(t=50, b=30, l=40, r=10))
+    return fig
+
+
+def sizes_figure(sizes: pd.DataFrame, distinct: int | None = None):
+    """Width x height of the most common image sizes, each point sized by how many images share it."""
+    import plotly.express as px
+
+    title = "Most common image sizes (pixels, from file headers)"
+    if distinct:
+        title += f" · {distinct} distinct sizes in all"
+    fig = px.scatter(sizes, x="width", y="height", size="images", size_max=40,
+                     hover_data=["images"], title=title)
+    fig.update_layout(height=360, margin=dict(t=50, b=30, l=40, r=10))
+    return fig
+
+
+# ------------------------------------------------------------------------------ comparing runs
+
+CURVE_METRICS = ("loss", "sensitivity", "specificity", "precision", "auc")
+CURVE_TITLES = {"loss": "Loss", "sensitivity": "Sensitivity", "specificity": "Specificity",
+                "precision": "Precision", "auc": "ROC AUC"}
+
+
+def learning_curves_figure(histories: dict[str, pd.DataFrame], metric: str):
+    """One metric for several runs: a colour per run, train dashed, validation solid."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (run_id, hist) in enumerate(histories.items()):
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        if hist is None or hist.empty or "epoch" not in hist:
+            continue
+        for column, dash, label in ((metric, "dash", "train"), (f"val_{metric}", "solid", "validation")):
+            if column in hist:
+                fig.add_scatter(x=hist["epoch"], y=hist[column], mode="lines+markers",
+                                name=f"{run_id} ({label})", legendgroup=run_id,
+                                line=dict(color=colour, dash=dash))
+    fig.update_layout(title=CURVE_TITLES.get(metric, metric), xaxis_title="epoch", height=320,
+                      margin=dict(t=40, b=30, l=40, r=10), legend=dict(font=dict(size=10)))
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+# (column label, key in the metrics dict, which is better)
+METRIC_COLUMNS = (
+    ("sensitivity", "sensitivity", "max"),
+    ("specificity", "specificity", "max"),
+    ("precision", "precision", "max"),
+    ("accuracy", "accuracy", "max"),
+    ("F1", "f1", "max"),
+    ("ROC AUC", "roc_auc", "max"),
+    ("operating threshold", "threshold", None),
+)
+
+
+def metrics_table(runs: Iterable[Any], split: str = "validation") -> pd.DataFrame:
+    """One row per run (RunInfo or Run) with split's metrics and the run's cost, from metrics.json.
+
+    Runs without metrics for that split are left out. The seed's micro-averaged two-column recall
+    is kept under its own name: it is close to accuracy, not to sensitivity.
+    """
+    rows = []
+    for run in runs:
+        metrics = run.metrics or {}
+        part = metrics.get(split)
+        if not isinstance(part, dict):
+            continue
+        config = run.config or {}
+        row = {"run": run.run_id, "architecture": config.get("arch", "")}
+        for label, key, _ in METRIC_COLUMNS:
+            row[label] = part.get(key, metrics.get(key) if key == "threshold" else None)
+        micro = metrics.get("seed_micro_recall")
+        if isinstance(micro, dict):
+            micro = micro.get(split)
+        row["seed micro-averaged recall"] = micro
+        row["training time (s)"] = metrics.get("train_seconds")
+        row["parameters"] = metrics.get("params")
+        row["epochs"] = metrics.get("epochs_run")
+        row["images"] = part.get("n")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_rows(table: pd.DataFrame) -> dict[str, list[int]]:
+    """For each column with a 'better' direction, the positional rows holding the best value."""
+    best = {}
+    directions = {label: how for label, _, how in METRIC_COLUMNS}
+    directions["seed micro-averaged recall"] = "max"
+    directions["training time (s)"] = "min"
+    for column, how in directions.items():
+        if how is None or column not in table or table[column].isna().all():
+            continue
+        values = pd.to_numeric(table[column], errors="coerce")
+        target = values.max() if how == "max" else values.min()
+        best[column] = [i for i, v in enumerate(values) if np.isclose(v, target)]
+    return best
+
+
+def style_best(table: pd.DataFrame):
+    """A pandas Styler that marks the best value of each column in bold on green."""
+    best = best_rows(table)
+
+    def mark(column: pd.Series):
+        rows = best.get(column.name, [])
+        return ["font-weight: bold; background-color: rgba(46, 160, 67, 0.25)" if i in rows else ""
+                for i in range(len(column))]
+
+    fmt = {c: "{:.3f}" for c in table.columns
+           if c in {label for label, _, _ in METRIC_COLUMNS} | {"seed micro-averaged recall"}}
+    fmt["training time (s)"] = "{:.1f}"
+    return table.style.apply(mark, axis=0).format(fmt, na_rep="–")
+
+
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]], title: str):
+    """Overlaid ROC curves: {run_id: (fpr, tpr, auc)} with the chance diagonal."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
+                    line=dict(color="#aaaaaa", dash="dot"))
+    for i, (run_id, (fpr, tpr, auc)) in enumerate(curves.items()):
+        label = run_id if auc is None else f"{run_id} (AUC {auc:.3f})"
+        fig.add_scatter(x=list(fpr), y=list(tpr), mode="lines", name=label,
+                        line=dict(color=RUN_COLOURS[i % len(RUN_COLOURS)]))
+    fig.update_layout(title=title, xaxis_title="1 - specificity (false positive rate)",
+                      yaxis_title="sensitivity (true positive rate)", height=420,
+                      margin=dict(t=40, b=40, l=50, r=10))
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def confusion_figure(part: dict, title: str):
+    """A 2x2 confusion matrix (rows: true class, columns: predicted) from tn/fp/fn/tp."""
+    import plotly.graph_objects as go
+
+    z = [[part.get("tn", 0), part.get("fp", 0)], [part.get("fn", 0), part.get("tp", 0)]]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=["predicted NORMAL", "predicted PNEUMONIA"], y=["NORMAL", "PNEUMONIA"],
+        text=[[str(v) for v in row] for row in z], texttemplate="%{text}", colorscale="Blues",
+        showscale=False,
+    ))
+    fig.update_layout(title=title, height=260, margin=dict(t=40, b=20, l=20, r=10))
+    fig.update_yaxes(autorange="reversed", title="true")
+    return fig
+
+
+# ------------------------------------------------------------------------------------- diagnose
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 gray or RGB array as PNG, in memory."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def result_zip(images: dict[str, np.ndarray], summary: dict) -> bytes:
+    """A zip of named PNGs plus result.json, built in memory (nothing touches the disk)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in images.items():
+            archive.writestr(f"{name}.png", png_bytes(array))
+        archive.writestr("result.json", json.dumps(_jsonable(summary), indent=2))
+    return buffer.getvalue()
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def format_seconds(seconds: float | None) -> str:
+    """12 s, 3 min 05 s, 1 h 02 min: how long, readably."""
+    if seconds is None or not np.isfinite(seconds):
+        return "–"
+    seconds = int(round(float(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
