@@ -331,3 +331,101 @@ def format_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+# ------------------------------------------------------------------------------------ run lists
+
+
+def usable_runs(infos: Iterable[Any]) -> list:
+    """Completed runs that have a model file: `default` first, then the newest first."""
+    done = [r for r in infos if r.state == "completed" and (Path(r.path) / "model.keras").is_file()]
+    done.sort(key=lambda r: str((r.config or {}).get("created") or r.run_id), reverse=True)
+    done.sort(key=lambda r: r.run_id != "default")
+    return done
+
+
+def run_label(info: Any) -> str:
+    """`run id · architecture · validation AUC` for select boxes."""
+    parts = [info.run_id]
+    arch = (info.config or {}).get("arch")
+    if arch:
+        parts.append(str(arch))
+    auc = ((info.metrics or {}).get("validation") or {}).get("roc_auc")
+    if auc is not None:
+        parts.append(f"val AUC {auc:.3f}")
+    return " · ".join(parts)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# ------------------------------------------------------------------------------------- diagnose
+
+PANEL_TITLES = {
+    "full": "1 · Top superpixels",
+    "partial": "2 · Only those superpixels",
+    "pros_cons": "3 · Pros and cons",
+    "heatmap": "4 · Weight heatmap",
+    "gradcam": "Grad-CAM",
+}
+
+
+def panel_help(label_name: str, vmax: float | None = None) -> dict[str, str]:
+    """One line per panel on how to read it, worded for the explained label."""
+    scale = f" (scale ±{vmax:.3g})" if vmax else ""
+    return {
+        "full": f"Yellow outlines: the 2 regions that most support {label_name}.",
+        "partial": f"Only those 2 regions, the rest blacked out: is the evidence for {label_name} in the lungs?",
+        "pros_cons": f"The 5 strongest regions: green supports {label_name}, red argues against it.",
+        "heatmap": f"Every region coloured by its weight: blue for {label_name}, red against{scale}.",
+        "gradcam": f"Grad-CAM: warm colours where the last convolutional layer saw evidence for {label_name}.",
+    }
+
+
+LIME_PANEL_HELP = panel_help("the answer")
+
+
+def diagnose(run: Any, img: np.ndarray, explain: Any, *, num_samples: int = 1000,
+             segmentation: str = "quickshift", seed: int = 0, progress=None) -> dict:
+    """Prediction, the four LIME panels and Grad-CAM for one decoded image, as display data.
+
+    `explain` is the xray_core.explain module, or None where it is not installed (then only the
+    prediction). The probability and label come from the same forward pass LIME explains.
+    """
+    from xray_core.data import CLASSES
+
+    threshold = float(run.threshold)
+    settings = {"num_samples": int(num_samples), "segmentation": segmentation, "seed": int(seed)}
+    summary: dict[str, Any] = {"run_id": run.run_id, "threshold": threshold, "settings": settings,
+                               "image_shape": list(img.shape)}
+    panels: dict[str, np.ndarray] = {}
+    notes = []
+    if explain is None:
+        probability = float(run.predict_scores(run.prepare(img)[None])[0])
+        label_name = CLASSES[int(probability >= threshold)]
+        helps = {}
+        notes.append("Explanations are not available: xray_core.explain is not installed.")
+    else:
+        lime = explain.explain_lime(run, img, progress=progress, **settings)
+        cam = explain.grad_cam(run, img, label=lime.label)
+        probability = float(lime.probability)
+        label_name = CLASSES[lime.predicted_label]
+        panels = dict(lime.panels.as_dict()) if lime.panels is not None else {}
+        panels["gradcam"] = explain.make_overlay(img, cam.heatmap)
+        helps = panel_help(CLASSES[lime.label], lime.legend.vmax)
+        summary["lime"] = lime.to_dict()
+        summary["gradcam"] = {"layer": cam.layer, "label": cam.label, "seconds": cam.seconds}
+        notes.append(
+            f"LIME: {lime.n_superpixels} superpixels, {lime.num_samples} samples, "
+            f"local fit R² {lime.score:.2f}, {lime.seconds:.1f} s · Grad-CAM layer {cam.layer}."
+        )
+    summary.update(prediction=label_name, probability_pneumonia=probability)
+    return {"run_id": run.run_id, "prediction": label_name, "probability": probability,
+            "threshold": threshold, "panels": panels, "panel_help": helps, "notes": notes,
+            "summary": summary}
