@@ -187,7 +187,8 @@ def test_trained_model_saves_and_reloads_safely(tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(loaded(x[:4], training=False), model(x[:4], training=False),
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x[:4], training=False)),
+                               keras.ops.convert_to_numpy(model(x[:4], training=False)),
                                rtol=1e-6)
     before = model.evaluate(x, y, verbose=0, return_dict=True)
     after = loaded.evaluate(x, y, verbose=0, return_dict=True)

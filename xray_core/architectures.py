@@ -77,6 +77,8 @@ def _column(tensor, column: int):
 class PneumoniaConfusionMetric(keras.metrics.Metric):
     """Accuracy, sensitivity, specificity or precision of the pneumonia column at a threshold.
 
+    A score at or above the threshold counts as PNEUMONIA, as in xray_core.metrics.
+
     Keras' own Recall/Precision on two one-hot columns micro-average over both columns (the
     seed's "recall", roughly accuracy); this metric looks only at the pneumonia column.
     """
@@ -99,7 +101,7 @@ class PneumoniaConfusionMetric(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         ops = keras.ops
         truth = ops.greater(_column(y_true, self.column), 0.5)
-        pred = ops.greater(_column(y_pred, self.column), self.threshold)
+        pred = ops.greater_equal(_column(y_pred, self.column), self.threshold)
         weight = ops.ones_like(_column(y_pred, self.column))
         if sample_weight is not None:
             weight = weight * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
