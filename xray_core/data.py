@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import tempfile
+import threading
+import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -251,18 +254,13 @@ def _cache_key(paths: list[str], size: tuple[int, int], method: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _decode_for_model(path: str, size: tuple[int, int], method: str) -> np.ndarray:
-    gray = imaging.decode(path, draft=size)
-    return imaging.resize(gray, size, method)
-
-
 def _decode_chunk(paths: list[str], size: tuple[int, int], method: str):
     """Decode a chunk; returns (uint8 (n, h, w) with zeros where failed, failure reasons)."""
     out = np.zeros((len(paths), *size), dtype=np.uint8)
     reasons: list[str | None] = []
     for i, p in enumerate(paths):
         try:
-            out[i] = _decode_for_model(p, size, method)
+            out[i] = imaging.decode_resized(p, size, method)
             reasons.append(None)
         except imaging.ImageDecodeError as exc:
             reasons.append(str(exc))
@@ -318,19 +316,25 @@ def _prune_cache(folder: Path) -> None:
 def load_images(paths: Iterable[str | Path], size=(100, 100), channels: int = 1,
                 method: str = "bilinear", cache_dir: str | Path | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                workers: int | None = None, use_cache: bool = True) -> LoadResult:
+                workers: int | None = None, use_cache: bool = True, pool: str = "auto") -> LoadResult:
     """Decode and resize images to float32 (N_ok, h, w, channels) in 0..255, cached on disk.
 
     The cache entry is keyed by the sorted file list with sizes and mtimes, the size, the method
     and CACHE_VERSION, so any change to a file (or to the request) decodes again, and a repeat
     decodes nothing. Unreadable files are reported in `.failed`, never dropped in silence.
     JPEGs decode at a reduced DCT scale no smaller than the target (Pillow's draft mode).
+
+    pool: "process" (forked workers: decoding is partly Python, so threads share one core),
+    "thread", or "auto" (processes when forking is safe: Linux and no other Python thread
+    running, as in the CLI; threads otherwise, as inside the Streamlit server).
     """
     size = imaging._check_size(size)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     if method not in imaging.RESIZE_METHODS:
         raise ValueError(f"method must be one of {sorted(imaging.RESIZE_METHODS)}, got {method!r}")
+    if pool not in ("auto", "process", "thread"):
+        raise ValueError(f"pool must be 'auto', 'process' or 'thread', got {pool!r}")
     paths = [str(Path(p).absolute()) for p in paths]
     n = len(paths)
     order = sorted(range(n), key=paths.__getitem__)  # input index of each sorted position
@@ -354,33 +358,33 @@ def load_images(paths: Iterable[str | Path], size=(100, 100), channels: int = 1,
     else:
         pixels_all = np.zeros((n, *size), dtype=np.uint8)
         reasons = {}
-        chunk = 64
-        starts = list(range(0, n, chunk))
         done = 0
-        n_workers = max(1, min(workers or _cpu_count(), len(starts) or 1))
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            futures = [(s, pool.submit(_decode_chunk, sorted_paths[s:s + chunk], size, method))
-                       for s in starts]
-            for s, fut in futures:
-                arr, why = fut.result()
-                pixels_all[s:s + len(arr)] = arr
-                for j, r in enumerate(why):
-                    if r is not None:
-                        reasons[s + j] = r
-                done += len(arr)
-                if progress is not None:
-                    progress(done, n)
+        for s, arr, why in _decode_all(sorted_paths, size, method, workers, pool):
+            pixels_all[s:s + len(arr)] = arr
+            for j, r in enumerate(why):
+                if r is not None:
+                    reasons[s + j] = r
+            done += len(arr)
+            if progress is not None:
+                progress(done, n)
         n_decoded = n
         ok_sorted = np.ones(n, dtype=bool)
         ok_sorted[list(reasons)] = False
         pixels = pixels_all[ok_sorted] if reasons else pixels_all
         if npy is not None:
-            npy.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save_npy(npy, pixels)
-            _atomic_save_json(meta_path, {"version": CACHE_VERSION, "size": list(size),
-                                          "method": method, "ok": ok_sorted.tolist(),
-                                          "reasons": {str(k): v for k, v in reasons.items()}})
-            _prune_cache(npy.parent)
+            try:
+                npy.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_save_npy(npy, pixels)
+                _atomic_save_json(meta_path, {"version": CACHE_VERSION, "size": list(size),
+                                              "method": method, "ok": ok_sorted.tolist(),
+                                              "reasons": {str(k): v for k, v in reasons.items()}})
+                _prune_cache(npy.parent)
+            except OSError as exc:
+                warnings.warn(f"The image cache in {npy.parent} could not be written ({exc.strerror or exc}); "
+                              "the images loaded, but the next load will decode them again. Set "
+                              "XRAY_CACHE_DIR to a writable folder to cache them.", RuntimeWarning,
+                              stacklevel=2)
+                npy = None
 
     # Map sorted positions back to the caller's order.
     order_arr = np.asarray(order, dtype=np.int64)
@@ -398,7 +402,35 @@ def load_images(paths: Iterable[str | Path], size=(100, 100), channels: int = 1,
         images[...] = gray[..., None]
     failed = [(sorted_paths[k], reasons[k]) for k in sorted(reasons, key=lambda k: order[k])]
     return LoadResult(images=images, ok=ok, failed=failed, n_decoded=n_decoded,
-                      cache_path=npy if use_cache else None)
+                      cache_path=npy)
+
+
+_CHUNK = 64
+
+
+def _fork_is_safe() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+
+
+def _decode_all(paths: list[str], size: tuple[int, int], method: str, workers: int | None,
+                pool: str):
+    """Yield (start, uint8 chunk, reasons) in order, decoding on `workers` cores."""
+    starts = list(range(0, len(paths), _CHUNK))
+    n_workers = max(1, min(workers or _cpu_count(), len(starts)))
+    if n_workers == 1:
+        for s in starts:
+            yield (s, *_decode_chunk(paths[s:s + _CHUNK], size, method))
+        return
+    use_processes = pool == "process" or (pool == "auto" and _fork_is_safe())
+    if use_processes and "fork" in multiprocessing.get_all_start_methods():
+        executor = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"))
+    else:
+        executor = ThreadPoolExecutor(n_workers)
+    with executor:
+        futures = [(s, executor.submit(_decode_chunk, paths[s:s + _CHUNK], size, method))
+                   for s in starts]
+        for s, fut in futures:
+            yield (s, *fut.result())
 
 
 def _cpu_count() -> int:
