@@ -1,0 +1,280 @@
+"""xray_core.explain on models whose answer is known, against lime itself, and through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xray_core import explain as ex
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 48
+HALF = SIZE // 2
+
+
+def quadrant_model(size: int = SIZE, units: int = 1):
+    """p = sigmoid(40 * mean(conv map) - 3.5), where the conv map is zero outside the top-left
+    quadrant (cropped, then padded back so positions stay aligned): only that quadrant matters."""
+    import keras
+
+    h = size // 2
+    inp = keras.Input((size, size, 1), name="image")
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(inp)
+    x = keras.layers.Cropping2D(((0, h), (0, h)), name="crop")(x)
+    x = keras.layers.ZeroPadding2D(((0, h), (0, h)), name="pad")(x)
+    x = keras.layers.Conv2D(1, 3, padding="same", activation="relu", name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(units, activation="sigmoid", name="output")(x)
+    model = keras.Model(inp, out, name="quadrant")
+    model.get_layer("conv").set_weights([np.full((3, 3, 1, 1), 1 / 9, np.float32), np.zeros(1, np.float32)])
+    if units == 1:
+        w, b = np.array([[40.0]]), np.array([-3.5])
+    else:  # column 0 falls and column 1 rises with the quadrant's brightness
+        w, b = np.array([[-40.0, 40.0]]), np.array([3.5, -3.5])
+    model.get_layer("output").set_weights([w.astype(np.float32), b.astype(np.float32)])
+    return model
+
+
+def blob_image(size: int = SIZE, seed: int = 0) -> np.ndarray:
+    """Three bright blobs on a noisy gradient: one in the top-left quadrant, two elsewhere."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    img = 70 + 30 * x + rng.normal(0, 6, (size, size))
+    for cy, cx in ((0.25, 0.25), (0.75, 0.75), (0.25, 0.75)):
+        img = img + 170 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 0.07**2))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return quadrant_model()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return blob_image()
+
+
+@pytest.fixture(scope="module")
+def explanation(model, image):
+    return ex.explain_lime(model, image, num_samples=600, segmentation="slic", seed=0)
+
+
+def _share_in_quadrant(mask: np.ndarray) -> float:
+    return float(mask[:HALF, :HALF].sum() / mask.sum())
+
+
+def test_import_does_not_load_tensorflow():
+    code = "import sys, xray_core.explain; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_lime_and_gradcam_find_the_region_that_decides(model, image, explanation):
+    exp = explanation
+    assert exp.label == 1 and exp.predicted_label == 1 and exp.probability > 0.5
+    top = exp.top_abs[0]
+    assert exp.weights[top] > 0
+    top_mask = exp.segments == top
+    assert _share_in_quadrant(top_mask) > 0.9
+    assert top_mask[HALF // 2, HALF // 2]  # the blob's centre
+    # superpixels wholly outside the quadrant get (almost) nothing
+    outside = [k for k in range(exp.n_superpixels) if _share_in_quadrant(exp.segments == k) == 0]
+    assert outside and np.max(np.abs(exp.weights[outside])) < 0.1 * exp.weights[top]
+    assert 0.5 < exp.score <= 1.0
+
+    cam = ex.grad_cam(model, image)
+    assert cam.layer == "conv" and cam.heatmap.shape == (SIZE, SIZE)
+    assert cam.heatmap.dtype == np.float32 and cam.heatmap.max() == pytest.approx(1.0)
+    hy, hx = np.unravel_index(np.argmax(cam.heatmap), cam.heatmap.shape)
+    assert hy < HALF and hx < HALF
+    assert cam.heatmap[HALF + 1 :, :].max() == 0 and cam.heatmap[:, HALF + 1 :].max() == 0
+    hottest = ex.gradcam_order(cam.heatmap, exp.segments)[0]
+    assert _share_in_quadrant(exp.segments == hottest) > 0.9
+
+    trust = ex.trust_figures(model, image, exp, cam, seeds=3, random_seed=0)
+    areas = trust["deletion_area"]
+    assert areas["lime"] < areas["random"]
+    assert areas["gradcam"] < areas["random"]
+    curve = trust["deletion_curves"]["lime"]
+    assert curve["fractions"][0] == 0.0 and curve["fractions"][-1] == 1.0
+    assert curve["probabilities"][0] == pytest.approx(exp.label_score, abs=1e-6)
+    assert len(curve["probabilities"]) == exp.n_superpixels + 1
+    stab = trust["stability"]
+    assert stab["seeds"] == [0, 1, 2] and 0.0 <= stab["jaccard_min"] <= stab["jaccard_mean"] <= 1.0
+    json.dumps(trust)  # plain numbers only
+
+
+def test_weights_equal_lime_library(model, image, explanation):
+    """Same segments, same random_state: our fast path reproduces lime_image's weights."""
+    from lime import lime_image
+
+    exp = explanation
+    adapter = ex.as_adapter(model)
+
+    def classifier(rgb_batch):  # lime turns the gray image into RGB; the model takes 1 channel
+        return adapter.class_probabilities(rgb_batch[..., :1].astype(np.float32))
+
+    explainer = lime_image.LimeImageExplainer(random_state=exp.seed)
+    ref = explainer.explain_instance(
+        exp.model_input[..., 0].astype(np.float64), classifier, labels=(exp.label,),
+        hide_color=0, top_labels=None, num_samples=exp.num_samples, batch_size=256,
+        segmentation_fn=lambda _img: exp.segments, random_seed=exp.seed,
+    )
+    ref_weights = np.zeros(exp.n_superpixels)
+    for k, w in ref.local_exp[exp.label]:
+        ref_weights[k] = w
+    np.testing.assert_allclose(exp.weights, ref_weights, rtol=1e-6, atol=1e-9)
+    assert exp.intercept == pytest.approx(ref.intercept[exp.label], rel=1e-6)
+    assert exp.score == pytest.approx(ref.score, rel=1e-6)
+
+
+def test_quickshift_matches_the_seed_recipe(image):
+    from lime.wrappers.scikit_image import SegmentationAlgorithm
+
+    adapter_input = image[..., None].astype(np.float32)
+    ours = ex.segment(adapter_input, "quickshift", seed=42)
+    seed_fn = SegmentationAlgorithm("quickshift", kernel_size=4, max_dist=200, ratio=0.2)
+    theirs = seed_fn(np.repeat(adapter_input / 255.0, 3, axis=2).astype(np.float64))
+    _, theirs = np.unique(theirs, return_inverse=True)
+    np.testing.assert_array_equal(ours, theirs.reshape(ours.shape))
+
+
+def test_same_seed_same_weights_other_seed_differs(model, image, explanation):
+    again = ex.explain_lime(model, image, num_samples=600, segmentation="slic", seed=0, panels=False)
+    np.testing.assert_array_equal(again.weights, explanation.weights)
+    np.testing.assert_array_equal(again.segments, explanation.segments)
+    other = ex.explain_lime(model, image, num_samples=600, segmentation="slic", seed=1, panels=False)
+    assert not np.array_equal(other.weights, explanation.weights)
+
+
+def test_one_unit_head_explains_normal_as_one_minus_p(model, image, explanation):
+    normal = ex.explain_lime(model, image, label="NORMAL", num_samples=600, segmentation="slic",
+                             seed=0, panels=False)
+    assert normal.label == 0 and normal.predicted_label == 1
+    np.testing.assert_allclose(normal.weights, -explanation.weights, atol=1e-9)
+    assert normal.intercept == pytest.approx(1 - explanation.intercept)
+    assert normal.label_score == pytest.approx(1 - explanation.probability)
+
+
+def test_two_unit_head_uses_the_label_column(image):
+    model2 = quadrant_model(units=2)
+    adapter = ex.as_adapter(model2)
+    assert adapter.output_units == 2
+    x = adapter.prepare(image)[None]
+    np.testing.assert_allclose(adapter.class_probabilities(x), np.asarray(model2(x)), rtol=1e-6)
+    exp = ex.explain_lime(model2, image, num_samples=300, segmentation="slic", panels=False)
+    assert exp.label == 1
+    assert exp.probability == pytest.approx(float(np.asarray(model2(x))[0, 1]), rel=1e-6)
+    assert _share_in_quadrant(exp.segments == exp.top_abs[0]) > 0.9
+
+
+def test_panels_any_input_size_and_rgb_input(model):
+    for shape in [(30, 50), (200, 120), (SIZE, SIZE, 3)]:
+        rng = np.random.default_rng(1)
+        img = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        exp = ex.explain_lime(model, img, num_samples=100, segmentation="felzenszwalb", seed=3)
+        h, w = shape[:2]
+        H, W = ex.display_shape((h, w))
+        assert max(H, W) == ex.DISPLAY_SIZE >= 448
+        assert abs(H / W - h / w) < 0.02
+        assert exp.segments.shape == (SIZE, SIZE)
+        for name, panel in exp.panels.as_dict().items():
+            assert panel.shape == (H, W, 3) and panel.dtype == np.uint8, name
+        assert exp.legend.vmax == pytest.approx(np.abs(exp.weights).max())
+        assert exp.legend.vmin == -exp.legend.vmax and exp.legend.cmap == "RdBu"
+        assert len(exp.top_abs) == min(5, exp.n_superpixels)
+        assert all(exp.weights[k] > 0 for k in exp.top_supporting)
+
+
+def test_panels_show_what_they_promise(explanation):
+    exp = explanation
+    p = exp.panels
+    seg = ex.upsample_nearest(exp.segments, p.full.shape[:2])
+    outside = ~np.isin(seg, exp.top_supporting)
+    # partial: black outside the top supporting superpixels (but for their outlines)
+    edge = ex._outline(seg, exp.top_supporting, ex._boundary_thickness(seg.shape))
+    assert p.partial[outside & ~edge].max() == 0
+    assert (p.full[edge] == ex.BOUNDARY_COLOR).all()
+    # pros and cons: the strongest supporter is tinted green and the anatomy still shows through
+    top = seg == exp.top_abs[0]
+    g = p.pros_cons[top & ~edge].astype(int)
+    assert (g[:, 1] > g[:, 0]).all()
+    assert g[:, 1].std() > 0
+    # heatmap: the strongest supporter has the map's end colour (RdBu at +vmax is blue)
+    lut = ex._colormap_lut("RdBu")
+    heat_top = p.heatmap[top & ~ex.boundaries(seg)]
+    assert (heat_top == lut[255]).all()
+
+
+def test_heatmap_range_covers_negative_weights_without_clipping():
+    seg = np.repeat(np.arange(4, dtype=np.int32), 16).reshape(8, 8)
+    weights = np.array([-0.3, -0.1, 0.0, 0.2])
+    legend = ex.HeatmapLegend(vmin=-0.3, vmax=0.3, cmap="RdBu")
+    panels = ex.lime_panels(np.full((8, 8), 128, np.uint8), seg, weights, [3], [0, 3, 1, 2], legend, 64)
+    lut = ex._colormap_lut("RdBu")
+    big = ex.upsample_nearest(seg, (64, 64))
+    inner = ~ex.boundaries(big)
+    assert (panels.heatmap[(big == 0) & inner] == lut[0]).all()  # -0.3 -> the map's red end
+    assert (panels.heatmap[(big == 2) & inner] == lut[128]).all()  # 0 -> the centre
+
+
+def test_few_superpixels_are_handled(model):
+    flat = np.full((SIZE, SIZE), 90, np.uint8)
+    exp = ex.explain_lime(model, flat, num_samples=50, segmentation="quickshift")
+    n = exp.n_superpixels
+    assert 1 <= n < 5
+    assert sorted(exp.top_abs) == list(range(n)) and len(exp.top_supporting) <= min(2, n)
+    assert exp.panels.heatmap.dtype == np.uint8
+    curve = ex.deletion_curve(model, flat, exp.segments, ex.lime_order(exp.weights), exp.label)
+    assert len(curve.fractions) == n + 1 and curve.fractions[-1] == 1.0
+
+
+def test_no_retracing(model, image):
+    import keras
+
+    fresh = keras.models.clone_model(model)
+    fresh.set_weights(model.get_weights())
+    for seed, batch in ((0, 64), (1, 100), (2, None)):
+        ex.explain_lime(fresh, image, num_samples=130, segmentation="slic", seed=seed,
+                        batch_size=batch, panels=False)
+    ex.grad_cam(fresh, image)
+    ex.grad_cam(fresh, image, label=0)
+    forward = ex.compiled_forward(fresh, (SIZE, SIZE, 1))
+    assert forward.experimental_get_tracing_count() == 1
+    gradcam_fn = ex._compiled_gradcam(ex.as_adapter(fresh), "conv")
+    assert gradcam_fn.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("arch", ["baseline", "model3", "model4"])
+def test_grad_cam_for_seed_architectures(arch):
+    import keras
+
+    from xray_core import architectures
+
+    keras.utils.set_random_seed(0)
+    model = architectures.build(arch, input_shape=(40, 40, 1))
+    img = blob_image(70)
+    cam = ex.grad_cam(model, img)
+    layer = model.get_layer(cam.layer)
+    assert cam.heatmap.shape == tuple(layer.output.shape[1:3])
+    assert np.isfinite(cam.heatmap).all() and 0 <= cam.heatmap.min() <= cam.heatmap.max() <= 1
+    overlay = ex.make_overlay(img, cam.heatmap)
+    assert overlay.shape == (ex.DISPLAY_SIZE, ex.DISPLAY_SIZE, 3) and overlay.dtype == np.uint8
+
+
+def test_errors_are_sentences(model, image):
+    with pytest.raises(ex.ExplainError, match="quickshift"):
+        ex.explain_lime(model, image, segmentation="watershed")
+    with pytest.raises(ex.ExplainError, match="label"):
+        ex.explain_lime(model, image, label=2)
+    with pytest.raises(ex.ExplainError, match="uint8"):
+        ex.explain_lime(model, image.astype(np.float32))
+    with pytest.raises(ex.ExplainError, match="every superpixel"):
+        ex.deletion_curve(model, image, np.zeros((SIZE, SIZE), np.int32) + np.eye(SIZE, dtype=np.int32), [0], 1)
+    with pytest.raises(ex.ExplainError, match="Cannot explain"):
+        ex.explain_lime(object(), image)
