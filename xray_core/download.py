@@ -18,6 +18,7 @@ import datetime as _dt
 import errno
 import hashlib
 import http.client
+import inspect
 import json
 import os
 import re
@@ -208,11 +209,23 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def _wants_done_total(callback: Callable) -> bool:
+    """True for a callback written as `f(done, total)`, the convention of `data.load_images`."""
+    try:
+        params = list(inspect.signature(callback).parameters.values())
+    except (TypeError, ValueError):  # some builtins have no readable signature
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params if p.kind in positional and p.default is p.empty]
+    return len(required) >= 2
+
+
 class _Reporter:
     """Throttles progress calls (a Streamlit rerender per chunk would slow the download)."""
 
-    def __init__(self, callback: ProgressCallback | None, interval: float = 0.25):
+    def __init__(self, callback: Callable | None, interval: float = 0.25):
         self.callback = callback
+        self.two_args = callback is not None and _wants_done_total(callback)
         self.interval = interval
         self.phase: str | None = None
         self.t0 = self.last = 0.0
@@ -234,7 +247,10 @@ class _Reporter:
         eta = None
         if rate and total is not None and total >= done:
             eta = (total - done) / rate
-        self.callback(DownloadProgress(phase, done, total, rate, eta, unit))
+        if self.two_args:
+            self.callback(done, total)
+        else:
+            self.callback(DownloadProgress(phase, done, total, rate, eta, unit))
 
 
 # -------------------------------------------------------------------------------- public API
@@ -262,7 +278,10 @@ def download(source: str = "kermany", dest: str | Path = "data", *, url: str | N
     at `size` px -> `<dest>/pneumoniamnist_<size>/`), see `SOURCES`.
     url: a mirror to fetch from instead of the published address; the published checksum
     still applies unless expected_md5/expected_sha256 are given.
-    progress: called with a `DownloadProgress` at most every 0.25 s and at each phase's end.
+    progress: called with one `DownloadProgress` (phase, done, total, rate, eta, unit; with
+    `.fraction` and `.describe()` for a bar's text) at most every 0.25 s and at each phase's
+    end; a callback taking two required arguments gets `(done, total)` instead, the
+    convention of `data.load_images`.
     An existing dataset at the target is returned without downloading. An interrupted
     download leaves `<dest>/<file>.part`, and the next call resumes it. The archive is deleted
     once unpacked unless keep_archive. Errors are `DownloadError` subclasses whose message
@@ -529,8 +548,7 @@ def _fetch(url: str, archive: Path, *, md5: str | None, sha256: str | None, time
                 f"any proxy settings), or pass --url with a mirror you can reach, then run the "
                 f"command again.{kept}") from exc
         with response:
-            restart = _receive(response, url, part, meta_path, meta, have,
-                                               report=report)
+            restart = _receive(response, url, part, meta_path, meta, have, report=report)
         if restart:
             continue
         break
@@ -574,8 +592,9 @@ def _receive(response, url: str, part: Path, meta_path: Path, meta: dict, have: 
         raise NetworkError(f"The server {_host(url)} answered HTTP {status} where the file was "
                            f"expected. Try again later or pass --url with another mirror.")
 
-    if total is not None:
-        _check_free_space(part.parent, total - have, f"the download of {url}")
+    if total is not None:  # room for the rest of the file and for unpacking it (about its size)
+        _check_free_space(part.parent, 2 * total - have,
+                          f"downloading {format_bytes(total)} from {_host(url)} and unpacking it")
     done = have
     broken: BaseException | None = None
     read = getattr(response, "read1", response.read)
@@ -906,9 +925,15 @@ def _run(args: argparse.Namespace) -> int:
     target = target_path(args.source, args.dest, args.size)
     print(f"{spec['title']} ({spec['approx_size']}), licence {spec['licence']}.\n"
           f"Cite: {spec['citation']}", file=sys.stderr)
-    root = download(args.source, args.dest, url=args.url, size=args.size, progress=TextProgress(),
-                    expected_md5=args.md5, expected_sha256=args.sha256, timeout=args.timeout,
-                    keep_archive=args.keep_archive)
+    try:
+        root = download(args.source, args.dest, url=args.url, size=args.size,
+                        progress=TextProgress(), expected_md5=args.md5,
+                        expected_sha256=args.sha256, timeout=args.timeout,
+                        keep_archive=args.keep_archive)
+    except KeyboardInterrupt:
+        print("\nStopped. What was downloaded is kept: run the same command again to resume.",
+              file=sys.stderr)
+        raise
     if root != target:
         raise DownloadError(f"The dataset landed at {root} instead of {target}.")
     root = root.resolve()
