@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -198,9 +201,9 @@ def metrics_table(runs: Iterable[Any], split: str = "validation") -> pd.DataFram
         row = {"run": run.run_id, "architecture": config.get("arch", "")}
         for label, key, _ in METRIC_COLUMNS:
             row[label] = part.get(key, metrics.get(key) if key == "threshold" else None)
-        micro = metrics.get("seed_micro_recall")
-        if isinstance(micro, dict):
-            micro = micro.get(split)
+        micro = part.get("seed_micro_recall")
+        if micro is None and split == "validation":
+            micro = metrics.get("seed_micro_recall")
         row["seed micro-averaged recall"] = micro
         row["training time (s)"] = metrics.get("train_seconds")
         row["parameters"] = metrics.get("params")
@@ -429,3 +432,244 @@ def diagnose(run: Any, img: np.ndarray, explain: Any, *, num_samples: int = 1000
     return {"run_id": run.run_id, "prediction": label_name, "probability": probability,
             "threshold": threshold, "panels": panels, "panel_help": helps, "notes": notes,
             "summary": summary}
+
+
+def split_scores(run: Any, data_root: str | Path, split: str = "validation") -> tuple[np.ndarray, np.ndarray]:
+    """(labels, pneumonia scores) of a run on its validation split (rebuilt from its config:
+    same method, fraction and seed) or on the dataset's test folder, for ROC curves.
+
+    metrics.json keeps only the numbers at the operating threshold, so the curve needs the
+    scores again; the image arrays come from the loader's cache after the first time.
+    """
+    from xray_core import data
+
+    df = data.index_dataset(data_root)
+    if split == "validation":
+        cfg = run.config.get("split") or {"method": "patient", "val_fraction": 0.2}
+        _, rows = data.split_train(df, method=cfg.get("method", "patient"),
+                                   val_fraction=cfg.get("val_fraction"), seed=int(run.config.get("seed", 0)))
+    else:
+        rows = df[df["split"] == split]
+    loaded = data.load_images(rows["path"].tolist(), size=run.image_size, channels=run.channels)
+    labels = rows["label"].to_numpy()[loaded.ok].astype(int)
+    return labels, run.predict_scores(loaded.images, batch_size=256)
+
+
+# ------------------------------------------------------------------------------ training queue
+#
+# Trainings started from the dashboard run one at a time. A queued training is a small JSON file
+# in <models>/.queue/ (hidden, so the run registry does not list it) holding the `train` command;
+# one detached worker process (`python -m xray_core.ui work <models>`), which holds an flock on
+# .queue/worker.lock while it lives, starts them in order, each as `python -m xray_core train`.
+# Everything is on disk, so a reload, a second tab or a closed browser sees the same jobs, and
+# the queue goes on without any page open.
+
+QUEUE_DIR = ".queue"
+
+
+def _queue(root: str | Path) -> Path:
+    return Path(root) / QUEUE_DIR
+
+
+def train_argv(options: dict) -> list[str]:
+    """`python -m xray_core train` arguments from the Train page's settings."""
+    argv = ["--arch", str(options["arch"]), "--data", str(options["data"]),
+            "--epochs", str(int(options["epochs"])), "--batch-size", str(int(options["batch_size"])),
+            "--image-size", str(int(options["image_size"])), "--channels", str(int(options["channels"])),
+            "--lr", repr(float(options["learning_rate"])), "--seed", str(int(options["seed"])),
+            "--split", options.get("split", "patient"),
+            "--class-weight", "balanced" if options.get("class_weight") else "none",
+            "--threshold-method", options.get("threshold_method", "sensitivity")]
+    if options.get("val_fraction") is not None:
+        argv += ["--val-fraction", repr(float(options["val_fraction"]))]
+    if options.get("augment"):
+        argv.append("--augment")
+    if options.get("early_stopping"):
+        argv += ["--early-stopping", str(int(options["early_stopping"]))]
+    return argv
+
+
+def submit_training(root: str | Path, options: dict, *, start: bool = True) -> str:
+    """Queue one training and make sure a worker runs the queue; returns its run id at once."""
+    from xray_core import runs
+
+    root = Path(root)
+    queue = _queue(root)
+    (queue / "logs").mkdir(parents=True, exist_ok=True)
+    run_id = runs.new_run_id(options["arch"], root, create=False)
+    while (queue / f"{run_id}.json").exists():
+        run_id = runs.new_run_id(options["arch"], root, create=False)
+    job = {"run_id": run_id, "argv": train_argv(options), "options": options, "submitted": runs.now_iso()}
+    runs.atomic_write_json(queue / f"{run_id}.json", job)
+    if start:
+        ensure_worker(root)
+    return run_id
+
+
+def queued_jobs(root: str | Path) -> list[dict]:
+    """Jobs waiting to start, oldest first."""
+    queue = _queue(root)
+    if not queue.is_dir():
+        return []
+    jobs = []
+    for path in queue.glob("*.json"):
+        if path.name == "current.json":
+            continue
+        try:
+            jobs.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue  # being written or just removed: it is listed on the next poll
+    return sorted(jobs, key=lambda j: (j.get("submitted", ""), j.get("run_id", "")))
+
+
+def starting_job(root: str | Path) -> dict | None:
+    """The job the worker has launched, until its training process has written status.json."""
+    path = _queue(root) / "current.json"
+    try:
+        job = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if (Path(root) / job.get("run_id", "") / "status.json").is_file():
+        return None
+    return job
+
+
+def cancel_queued(root: str | Path, run_id: str) -> bool:
+    """Take a job off the queue before it starts; False if it has already started."""
+    from xray_core import runs
+
+    try:
+        (_queue(root) / f"{runs.validate_run_id(run_id)}.json").unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def request_stop(run_path: str | Path) -> None:
+    """Ask a running training to stop after its current batch (it keeps the model)."""
+    from xray_core import runs
+
+    runs.atomic_write_text(Path(run_path) / runs.STOP_FILE, "stop requested from the dashboard\n")
+
+
+def launch_failure(root: str | Path, run_id: str) -> str | None:
+    """Why a job ended before creating its run folder (the tail of its log), or None."""
+    logs = _queue(root) / "logs"
+    exit_file = logs / f"{run_id}.exit.json"
+    if not exit_file.is_file() or (Path(root) / run_id / "status.json").is_file():
+        return None
+    try:
+        code = json.loads(exit_file.read_text()).get("returncode")
+        tail = (logs / f"{run_id}.log").read_text(errors="replace").strip().splitlines()[-3:]
+    except (OSError, ValueError):
+        return None
+    return f"exit code {code}: " + " ".join(tail) if code else None
+
+
+def worker_alive(root: str | Path) -> bool:
+    """Whether a queue worker holds the lock (checked with flock, so a dead one never counts)."""
+    import fcntl
+
+    lock_path = _queue(root) / "worker.lock"
+    if not lock_path.exists():
+        return False
+    with open(lock_path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def ensure_worker(root: str | Path) -> bool:
+    """Start a detached worker if jobs wait and none runs; True if one was started."""
+    root = Path(root)
+    if not queued_jobs(root) or worker_alive(root):
+        return False
+    logs = _queue(root) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "worker.log", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "xray_core.ui", "work", str(root.absolute())],
+            cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env=_child_env(root),
+        )
+    return True
+
+
+def _child_env(root: Path) -> dict:
+    env = dict(os.environ)
+    env["XRAY_MODELS_DIR"] = str(root.absolute())
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def work_queue(root: str | Path) -> int:
+    """The worker: run queued trainings one after another until the queue is empty."""
+    import fcntl
+
+    from xray_core import runs
+
+    root = Path(root)
+    queue = _queue(root)
+    queue.mkdir(parents=True, exist_ok=True)
+    lock = open(queue / "worker.lock", "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another worker is running the queue
+    while True:
+        jobs = queued_jobs(root)
+        if not jobs:
+            # Release, then look once more: a job submitted while we held the lock saw a live
+            # worker and started none, so we must not leave it behind.
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if not queued_jobs(root):
+                return 0
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            continue
+        job = jobs[0]
+        run_id = job["run_id"]
+        try:
+            (queue / f"{run_id}.json").unlink()
+        except FileNotFoundError:
+            continue  # cancelled meanwhile
+        runs.atomic_write_json(queue / "current.json", dict(job, started=runs.now_iso()))
+        argv = [sys.executable, "-m", "xray_core", "train", *job["argv"],
+                "--run-id", run_id, "--runs-dir", str(root.absolute()), "--quiet"]
+        with open(queue / "logs" / f"{run_id}.log", "ab") as log:
+            code = subprocess.call(argv, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, env=_child_env(root))
+        runs.atomic_write_json(queue / "logs" / f"{run_id}.exit.json",
+                               {"returncode": code, "ended": runs.now_iso()})
+        (queue / "current.json").unlink(missing_ok=True)
+
+
+def seconds_per_epoch(infos: Iterable[Any], arch: str, image_size: int, channels: int) -> float | None:
+    """Median seconds per epoch of this machine's completed runs with the same architecture and
+    input, from their history.csv; None when there is none."""
+    seconds = []
+    for info in infos:
+        cfg = info.config or {}
+        if (info.state != "completed" or cfg.get("arch") != arch
+                or int(cfg.get("image_size") or 0) != int(image_size)
+                or int(cfg.get("channels") or 0) != int(channels)):
+            continue
+        path = Path(info.path) / "history.csv"
+        if path.is_file():
+            hist = pd.read_csv(path)
+            if "seconds" in hist:
+                seconds += hist["seconds"].dropna().tolist()
+    return float(np.median(seconds)) if seconds else None
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "work":
+        sys.exit(work_queue(sys.argv[2]))
+    print("usage: python -m xray_core.ui work MODELS_DIR  (the dashboard's training-queue worker)",
+          file=sys.stderr)
+    sys.exit(2)
