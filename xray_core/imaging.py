@@ -10,6 +10,7 @@ pixel content. Training (`xray_core.data.load_images`) and inference both size i
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 
@@ -45,14 +46,15 @@ RESIZE_METHODS = {
 
 SUPPORTED = "PNG, JPEG, BMP, TIFF or DICOM"
 
-# Pip packages that give pydicom a decoder, per compressed transfer syntax (by UID prefix).
+# What to pip install so that pydicom can decode a compressed transfer syntax (by UID prefix):
+# (the usual choice, the alternatives).
 _DICOM_DECODER_PACKAGES = {
-    "1.2.840.10008.1.2.4.5": "pylibjpeg pylibjpeg-libjpeg (or python-gdcm)",  # JPEG baseline/extended
-    "1.2.840.10008.1.2.4.7": "pylibjpeg pylibjpeg-libjpeg (or python-gdcm)",  # JPEG lossless
-    "1.2.840.10008.1.2.4.8": "pylibjpeg pylibjpeg-libjpeg (or python-gdcm, or pyjpegls)",  # JPEG-LS
-    "1.2.840.10008.1.2.4.9": "pylibjpeg pylibjpeg-openjpeg (or python-gdcm)",  # JPEG 2000
-    "1.2.840.10008.1.2.4.2": "pylibjpeg pylibjpeg-openjpeg (or python-gdcm)",  # HTJ2K
-    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",  # RLE
+    "1.2.840.10008.1.2.4.5": ("pylibjpeg pylibjpeg-libjpeg", "python-gdcm"),  # JPEG baseline/extended
+    "1.2.840.10008.1.2.4.7": ("pylibjpeg pylibjpeg-libjpeg", "python-gdcm"),  # JPEG lossless
+    "1.2.840.10008.1.2.4.8": ("pylibjpeg pylibjpeg-libjpeg", "python-gdcm or pyjpegls"),  # JPEG-LS
+    "1.2.840.10008.1.2.4.9": ("pylibjpeg pylibjpeg-openjpeg", "python-gdcm"),  # JPEG 2000
+    "1.2.840.10008.1.2.4.2": ("pylibjpeg pylibjpeg-openjpeg", "python-gdcm"),  # HTJ2K
+    "1.2.840.10008.1.2.5": ("pylibjpeg pylibjpeg-rle", "python-gdcm"),  # RLE
 }
 
 
@@ -99,8 +101,9 @@ def _read_source(data: bytes | bytearray | memoryview | str | Path, filename: st
 
 
 def _too_many_bytes(filename: str | None, size: int, max_bytes: int) -> ImageDecodeError:
+    megabytes = math.ceil(size / 1024 / 1024 * 10) / 10  # never shows "50.0 MB, over 50 MB"
     return ImageDecodeError(
-        f"{_what(filename)} is {size / 1024 / 1024:.1f} MB, over the {max_bytes / 1024 / 1024:.0f} MB "
+        f"{_what(filename)} is {megabytes:.1f} MB, over the {max_bytes / 1024 / 1024:g} MB "
         "limit. Export a smaller version (for example a PNG or JPEG of the image) and try again.")
 
 
@@ -120,15 +123,13 @@ def _signature_format(raw: bytes) -> str | None:
     return next((fmt for sig, fmt in _SIGNATURE_FORMATS.items() if raw.startswith(sig)), None)
 
 
-def _is_dicom(raw: bytes, filename: str | None) -> bool:
-    """Content first: a DICOM preamble, or no known image signature and a DICOM name or first tag."""
+def _is_dicom(raw: bytes) -> bool:
+    """By content: the DICM preamble, or (preamble-less files) a leading group 0002 or 0008 tag."""
     if len(raw) >= 132 and raw[128:132] == b"DICM":
         return True
     if raw.startswith(_IMAGE_SIGNATURES):
         return False
-    # DICOM without the 128-byte preamble: trust the extension, or a leading group 0002/0008 tag.
-    name = (filename or "").lower()
-    return name.endswith((".dcm", ".dicom")) or raw[:2] in (b"\x02\x00", b"\x08\x00")
+    return raw[:2] in (b"\x02\x00", b"\x08\x00")
 
 
 def _describe_non_image(raw: bytes) -> str | None:
@@ -171,7 +172,7 @@ def decode(data: bytes | str | Path, filename: str | None = None, *, max_pixels:
     """Decode an image (bytes or a path) to a 2-D uint8 gray array (height, width).
 
     The format is recognised by content, not by the file name (a PNG named .jpg decodes);
-    `filename` only helps messages and recognises a DICOM without its preamble. EXIF
+    `filename` only names the file in error messages. EXIF
     orientation is applied, colour is converted to gray (ITU-R 601 luma), transparency is composited on black and
     images of more than 8 bits (16-bit PNG/TIFF, DICOM) are scaled to 0..255: DICOMs through their
     rescale, VOI LUT or window, others over their own minimum..maximum.
@@ -182,7 +183,7 @@ def decode(data: bytes | str | Path, filename: str | None = None, *, max_pixels:
         For anything that is not a readable image within `max_bytes` and `max_pixels`.
     """
     raw, filename = _read_source(data, filename, max_bytes)
-    if _is_dicom(raw, filename):
+    if _is_dicom(raw):
         return _decode_dicom(raw, filename, max_pixels)
     return _decode_pillow(raw, filename, max_pixels)
 
@@ -201,7 +202,7 @@ def decode_resized(data: bytes | str | Path, size, method: str = "bilinear",
     if method not in RESIZE_METHODS:
         raise ValueError(f"method must be one of {sorted(RESIZE_METHODS)}, got {method!r}")
     raw, filename = _read_source(data, filename, max_bytes)
-    if _is_dicom(raw, filename):
+    if _is_dicom(raw):
         return resize(_decode_dicom(raw, filename, max_pixels), (h, w), method)
     return _decode_pillow(raw, filename, max_pixels, target=((h, w), method))
 
@@ -228,6 +229,10 @@ def _decode_pillow(raw: bytes, filename: str | None, max_pixels: int,
         if kind:
             raise ImageDecodeError(f"{_what(filename)} is {kind}, not an image. Upload the X-ray itself "
                                    f"as {SUPPORTED}.") from None
+        if (filename or "").lower().endswith((".dcm", ".dicom")):
+            raise ImageDecodeError(f"{_what(filename)} is named as DICOM but has no DICOM header (it is "
+                                   "damaged or in another format). Export the image again, or as PNG "
+                                   "or JPEG, and upload that.") from None
         raise ImageDecodeError(f"{_what(filename)} is not an image format this app can read (or it is "
                                f"damaged). Upload the X-ray as {SUPPORTED}.") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -260,10 +265,10 @@ def _decode_pillow(raw: bytes, filename: str | None, max_pixels: int,
 
 def _damaged(filename: str | None, exc: BaseException) -> ImageDecodeError:
     text = str(exc).lower()
-    if "truncated" in text or isinstance(exc, EOFError) or "broken" in text or "premature" in text:
+    if "truncated" in text or isinstance(exc, EOFError) or "premature" in text:
         what = "is truncated (the file ends before the image does)"
     else:
-        what = f"is damaged and cannot be decoded ({type(exc).__name__})"
+        what = "is damaged: its image data is corrupted or incomplete"
     return ImageDecodeError(f"{_what(filename)} {what}. The download or export was probably "
                             "interrupted: export the image again and upload the new file.")
 
@@ -322,8 +327,8 @@ def _decode_dicom(raw: bytes, filename: str | None, max_pixels: int) -> np.ndarr
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=not has_preamble)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise ImageDecodeError(f"{_what(filename)} looks like DICOM but cannot be read "
-                               f"({type(exc).__name__}); it may be truncated or not DICOM at all. "
+        raise ImageDecodeError(f"{_what(filename)} looks like DICOM but cannot be read; it may be "
+                               "truncated or not DICOM at all. "
                                "Export the image again, or as PNG or JPEG, and upload that.") from None
     if not has_preamble and "PixelData" not in ds and len(ds) == 0:
         raise ImageDecodeError(f"{_what(filename)} is not a DICOM file or an image. Upload the X-ray as "
@@ -345,12 +350,12 @@ def _decode_dicom(raw: bytes, filename: str | None, max_pixels: int) -> np.ndarr
         except NotImplementedError:
             decoder = None
         if decoder is None or not decoder.is_available:
-            packages = next((p for prefix, p in _DICOM_DECODER_PACKAGES.items()
-                             if str(tsyntax).startswith(prefix)), "pylibjpeg or python-gdcm")
+            usual, other = next((p for prefix, p in _DICOM_DECODER_PACKAGES.items()
+                                 if str(tsyntax).startswith(prefix)), ("pylibjpeg", "python-gdcm"))
             raise ImageDecodeError(
                 f"{_what(filename)} is a DICOM compressed as {tsyntax.name} ({tsyntax}), and no decoder "
-                f"for it is installed. Install one (pip install {packages}) and try again, or export "
-                "the image uncompressed or as PNG.")
+                f"for it is installed. Install one with `pip install {usual}` ({other} also works) "
+                "and try again, or export the image uncompressed or as PNG.")
 
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
@@ -361,8 +366,7 @@ def _decode_dicom(raw: bytes, filename: str | None, max_pixels: int) -> np.ndarr
                                "again.") from None
     except (ValueError, EOFError, OSError, AttributeError, KeyError, TypeError) as exc:
         raise ImageDecodeError(f"{_what(filename)} is a DICOM whose pixel data is incomplete or "
-                               f"inconsistent with its header ({type(exc).__name__}); the file may be "
-                               "truncated. Export the image again and upload the new file.") from None
+                               "inconsistent with its header; the file may be truncated. Export the image again and upload the new file.") from None
     if n_frames > 1:
         warnings.warn(f"{_what(filename)} holds {n_frames} frames; only the first is used.",
                       UserWarning, stacklevel=3)
@@ -375,10 +379,12 @@ def _dicom_to_gray(arr, ds, filename, apply_modality_lut, apply_voi_lut) -> np.n
         rgb = np.asarray(arr, dtype=np.float64)[..., :3]
         return _to_uint8_range(rgb @ np.array([0.299, 0.587, 0.114]), 0.0, 255.0)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    modality = apply_modality_lut(arr, ds)
+    values = np.asarray(modality, dtype=np.float64)
 
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
-        out = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
+        lut_input = modality if modality.dtype.kind in "iu" else np.rint(values).astype(np.int64)
+        out = np.asarray(apply_voi_lut(lut_input, ds, index=0, prefer_lut=True), dtype=np.float64)
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         gray = _to_uint8_range(out, 0.0, float(2**bits - 1))
     elif "WindowCenter" in ds and "WindowWidth" in ds:
