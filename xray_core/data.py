@@ -335,7 +335,7 @@ def load_images(paths: Iterable[str | Path], size=(100, 100), channels: int = 1,
         raise ValueError(f"method must be one of {sorted(imaging.RESIZE_METHODS)}, got {method!r}")
     if pool not in ("auto", "process", "thread"):
         raise ValueError(f"pool must be 'auto', 'process' or 'thread', got {pool!r}")
-    paths = [str(Path(p).absolute()) for p in paths]
+    paths = [os.path.abspath(os.fspath(p)) for p in paths]
     n = len(paths)
     order = sorted(range(n), key=paths.__getitem__)  # input index of each sorted position
     sorted_paths = [paths[i] for i in order]
