@@ -320,6 +320,8 @@ BAD = [
     Case("svg-as-png", "a.png", lambda: b'<svg xmlns="http://www.w3.org/2000/svg"></svg>',
          error=("SVG", "upload")),
     Case("json-as-jpg", "a.jpg", lambda: b'{"image": "base64..."}', error=("JSON", "upload")),
+    Case("heic-as-jpg", "IMG_0001.jpg", lambda: b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00" + b"\x00" * 64,
+         error=("HEIC", "upload")),
     Case("random-bytes", "a.jpeg",
          lambda: b"\xfe\xed" + np.random.default_rng(3).integers(0, 256, 4096, np.uint8).tobytes(),
          error=("not an image format", "upload")),

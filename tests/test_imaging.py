@@ -106,8 +106,23 @@ def test_decode_resized_errors_like_decode():
 
 
 def test_decode_rejects_non_bytes():
-    with pytest.raises(TypeError, match="bytes or a path"):
+    with pytest.raises(TypeError, match="bytes, a path or a binary file"):
         imaging.decode(np.zeros((4, 4), np.uint8))
+
+
+def test_decode_reads_file_objects_like_uploads():
+    """Streamlit's UploadedFile is a BytesIO with a name: decode it in memory, from the start."""
+    upload = io.BytesIO(_png(_gradient(12, 14)))
+    upload.name = "patient scan.png"
+    upload.read(5)  # a page may have peeked at it
+    np.testing.assert_array_equal(imaging.decode(upload), _gradient(12, 14))
+    empty = io.BytesIO(b"")
+    empty.name = "upload.jpeg"
+    with pytest.raises(imaging.ImageDecodeError, match="'upload.jpeg' is empty"):
+        imaging.decode(empty)
+    big = io.BytesIO(b"\x89PNG" + b"\x00" * 2000)
+    with pytest.raises(imaging.ImageDecodeError, match="limit"):
+        imaging.decode(big, max_bytes=1000)
 
 
 # ------------------------------------------------------------------------------- privacy

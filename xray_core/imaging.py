@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -66,23 +69,26 @@ def _what(filename: str | None) -> str:
     return f"'{filename}'" if filename else "The file"
 
 
-def _read_source(data: bytes | bytearray | memoryview | str | Path, filename: str | None,
-                 max_bytes: int) -> tuple[bytes, str | None]:
-    """Return the raw bytes and a display name, refusing missing, empty and oversized input."""
-    if isinstance(data, (str, Path)):
+def _read_source(data, filename: str | None, max_bytes: int) -> tuple[bytes, str | None]:
+    """Return the raw bytes and a display name, refusing missing, empty and oversized input.
+
+    Accepts bytes, a path, or a binary file object such as Streamlit's UploadedFile (read in
+    memory; its `.name` names it in messages).
+    """
+    if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         filename = filename or path.name
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except FileNotFoundError:
             raise ImageDecodeError(f"{path} does not exist. Check the path and try again.") from None
         except OSError as exc:
             raise ImageDecodeError(f"{path} cannot be read ({exc.strerror}). Check the path and its "
                                    "permissions and try again.") from None
-        if path.is_dir():
+        if stat.S_ISDIR(st.st_mode):
             raise ImageDecodeError(f"{path} is a folder, not an image file. Choose a single image file.")
-        if size > max_bytes:
-            raise _too_many_bytes(filename, size, max_bytes)
+        if st.st_size > max_bytes:
+            raise _too_many_bytes(filename, st.st_size, max_bytes)
         try:
             raw = path.read_bytes()
         except OSError as exc:
@@ -90,8 +96,16 @@ def _read_source(data: bytes | bytearray | memoryview | str | Path, filename: st
                                    "and try again.") from None
     elif isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data)
+    elif hasattr(data, "read"):
+        filename = filename or (os.path.basename(str(getattr(data, "name", "") or "")) or None)
+        if hasattr(data, "seek"):
+            data.seek(0)
+        raw = data.read(max_bytes + 1)  # never more than the limit in memory
+        if not isinstance(raw, (bytes, bytearray)):
+            raise TypeError("decode() needs a file opened in binary mode")
+        raw = bytes(raw)
     else:
-        raise TypeError(f"decode() takes bytes or a path, not {type(data).__name__}")
+        raise TypeError(f"decode() takes bytes, a path or a binary file, not {type(data).__name__}")
     if len(raw) == 0:
         raise ImageDecodeError(f"{_what(filename)} is empty (0 bytes): the upload or export did not "
                                "complete. Export the image again and upload the new file.")
@@ -138,6 +152,10 @@ def _describe_non_image(raw: bytes) -> str | None:
     low = head.lower()
     if raw.startswith(b"%PDF"):
         return "a PDF document"
+    if raw[4:8] == b"ftyp" and raw[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"hevc", b"avif"):
+        return "an HEIC/HEIF or AVIF photo (a phone camera format), which this app cannot read"
+    if raw[4:8] == b"ftyp":
+        return "a video or MP4-family file"
     if raw.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "a zip archive (or an Office document)"
     if raw.startswith((b"\x1f\x8b",)):
@@ -167,9 +185,9 @@ def _describe_non_image(raw: bytes) -> str | None:
     return None
 
 
-def decode(data: bytes | str | Path, filename: str | None = None, *, max_pixels: int = MAX_PIXELS,
+def decode(data: bytes | str | Path | BinaryIO, filename: str | None = None, *, max_pixels: int = MAX_PIXELS,
            max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
-    """Decode an image (bytes or a path) to a 2-D uint8 gray array (height, width).
+    """Decode an image (bytes, a path or a binary file) to a 2-D uint8 gray array (height, width).
 
     The format is recognised by content, not by the file name (a PNG named .jpg decodes);
     `filename` only names the file in error messages. EXIF
@@ -188,7 +206,7 @@ def decode(data: bytes | str | Path, filename: str | None = None, *, max_pixels:
     return _decode_pillow(raw, filename, max_pixels)
 
 
-def decode_resized(data: bytes | str | Path, size, method: str = "bilinear",
+def decode_resized(data: bytes | str | Path | BinaryIO, size, method: str = "bilinear",
                    filename: str | None = None, *, max_pixels: int = MAX_PIXELS,
                    max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
     """`resize(decode(data), size, method)`, faster: what the dataset loader runs per file.
