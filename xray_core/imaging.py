@@ -10,6 +10,7 @@ pixel content. Training (`xray_core.data.load_images`) and inference both size i
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import stat
@@ -123,8 +124,8 @@ def _too_many_bytes(filename: str | None, size: int, max_bytes: int) -> ImageDec
 
 def _too_many_pixels(filename: str | None, width: int, height: int, max_pixels: int) -> ImageDecodeError:
     return ImageDecodeError(
-        f"{_what(filename)} is {width} x {height} pixels ({width * height / 1e6:.0f} megapixels), over "
-        f"the limit of {max_pixels / 1e6:.0f} megapixels. Radiographs are smaller than this: export "
+        f"{_what(filename)} is {width} x {height} pixels ({width * height / 1e6:.3g} megapixels), over "
+        f"the limit of {max_pixels / 1e6:.3g} megapixels. Radiographs are smaller than this: export "
         "the image at its native or a reduced resolution and try again.")
 
 
@@ -168,12 +169,12 @@ def _describe_non_image(raw: bytes) -> str | None:
         return "an SVG drawing"
     if low.startswith((b"<?xml", b"<")):
         return "an XML or markup text file"
-    if low.startswith((b"{", b"[")):
+    if low.startswith((b"{", b"[")) and len(raw) < 1_000_000:
         try:
-            raw[:4096].decode("utf-8")
+            json.loads(raw)
             return "a JSON text file"
-        except UnicodeDecodeError:
-            pass  # not text: fall through to the binary check below
+        except ValueError:
+            pass  # not JSON (UnicodeDecodeError is a ValueError too): the text check below decides
     sample = raw[:4096]
     try:
         text = sample.decode("utf-8")
