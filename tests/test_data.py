@@ -340,3 +340,17 @@ def test_real_dataset_counts_and_patient_split():
     _, image_val = data.split_train(df, method="image", seed=0)
     image_train = df[(df["split"] == "train") & ~df["path"].isin(image_val["path"])]
     assert set(image_train["patient_id"]) & set(image_val["patient_id"])
+
+
+def test_cache_keeps_recent_entries_only(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_MAX_CACHE_ENTRIES", 2)
+    paths = data.index_dataset(dataset)["path"].tolist()[:3]
+    cache = tmp_path / "c"
+    first = data.load_images(paths, size=(8, 8), cache_dir=cache).cache_path
+    os.utime(first, (1, 1))  # long unused...
+    data.load_images(paths, size=(9, 9), cache_dir=cache)
+    assert data.load_images(paths, size=(8, 8), cache_dir=cache).n_decoded == 0  # ...until used now
+    data.load_images(paths, size=(10, 10), cache_dir=cache)
+    assert len(list(cache.glob("images-*.npy"))) == 2 and len(list(cache.glob("images-*.json"))) == 2
+    assert first.is_file()  # the (8, 8) entry was used more recently than (9, 9)
+    assert data.load_images(paths, size=(9, 9), cache_dir=cache).n_decoded == 3

@@ -49,6 +49,7 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 #: Bump when the cached pixels would change for the same files (decoder, resize, layout).
 CACHE_VERSION = 1
 _MAX_CACHE_ENTRIES = 12
+_MAX_CACHE_BYTES = 4 * 1024**3
 
 EXPECTED_LAYOUT = (
     "ROOT/train/NORMAL and ROOT/train/PNEUMONIA (required), optionally ROOT/val/... and "
@@ -305,12 +306,15 @@ def _read_cache(npy: Path, meta_path: Path, n: int, size: tuple[int, int]):
     return ok, meta.get("reasons", {}), pixels
 
 
-def _prune_cache(folder: Path) -> None:
-    """Keep the most recent entries so the cache cannot grow without bound."""
+def _prune_cache(folder: Path, keep: Path) -> None:
+    """Drop the least recently used entries beyond _MAX_CACHE_ENTRIES or _MAX_CACHE_BYTES."""
     entries = sorted(folder.glob("images-*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in entries[_MAX_CACHE_ENTRIES:]:
-        old.with_suffix(".json").unlink(missing_ok=True)
-        old.unlink(missing_ok=True)
+    total = 0
+    for i, entry in enumerate(entries):
+        total += entry.stat().st_size
+        if entry != keep and (i >= _MAX_CACHE_ENTRIES or total > _MAX_CACHE_BYTES):
+            entry.with_suffix(".json").unlink(missing_ok=True)
+            entry.unlink(missing_ok=True)
 
 
 def load_images(paths: Iterable[str | Path], size=(100, 100), channels: int = 1,
@@ -352,6 +356,11 @@ def load_images(paths: Iterable[str | Path], size=(100, 100), channels: int = 1,
     n_decoded = 0
     if cached is not None:
         ok_sorted, reasons, pixels = cached
+        try:
+            os.utime(npy)  # mark as recently used, so pruning keeps it
+        except OSError as exc:
+            warnings.warn(f"Could not update the cache entry {npy} ({exc.strerror}); it may be pruned "
+                          "early.", RuntimeWarning, stacklevel=2)
         reasons = {int(k): v for k, v in reasons.items()}
         if progress is not None:
             progress(n, n)
@@ -378,7 +387,7 @@ def load_images(paths: Iterable[str | Path], size=(100, 100), channels: int = 1,
                 _atomic_save_json(meta_path, {"version": CACHE_VERSION, "size": list(size),
                                               "method": method, "ok": ok_sorted.tolist(),
                                               "reasons": {str(k): v for k, v in reasons.items()}})
-                _prune_cache(npy.parent)
+                _prune_cache(npy.parent, keep=npy)
             except OSError as exc:
                 warnings.warn(f"The image cache in {npy.parent} could not be written ({exc.strerror or exc}); "
                               "the images loaded, but the next load will decode them again. Set "
