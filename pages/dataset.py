@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -80,26 +79,24 @@ def show_download(folder: Path) -> None:
         return
     sources = list(getattr(download, "SOURCES", {"kermany": None}))
     dest = folder.parent if folder.name.lower() == "chest_xray" else folder
-    cols = st.columns([2, 3])
+    cols = st.columns([1, 2])
     source = cols[0].selectbox("Source", sources, key="dataset_source")
     cols[1].text_input("Download into", value=str(dest), key="dataset_download_dest")
+    cols = st.columns([2, 1])
+    url = cols[0].text_input("Mirror URL (optional)", key="dataset_download_url",
+                             help="Your institution's copy of the same file, instead of the published address.")
+    sha256 = cols[1].text_input("Mirror's SHA-256 (optional)", key="dataset_download_sha256",
+                                help="Checksum of the mirror's file, if it differs from the published one.")
     if st.button("Download the dataset", key="dataset_download", type="primary"):
         bar = st.progress(0.0, text="Connecting…")
-        started = time.monotonic()
 
-        def progress(done: int, total: int | None) -> None:
-            elapsed = max(time.monotonic() - started, 1e-6)
-            rate = done / elapsed
-            if total:
-                eta = (total - done) / rate if rate > 0 else None
-                bar.progress(min(done / total, 1.0),
-                             text=f"{ui.format_bytes(done)} of {ui.format_bytes(total)} · "
-                                  f"{ui.format_bytes(rate)}/s · {ui.format_seconds(eta)} left")
-            else:
-                bar.progress(0.0, text=f"{ui.format_bytes(done)} · {ui.format_bytes(rate)}/s")
+        def progress(report) -> None:
+            """One line per report: phase, bytes of total, rate, time left (the library's words)."""
+            bar.progress(report.fraction or 0.0, text=report.describe())
 
         try:
             where = download.download(source, dest=st.session_state["dataset_download_dest"],
+                                      url=url.strip() or None, expected_sha256=sha256.strip() or None,
                                       progress=progress)
         except (ValueError, OSError) as exc:
             st.error(f"The download did not complete: {exc}")
