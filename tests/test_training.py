@@ -1,0 +1,317 @@
+"""Training runs end to end on tiny synthetic images, and the run folder under faults.
+
+Real processes are started and killed here (SIGKILL mid-epoch, two trainings at once): the
+registry's guarantees are about processes, so a thread or a mock would not test them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tests.synthetic import make_synthetic_dataset
+from xray_core import architectures, runs, training
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+CONFIG_KEYS = {"run_id", "arch", "data_root", "image_size", "channels", "epochs", "batch_size",
+               "learning_rate", "seed", "split", "class_weight", "augment", "early_stopping",
+               "versions", "created"}
+STATUS_KEYS = {"state", "epoch", "epochs", "batch", "batches", "fraction", "images_per_second",
+               "eta_seconds", "error", "pid", "updated"}
+RUN_FILES = {"config.json", "status.json", "history.csv", "model.keras", "checkpoint.keras",
+             "checkpoint.json", "metrics.json", "skipped_files.json"}
+
+
+def _size(arch: str) -> int:
+    """The smallest input each architecture accepts, but at least 16 px."""
+    return max(16, architectures.ARCHITECTURES[arch].min_size)
+
+
+def _history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("arch", list(architectures.ARCHITECTURES))
+def test_every_architecture_trains_a_complete_run_folder(arch, synthetic_dataset, tmp_path):
+    run_dir = training.train(training.TrainConfig(
+        arch=arch, data_root=synthetic_dataset, epochs=1, batch_size=16, image_size=_size(arch),
+        runs_root=tmp_path, seed=1))
+    assert run_dir.parent == tmp_path and arch in run_dir.name
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp") or p.name == "STOP"]
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert CONFIG_KEYS <= set(config)
+    assert config["arch"] == arch and config["image_size"] == _size(arch) and config["channels"] == 1
+    assert config["split"] == {"method": "patient", "val_fraction": 0.2}
+    assert config["versions"]["keras"] == keras.__version__
+
+    status = json.loads((run_dir / "status.json").read_text())
+    assert STATUS_KEYS <= set(status)
+    assert status["state"] == "completed" and status["fraction"] == 1.0 and status["error"] is None
+
+    (row,) = _history(run_dir)
+    assert list(row)[: len(training.HISTORY_COLUMNS)] == training.HISTORY_COLUMNS
+    assert row["epoch"] == "1" and float(row["seconds"]) > 0 and float(row["images_per_second"]) > 0
+    assert 0.0 <= float(row["val_auc"]) <= 1.0
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("validation", "test", "official_val", "threshold", "seed_micro_recall", "train_seconds",
+                "params", "epochs_run"):
+        assert key in metrics, key
+    assert metrics["epochs_run"] == 1 and metrics["params"] > 0
+    assert metrics["validation"]["n"] == config["counts"]["validation"]["n"] > 0
+    assert metrics["test"]["n"] == 16 and metrics["official_val"]["n"] == 8
+    assert metrics["validation"]["threshold"] == metrics["threshold"]
+    assert json.loads((run_dir / "checkpoint.json").read_text())["epoch"] == 1
+    assert json.loads((run_dir / "skipped_files.json").read_text()) == []
+
+    run = runs.load_run(run_dir.name, root=tmp_path)
+    x = np.full((3, _size(arch), _size(arch), 1), 120, np.float32)
+    scores = run.predict_scores(x)
+    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_stop_file_cancels_after_the_current_batch_and_keeps_the_model(synthetic_dataset, tmp_path):
+    seen = []
+
+    def progress(info):
+        if info.get("phase") == "training" and info.get("epoch") == 2 and info.get("batch") == 1:
+            (tmp_path / "stopme" / "STOP").touch()
+        seen.append((info.get("phase"), info.get("epoch"), info.get("batch")))
+
+    run_dir = training.train(training.TrainConfig(
+        data_root=synthetic_dataset, epochs=5, batch_size=8, image_size=16, runs_root=tmp_path,
+        run_id="stopme"), progress=progress)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "cancelled"
+    # STOP appeared during batch 2 (created while batch 1 was reported): training ends after it.
+    assert status["epoch"] == 2 and status["batch"] == 2
+    assert ("training", 2, 3) not in seen
+    assert [r["epoch"] for r in _history(run_dir)] == ["1"]  # the partial epoch leaves no row
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["cancelled"] is True and metrics["epochs_run"] == 1
+    assert (run_dir / "model.keras").is_file() and not (run_dir / "STOP").exists()
+    assert runs.list_runs(tmp_path)[0].state == "cancelled"
+
+
+def test_options_and_unreadable_files(tmp_path):
+    """Class weights, augmentation, early stopping, image split, Youden; a broken file is skipped."""
+    data_root = make_synthetic_dataset(tmp_path / "broken", n_val=(0, 0), n_test=(0, 0), size=16)
+    bad = data_root / "train" / "NORMAL" / "IM-9999-0001.jpeg"
+    bad.write_bytes(b"this is not a jpeg")
+    run_dir = training.train(training.TrainConfig(
+        data_root=data_root, epochs=4, batch_size=16, image_size=16, runs_root=tmp_path / "runs",
+        class_weight="balanced", augment=True, early_stopping=1, split_method="image",
+        threshold_method="youden"))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["class_weight"] == "balanced" and config["augment"] is True
+    assert config["early_stopping"] == {"patience": 1}
+    assert config["split"] == {"method": "image", "val_fraction": 0.25}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 1 <= metrics["epochs_run"] <= 4 and metrics["threshold_method"] == "youden"
+    assert len(_history(run_dir)) == metrics["epochs_run"]
+    skipped = json.loads((run_dir / "skipped_files.json").read_text())
+    assert [Path(s["path"]).name for s in skipped] == [bad.name] and skipped[0]["reason"]
+    assert config["counts"]["skipped"] == 1
+    assert "test" not in metrics and "official_val" not in metrics
+
+
+def test_balanced_class_weights_equalise_the_classes():
+    weights = training.balanced_class_weights(np.array([0, 1, 1, 1]))
+    assert weights == {0: 2.0, 1: pytest.approx(4 / 6)}
+    assert 1 * weights[0] == pytest.approx(3 * weights[1])
+
+
+def test_augmentation_keeps_left_and_right():
+    """No flips: a bright blob on the image's right stays on the right after augmentation."""
+    img = np.full((8, 32, 32, 1), 40.0, np.float32)
+    img[:, 10:22, 22:30, :] = 220.0
+    out = np.asarray(training.augmentation_layers(seed=3)(img, training=True))
+    assert out.shape == img.shape
+    assert not np.allclose(out, img)
+    right, left = out[:, :, 16:, :].mean(axis=(1, 2, 3)), out[:, :, :16, :].mean(axis=(1, 2, 3))
+    assert np.all(right > left + 10)  # a mirrored image would have right < left
+    assert out.min() >= 0 and out.max() <= 255.001
+    names = [layer.__class__.__name__ for layer in training.augmentation_layers(seed=0).layers]
+    assert "RandomFlip" not in names
+
+
+def test_failure_is_recorded_and_reraised(tmp_path):
+    data_root = make_synthetic_dataset(tmp_path / "one_class", n_train=(0, 12), n_val=(0, 0), n_test=(0, 0),
+                                       size=16)
+    (data_root / "train" / "NORMAL").mkdir(exist_ok=True)
+    with pytest.raises(training.TrainingDataError, match="only one class"):
+        training.train(training.TrainConfig(data_root=data_root, epochs=1, image_size=16,
+                                            runs_root=tmp_path / "runs", run_id="doomed"))
+    status = json.loads((tmp_path / "runs" / "doomed" / "status.json").read_text())
+    assert status["state"] == "failed" and "only one class" in status["error"]
+    assert runs.list_runs(tmp_path / "runs")[0].state == "failed"
+
+
+def test_bad_settings_fail_before_a_run_folder_exists(synthetic_dataset, tmp_path):
+    with pytest.raises(ValueError, match="Unknown architecture"):
+        training.train(training.TrainConfig(arch="resnet9000", data_root=synthetic_dataset, runs_root=tmp_path))
+    with pytest.raises(ValueError, match="at least"):
+        training.train(training.TrainConfig(arch="model4", data_root=synthetic_dataset, image_size=8,
+                                            runs_root=tmp_path))
+    with pytest.raises(runs.InvalidRunId):
+        training.train(training.TrainConfig(data_root=synthetic_dataset, run_id="../escape", runs_root=tmp_path))
+    with pytest.raises(runs.InvalidRunId):
+        training.train(training.TrainConfig(resume="../../etc", runs_root=tmp_path))
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_run_caches_into_metrics(tiny_run, synthetic_dataset, tmp_path):
+    root, run_id = tiny_run
+    # Work on a copy: the session's tiny run must stay as it is for other tests.
+    import shutil
+
+    shutil.copytree(root / run_id, tmp_path / run_id)
+    run = runs.load_run(run_id, root=tmp_path)
+    trained = run.metrics["validation"]
+    assert training.evaluate_run(run, synthetic_dataset, "val") == trained  # cached
+    # Recomputed from scratch: the same patients (split rebuilt from the seed), the same scores.
+    fresh = training.evaluate_run(run, synthetic_dataset, "val", refresh=True)
+    for key in ("n", "tp", "fp", "tn", "fn", "threshold"):
+        assert fresh[key] == trained[key], key
+    assert fresh["roc_auc"] == pytest.approx(trained["roc_auc"], abs=1e-6)
+    (tmp_path / run_id / "metrics.json").unlink()
+    test = training.evaluate_run(run, synthetic_dataset, "test")
+    assert test["n"] == 16 and test["threshold"] == 0.5  # no metrics.json: the default threshold
+    assert json.loads((tmp_path / run_id / "metrics.json").read_text())["test"] == test
+    with pytest.raises(ValueError, match="split"):
+        training.evaluate_run(run, synthetic_dataset, "holdout")
+
+
+# --------------------------------------------------------------------------- real processes
+
+
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["XRAY_MODELS_DIR"] = str(tmp_path / "unused_models")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def _train_cmd(data_root: Path, runs_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "xray_core", "train", "--arch", "baseline", "--data", str(data_root),
+            "--runs-dir", str(runs_dir), *extra]
+
+
+def _read_json_if_any(path: Path):
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return json.loads(text)  # a half-written file would raise here
+
+
+def _check_complete_files(runs_dir: Path) -> int:
+    """Parse every status.json/history.csv now; return how many files were read."""
+    n = 0
+    for folder in runs_dir.iterdir():
+        if folder.name.startswith("."):
+            continue
+        status = _read_json_if_any(folder / "status.json")
+        if status is not None:
+            assert status["state"] in runs.STATES
+            n += 1
+        try:
+            text = (folder / "history.csv").read_text()
+        except FileNotFoundError:
+            continue
+        rows = list(csv.DictReader(text.splitlines()))
+        assert text.endswith("\n") and all(len(r) == len(rows[0]) and None not in r.values() for r in rows)
+        n += 1
+    return n
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume(tmp_path):
+    data_root = make_synthetic_dataset(tmp_path / "data", n_train=(60, 90), n_val=(0, 0), n_test=(0, 0),
+                                       size=32, images_per_patient=3)
+    runs_dir = tmp_path / "runs"
+    proc = subprocess.Popen(_train_cmd(data_root, runs_dir, "--epochs", "200", "--batch-size", "2",
+                                       "--image-size", "32", "--run-id", "victim"),
+                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run_dir = runs_dir / "victim"
+    killed_at = None
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            checkpoint = _read_json_if_any(run_dir / "checkpoint.json")
+            status = _read_json_if_any(run_dir / "status.json")
+            if (checkpoint and checkpoint["epoch"] >= 1 and status and status["epoch"] > checkpoint["epoch"]
+                    and 0 < status["batch"] < status["batches"]):
+                killed_at = (checkpoint["epoch"], status["epoch"], status["batch"])
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None and killed_at is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert killed_at is not None, f"training never reached a mid-epoch point: {err.decode()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL
+
+    listed = {r.run_id: r for r in runs.list_runs(runs_dir)}
+    assert listed["victim"].state == "interrupted"
+    assert listed["victim"].status["recorded_state"] == "running"
+    done_epochs = json.loads((run_dir / "checkpoint.json").read_text())["epoch"]
+    assert done_epochs >= killed_at[0]
+    model = runs.load_model_file(run_dir / "checkpoint.keras")
+    assert model.count_params() > 0
+    rows_before = _history(run_dir)
+    assert len(rows_before) >= done_epochs  # history may hold one row more than the checkpoint
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "xray_core", "train", "--resume", "victim", "--runs-dir", str(runs_dir),
+         "--epochs", str(done_epochs + 1)],
+        env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.strip().splitlines()[-1] == "victim"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "completed"
+    rows = _history(run_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, done_epochs + 2))
+    assert rows[:done_epochs] == rows_before[:done_epochs]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == done_epochs + 1
+
+
+@pytest.mark.slow
+def test_two_trainings_at_once_complete_in_separate_folders_and_files_are_always_whole(synthetic_dataset,
+                                                                                          tmp_path):
+    runs_dir = tmp_path / "runs"
+    cmd = _train_cmd(synthetic_dataset, runs_dir, "--epochs", "2", "--batch-size", "8", "--image-size", "16")
+    procs = [subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    reads = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            if runs_dir.is_dir():
+                reads += _check_complete_files(runs_dir)
+            time.sleep(0.02)
+    finally:
+        outputs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err.decode()[-3000:]
+    ids = [out.decode().strip().splitlines()[-1] for out, _ in outputs]
+    assert len(set(ids)) == 2
+    listed = {r.run_id: r for r in runs.list_runs(runs_dir)}
+    assert set(listed) == set(ids)
+    assert all(listed[i].state == "completed" and listed[i].metrics["epochs_run"] == 2 for i in ids)
+    assert reads > 20  # the files were really read while being written

@@ -1,0 +1,333 @@
+"""Core CLI commands: dataset, train, runs, evaluate, predict.
+
+Handlers import the heavy parts (TensorFlow through training/runs models) only when they run,
+so `python -m xray_core --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "dataset", help="statistics of a dataset folder (counts, patients, image sizes, unreadable files)",
+        description="Index a dataset in the Kermany layout (train/val/test x NORMAL/PNEUMONIA) and print "
+                    "its statistics without decoding pixels. Unreadable files are listed.",
+    )
+    p.add_argument("dir", type=Path, help="dataset folder (chest_xray/ or a folder containing it)")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p.set_defaults(func=_dataset)
+
+    p = subparsers.add_parser(
+        "train", help="train a model into a new run folder (progress on stderr)",
+        description="Train one architecture on a dataset. The run folder (trained_models/<run id>/ "
+                    "unless --runs-dir) receives config.json, status.json, history.csv, checkpoints, "
+                    "model.keras and metrics.json. Create a file named STOP in the run folder to stop "
+                    "after the current batch; --resume continues an interrupted run from its last epoch.",
+    )
+    p.add_argument("--arch", default="baseline", help="architecture: baseline, model2, model3, model4, ... "
+                   "(default baseline)")
+    p.add_argument("--data", type=Path, help="dataset folder (required unless --resume)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the architecture's seed setting)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the architecture's seed setting)")
+    p.add_argument("--image-size", type=int, help="square input size in pixels (default 100)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 gray (default) or 3 (the seed's copies)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    p.add_argument("--seed", type=int, default=0, help="seed for split, shuffling and weights (default 0)")
+    p.add_argument("--split", choices=("patient", "image"), default="patient",
+                   help="train/validation split by patient (default) or by image (the seed's, leaky)")
+    p.add_argument("--val-fraction", type=float, help="validation share (default 0.2; 0.25 for --split image)")
+    p.add_argument("--class-weight", choices=("balanced", "none"), default="none",
+                   help="weight classes inversely to their frequency (default none)")
+    p.add_argument("--augment", action="store_true",
+                   help="small rotations, shifts, zoom, brightness/contrast (no flips)")
+    p.add_argument("--early-stopping", type=int, metavar="N",
+                   help="stop after N epochs without a better validation AUC; keep the best weights")
+    p.add_argument("--threshold-method", choices=("sensitivity", "youden"), default="sensitivity",
+                   help="operating threshold: highest specificity with sensitivity >= 0.95 (default) or Youden's J")
+    p.add_argument("--run-id", help="name of the run folder (default: time-arch-random)")
+    p.add_argument("--runs-dir", type=Path, help="run registry folder (default: $XRAY_MODELS_DIR or trained_models/)")
+    p.add_argument("--resume", metavar="RUN", help="continue this interrupted run from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("runs", help="list the runs in the registry",
+                              description="List training runs: state, progress and validation metrics.")
+    p.add_argument("--runs-dir", type=Path, help="run registry folder (default: $XRAY_MODELS_DIR or trained_models/)")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=_runs)
+
+    p = subparsers.add_parser(
+        "evaluate", help="metrics of a run on a split, at its operating threshold",
+        description="Evaluate a run on its validation split (rebuilt from its seed), the test folder or "
+                    "the official 16-image val folder. Results are cached in the run's metrics.json.",
+    )
+    p.add_argument("run", help="run id (or a path to a run folder)")
+    p.add_argument("--data", type=Path, help="dataset folder (default: the one the run trained on)")
+    p.add_argument("--split", choices=("val", "test", "official_val"), default="val",
+                   help="which images (default val: the run's own validation split)")
+    p.add_argument("--runs-dir", type=Path, help="run registry folder")
+    p.add_argument("--refresh", action="store_true", help="recompute even if metrics.json has the result")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=_evaluate)
+
+    p = subparsers.add_parser(
+        "predict", help="pneumonia probability of images (PNG, JPEG, BMP, TIFF, DICOM)",
+        description="Classify images with a run's model at its operating threshold. "
+                    "`default` is the bundled model.",
+    )
+    p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--runs-dir", type=Path, help="run registry folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.set_defaults(func=_predict)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _run_ref(text: str):
+    """A run argument: a path when it points at an existing folder through a separator, else an id."""
+    if (os.sep in text or "/" in text) and Path(text).is_dir():
+        return Path(text)
+    return text
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (a line per epoch when stderr is not a terminal)."""
+
+    def __init__(self, stream=sys.stderr, width: int = 28):
+        self.stream = stream
+        self.width = width
+        self.tty = stream.isatty()
+        self._last = 0.0
+        self._last_key = None
+
+    def __call__(self, info: dict) -> None:
+        phase = info.get("phase")
+        if phase == "loading":
+            key = ("loading", info.get("what"))
+            done, total = info.get("done", 0), info.get("total", 0) or 1
+            if self.tty:
+                self._draw(f"loading {info.get('what', 'images')}: {done}/{total}", done / total, done >= total)
+            elif done >= total and key != self._last_key:
+                print(f"loaded {total} {info.get('what', '')} images", file=self.stream, flush=True)
+                self._last_key = key
+            return
+        if phase in ("evaluating", "done"):
+            if self._last_key != phase:
+                self._end_line()
+                print("evaluating on validation..." if phase == "evaluating" else "done",
+                      file=self.stream, flush=True)
+                self._last_key = phase
+            return
+        epoch, epochs = info.get("epoch"), info.get("epochs")
+        batch, batches = info.get("batch") or 0, info.get("batches") or 0
+        ips = info.get("images_per_second")
+        text = (f"epoch {epoch}/{epochs} batch {batch}/{batches} "
+                f"{_fmt(ips, 0) if ips else '-'} img/s ETA {_duration(info.get('eta_seconds'))}")
+        fraction = float(info.get("fraction") or 0.0)
+        if self.tty:
+            self._draw(text, fraction, False)
+        elif batches and batch == batches and self._last_key != ("epoch", epoch):
+            print(f"[{fraction:4.0%}] {text}", file=self.stream, flush=True)
+            self._last_key = ("epoch", epoch)
+
+    def _draw(self, text: str, fraction: float, final: bool) -> None:
+        now = time.monotonic()
+        if not final and now - self._last < 0.2:
+            return
+        self._last = now
+        filled = int(round(self.width * max(0.0, min(1.0, fraction))))
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {fraction:4.0%} {text}\033[K")
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def _end_line(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _dataset(args) -> int:
+    from xray_core import data
+
+    root = data.find_dataset(args.dir)
+    df = data.index_dataset(root)
+    stats = data.dataset_stats(df)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"dataset: {root}  ({stats['n_images']} images)")
+    rows = []
+    for split, counts in stats["counts"].items():
+        pats = stats["patients_by_split"].get(split, {})
+        total = sum(counts.values())
+        rows.append([split, counts.get("NORMAL", 0), counts.get("PNEUMONIA", 0), total,
+                     pats.get("NORMAL", 0), pats.get("PNEUMONIA", 0)])
+    print(_table(["split", "NORMAL", "PNEUMONIA", "total", "patients N", "patients P"], rows))
+    sizes = stats["image_sizes"]
+    w, h = sizes["width"], sizes["height"]
+    print(f"image width  min {w['min']} median {w['median']} max {w['max']}")
+    print(f"image height min {h['min']} median {h['median']} max {h['max']}  ({sizes['distinct']} distinct sizes)")
+    pathogens = ", ".join(f"{s}: " + " ".join(f"{k} {v}" for k, v in p.items()) for s, p in stats["pathogens"].items())
+    print(f"pathogens    {pathogens}")
+    print(f"unreadable   {stats['n_unreadable']}")
+    for item in stats["unreadable"]:
+        print(f"  {item['path']}: {item['reason']}")
+    return 0
+
+
+def _train(args) -> int:
+    from xray_core import training
+
+    if args.resume is None and args.data is None:
+        raise ValueError("train needs a dataset folder: add --data DIR (or --resume RUN to continue a run).")
+    config = training.TrainConfig(
+        arch=args.arch,
+        data_root=args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        channels=args.channels,
+        learning_rate=args.lr,
+        seed=args.seed,
+        split_method=args.split,
+        val_fraction=args.val_fraction,
+        class_weight=None if args.class_weight == "none" else args.class_weight,
+        augment=args.augment,
+        early_stopping=args.early_stopping,
+        threshold_method=args.threshold_method,
+        runs_root=args.runs_dir,
+        run_id=args.run_id,
+        resume=args.resume,
+    )
+
+    def on_sigterm(signum, frame):
+        # A terminate request (e.g. from a process manager) ends like Ctrl-C: state cancelled.
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        run_dir = training.train(config, progress=None if args.quiet else ProgressBar())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    from xray_core import runs
+
+    info = next((r for r in runs.list_runs(run_dir.parent) if r.path == run_dir), None)
+    metrics = (info.metrics if info else None) or {}
+    val = metrics.get("validation") or {}
+    print(run_dir.name)
+    print(f"state {info.state if info else '?'}  epochs {metrics.get('epochs_run')}  "
+          f"train {_fmt(metrics.get('train_seconds'), 1)} s  threshold {_fmt(metrics.get('threshold'))}  "
+          f"validation: AUC {_fmt(val.get('roc_auc'))} sensitivity {_fmt(val.get('sensitivity'))} "
+          f"specificity {_fmt(val.get('specificity'))} (n={val.get('n')})", file=sys.stderr)
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    return 0
+
+
+def _runs(args) -> int:
+    from xray_core import runs
+
+    items = runs.list_runs(args.runs_dir)
+    if args.json:
+        print(json.dumps([{"run_id": r.run_id, "path": str(r.path), "status": r.status, "config": r.config,
+                           "metrics": r.metrics, "problems": r.problems} for r in items], indent=2))
+        return 0
+    if not items:
+        print(f"no runs in {runs.runs_root(args.runs_dir)}")
+        return 0
+    rows = []
+    for r in items:
+        val = (r.metrics or {}).get("validation") or {}
+        st = r.status
+        progress = f"{st.get('epoch') or 0}/{st.get('epochs') or r.config.get('epochs') or '?'}"
+        rows.append([r.run_id, r.config.get("arch", "-"), r.state, progress,
+                     _fmt(val.get("roc_auc")), _fmt(val.get("sensitivity")), _fmt(val.get("specificity")),
+                     _fmt((r.metrics or {}).get("threshold")), (r.config.get("created") or "")[:19]])
+    print(_table(["run", "arch", "state", "epoch", "val AUC", "sens", "spec", "threshold", "created"], rows))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from xray_core import runs, training
+
+    run = runs.load_run(_run_ref(args.run), root=args.runs_dir)
+    result = training.evaluate_run(run, args.data, args.split, refresh=args.refresh)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"run {run.run_id} on {args.split} ({result.get('n')} images, threshold {_fmt(result.get('threshold'))})")
+    keys = ["sensitivity", "specificity", "precision", "npv", "accuracy", "f1", "roc_auc", "pr_auc"]
+    print(_table(["metric", "value"], [[k, _fmt(result.get(k))] for k in keys if k in result]))
+    print(f"confusion: tn {result.get('tn')} fp {result.get('fp')} fn {result.get('fn')} tp {result.get('tp')}")
+    return 0
+
+
+def _predict(args) -> int:
+    import numpy as np
+
+    from xray_core import data, imaging, runs
+
+    run = runs.load_run(_run_ref(args.run), root=args.runs_dir)
+    threshold = run.threshold
+    prepared, names, failures = [], [], 0
+    for path in args.images:
+        try:
+            img = imaging.decode(path)
+        except (ValueError, OSError) as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        prepared.append(run.prepare(img))
+        names.append(path)
+    if prepared:
+        scores = run.predict_scores(np.stack(prepared))
+        rows = []
+        for path, score in zip(names, scores):
+            label = data.CLASSES[int(score >= threshold)]
+            if args.json:
+                print(json.dumps({"image": str(path), "label": label, "probability": float(score),
+                                  "threshold": threshold, "run": run.run_id}))
+            rows.append([str(path), label, f"{float(score):.4f}", f"{threshold:.4f}"])
+        if not args.json:
+            print(_table(["image", "label", "pneumonia probability", "threshold"], rows))
+    return 1 if failures else 0
