@@ -189,3 +189,15 @@ def test_real_full_size_jpegs_decode_to_their_header_size():
         assert img.shape == (h, w) and img.dtype == np.uint8 and 20 < img.mean() < 235
         small = imaging.decode_resized(path, (100, 100))
         assert np.abs(small.astype(int) - imaging.resize(img, (100, 100)).astype(int)).mean() < 3
+
+
+def test_importing_data_and_imaging_stays_light():
+    """The app's first page imports these: no TensorFlow, and pydicom only when a DICOM arrives."""
+    import subprocess
+
+    code = ("import sys, xray_core.data, xray_core.imaging; "
+            "heavy = [m for m in ('tensorflow', 'keras', 'pydicom', 'streamlit') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
