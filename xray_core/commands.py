@@ -129,10 +129,10 @@ def _duration(seconds) -> str:
 class ProgressBar:
     """A one-line progress bar on stderr (a line per epoch when stderr is not a terminal)."""
 
-    def __init__(self, stream=sys.stderr, width: int = 28):
-        self.stream = stream
+    def __init__(self, stream=None, width: int = 28):
+        self.stream = stream if stream is not None else sys.stderr
         self.width = width
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self._last = 0.0
         self._last_key = None
 

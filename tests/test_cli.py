@@ -1,0 +1,129 @@
+"""The core CLI commands, in-process through cli.main and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xray_core import cli, runs
+
+PROJECT = Path(__file__).resolve().parents[1]
+COMMANDS = ("dataset", "train", "runs", "evaluate", "predict")
+
+
+def _main(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_for_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and command in out
+
+
+def test_dataset_prints_counts_and_unreadable_files(tmp_path, capsys):
+    from tests.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "chest_xray", size=16)
+    (root / "train" / "PNEUMONIA" / "person9_bacteria_1.jpeg").write_bytes(b"not an image")
+    code, out, _ = _main(capsys, "dataset", tmp_path)
+    assert code == 0
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    assert lines["train"][1:4] == ["24", "37", "61"]
+    assert lines["test"][1:4] == ["8", "8", "16"]
+    assert "unreadable   1" in out and "person9_bacteria_1.jpeg" in out
+    code, out, _ = _main(capsys, "dataset", root, "--json")
+    assert code == 0 and json.loads(out)["counts"]["val"] == {"NORMAL": 4, "PNEUMONIA": 4}
+
+
+def test_dataset_error_is_one_line(tmp_path, capsys):
+    code, out, err = _main(capsys, "dataset", tmp_path / "nothing")
+    assert code == 1 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_train_then_runs_then_evaluate(synthetic_dataset, tmp_path, capsys):
+    runs_dir = tmp_path / "runs"
+    code, out, err = _main(capsys, "train", "--arch", "baseline", "--data", synthetic_dataset, "--epochs", "1",
+                           "--batch-size", "16", "--image-size", "16", "--runs-dir", runs_dir,
+                           "--run-id", "cli-run", "--seed", "3", "--class-weight", "balanced")
+    assert code == 0, err
+    assert out.strip() == "cli-run"
+    assert "epoch 1/1" in err and "validation: AUC" in err  # progress lines (stderr is not a tty)
+    config = json.loads((runs_dir / "cli-run" / "config.json").read_text())
+    assert config["seed"] == 3 and config["class_weight"] == "balanced" and config["image_size"] == 16
+
+    code, out, _ = _main(capsys, "runs", "--runs-dir", runs_dir)
+    header, _, row = out.splitlines()[:3]
+    assert header.split()[:4] == ["run", "arch", "state", "epoch"]
+    assert row.split()[:4] == ["cli-run", "baseline", "completed", "1/1"]
+    code, out, _ = _main(capsys, "runs", "--runs-dir", runs_dir, "--json")
+    assert json.loads(out)[0]["status"]["state"] == "completed"
+
+    code, out, _ = _main(capsys, "evaluate", "cli-run", "--runs-dir", runs_dir, "--split", "test", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["n"] == 16 and result["tp"] + result["fn"] == 8
+    code, out, _ = _main(capsys, "evaluate", "cli-run", "--runs-dir", runs_dir, "--data", synthetic_dataset)
+    assert code == 0 and "sensitivity" in out and "on val" in out
+
+
+def test_train_errors_are_one_line_sentences(synthetic_dataset, tmp_path, capsys):
+    code, _, err = _main(capsys, "train", "--arch", "nope", "--data", synthetic_dataset, "--runs-dir", tmp_path)
+    assert code == 1 and "Unknown architecture" in err and err.count("\n") == 1
+    code, _, err = _main(capsys, "train", "--runs-dir", tmp_path)
+    assert code == 1 and "--data" in err
+    code, _, err = _main(capsys, "train", "--resume", "../elsewhere", "--runs-dir", tmp_path)
+    assert code == 1 and "path" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_on_empty_registry_and_evaluate_of_missing_run(tmp_path, capsys):
+    code, out, _ = _main(capsys, "runs", "--runs-dir", tmp_path)
+    assert code == 0 and "no runs" in out
+    code, _, err = _main(capsys, "evaluate", "ghost", "--runs-dir", tmp_path, "--data", tmp_path)
+    assert code == 1 and "ghost" in err and "xray_core runs" in err
+
+
+def test_predict_in_process_labels_and_bad_files(tiny_run, synthetic_dataset, tmp_path, capsys):
+    runs_root, run_id = tiny_run
+    images = sorted((synthetic_dataset / "test" / "PNEUMONIA").iterdir())[:2]
+    junk = tmp_path / "notes.jpeg"
+    junk.write_text("<html>not an x-ray</html>")
+    code, out, err = _main(capsys, "predict", run_id, *images, junk, "--runs-dir", runs_root, "--json")
+    assert code == 1  # one file failed
+    results = [json.loads(line) for line in out.splitlines()]
+    assert [Path(r["image"]).name for r in results] == [p.name for p in images]
+    run = runs.load_run(run_id, root=runs_root)
+    for r in results:
+        assert 0.0 <= r["probability"] <= 1.0 and r["threshold"] == pytest.approx(run.threshold)
+        assert r["label"] == ("PNEUMONIA" if r["probability"] >= r["threshold"] else "NORMAL")
+    assert err.startswith(f"error: {junk}") and err.count("\n") == 1
+    # A run given as a folder path works too.
+    code, out, _ = _main(capsys, "predict", runs_root / run_id, images[0])
+    assert code == 0 and images[0].name in out
+
+
+def test_predict_as_a_real_subprocess(tiny_run, synthetic_dataset, tmp_path):
+    runs_root, run_id = tiny_run
+    image = sorted((synthetic_dataset / "test" / "NORMAL").iterdir())[0]
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), XRAY_MODELS_DIR=str(runs_root), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "xray_core", "predict", run_id, str(image)],
+                          env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header, _, row = proc.stdout.splitlines()[:3]
+    assert header.split()[:3] == ["image", "label", "pneumonia"]
+    assert row.split()[0] == str(image) and row.split()[1] in ("NORMAL", "PNEUMONIA")
+    escape = subprocess.run([sys.executable, "-m", "xray_core", "predict", "../../etc", str(image)],
+                            env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert escape.returncode == 1 and escape.stderr.startswith("error: The run id")
