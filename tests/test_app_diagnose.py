@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -147,36 +145,30 @@ def _files(folder: Path) -> set[str]:
             if p.is_file() and not skip.intersection(p.relative_to(folder).parts)}
 
 
-def test_diagnose_writes_nothing_to_disk(synthetic_dataset, tiny_run, tmp_path):
-    """After uploads and explanations, no new file in the project, the models folder or the temp folder."""
+def test_diagnose_writes_nothing_to_disk(monkeypatch, synthetic_dataset, tiny_run, tmp_path):
+    """After an upload, its explanation and a bad upload: no new file in the project, the models
+    folder or the temporary folder (pointed at an empty private one for this test)."""
     runs_root, run_id = tiny_run
     models = tmp_path / "models"
     shutil.copytree(runs_root / run_id, models / run_id)
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.setenv(name, str(private_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    monkeypatch.setenv("XRAY_DATA_DIR", str(synthetic_dataset))
+    monkeypatch.setenv("XRAY_MODELS_DIR", str(models))
     name, raw = image_bytes(synthetic_dataset, "test", "PNEUMONIA", 1)
-    upload = tmp_path / "upload.bin"  # handed to the child below; not part of what is watched
-    upload.write_bytes(raw)
-    script = f"""
-from pathlib import Path
-from streamlit.testing.v1 import AppTest
-at = AppTest.from_file({APP!r}, default_timeout=180)
-at.run()
-at.select_slider(key="diagnose_samples").set_value(250)
-raw = Path({str(upload)!r}).read_bytes()
-at.file_uploader(key="diagnose_upload").set_value(({name!r}, raw, "image/jpeg")).run()
-assert not at.exception, at.exception
-assert len(at.image) == 5 and not at.error
-at.file_uploader(key="diagnose_upload").set_value(("bad.jpg", raw[:200], "image/jpeg")).run()
-assert at.error and not at.exception
-print("ok")
-"""
     before_project, before_models = _files(PROJECT), _files(models)
-    env = dict(os.environ, XRAY_DATA_DIR=str(synthetic_dataset), XRAY_MODELS_DIR=str(models),
-               TMPDIR=str(private_tmp), TEMP=str(private_tmp), TMP=str(private_tmp))
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                         cwd=PROJECT, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.select_slider(key="diagnose_samples").set_value(250)
+    at.file_uploader(key="diagnose_upload").set_value((name, raw, "image/jpeg")).run()
+    assert not at.exception and not at.error and len(at.image) == 5
+    at.file_uploader(key="diagnose_upload").set_value(("cut.jpg", raw[:200], "image/jpeg")).run()
+    assert at.error and not at.exception
+
     assert _files(models) == before_models
     assert sorted(p.name for p in private_tmp.rglob("*")) == []
     assert _files(PROJECT) - before_project == set()

@@ -582,19 +582,34 @@ def worker_alive(root: str | Path) -> bool:
     return False
 
 
+_SPAWNED: list[subprocess.Popen] = []  # workers started by this process, reaped when they end
+
+
 def ensure_worker(root: str | Path) -> bool:
-    """Start a detached worker if jobs wait and none runs; True if one was started."""
+    """Start a detached worker if jobs wait and none runs; True if one was started.
+
+    The lock is taken here and handed to the worker (an inherited descriptor shares the flock),
+    so two pages polling at once can never both start one.
+    """
+    import fcntl
+
+    _SPAWNED[:] = [p for p in _SPAWNED if p.poll() is None]
     root = Path(root)
-    if not queued_jobs(root) or worker_alive(root):
+    if not queued_jobs(root):
         return False
     logs = _queue(root) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / "worker.log", "ab") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", "xray_core.ui", "work", str(root.absolute())],
-            cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=_child_env(root),
-        )
+    with open(_queue(root) / "worker.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a worker is running the queue
+        with open(logs / "worker.log", "ab") as log:
+            _SPAWNED.append(subprocess.Popen(
+                [sys.executable, "-m", "xray_core.ui", "work", str(root.absolute()), str(lock.fileno())],
+                cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, env=_child_env(root), pass_fds=(lock.fileno(),),
+            ))
     return True
 
 
@@ -605,8 +620,12 @@ def _child_env(root: Path) -> dict:
     return env
 
 
-def work_queue(root: str | Path) -> int:
-    """The worker: run queued trainings one after another until the queue is empty."""
+def work_queue(root: str | Path, lock_fd: int | None = None) -> int:
+    """The worker: run queued trainings one after another until the queue is empty.
+
+    lock_fd: the already locked worker.lock inherited from `ensure_worker`; without it the
+    worker takes the lock itself (and leaves at once if another worker holds it).
+    """
     import fcntl
 
     from xray_core import runs
@@ -614,11 +633,15 @@ def work_queue(root: str | Path) -> int:
     root = Path(root)
     queue = _queue(root)
     queue.mkdir(parents=True, exist_ok=True)
-    lock = open(queue / "worker.lock", "a")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0  # another worker is running the queue
+    if lock_fd is not None:
+        lock = os.fdopen(lock_fd, "a")
+    else:
+        lock = open(queue / "worker.lock", "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return 0  # another worker is running the queue
     while True:
         jobs = queued_jobs(root)
         if not jobs:
@@ -626,10 +649,12 @@ def work_queue(root: str | Path) -> int:
             # worker and started none, so we must not leave it behind.
             fcntl.flock(lock, fcntl.LOCK_UN)
             if not queued_jobs(root):
+                lock.close()
                 return 0
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                lock.close()
                 return 0
             continue
         job = jobs[0]
@@ -668,8 +693,8 @@ def seconds_per_epoch(infos: Iterable[Any], arch: str, image_size: int, channels
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "work":
-        sys.exit(work_queue(sys.argv[2]))
-    print("usage: python -m xray_core.ui work MODELS_DIR  (the dashboard's training-queue worker)",
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "work":
+        sys.exit(work_queue(sys.argv[2], int(sys.argv[3]) if len(sys.argv) == 4 else None))
+    print("usage: python -m xray_core.ui work MODELS_DIR [LOCK_FD]  (the dashboard's training-queue worker)",
           file=sys.stderr)
     sys.exit(2)

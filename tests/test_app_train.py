@@ -1,0 +1,110 @@
+"""AppTest of the Train page: settings, a real background training, the queue, cancel; queue unit tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from xray_core import runs, ui
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+
+
+@pytest.fixture
+def train_page(monkeypatch, synthetic_dataset, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("XRAY_DATA_DIR", str(synthetic_dataset))
+    monkeypatch.setenv("XRAY_MODELS_DIR", str(models))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception, at.exception
+    return at, models
+
+
+def wait_until(predicate, timeout: float, at: AppTest | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if at is not None:
+            at.run()
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError("timed out waiting")
+
+
+def test_settings_show_layer_table_and_parameter_count(train_page):
+    at, _ = train_page
+    assert at.selectbox(key="train_arch").value == "baseline"
+    assert at.number_input(key="train_epochs_baseline").value == 5  # the seed's setting
+    at.number_input(key="train_size_baseline").set_value(100)
+    at.selectbox(key="train_channels_baseline").set_value(3).run()
+    # The seed's baseline at 100x100x3 has exactly 1,282,482 parameters (shared/seed/NOTES.md).
+    assert any("1,282,482 parameters" in e.label for e in at.expander)
+    at.selectbox(key="train_arch").set_value("model2").run()
+    assert at.number_input(key="train_batch_model2").value == 32
+    assert not at.exception
+
+
+def test_start_runs_in_background_queues_the_second_and_both_complete(train_page):
+    at, models = train_page
+    at.number_input(key="train_epochs_baseline").set_value(1)
+    at.number_input(key="train_batch_baseline").set_value(16)
+    at.number_input(key="train_size_baseline").set_value(16).run()
+    started = time.monotonic()
+    at.button(key="train_start").click().run()
+    assert time.monotonic() - started < 10, "Start must return at once"
+    assert at.success and "Queued" in at.success[0].value
+    first = at.success[0].value.split()[1].rstrip(";")
+    at.number_input(key="train_seed").set_value(1).run()
+    at.button(key="train_start").click().run()
+    second = at.success[0].value.split()[1].rstrip(";")
+    # The second one waits, visibly, while the first starts.
+    text = " ".join(m.value for m in at.markdown)
+    assert "Queued" in text and second in text
+
+    def both_done():
+        states = {r.run_id: r.state for r in runs.list_runs(models)}
+        return states.get(first) == "completed" and states.get(second) == "completed"
+
+    wait_until(both_done, 240)
+    at.run()
+    assert not at.exception
+    recent = next(f.value for f in at.dataframe if "state" in f.value.columns)
+    assert set(recent.loc[recent["run"].isin([first, second]), "state"]) == {"completed"}
+    # One at a time: the second started after the first had finished.
+    a, b = runs.load_run(first, root=models), runs.load_run(second, root=models)
+    assert b.config["created"] >= a.status["updated"] or a.config["created"] < b.config["created"]
+    assert json.loads((models / ".queue" / "logs" / f"{first}.exit.json").read_text())["returncode"] == 0
+    # Completed runs give this machine's epoch time for that setup.
+    at.run()
+    assert any("an epoch has taken about" in c.value for c in at.caption)
+
+
+def test_cancel_button_writes_stop_file_and_queue_can_be_emptied(train_page, tiny_run):
+    at, models = train_page
+    runs_root, run_id = tiny_run
+    # A run that reads as running (this test process's pid keeps it alive) shows Cancel.
+    shutil.copytree(runs_root / run_id, models / "live")
+    status = dict(runs.read_json(models / "live" / "status.json"), state="running", epoch=1, epochs=3,
+                  batch=2, batches=4, fraction=0.5, images_per_second=123.0, eta_seconds=65,
+                  **runs.process_identity())
+    runs.atomic_write_json(models / "live" / "status.json", status)
+    job = ui.submit_training(models, {"arch": "baseline", "data": "/nowhere", "epochs": 1, "batch_size": 8,
+                                      "image_size": 16, "channels": 1, "learning_rate": 1e-3, "seed": 0},
+                             start=False)
+    at.run()
+    assert [p.value for p in at.progress] == [50]
+    assert next(m.value for m in at.metric if m.label == "Time left") == "1 min 05 s"
+    assert any(job in m.value for m in at.markdown)
+    at.button(key="train_cancel_live").click().run()
+    assert (models / "live" / runs.STOP_FILE).is_file()
+    at.button(key=f"train_unqueue_{job}").click().run()
+    assert ui.queued_jobs(models) == []
