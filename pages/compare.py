@@ -20,7 +20,7 @@ def history(path: str, stamp: float) -> pd.DataFrame:
 def get_run(path: str, stamp: float) -> runs.Run:
     """A run with its model loaded, shared by all sessions and never changed."""
     run = runs.load_run(Path(path))
-    run.model
+    _ = run.model
     return run
 
 

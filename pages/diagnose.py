@@ -20,7 +20,7 @@ def get_run(path: str, stamp: float) -> runs.Run:
     """A run with its model loaded; `stamp` (model.keras mtime) reloads a retrained model.
     Shared by every session, so it is only read, never changed."""
     run = runs.load_run(Path(path))
-    run.model  # load now, under the spinner, not in the middle of an explanation
+    _ = run.model  # load now, under the spinner, not in the middle of an explanation
     return run
 
 

@@ -148,7 +148,7 @@ def live_panel(models: Path) -> None:
                  "epochs": f"{(r.metrics or {}).get('epochs_run', r.status.get('epoch', ''))}",
                  "validation AUC": ui.fmt(((r.metrics or {}).get("validation") or {}).get("roc_auc")),
                  "message": r.status.get("error") or ""} for r in finished]
-        st.dataframe(pd.DataFrame(rows), hide_index=True, key="train_recent")
+        st.table(pd.DataFrame(rows).set_index("run"))
 
 
 st.title("Train")

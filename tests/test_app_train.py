@@ -77,8 +77,8 @@ def test_start_runs_in_background_queues_the_second_and_both_complete(train_page
     wait_until(both_done, 240)
     at.run()
     assert not at.exception
-    recent = next(f.value for f in at.dataframe if "state" in f.value.columns)
-    assert set(recent.loc[recent["run"].isin([first, second]), "state"]) == {"completed"}
+    recent = at.table[0].value
+    assert recent.loc[[first, second], "state"].tolist() == ["completed", "completed"]
     # One at a time: the second started after the first had finished.
     a, b = runs.load_run(first, root=models), runs.load_run(second, root=models)
     assert b.config["created"] >= a.status["updated"] or a.config["created"] < b.config["created"]

@@ -167,8 +167,9 @@ def learning_curves_figure(histories: dict[str, pd.DataFrame], metric: str):
                 fig.add_scatter(x=hist["epoch"], y=hist[column], mode="lines+markers",
                                 name=f"{run_id} ({label})", legendgroup=run_id,
                                 line=dict(color=colour, dash=dash))
-    fig.update_layout(title=CURVE_TITLES.get(metric, metric), xaxis_title="epoch", height=320,
-                      margin=dict(t=40, b=30, l=40, r=10), legend=dict(font=dict(size=10)))
+    fig.update_layout(title=CURVE_TITLES.get(metric, metric), xaxis_title="epoch", height=360,
+                      margin=dict(t=40, b=30, l=40, r=10),
+                      legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.25))
     fig.update_xaxes(dtick=1)
     return fig
 
