@@ -122,6 +122,7 @@ def test_options_and_unreadable_files(tmp_path):
     assert config["split"] == {"method": "image", "val_fraction": 0.25}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 1 <= metrics["epochs_run"] <= 4 and metrics["threshold_method"] == "youden"
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"]
     assert len(_history(run_dir)) == metrics["epochs_run"]
     skipped = json.loads((run_dir / "skipped_files.json").read_text())
     assert [Path(s["path"]).name for s in skipped] == [bad.name] and skipped[0]["reason"]

@@ -17,6 +17,7 @@ import io
 import math
 import os
 import platform
+import sys
 import time
 import traceback
 from dataclasses import dataclass, fields
@@ -99,7 +100,7 @@ def _use_gpu_politely() -> list[str]:
         except RuntimeError as exc:
             # Raised once the GPU is initialised (a second train() in one process): harmless,
             # the first call already set it.
-            print(f"note: GPU memory growth unchanged ({exc})")
+            print(f"note: GPU memory growth unchanged ({exc})", file=sys.stderr)
     return [gpu.name for gpu in gpus]
 
 
@@ -481,10 +482,12 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
                          n_train=len(x_train), initial_epoch=initial_epoch,
                          history_rows=history_rows, progress=progress)
     callbacks: list = [run_cb]
+    stopper = None
     if cfg.get("early_stopping"):
-        callbacks.append(keras.callbacks.EarlyStopping(
+        stopper = keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=int(cfg["early_stopping"]["patience"]),
-            restore_best_weights=True))
+            restore_best_weights=True)
+        callbacks.append(stopper)
 
     started = time.monotonic()
     if initial_epoch < epochs:
@@ -516,6 +519,9 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
         "epochs_run": int(run_cb.completed_epochs),
         "cancelled": bool(run_cb.cancelled),
     }
+    if stopper is not None and stopper.best_weights is not None:
+        # The saved model holds this epoch's weights (restored), not the last epoch's.
+        result["best_epoch"] = int(stopper.best_epoch) + 1
     # The official test split, when present, is scored once here at the validation threshold;
     # the 16-image official val folder is too small to select on and is only reported.
     for split, key in (("test", "test"), ("val", "official_val")):
