@@ -278,3 +278,76 @@ def test_errors_are_sentences(model, image):
         ex.deletion_curve(model, image, np.zeros((SIZE, SIZE), np.int32) + np.eye(SIZE, dtype=np.int32), [0], 1)
     with pytest.raises(ex.ExplainError, match="Cannot explain"):
         ex.explain_lime(object(), image)
+
+
+def _first_image(dataset: Path) -> Path:
+    return sorted((dataset / "val" / "PNEUMONIA").iterdir())[0]
+
+
+def test_cli_writes_five_pngs_and_json(tiny_run, synthetic_dataset, tmp_path):
+    from PIL import Image
+
+    runs_root, run_id = tiny_run
+    out = tmp_path / "explained"
+    proc = subprocess.run(
+        [sys.executable, "-m", "xray_core", "explain", run_id, str(_first_image(synthetic_dataset)),
+         "--out", str(out), "--samples", "120", "--segmentation", "slic", "--seed", "1",
+         "--stability-seeds", "2", "--runs-dir", str(runs_root)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "deletion area" in proc.stdout
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([*ex.PANEL_FILES.values(), ex.GRADCAM_FILE, ex.JSON_FILE])
+    for name in [*ex.PANEL_FILES.values(), ex.GRADCAM_FILE]:
+        with Image.open(out / name) as im:
+            assert im.mode == "RGB" and max(im.size) == ex.DISPLAY_SIZE
+    report = json.loads((out / ex.JSON_FILE).read_text())
+    assert report["run_id"] == run_id
+    assert 0.0 <= report["prediction"]["probability_pneumonia"] <= 1.0
+    lime = report["lime"]
+    assert lime["num_samples"] == 120 and lime["seed"] == 1 and lime["segmentation"] == "slic"
+    assert len(lime["weights"]) == lime["n_superpixels"]
+    assert set(report["trust"]["deletion_area"]) == {"lime", "gradcam", "random"}
+    assert report["trust"]["stability"]["seeds"] == [0, 1]
+    assert lime["timings"]["model"] > 0
+
+
+def test_cli_unknown_run_is_a_sentence(tiny_run, synthetic_dataset, tmp_path, capsys):
+    from xray_core import cli
+
+    runs_root, _ = tiny_run
+    code = cli.main(["explain", "no-such-run", str(_first_image(synthetic_dataset)), "--out",
+                     str(tmp_path / "o"), "--runs-dir", str(runs_root)])
+    assert code == 1
+    assert "no-such-run" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("arch,shape", [("baseline", (36, 36, 3)), ("model3", (48, 48, 1))])
+def test_fast_path_gives_the_models_own_numbers(arch, shape):
+    """The look-up shortcut for conv-first chains equals scoring whole perturbed images."""
+    import keras
+
+    from xray_core import architectures
+
+    keras.utils.set_random_seed(1)
+    model = architectures.build(arch, input_shape=shape)
+    # sharpen the untrained weights so that outputs vary visibly between samples
+    model.set_weights([w * 3 for w in model.get_weights()])
+    adapter = ex.as_adapter(model)
+    x = adapter.prepare(blob_image(60, seed=2))
+    for method, params in (("quickshift", None), ("slic", {"n_segments": 20})):
+        segments = ex.segment(x, method, params)
+        rows = ex._sample_masks(int(segments.max()) + 1, 40, 0)
+        fast = ex.make_scorer(adapter, x, segments)
+        plain = ex.make_scorer(adapter, x, segments, fast=False)
+        assert fast.fast and not plain.fast
+        expected = plain(rows, 16)
+        assert expected[:, 1].std() > 1e-3
+        np.testing.assert_allclose(fast(rows, 16), expected, rtol=1e-4, atol=1e-6)
+        direct = adapter.to_class_columns(np.asarray(model(ex._perturbed(x, segments, rows[:4]))).astype(np.float64))
+        np.testing.assert_allclose(fast(rows[:4], 4), direct, rtol=1e-4, atol=1e-6)
+    features_fn, scores_fn = ex._compiled_local(model, ex._local_plan(model), adapter.input_shape)
+    assert features_fn.experimental_get_tracing_count() == 1
+    assert scores_fn.experimental_get_tracing_count() == 1
