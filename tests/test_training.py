@@ -291,6 +291,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert [int(r["epoch"]) for r in rows] == list(range(1, done_epochs + 2))
     assert rows[:done_epochs] == rows_before[:done_epochs]
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == done_epochs + 1
+    assert not list(run_dir.glob(".*.tmp*"))  # leftovers of the killed writes are cleaned up
 
 
 @pytest.mark.slow

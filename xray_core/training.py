@@ -237,6 +237,7 @@ class RunCallback(keras.callbacks.Callback):
         self._train_start = time.monotonic()
         self._epoch_seconds: list[float] = []
         self._batch_in_epoch = 0
+        self._last_batch_end = self._epoch_start
 
     def _report(self, force: bool, **fields: Any) -> None:
         self.status.update(force=force, **fields)
@@ -252,10 +253,12 @@ class RunCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.monotonic()
         self._batch_in_epoch = 0
+        self._last_batch_end = self._epoch_start
         self._report(True, epoch=epoch + 1, batch=0)
 
     def on_train_batch_end(self, batch, logs=None):
         self._batch_in_epoch = batch + 1
+        self._last_batch_end = time.monotonic()
         if (self.run_dir / runs.STOP_FILE).exists():
             self.cancelled = True
             self.model.stop_training = True
@@ -284,8 +287,10 @@ class RunCallback(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             row[key] = float(value)
         row["seconds"] = round(seconds, 3)
+        # Throughput of the training steps alone; `seconds` also counts the validation pass.
         seen = self.batches * self.batch_size if self.batches > 1 else self.n_train
-        row["images_per_second"] = round(seen / seconds, 1) if seconds > 0 else None
+        fit_seconds = self._last_batch_end - self._epoch_start
+        row["images_per_second"] = round(seen / fit_seconds, 1) if fit_seconds > 0 else None
         self.rows[:] = [r for r in self.rows if r["epoch"] < epoch + 1] + [row]
         runs.atomic_write_text(self.run_dir / runs.HISTORY_FILE, _history_text(self.rows))
         _save_model_atomically(self.model, self.run_dir / runs.CHECKPOINT_FILE)
@@ -327,6 +332,8 @@ def _resolve(config: TrainConfig) -> tuple[Path, dict, int]:
             cfg["data_root"] = str(config.data_root)
         cfg.setdefault("resumed", []).append({"from_epoch": start, "at": runs.now_iso()})
         (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+        for leftover in run_dir.glob(".*.tmp*"):
+            leftover.unlink()  # temporary files of writes the killed process never finished
         return run_dir, cfg, start
 
     from xray_core import architectures
