@@ -117,8 +117,8 @@ with tabs[1]:
         st.info("The dataset folder has no test split, so there is nothing to evaluate on.")
 
 st.subheader("ROC curves")
-split = st.radio("Split", ["validation", "test"] if root else ["validation"], horizontal=True,
-                 key="compare_roc_split")
+split = (st.radio("Split", ["validation", "test"], horizontal=True, key="compare_roc_split")
+         if root else "validation")
 curves = {}
 with st.spinner("Scoring the images…"):
     for info in chosen:

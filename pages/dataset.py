@@ -120,7 +120,7 @@ def show_counts(stats: dict) -> None:
 
 def show_grid(index: pd.DataFrame) -> None:
     st.subheader("Sample images")
-    cols = st.columns([1, 1, 1, 1, 1])
+    cols = st.columns([1, 1, 1, 1, 1], vertical_alignment="bottom")
     split = cols[0].selectbox("Split", ["all"] + ui.present(index["split"], ui.SPLIT_ORDER),
                               key="dataset_split")
     class_name = cols[1].selectbox("Class", ["all", *data.CLASSES], key="dataset_class")

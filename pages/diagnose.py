@@ -112,7 +112,7 @@ def show_result(result: dict, run_info) -> None:
     score, threshold = result["probability"], result["threshold"]
     verdict = result["prediction"]
     validation = (run_info.metrics or {}).get("validation") or {}
-    cols = st.columns([2, 1, 1, 1, 1])
+    cols = st.columns([1.2, 1.5, 1.3, 1.3, 1.3])
     cols[0].metric("Prediction", verdict)
     cols[1].metric("Probability of pneumonia", f"{score:.3f}")
     cols[2].metric("Operating threshold", f"{threshold:.3f}")
@@ -125,11 +125,13 @@ def show_result(result: dict, run_info) -> None:
     panels = result.get("panels") or {}
     if panels:
         st.subheader("Why: LIME superpixels and Grad-CAM")
-        cols = st.columns(len(panels))
-        for col, (name, image) in zip(cols, panels.items()):
-            col.image(image, width="stretch")
-            col.markdown(f"**{ui.PANEL_TITLES.get(name, name)}**")
-            col.caption(result.get("panel_help", {}).get(name, ""))
+        names = list(panels)
+        for row in (names[:3], names[3:]):  # three per row: large enough to read
+            cols = st.columns(3)
+            for col, name in zip(cols, row):
+                col.image(panels[name], width="stretch")
+                col.markdown(f"**{ui.PANEL_TITLES.get(name, name)}**")
+                col.caption(result.get("panel_help", {}).get(name, ""))
     for note in result.get("notes", []):
         st.caption(note)
     st.download_button(
@@ -142,11 +144,13 @@ def show_result(result: dict, run_info) -> None:
 st.title("Diagnose")
 models = ui.resolve_folder(st.session_state.get("models_dir", "trained_models"))
 run_info = pick_run(models)
+if run_info is None:
+    st.stop()
 chosen = pick_image()
 explain = explain_module()
 options = settings(explain)
 
-if run_info is not None and chosen is not None:
+if chosen is not None:
     name, source = chosen
     try:
         img = imaging.decode(source, filename=name)

@@ -142,6 +142,7 @@ def sizes_figure(sizes: pd.DataFrame, distinct: int | None = None):
         title += f" · {distinct} distinct sizes in all"
     fig = px.scatter(sizes, x="width", y="height", size="images", size_max=40,
                      hover_data=["images"], title=title)
+    fig.update_traces(marker=dict(sizemin=7, line=dict(width=1, color="#1f4e79")))
     fig.update_layout(height=360, margin=dict(t=50, b=30, l=40, r=10))
     return fig
 
@@ -164,8 +165,9 @@ def learning_curves_figure(histories: dict[str, pd.DataFrame], metric: str):
             continue
         for column, dash, label in ((metric, "dash", "train"), (f"val_{metric}", "solid", "validation")):
             if column in hist:
+                name = label if len(histories) == 1 else f"{run_id} ({label})"
                 fig.add_scatter(x=hist["epoch"], y=hist[column], mode="lines+markers",
-                                name=f"{run_id} ({label})", legendgroup=run_id,
+                                name=name, legendgroup=run_id,
                                 line=dict(color=colour, dash=dash))
     fig.update_layout(title=CURVE_TITLES.get(metric, metric), xaxis_title="epoch", height=360,
                       margin=dict(t=40, b=30, l=40, r=10),
