@@ -194,3 +194,19 @@ def test_trained_model_saves_and_reloads_safely(tmp_path):
     after = loaded.evaluate(x, y, verbose=0, return_dict=True)
     assert after["sensitivity"] == pytest.approx(before["sensitivity"])
     assert after["auc"] == pytest.approx(before["auc"])
+
+
+def test_import_enables_onednn_unless_the_user_chose():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, xray_core; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "1"
+    env["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "0"
