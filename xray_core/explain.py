@@ -4,8 +4,10 @@ Everything here returns plain arrays and numbers; pages only draw them. The LIME
 lime 0.2's (`lime_image.LimeImageExplainer` with `hide_color=0`, cosine distance, kernel width
 0.25, Ridge(alpha=1), every superpixel kept), re-implemented so that the perturbed images are
 built in a few vectorised steps and scored in large batches by one traced function per model
-and input shape. With the same segments and seed it draws the same random samples as lime and
-gives the same weights (`tests/test_explain.py` checks this against lime itself).
+and input shape; for conv-first models (the seed's four) the samples are scored by an exact
+table look-up instead (see "fast LIME scoring"). With the same segments and seed it draws the
+same random samples as lime and gives the same weights (`tests/test_explain.py` checks this
+against lime itself, and the look-up against the model's own outputs).
 
 TensorFlow, scikit-image, scikit-learn and matplotlib are imported inside the functions that
 need them, so `import xray_core.explain` (and `python -m xray_core --help`) stays fast.
@@ -720,6 +722,7 @@ def _auto_batch_size(adapter: ModelAdapter, scorer=None, budget_bytes: float = 1
         cells = len(scorer.offset)
         per_sample = 4 * cells * (3 * scorer.table.shape[1] + 2 * scorer.touched.shape[1] + 2)
         return int(np.clip(budget_bytes // max(per_sample, 1), 16, 1024))
+    # Whole images: past ~100 per call, CPU caches suffer more than call overhead shrinks.
     floats = 0
     for layer in getattr(adapter.model, "layers", []):
         try:
@@ -728,7 +731,7 @@ def _auto_batch_size(adapter: ModelAdapter, scorer=None, budget_bytes: float = 1
             continue
         floats += int(np.prod([d for d in shape[1:] if d is not None]))
     per_sample = max(4 * floats, 1)
-    return int(np.clip(budget_bytes // per_sample, 32, 1024))
+    return int(np.clip(budget_bytes / 4 // per_sample, 16, 128))
 
 
 def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int = 1000,
