@@ -1163,12 +1163,15 @@ def explain_to_folder(run, image_path: str | Path, out_dir: str | Path, *, num_s
 
     gray = imaging.decode(Path(image_path))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    exp = explain_lime(run, gray, label=label, num_samples=num_samples,
+    t = time.perf_counter()
+    adapter = as_adapter(run)  # loads the model, so that LIME's time below is LIME's
+    load_seconds = time.perf_counter() - t
+    exp = explain_lime(adapter, gray, label=label, num_samples=num_samples,
                        segmentation=segmentation, seed=seed)
-    cam = grad_cam(run, gray, label=exp.label)
+    cam = grad_cam(adapter, gray, label=exp.label)
     overlay = make_overlay(gray, cam.heatmap)
-    trust = trust_figures(run, gray, exp, cam, seeds=stability_seeds, random_seed=seed)
+    trust = trust_figures(adapter, gray, exp, cam, seeds=stability_seeds, random_seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
     for key, name in PANEL_FILES.items():
         runs.atomic_write_bytes(out / name, png_bytes(getattr(exp.panels, key)))
     runs.atomic_write_bytes(out / GRADCAM_FILE, png_bytes(overlay))
@@ -1178,11 +1181,12 @@ def explain_to_folder(run, image_path: str | Path, out_dir: str | Path, *, num_s
         "image_shape": list(gray.shape),
         "prediction": {
             "probability_pneumonia": exp.probability,
-            "threshold": as_adapter(run).threshold,
+            "threshold": adapter.threshold,
             "predicted_label": exp.predicted_label,
             "predicted_label_name": CLASSES[exp.predicted_label],
         },
         "lime": exp.to_dict(),
+        "model_load_seconds": load_seconds,
         "gradcam": {"layer": cam.layer, "label": cam.label, "heatmap_shape": list(cam.heatmap.shape),
                     "seconds": cam.seconds},
         "trust": trust,
