@@ -351,3 +351,21 @@ def test_fast_path_gives_the_models_own_numbers(arch, shape):
     features_fn, scores_fn = ex._compiled_local(model, ex._local_plan(model), adapter.input_shape)
     assert features_fn.experimental_get_tracing_count() == 1
     assert scores_fn.experimental_get_tracing_count() == 1
+
+
+def test_fast_path_falls_back_when_windows_touch_too_many_superpixels(monkeypatch):
+    import keras
+
+    from xray_core import architectures
+
+    keras.utils.set_random_seed(0)
+    model = architectures.build("model3", input_shape=(32, 32, 1))
+    adapter = ex.as_adapter(model)
+    x = adapter.prepare(blob_image(32))
+    segments = ex.segment(x, "slic", {"n_segments": 30})
+    assert ex.make_scorer(adapter, x, segments).fast
+    monkeypatch.setattr(ex, "MAX_TOUCHED", 1)
+    assert not ex.make_scorer(adapter, x, segments).fast
+    # a model that does not start with a local conv chain (quadrant model: crop first) is plain
+    assert not ex.make_scorer(ex.as_adapter(quadrant_model()), blob_image()[..., None].astype(np.float32),
+                              np.zeros((SIZE, SIZE), np.int32)).fast
