@@ -195,8 +195,8 @@ stats = load_stats(str(root), folder_stamp(root))
 st.caption(f"{root} · {len(index)} images · "
            f"{index['patient_id'].nunique()} patients")
 show_counts(stats)
-show_selected(index)
 show_grid(index)
+show_selected(index)
 
 st.subheader("Image sizes")
 sizes = ui.stats_sizes(stats)

@@ -88,7 +88,11 @@ def start(models: Path, options: dict) -> tuple[str, str]:
         root = data.find_dataset(folder)
     except (data.DatasetLayoutError, FileNotFoundError) as exc:
         return "error", f"Cannot train: {exc}"
-    run_id = ui.submit_training(models, dict(options, data=str(root)))
+    try:
+        run_id = ui.submit_training(models, dict(options, data=str(root)))
+    except OSError as exc:
+        return "error", (f"Cannot queue the training in {models} ({exc.strerror or exc}). "
+                         "Set the sidebar's Models folder to a folder you can write to.")
     return "success", f"Queued {run_id}; it starts as soon as no other training runs. Follow it below."
 
 
