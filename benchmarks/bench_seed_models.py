@@ -70,9 +70,9 @@ def _history(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def summarise(arch: str, runs_dir: Path) -> dict | None:
+def summarise(arch: str, runs_dir: Path, path: Path | None = None) -> dict | None:
     """One table row from a finished run folder, or None when the run is missing/unfinished."""
-    path = runs_dir / run_id(arch)
+    path = path or runs_dir / run_id(arch)
     if not (path / runs.METRICS_FILE).is_file():
         return None
     metrics = runs.read_json(path / runs.METRICS_FILE)
@@ -82,8 +82,9 @@ def summarise(arch: str, runs_dir: Path) -> dict | None:
     at_t = metrics["validation"]
     return {
         "arch": arch,
+        "label": arch,
         "epochs": len(seconds),
-        "seed_epochs": SEED_EPOCHS[arch],
+        "seed_epochs": SEED_EPOCHS.get(arch),
         "first_epoch_s": seconds[0] if seconds else None,
         "mean_epoch_s": sum(seconds) / len(seconds) if seconds else None,
         "auc": at_t["roc_auc"],
@@ -117,13 +118,14 @@ def table(rows: list[dict]) -> str:
             "image split | seed: s/epoch | seed: holdout recall |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        s = SEED_FIGURES[r["arch"]]
+        s = SEED_FIGURES.get(r["arch"], {"val_recall": None, "minutes": None, "epochs": None, "holdout": None})
+        seed_s = "n/a" if s["minutes"] is None else f"{60 * s['minutes'] / s['epochs']:.0f}"
         lines.append(
-            f"| {r['arch']} | {r['epochs']} ({r['seed_epochs']}) | {_num(r['mean_epoch_s'], 0)} "
+            f"| {r['label']} | {r['epochs']} ({r['seed_epochs'] or '-'}) | {_num(r['mean_epoch_s'], 0)} "
             f"({_num(r['first_epoch_s'], 0)}) | {r['params']:,} | {r['auc']:.3f} | {_pct(r['sens_05'])} | "
             f"{_pct(r['spec_05'])} | {_pct(r['acc_05'])} | {_pct(r['micro_recall'])} | {r['threshold']:.3f} | "
             f"{_pct(r['sens_t'])} | {_pct(r['spec_t'])} | {_pct(s['val_recall'])} | "
-            f"{60 * s['minutes'] / s['epochs']:.0f} | {_pct(s['holdout'])} |"
+            f"{seed_s} | {_pct(s['holdout'])} |"
         )
     return "\n".join(lines)
 
@@ -152,6 +154,8 @@ def report(rows: list[dict], missing: list[str], runs_dir: Path, notes: str) -> 
         "figures (NOTES.md sections 2 and 4): its val recall is on a random image-level 25 % split "
         "that leaks patients between train and validation, timed on the seed author's machine; its "
         "holdout recall is on the official test split, which this project does not use for selection. "
+        "The last row, for comparison, is the bundled default model on the same validation patients "
+        "(its epochs column counts epochs run before early stopping). "
         "Seconds per epoch here were measured on a 2-core CPU shared with other work, so they are "
         "upper bounds.",
     ]
@@ -194,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     for arch in SEED_ARCHS:
         row = summarise(arch, args.runs_dir)
         (rows.append(row) if row else missing.append(arch))
+    default = summarise("pneumonet", args.runs_dir, args.runs_dir / "default")
+    if default is not None:
+        default["label"] = "*pneumonet (the default model: 128 px, 1 channel, class weights, augmentation)*"
+        rows.append(default)
     text = report(rows, missing, args.runs_dir, args.notes)
     runs.atomic_write_text(args.report, text)
     runs.atomic_write_json(args.report.with_suffix(".json"), rows)
