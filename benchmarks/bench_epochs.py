@@ -229,6 +229,19 @@ def run_worker(args, arch: str, setups: list[str], onednn: str | None) -> list[d
     return rows
 
 
+def _without_notes(argv: list[str]) -> list[str]:
+    """The command line minus the --note texts (they are printed in the report's notes)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
+
+
 def merge(rows: list[dict]) -> dict:
     """One setup measured in several worker processes: pool their rounds, keep the median."""
     first = dict(rows[0])
@@ -292,7 +305,8 @@ def main(argv=None) -> int:
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "tensorflow": tf.__version__, "keras": keras.__version__,
-        "command": "python benchmarks/bench_epochs.py " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["python benchmarks/bench_epochs.py", *_without_notes(argv or sys.argv[1:])])
+        + (f" --note ... ({len(args.note)} notes, listed below)" if args.note else ""),
         "image_source": f"{args.data}, patient split seed 0, via xray_core.data.load_images",
         "steps": args.steps, "heavy_steps": args.heavy_steps, "rounds": args.rounds,
         "workers_per_setting": args.workers_per_setting,
