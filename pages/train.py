@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from xray_core import data, runs, ui
+from xray_core import data, jobs, runs, ui
 
 
 @st.cache_data(show_spinner="Building the layer table…")
@@ -89,7 +89,7 @@ def start(models: Path, options: dict) -> tuple[str, str]:
     except (data.DatasetLayoutError, FileNotFoundError) as exc:
         return "error", f"Cannot train: {exc}"
     try:
-        run_id = ui.submit_training(models, dict(options, data=str(root)))
+        run_id = jobs.submit_training(models, dict(options, data=str(root)))
     except OSError as exc:
         return "error", (f"Cannot queue the training in {models} ({exc.strerror or exc}). "
                          "Set the sidebar's Models folder to a folder you can write to.")
@@ -107,7 +107,7 @@ def show_run(info, key: str) -> None:
     cols = st.columns(3)
     cols[0].metric("Images per second", ui.fmt(status.get("images_per_second"), 0))
     cols[1].metric("Time left", ui.format_seconds(status.get("eta_seconds")))
-    cols[2].button("Cancel", key=f"train_cancel_{key}", on_click=ui.request_stop, args=(info.path,),
+    cols[2].button("Cancel", key=f"train_cancel_{key}", on_click=jobs.request_stop, args=(info.path,),
                    help="Stops after the current batch; the model so far is kept.")
     if (Path(info.path) / runs.STOP_FILE).exists():
         st.caption("Stopping after the current batch…")
@@ -122,11 +122,11 @@ def show_run(info, key: str) -> None:
 @st.fragment(run_every=2)
 def live_panel(models: Path) -> None:
     """Polls the models folder every 2 s: the running training, the queue, recent runs."""
-    ui.ensure_worker(models)  # restarts the queue if its worker died
+    jobs.ensure_worker(models)  # restarts the queue if its worker died
     infos = runs.list_runs(models)
     active = [r for r in infos if r.state in ("running", "queued")]
-    starting = ui.starting_job(models)
-    queued = ui.queued_jobs(models)
+    starting = jobs.starting_job(models)
+    queued = jobs.queued_jobs(models)
     st.subheader("Trainings")
     if not active and not starting and not queued:
         st.caption("No training is running.")
@@ -134,6 +134,9 @@ def live_panel(models: Path) -> None:
         show_run(info, info.run_id)
     if starting:
         st.info(f"Starting {starting['run_id']} (loading TensorFlow and the images)…")
+    for run_id, reason in jobs.failed_launches(models):
+        st.error(f"{run_id} did not start ({reason}). Check its settings and start it again; "
+                 f"the full log is in {models / jobs.QUEUE_DIR / 'logs' / (run_id + '.log')}.")
     if queued:
         st.markdown(f"**Queued ({len(queued)})**: they start one after another.")
         for job in queued:
@@ -141,7 +144,7 @@ def live_panel(models: Path) -> None:
             cols = st.columns([4, 1])
             cols[0].write(f"{job['run_id']} · {opts.get('epochs')} epochs · batch {opts.get('batch_size')}"
                           f" · {opts.get('image_size')} px")
-            cols[1].button("Remove", key=f"train_unqueue_{job['run_id']}", on_click=ui.cancel_queued,
+            cols[1].button("Remove", key=f"train_unqueue_{job['run_id']}", on_click=jobs.cancel_queued,
                            args=(models, job["run_id"]))
     finished = sorted((r for r in infos if r.state not in ("running", "queued")),
                       key=lambda r: str((r.config or {}).get("created") or r.status.get("updated") or ""),

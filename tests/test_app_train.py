@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from xray_core import runs, ui
+from xray_core import jobs, runs
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
@@ -97,9 +98,13 @@ def test_cancel_button_writes_stop_file_and_queue_can_be_emptied(train_page, tin
                   batch=2, batches=4, fraction=0.5, images_per_second=123.0, eta_seconds=65,
                   **runs.process_identity())
     runs.atomic_write_json(models / "live" / "status.json", status)
-    job = ui.submit_training(models, {"arch": "baseline", "data": "/nowhere", "epochs": 1, "batch_size": 8,
-                                      "image_size": 16, "channels": 1, "learning_rate": 1e-3, "seed": 0},
-                             start=False)
+    # Hold the worker lock, as a worker busy with another training does, so the job stays queued.
+    (models / jobs.QUEUE_DIR).mkdir()
+    lock = open(models / jobs.QUEUE_DIR / "worker.lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    job = jobs.submit_training(models, {"arch": "baseline", "data": "/nowhere", "epochs": 1, "batch_size": 8,
+                                        "image_size": 16, "channels": 1, "learning_rate": 1e-3, "seed": 0},
+                               start=False)
     at.run()
     assert [p.value for p in at.progress] == [50]
     assert next(m.value for m in at.metric if m.label == "Time left") == "1 min 05 s"
@@ -107,4 +112,19 @@ def test_cancel_button_writes_stop_file_and_queue_can_be_emptied(train_page, tin
     at.button(key="train_cancel_live").click().run()
     assert (models / "live" / runs.STOP_FILE).is_file()
     at.button(key=f"train_unqueue_{job}").click().run()
-    assert ui.queued_jobs(models) == []
+    assert jobs.queued_jobs(models) == []
+    lock.close()
+
+
+def test_launch_that_fails_before_its_run_folder_is_shown(train_page):
+    at, models = train_page
+    # An option the train command refuses: it exits in argparse, before any run folder exists.
+    job = jobs.submit_training(models, {"arch": "baseline", "data": "/nowhere", "epochs": 1, "batch_size": 8,
+                                        "image_size": 16, "channels": 1, "learning_rate": 1e-3, "seed": 0,
+                                        "split": "bogus"}, start=False)
+    assert jobs.work_queue(models) == 0  # the worker, in-process: runs the one job and leaves
+    assert not (models / job).exists()
+    assert "invalid choice" in jobs.launch_failure(models, job)
+    at.run()
+    assert not at.exception
+    assert any(job in e.value and "did not start" in e.value for e in at.error)
