@@ -26,10 +26,11 @@ def get_run(path: str, stamp: float) -> runs.Run:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def roc(path: str, stamp: float, data_root: str, split: str) -> tuple:
-    """(fpr, tpr) of a run on a split; cached per model file and dataset."""
-    from xray_core import metrics
+    """(fpr, tpr) of a run on a split from its saved scores; `stamp` (the scores file's mtime)
+    refreshes it when an evaluation rewrites them."""
+    from xray_core import metrics, training
 
-    labels, scores = ui.split_scores(get_run(path, stamp), data_root, split)
+    labels, scores = training.split_scores(runs.Run(Path(path)), split, data_root)
     points = metrics.roc_points(labels, scores)
     return points["fpr"].to_numpy(), points["tpr"].to_numpy()
 
@@ -127,7 +128,7 @@ with st.spinner("Scoring the images…"):
         if not source:
             continue
         try:
-            fpr, tpr = roc(str(info.path), mtime(Path(info.path) / runs.MODEL_FILE), source, split)
+            fpr, tpr = roc(str(info.path), mtime(runs.predictions_path(info.path, split)), source, split)
         except (ValueError, FileNotFoundError) as exc:
             st.warning(f"No ROC curve for {info.run_id}: {exc}")
             continue

@@ -190,11 +190,43 @@ def test_evaluate_run_caches_into_metrics(tiny_run, synthetic_dataset, tmp_path)
         assert fresh[key] == trained[key], key
     assert fresh["roc_auc"] == pytest.approx(trained["roc_auc"], abs=1e-6)
     (tmp_path / run_id / "metrics.json").unlink()
+    (tmp_path / run_id / "predictions_test.csv").unlink()
     test = training.evaluate_run(run, synthetic_dataset, "test")
+    assert (tmp_path / run_id / "predictions_test.csv").is_file()  # kept for the ROC curve
     assert test["n"] == 16 and test["threshold"] == 0.5  # no metrics.json: the default threshold
     assert json.loads((tmp_path / run_id / "metrics.json").read_text())["test"] == test
     with pytest.raises(ValueError, match="split"):
         training.evaluate_run(run, synthetic_dataset, "holdout")
+
+
+def test_training_keeps_validation_scores_that_reproduce_its_auc(tiny_run, synthetic_dataset, tmp_path):
+    from xray_core import metrics
+
+    root, run_id = tiny_run
+    saved = root / run_id / "predictions_validation.csv"
+    with open(saved, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["path", "label", "score"]
+    assert not Path(rows[0]["path"]).is_absolute()  # relative to the data root
+    assert (Path(synthetic_dataset) / rows[0]["path"]).is_file()
+    run = runs.load_run(run_id, root=root)
+    y, scores = training.split_scores(run, "validation")
+    part = run.metrics["validation"]
+    assert len(y) == part["n"]
+    assert metrics.binary_metrics(y, scores, threshold=part["threshold"])["roc_auc"] == pytest.approx(
+        part["roc_auc"], abs=1e-9)
+    assert (root / run_id / "predictions_test.csv").is_file()
+
+    # An older run without the file: scored once, the file written, metrics.json left as it was.
+    import shutil
+
+    shutil.copytree(root / run_id, tmp_path / run_id)
+    (tmp_path / run_id / "predictions_validation.csv").unlink()
+    before = (tmp_path / run_id / "metrics.json").read_bytes()
+    y2, scores2 = training.split_scores(run_id, "val", synthetic_dataset, root=tmp_path)
+    assert (tmp_path / run_id / "predictions_validation.csv").is_file()
+    assert (tmp_path / run_id / "metrics.json").read_bytes() == before
+    assert np.array_equal(y2, y) and np.allclose(scores2, scores, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- real processes

@@ -44,6 +44,7 @@ CHECKPOINT_FILE = "checkpoint.keras"
 CHECKPOINT_META_FILE = "checkpoint.json"
 SKIPPED_FILE = "skipped_files.json"
 STOP_FILE = "STOP"
+PREDICTIONS_FILE = "predictions_{split}.csv"  # split: validation, test, official_val
 
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -121,6 +122,46 @@ def _jsonable(obj: Any) -> Any:
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def predictions_path(run_dir: str | Path, split: str) -> Path:
+    return Path(run_dir) / PREDICTIONS_FILE.format(split=split)
+
+
+def write_predictions(run_dir: str | Path, split: str, paths, labels, scores,
+                      data_root: str | Path | None = None) -> Path:
+    """Keep a split's per-image scores beside the model (path, label, score), so ROC curves and
+    any other threshold-free figure never need the images or the model again.
+
+    Paths are written relative to data_root where they lie under it, so the file survives the
+    dataset moving; the others stay absolute.
+    """
+    import csv
+    import io
+
+    base = Path(data_root).absolute() if data_root is not None else None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "score"])
+    for path, label, score in zip(paths, labels, scores):
+        path = Path(path)
+        if base is not None and path.is_absolute() and path.is_relative_to(base):
+            path = path.relative_to(base)
+        writer.writerow([path.as_posix(), int(label), repr(float(score))])
+    return atomic_write_text(predictions_path(run_dir, split), buffer.getvalue())
+
+
+def read_predictions(run_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(y_true, y_score) from predictions_<split>.csv, or None when the run has no such file."""
+    import csv
+
+    path = predictions_path(run_dir, split)
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return (np.array([int(r["label"]) for r in rows], dtype=int),
+            np.array([float(r["score"]) for r in rows], dtype=np.float64))
 
 
 def now_iso() -> str:

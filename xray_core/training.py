@@ -398,7 +398,7 @@ def _load_split(df, cfg: dict, progress: Progress | None, what: str):
     size = (cfg["image_size"], cfg["image_size"])
     result = data.load_images(df["path"].tolist(), size=size, channels=cfg["channels"], progress=report)
     labels = df["label"].to_numpy()[result.ok].astype(int)
-    return result.images, labels, result.failed
+    return result.images, labels, result.failed, df["path"].to_numpy()[result.ok]
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> Path:
@@ -438,8 +438,8 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
     df = data.index_dataset(cfg["data_root"])
     train_df, val_df = data.split_train(df, method=cfg["split"]["method"],
                                         val_fraction=cfg["split"]["val_fraction"], seed=int(cfg["seed"]))
-    x_train, y_train, failed_train = _load_split(train_df, cfg, progress, "train")
-    x_val, y_val, failed_val = _load_split(val_df, cfg, progress, "validation")
+    x_train, y_train, failed_train, _ = _load_split(train_df, cfg, progress, "train")
+    x_val, y_val, failed_val, paths_val = _load_split(val_df, cfg, progress, "validation")
     skipped = [{"path": p, "reason": r, "split": s} for s, fl in (("train", failed_train), ("validation", failed_val))
                for p, r in fl]
     if len(x_train) == 0 or len(x_val) == 0:
@@ -510,6 +510,7 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
 
     raw_val = _raw_outputs(model, x_val)
     val_scores = _pneumonia_scores(raw_val)
+    runs.write_predictions(run_dir, "validation", paths_val, y_val, val_scores, cfg["data_root"])
     threshold = float(metrics.choose_threshold(
         y_val, val_scores, min_sensitivity=float(cfg["threshold"]["min_sensitivity"]),
         method=cfg["threshold"]["method"]))
@@ -535,11 +536,12 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
         rows = df[df["split"] == split]
         if len(rows) == 0:
             continue
-        x, y, failed = _load_split(rows, cfg, progress, key)
+        x, y, failed, paths = _load_split(rows, cfg, progress, key)
         skipped += [{"path": p, "reason": r, "split": split} for p, r in failed]
         if len(y) == 0:
             continue
         scores = _pneumonia_scores(_raw_outputs(model, x))
+        runs.write_predictions(run_dir, key, paths, y, scores, cfg["data_root"])
         result[key] = dict(metrics.binary_metrics(y, scores, threshold=threshold), threshold=threshold, n=int(len(y)),
                            data_root=cfg["data_root"])
     runs.atomic_write_json(run_dir / runs.SKIPPED_FILE, skipped)
@@ -568,7 +570,7 @@ def evaluate_run(run: runs.Run | str | Path, data_root: str | Path | None = None
     and seed, so the same patients); "test" is the dataset's test folder; "official_val" is the
     16-image val folder. A cached entry for the same data folder is returned without recomputing.
     """
-    from xray_core import data, metrics
+    from xray_core import metrics
 
     if not isinstance(run, runs.Run):
         run = runs.load_run(run, root=root)
@@ -583,6 +585,22 @@ def evaluate_run(run: runs.Run | str | Path, data_root: str | Path | None = None
     if cached and not refresh and cached.get("data_root", cfg.get("data_root")) == data_root:
         return cached
 
+    y, scores, failed = _predict_split(run, data_root, key, progress)
+    threshold = run.threshold
+    entry = dict(metrics.binary_metrics(y, scores, threshold=threshold), threshold=threshold, n=int(len(y)),
+                 data_root=data_root, skipped=failed)
+    entry = runs._jsonable(entry)  # NaN -> None, as it reads back from metrics.json
+    _merge_metrics(run.path, key, entry)
+    return entry
+
+
+def _predict_split(run: runs.Run, data_root: str, key: str,
+                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Score one split of data_root with the run's model and keep the scores in
+    predictions_<key>.csv; (y_true, y_score, paths that could not be read)."""
+    from xray_core import data
+
+    cfg = run.config
     df = data.index_dataset(data_root)
     if key == "validation":
         split_cfg = cfg.get("split") or {"method": "patient", "val_fraction": 0.2}
@@ -602,12 +620,35 @@ def evaluate_run(run: runs.Run | str | Path, data_root: str | Path | None = None
     if len(y) == 0:
         raise TrainingDataError(f"None of the {len(rows)} images of that split could be read.")
     scores = run.predict_scores(result.images, batch_size=256)
-    threshold = run.threshold
-    entry = dict(metrics.binary_metrics(y, scores, threshold=threshold), threshold=threshold, n=int(len(y)),
-                 data_root=data_root, skipped=[p for p, _ in result.failed])
-    entry = runs._jsonable(entry)  # NaN -> None, as it reads back from metrics.json
-    _merge_metrics(run.path, key, entry)
-    return entry
+    runs.write_predictions(run.path, key, rows["path"].to_numpy()[result.ok], y, scores, data_root)
+    return y, scores, [p for p, _ in result.failed]
+
+
+def split_scores(run: runs.Run | str | Path, split: str = "validation", data_root: str | Path | None = None,
+                 *, root: str | Path | None = None,
+                 progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(y_true, y_score) of a run on a split, for ROC curves and other threshold-free figures.
+
+    Read from the run's predictions_<split>.csv (written by training and by `evaluate_run`). A run
+    older than that file is scored once and the file written, so later calls are instant; its
+    metrics.json is left as it is when it already holds that split (the bundled run's stays intact).
+    """
+    if not isinstance(run, runs.Run):
+        run = runs.load_run(run, root=root)
+    if split not in _SPLIT_KEYS:
+        raise ValueError(f"split must be one of val, test, official_val; got {split!r}.")
+    key = _SPLIT_KEYS[split]
+    saved = runs.read_predictions(run.path, key)
+    if saved is not None:
+        return saved
+    data_root = str(Path(data_root).absolute()) if data_root is not None else run.config.get("data_root")
+    if not data_root:
+        raise ValueError(f"Run {run.run_id!r} does not record its dataset folder; pass one (--data DIR).")
+    if (run.metrics or {}).get(key):
+        y, scores, _ = _predict_split(run, data_root, key, progress)
+        return y, scores
+    evaluate_run(run, data_root, split, progress=progress)
+    return runs.read_predictions(run.path, key)
 
 
 def _merge_metrics(run_dir: Path, key: str, entry: dict) -> None:

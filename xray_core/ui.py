@@ -434,27 +434,6 @@ def diagnose(run: Any, img: np.ndarray, explain: Any, *, num_samples: int = 1000
             "summary": summary}
 
 
-def split_scores(run: Any, data_root: str | Path, split: str = "validation") -> tuple[np.ndarray, np.ndarray]:
-    """(labels, pneumonia scores) of a run on its validation split (rebuilt from its config:
-    same method, fraction and seed) or on the dataset's test folder, for ROC curves.
-
-    metrics.json keeps only the numbers at the operating threshold, so the curve needs the
-    scores again; the image arrays come from the loader's cache after the first time.
-    """
-    from xray_core import data
-
-    df = data.index_dataset(data_root)
-    if split == "validation":
-        cfg = run.config.get("split") or {"method": "patient", "val_fraction": 0.2}
-        _, rows = data.split_train(df, method=cfg.get("method", "patient"),
-                                   val_fraction=cfg.get("val_fraction"), seed=int(run.config.get("seed", 0)))
-    else:
-        rows = df[df["split"] == split]
-    loaded = data.load_images(rows["path"].tolist(), size=run.image_size, channels=run.channels)
-    labels = rows["label"].to_numpy()[loaded.ok].astype(int)
-    return labels, run.predict_scores(loaded.images, batch_size=256)
-
-
 def seconds_per_epoch(infos: Iterable[Any], arch: str, image_size: int, channels: int) -> float | None:
     """Median seconds per epoch of this machine's completed runs with the same architecture and
     input, from their history.csv; None when there is none."""
