@@ -99,17 +99,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def _jsonable(obj: Any) -> Any:
-    """numpy scalars/arrays, Paths and NaN -> plain JSON (NaN becomes null: JSON has no NaN)."""
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays, Paths and NaN -> plain JSON (NaN becomes null: JSON has no NaN).
+
+    The one sanitiser for everything the project writes as JSON (run files, the Diagnose zip)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return to_jsonable(obj.tolist())
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not np.isfinite(obj):

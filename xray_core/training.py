@@ -589,7 +589,7 @@ def evaluate_run(run: runs.Run | str | Path, data_root: str | Path | None = None
     threshold = run.threshold
     entry = dict(metrics.binary_metrics(y, scores, threshold=threshold), threshold=threshold, n=int(len(y)),
                  data_root=data_root, skipped=failed)
-    entry = runs._jsonable(entry)  # NaN -> None, as it reads back from metrics.json
+    entry = runs.to_jsonable(entry)  # NaN -> None, as it reads back from metrics.json
     _merge_metrics(run.path, key, entry)
     return entry
 

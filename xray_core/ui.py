@@ -15,6 +15,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from xray_core.runs import to_jsonable
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 CLASS_COLOURS = {"NORMAL": "#2E86AB", "PNEUMONIA": "#E4572E"}
@@ -295,22 +297,8 @@ def result_zip(images: dict[str, np.ndarray], summary: dict) -> bytes:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, array in images.items():
             archive.writestr(f"{name}.png", png_bytes(array))
-        archive.writestr("result.json", json.dumps(_jsonable(summary), indent=2))
+        archive.writestr("result.json", json.dumps(to_jsonable(summary), indent=2, allow_nan=False))
     return buffer.getvalue()
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def format_seconds(seconds: float | None) -> str:
