@@ -7,12 +7,11 @@ session only. Models are shared across sessions through st.cache_resource and ne
 from __future__ import annotations
 
 import hashlib
-import importlib
 from pathlib import Path
 
 import streamlit as st
 
-from xray_core import data, imaging, runs, ui
+from xray_core import data, explain, imaging, runs, ui  # explain loads TensorFlow only when used
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -27,15 +26,6 @@ def get_run(path: str, stamp: float) -> runs.Run:
 @st.cache_data(show_spinner=False)
 def dataset_index(root: str) -> "ui.pd.DataFrame":
     return data.index_dataset(root)
-
-
-def explain_module():
-    try:
-        return importlib.import_module("xray_core.explain")
-    except ModuleNotFoundError as exc:
-        if exc.name != "xray_core.explain":
-            raise
-        return None
 
 
 def pick_run(models: Path):
@@ -84,26 +74,26 @@ def pick_image():
     return name, rows.loc[rows["filename"] == name, "path"].iloc[0]
 
 
-def settings(explain) -> dict:
+def settings() -> dict:
     with st.expander("Explanation settings"):
         cols = st.columns(3)
         samples = cols[0].select_slider("LIME samples", [100, 250, 500, 1000, 2000, 5000, 10000],
                                         value=1000, key="diagnose_samples",
                                         help="More samples: steadier weights, slower.")
-        methods = list(getattr(explain, "SEGMENTATIONS", ("quickshift", "slic", "felzenszwalb")))
-        segmentation = cols[1].selectbox("Segmentation", methods, key="diagnose_segmentation",
+        segmentation = cols[1].selectbox("Segmentation", list(explain.SEGMENTATIONS),
+                                         key="diagnose_segmentation",
                                          help="How the image is cut into superpixels; quickshift is the seed's.")
         seed = cols[2].number_input("Seed", min_value=0, value=0, step=1, key="diagnose_seed",
                                     help="The same seed gives the same explanation.")
     return {"num_samples": int(samples), "segmentation": segmentation, "seed": int(seed)}
 
 
-def analyse(run, img, explain, options: dict, bar) -> dict:
+def analyse(run, img, options: dict, bar) -> dict:
     """Prediction, LIME and Grad-CAM for one image (the library does the work)."""
     def progress(done: int, total: int) -> None:
         bar.progress(min(done / max(total, 1), 1.0), text=f"Explaining: {done} of {total} samples")
 
-    result = ui.diagnose(run, img, explain, progress=progress, **options)
+    result = ui.diagnose(run, img, progress=progress, **options)
     bar.empty()
     return result
 
@@ -147,8 +137,7 @@ run_info = pick_run(models)
 if run_info is None:
     st.stop()
 chosen = pick_image()
-explain = explain_module()
-options = settings(explain)
+options = settings()
 
 if chosen is not None:
     name, source = chosen
@@ -165,7 +154,7 @@ if chosen is not None:
         run = get_run(str(run_info.path), model_file.stat().st_mtime)
         bar = st.progress(0.0, text="Predicting…")
         try:
-            result = analyse(run, img, explain, options, bar)
+            result = analyse(run, img, options, bar)
         except ValueError as exc:
             bar.empty()
             st.error(f"The model could not analyse this image: {exc}")

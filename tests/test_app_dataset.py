@@ -127,20 +127,22 @@ def test_without_dataset_the_page_explains_the_layout_and_downloads_from_a_mirro
         httpd.server_close()
 
 
-def test_first_pages_do_not_import_tensorflow(synthetic_dataset, tmp_path):
-    """The app opens (Diagnose, no image yet) and shows the Dataset page without TensorFlow."""
+def test_first_pages_do_not_import_tensorflow(synthetic_dataset, tiny_run):
+    """The app opens (Diagnose with a model, no image yet) and shows the Dataset page without TensorFlow."""
     script = f"""
 import sys
 from streamlit.testing.v1 import AppTest
 at = AppTest.from_file({APP!r}, default_timeout=60)
 at.run()
 assert not at.exception, at.exception
+assert at.selectbox(key="diagnose_run").value == {tiny_run[1]!r}  # the page got past the model pick
+assert at.selectbox(key="diagnose_segmentation").value == "quickshift"  # xray_core.explain is loaded
 at.switch_page("pages/dataset.py").run()
 assert not at.exception, at.exception
 assert any(f.value.loc["train", "total"] == 60 for f in at.dataframe if "total" in f.value)
 print("tensorflow" in sys.modules, "keras" in sys.modules)
 """
-    env = dict(os.environ, XRAY_DATA_DIR=str(synthetic_dataset), XRAY_MODELS_DIR=str(tmp_path))
+    env = dict(os.environ, XRAY_DATA_DIR=str(synthetic_dataset), XRAY_MODELS_DIR=str(tiny_run[0]))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                          cwd=Path(APP).parent, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

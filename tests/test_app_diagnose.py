@@ -124,12 +124,10 @@ def test_dicom_upload_and_dataset_pick(diagnose, synthetic_dataset, tiny_run):
 
 
 def test_result_zip_holds_the_panels_and_json(synthetic_dataset, tiny_run):
-    from xray_core import explain
-
     runs_root, run_id = tiny_run
     run = runs.load_run(run_id, root=runs_root)
     img = imaging.decode(image_bytes(synthetic_dataset, "test", "PNEUMONIA")[1])
-    result = ui.diagnose(run, img, explain, num_samples=100, seed=1)
+    result = ui.diagnose(run, img, num_samples=100, seed=1)
     archive = zipfile.ZipFile(io.BytesIO(ui.result_zip(result["panels"], result["summary"])))
     names = sorted(archive.namelist())
     assert names == sorted(f"{k}.png" for k in ("full", "partial", "pros_cons", "heatmap", "gradcam")) + ["result.json"]

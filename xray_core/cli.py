@@ -7,12 +7,13 @@ Each command lives beside the code it drives; a module that owns one exposes
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-# Modules that contribute subcommands, in the order `--help` lists them.
-_COMMAND_MODULES = ("xray_core.commands",)
-_OPTIONAL_COMMAND_MODULES = ("xray_core.explain", "xray_core.download")
+from xray_core import commands, download, explain
+
+# Modules that contribute subcommands, in the order `--help` lists them. None of them imports
+# TensorFlow at import time, so `--help` stays fast.
+_COMMAND_MODULES = (commands, explain, download)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,13 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pediatric chest X-ray pneumonia models: data, training, evaluation, explanations.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES + _OPTIONAL_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name and name in _OPTIONAL_COMMAND_MODULES:
-                continue  # that part of the library is not built yet
-            raise
+    for module in _COMMAND_MODULES:
         module.add_parser(sub)
     return parser
 

@@ -382,40 +382,30 @@ def panel_help(label_name: str, vmax: float | None = None) -> dict[str, str]:
 LIME_PANEL_HELP = panel_help("the answer")
 
 
-def diagnose(run: Any, img: np.ndarray, explain: Any, *, num_samples: int = 1000,
+def diagnose(run: Any, img: np.ndarray, *, num_samples: int = 1000,
              segmentation: str = "quickshift", seed: int = 0, progress=None) -> dict:
     """Prediction, the four LIME panels and Grad-CAM for one decoded image, as display data.
 
-    `explain` is the xray_core.explain module, or None where it is not installed (then only the
-    prediction). The probability and label come from the same forward pass LIME explains.
+    The probability and label come from the same forward pass LIME explains.
     """
+    from xray_core import explain
     from xray_core.data import CLASSES
 
     threshold = float(run.threshold)
     settings = {"num_samples": int(num_samples), "segmentation": segmentation, "seed": int(seed)}
     summary: dict[str, Any] = {"run_id": run.run_id, "threshold": threshold, "settings": settings,
                                "image_shape": list(img.shape)}
-    panels: dict[str, np.ndarray] = {}
-    notes = []
-    if explain is None:
-        probability = float(run.predict_scores(run.prepare(img)[None])[0])
-        label_name = CLASSES[int(probability >= threshold)]
-        helps = {}
-        notes.append("Explanations are not available: xray_core.explain is not installed.")
-    else:
-        lime = explain.explain_lime(run, img, progress=progress, **settings)
-        cam = explain.grad_cam(run, img, label=lime.label)
-        probability = float(lime.probability)
-        label_name = CLASSES[lime.predicted_label]
-        panels = dict(lime.panels.as_dict()) if lime.panels is not None else {}
-        panels["gradcam"] = explain.make_overlay(img, cam.heatmap)
-        helps = panel_help(CLASSES[lime.label], lime.legend.vmax)
-        summary["lime"] = lime.to_dict()
-        summary["gradcam"] = {"layer": cam.layer, "label": cam.label, "seconds": cam.seconds}
-        notes.append(
-            f"LIME: {lime.n_superpixels} superpixels, {lime.num_samples} samples, "
-            f"local fit R² {lime.score:.2f}, {lime.seconds:.1f} s · Grad-CAM layer {cam.layer}."
-        )
+    lime = explain.explain_lime(run, img, progress=progress, **settings)
+    cam = explain.grad_cam(run, img, label=lime.label)
+    probability = float(lime.probability)
+    label_name = CLASSES[lime.predicted_label]
+    panels: dict[str, np.ndarray] = dict(lime.panels.as_dict()) if lime.panels is not None else {}
+    panels["gradcam"] = explain.make_overlay(img, cam.heatmap)
+    helps = panel_help(CLASSES[lime.label], lime.legend.vmax)
+    summary["lime"] = lime.to_dict()
+    summary["gradcam"] = {"layer": cam.layer, "label": cam.label, "seconds": cam.seconds}
+    notes = [f"LIME: {lime.n_superpixels} superpixels, {lime.num_samples} samples, "
+             f"local fit R² {lime.score:.2f}, {lime.seconds:.1f} s · Grad-CAM layer {cam.layer}."]
     summary.update(prediction=label_name, probability_pneumonia=probability)
     return {"run_id": run.run_id, "prediction": label_name, "probability": probability,
             "threshold": threshold, "panels": panels, "panel_help": helps, "notes": notes,
