@@ -90,7 +90,7 @@ def show_download(folder: Path) -> None:
     if st.button("Download the dataset", key="dataset_download", type="primary"):
         bar = st.progress(0.0, text="Connecting…")
 
-        def progress(report) -> None:
+        def progress(report: download.DownloadProgress) -> None:
             """One line per report: phase, bytes of total, rate, time left (the library's words)."""
             bar.progress(report.fraction or 0.0, text=report.describe())
 

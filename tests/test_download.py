@@ -197,10 +197,10 @@ def test_full_download_unpacks_kermany_layout_and_skips_macos_junk(server, kerma
     unpacks = [r for r in reports if r.phase == "unpack"]
     assert unpacks[-1].done == unpacks[-1].total == sum(len(v) for v in files.values())
 
-    # A callback written as f(done, total), like data.load_images's, gets plain numbers.
+    # One calling convention: every callback gets a DownloadProgress, with plain byte counts.
     pairs = []
     dl.download(url=server.base + "/ChestXRay2017.zip", dest=tmp_path / "again",
-                progress=lambda done, total: pairs.append((done, total)), timeout=5)
+                progress=lambda report: pairs.append((report.done, report.total)), timeout=5)
     assert (len(body), len(body)) in pairs and all(isinstance(d, int) for d, _ in pairs)
 
     # A second call finds the dataset and does not contact the server.

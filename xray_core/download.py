@@ -18,7 +18,6 @@ import datetime as _dt
 import errno
 import hashlib
 import http.client
-import inspect
 import json
 import os
 import re
@@ -209,23 +208,11 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _wants_done_total(callback: Callable) -> bool:
-    """True for a callback written as `f(done, total)`, the convention of `data.load_images`."""
-    try:
-        params = list(inspect.signature(callback).parameters.values())
-    except (TypeError, ValueError):  # some builtins have no readable signature
-        return False
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    required = [p for p in params if p.kind in positional and p.default is p.empty]
-    return len(required) >= 2
-
-
 class _Reporter:
     """Throttles progress calls (a Streamlit rerender per chunk would slow the download)."""
 
-    def __init__(self, callback: Callable | None, interval: float = 0.25):
+    def __init__(self, callback: ProgressCallback | None, interval: float = 0.25):
         self.callback = callback
-        self.two_args = callback is not None and _wants_done_total(callback)
         self.interval = interval
         self.phase: str | None = None
         self.t0 = self.last = 0.0
@@ -247,10 +234,7 @@ class _Reporter:
         eta = None
         if rate and total is not None and total >= done:
             eta = (total - done) / rate
-        if self.two_args:
-            self.callback(done, total)
-        else:
-            self.callback(DownloadProgress(phase, done, total, rate, eta, unit))
+        self.callback(DownloadProgress(phase, done, total, rate, eta, unit))
 
 
 # -------------------------------------------------------------------------------- public API
