@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, NamedTuple
 
 from xray_core import __version__
+from xray_core.runs import atomic_write_text
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 KERMANY_URL = ("https://data.mendeley.com/public-files/datasets/rscbjbr9sj/files/"
@@ -571,7 +572,7 @@ def _receive(response, url: str, part: Path, meta_path: Path, meta: dict, have: 
         have = 0  # the server ignored Range (or the file changed): start over from byte 0
         meta = {"url": url, "total": total, "etag": headers.get("ETag"),
                 "last_modified": headers.get("Last-Modified")}
-        meta_path.write_text(json.dumps(meta))
+        atomic_write_text(meta_path, json.dumps(meta))  # a kill mid-write leaves the old file or none
     else:
         raise NetworkError(f"The server {_host(url)} answered HTTP {status} where the file was "
                            f"expected. Try again later or pass --url with another mirror.")
