@@ -302,26 +302,12 @@ def result_zip(images: dict[str, np.ndarray], summary: dict) -> bytes:
 
 
 def format_seconds(seconds: float | None) -> str:
-    """12 s, 3 min 05 s, 1 h 02 min: how long, readably."""
+    """12 s, 3 min 05 s, 1 h 02 min: how long, readably ("–" when unknown)."""
+    from xray_core.download import format_duration
+
     if seconds is None or not np.isfinite(seconds):
         return "–"
-    seconds = int(round(float(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def format_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+    return format_duration(float(seconds))
 
 
 # ------------------------------------------------------------------------------------ run lists
