@@ -102,7 +102,7 @@ def show_result(result: dict, run_info) -> None:
     score, threshold = result["probability"], result["threshold"]
     verdict = result["prediction"]
     validation = (run_info.metrics or {}).get("validation") or {}
-    cols = st.columns([1.2, 1.5, 1.3, 1.3, 1.3])
+    cols = st.columns([2, 1.6, 1.3, 1.3, 1.3])  # wide enough for "PNEUMONIA"
     cols[0].metric("Prediction", verdict)
     cols[1].metric("Probability of pneumonia", f"{score:.3f}")
     cols[2].metric("Operating threshold", f"{threshold:.3f}")
