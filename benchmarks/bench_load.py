@@ -194,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         f"average leaves idle ({data._idle_workers()} at the end of this run). Here the thread pool "
         f"took {rows['decode only, thread pool'] / rows['decode only, 1 core (serial)']:.2f}x and the "
         f"process pool {rows['decode only, process pool (fork)'] / rows['decode only, 1 core (serial)']:.2f}x "
-        "the serial wall time; compare CPU and wall seconds to see how much ran in parallel. With "
-        "the load average above the core count, as it was throughout, no second core is idle, so "
-        "these figures cannot show the pools' gain on an idle machine.",
+        "the serial wall time; compare CPU and wall seconds to see how much ran in parallel."
+        + (" The load average was above the core count, so no second core was idle and these "
+           "figures cannot show the pools' gain on an idle machine."
+           if max(load_before[0], load_after[0]) >= (os.cpu_count() or 1) else ""),
         "",
         f"Cache entry on disk: {cache_mb:.1f} MB (uint8 gray; channels are copied on return). "
         "Mean absolute difference between the loader's pixels (JPEG draft decoding, gray) and the "
