@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", type=Path, help="dataset folder (required unless --resume)")
     p.add_argument("--epochs", type=int, help="epochs (default: the architecture's seed setting)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the architecture's seed setting)")
-    p.add_argument("--image-size", type=int, help="square input size in pixels (default 100)")
+    p.add_argument("--image-size", type=int, help="square input size in pixels (default: the architecture's seed setting)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 gray (default) or 3 (the seed's copies)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, shuffling and weights (default 0)")
