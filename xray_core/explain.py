@@ -1138,6 +1138,7 @@ def trust_figures(run_or_model, image: np.ndarray, explanation: LimeExplanation 
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
+    """Encode a uint8 gray or RGB array as PNG, in memory (the CLI's files, the Diagnose zip)."""
     from PIL import Image
 
     buf = io.BytesIO()

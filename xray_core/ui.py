@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from xray_core.explain import png_bytes
 from xray_core.runs import to_jsonable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -280,15 +281,6 @@ def confusion_figure(part: dict, title: str):
 
 
 # ------------------------------------------------------------------------------------- diagnose
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """Encode a uint8 gray or RGB array as PNG, in memory."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def result_zip(images: dict[str, np.ndarray], summary: dict) -> bytes:
