@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from xray_core import imaging
+from xray_core import imaging, runs
 
 __all__ = [
     "CLASSES",
@@ -269,6 +269,7 @@ def _decode_chunk(paths: list[str], size: tuple[int, int], method: str):
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    """Streamed to a temporary file (not `runs.atomic_write_bytes`: no second copy in memory)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -276,17 +277,6 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)  # our own unfinished temp file; the error travels on
-        raise
-
-
-def _atomic_save_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -385,9 +375,9 @@ def load_images(paths: Iterable[str | Path], size=(100, 100), channels: int = 1,
             try:
                 npy.parent.mkdir(parents=True, exist_ok=True)
                 _atomic_save_npy(npy, pixels)
-                _atomic_save_json(meta_path, {"version": CACHE_VERSION, "size": list(size),
-                                              "method": method, "ok": ok_sorted.tolist(),
-                                              "reasons": {str(k): v for k, v in reasons.items()}})
+                runs.atomic_write_json(meta_path, {"version": CACHE_VERSION, "size": list(size),
+                                                   "method": method, "ok": ok_sorted.tolist(),
+                                                   "reasons": {str(k): v for k, v in reasons.items()}})
                 _prune_cache(npy.parent, keep=npy)
             except OSError as exc:
                 warnings.warn(f"The image cache in {npy.parent} could not be written ({exc.strerror or exc}); "
