@@ -168,16 +168,15 @@ def show_selected(index: pd.DataFrame) -> None:
     row = match.iloc[0]
     st.subheader(row["filename"])
     left, right = st.columns([3, 2])
-    try:
-        img = imaging.decode(path)
-    except imaging.ImageDecodeError as exc:
-        left.error(str(exc))
+    view, shape = load_thumbnail(path, 900)  # cached: not decoded again on every rerun
+    if view is None:
+        left.error(shape)
         return
-    left.image(ui.thumbnail(img, 900), width="stretch")
+    left.image(view, width="stretch")
     right.markdown(
         f"**File:** `{row['filename']}`  \n**Patient id:** {row['patient_id']}  \n"
         f"**Class:** {row['class_name']} ({row['pathogen']})  \n**Split:** {row['split']}  \n"
-        f"**Size:** {img.shape[1]} × {img.shape[0]} pixels"
+        f"**Size:** {shape[1]} × {shape[0]} pixels"
     )
     right.button("Close", key="dataset_close", on_click=_open, args=(None,))
 
@@ -190,8 +189,9 @@ except (data.DatasetLayoutError, FileNotFoundError) as exc:
     show_missing(folder, str(exc))
     st.stop()
 
-index = load_index(str(root), folder_stamp(root))
-stats = load_stats(str(root), folder_stamp(root))
+stamp = folder_stamp(root)
+index = load_index(str(root), stamp)
+stats = load_stats(str(root), stamp)
 st.caption(f"{root} · {len(index)} images · "
            f"{index['patient_id'].nunique()} patients")
 show_counts(stats)
