@@ -265,8 +265,7 @@ def download(source: str = "kermany", dest: str | Path = "data", *, url: str | N
     still applies unless expected_md5/expected_sha256 are given.
     progress: called with one `DownloadProgress` (phase, done, total, rate, eta, unit; with
     `.fraction` and `.describe()` for a bar's text) at most every 0.25 s and at each phase's
-    end; a callback taking two required arguments gets `(done, total)` instead, the
-    convention of `data.load_images`.
+    end.
     An existing dataset at the target is returned without downloading. An interrupted
     download leaves `<dest>/<file>.part`, and the next call resumes it. The archive is deleted
     once unpacked unless keep_archive. Errors are `DownloadError` subclasses whose message
@@ -691,19 +690,15 @@ def _layout_root(folder: Path, depth: int = 3) -> Path | None:
 
 def _validate_layout(root: Path, existing: bool = False) -> None:
     """Check with the project's own reader (xray_core.data) that `root` is a usable dataset."""
-    try:
-        from xray_core.data import find_dataset
-    except ImportError:
-        find_dataset = None
+    from xray_core.data import find_dataset  # pandas: imported only once a dataset is on disk
+
     problem = None
-    if find_dataset is not None:
-        try:
-            if Path(find_dataset(root)).resolve() != root.resolve():
-                problem = f"the dataset was found at {find_dataset(root)} instead"
-        except ValueError as exc:
-            problem = str(exc)
-    elif _layout_root(root, depth=0) is None:
-        problem = f"{root} has no train/NORMAL and train/PNEUMONIA folders"
+    try:
+        found = find_dataset(root)
+        if found != root.resolve():
+            problem = f"the dataset was found at {found} instead"
+    except ValueError as exc:
+        problem = str(exc)
     if problem is None:
         train = next(p for p in root.iterdir() if p.name.lower() == "train")
         if not any(f.is_file() for c in train.iterdir() if c.is_dir() for f in c.iterdir()):
