@@ -326,8 +326,7 @@ def load_images(paths: Iterable[str | Path], size=(100, 100), channels: int = 1,
     size = imaging._check_size(size)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    if method not in imaging.RESIZE_METHODS:
-        raise ValueError(f"method must be one of {sorted(imaging.RESIZE_METHODS)}, got {method!r}")
+    imaging._check_method(method)
     if pool not in ("auto", "process", "thread"):
         raise ValueError(f"pool must be 'auto', 'process' or 'thread', got {pool!r}")
     paths = [os.path.abspath(os.fspath(p)) for p in paths]

@@ -218,8 +218,7 @@ def decode_resized(data: bytes | str | Path | BinaryIO, size, method: str = "bil
     wants the training pixels exactly can call this too.
     """
     h, w = _check_size(size)
-    if method not in RESIZE_METHODS:
-        raise ValueError(f"method must be one of {sorted(RESIZE_METHODS)}, got {method!r}")
+    _check_method(method)
     raw, filename = _read_source(data, filename, max_bytes)
     if _is_dicom(raw):
         return resize(_decode_dicom(raw, filename, max_pixels), (h, w), method)
@@ -459,14 +458,18 @@ def _check_size(size) -> tuple[int, int]:
     return h, w
 
 
+def _check_method(method: str) -> None:
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"method must be one of {sorted(RESIZE_METHODS)}, got {method!r}")
+
+
 def resize(img: np.ndarray, size, method: str = "bilinear") -> np.ndarray:
     """Squash a 2-D uint8 image to size (height, width) with Pillow, ignoring the aspect ratio.
 
     The seed and the 224 px dataset copy both squash, so the models expect squashed anatomy.
     """
     h, w = _check_size(size)
-    if method not in RESIZE_METHODS:
-        raise ValueError(f"method must be one of {sorted(RESIZE_METHODS)}, got {method!r}")
+    _check_method(method)
     img = np.asarray(img)
     if img.ndim != 2:
         raise ValueError(f"resize() takes a 2-D gray image, got shape {img.shape}")
