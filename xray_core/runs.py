@@ -355,6 +355,14 @@ def _read_json_or_note(path: Path) -> tuple[Any, str | None]:
         return None, f"{path.name} could not be read: {exc}"
 
 
+def _current_status(path: Path, status: Any) -> dict:
+    """A run folder's status.json content as it should be read now (see effective_status)."""
+    if status is None:
+        # A bundled model (default/) has no training process behind it: it is simply complete.
+        status = {"state": "completed" if (path / MODEL_FILE).is_file() else "unknown"}
+    return effective_status(status if isinstance(status, dict) else {})
+
+
 def _is_run_folder(path: Path) -> bool:
     return path.is_dir() and any((path / f).exists() for f in (CONFIG_FILE, STATUS_FILE, MODEL_FILE))
 
@@ -383,13 +391,10 @@ def _run_info(path: Path) -> RunInfo:
     problems += [note] if note else []
     metrics, note = _read_json_or_note(path / METRICS_FILE)
     problems += [note] if note else []
-    if status is None:
-        # A bundled model (default/) has no training process behind it: it is simply complete.
-        status = {"state": "completed" if (path / MODEL_FILE).is_file() else "unknown"}
     return RunInfo(
         run_id=path.name,
         path=path,
-        status=effective_status(status if isinstance(status, dict) else {}),
+        status=_current_status(path, status),
         config=config if isinstance(config, dict) else {},
         metrics=metrics if isinstance(metrics, dict) else None,
         problems=problems,
@@ -435,9 +440,7 @@ class Run:
     @property
     def status(self) -> dict:
         status, _ = _read_json_or_note(self.path / STATUS_FILE)
-        if status is None:
-            status = {"state": "completed" if (self.path / MODEL_FILE).is_file() else "unknown"}
-        return effective_status(status)
+        return _current_status(self.path, status)
 
     @property
     def metrics(self) -> dict | None:
