@@ -53,14 +53,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threshold-method", choices=("sensitivity", "youden"), default="sensitivity",
                    help="operating threshold: highest specificity with sensitivity >= 0.95 (default) or Youden's J")
     p.add_argument("--run-id", help="name of the run folder (default: time-arch-random)")
-    p.add_argument("--runs-dir", type=Path, help="run registry folder (default: $XRAY_MODELS_DIR or trained_models/)")
+    _add_runs_dir(p)
     p.add_argument("--resume", metavar="RUN", help="continue this interrupted run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("runs", help="list the runs in the registry",
                               description="List training runs: state, progress and validation metrics.")
-    p.add_argument("--runs-dir", type=Path, help="run registry folder (default: $XRAY_MODELS_DIR or trained_models/)")
+    _add_runs_dir(p)
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=_runs)
 
@@ -73,7 +73,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", type=Path, help="dataset folder (default: the one the run trained on)")
     p.add_argument("--split", choices=("val", "test", "official_val"), default="val",
                    help="which images (default val: the run's own validation split)")
-    p.add_argument("--runs-dir", type=Path, help="run registry folder")
+    _add_runs_dir(p)
     p.add_argument("--refresh", action="store_true", help="recompute even if metrics.json has the result")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=_evaluate)
@@ -85,12 +85,16 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
     p.add_argument("images", nargs="+", type=Path, help="image files")
-    p.add_argument("--runs-dir", type=Path, help="run registry folder")
+    _add_runs_dir(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.set_defaults(func=_predict)
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _add_runs_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", type=Path, help="run registry folder (default: $XRAY_MODELS_DIR or trained_models/)")
 
 
 def _run_ref(text: str):
