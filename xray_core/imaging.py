@@ -147,6 +147,15 @@ def _is_dicom(raw: bytes) -> bool:
     return raw[:2] in (b"\x02\x00", b"\x08\x00")
 
 
+def _is_json(raw: bytes) -> bool:
+    """True when the bytes parse as JSON (UnicodeDecodeError is a ValueError too)."""
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
 def _describe_non_image(raw: bytes) -> str | None:
     """Name what a non-image upload really is, for the error message."""
     head = raw[:1024].lstrip()
@@ -169,12 +178,8 @@ def _describe_non_image(raw: bytes) -> str | None:
         return "an SVG drawing"
     if low.startswith((b"<?xml", b"<")):
         return "an XML or markup text file"
-    if low.startswith((b"{", b"[")) and len(raw) < 1_000_000:
-        try:
-            json.loads(raw)
-            return "a JSON text file"
-        except ValueError:
-            pass  # not JSON (UnicodeDecodeError is a ValueError too): the text check below decides
+    if low.startswith((b"{", b"[")) and len(raw) < 1_000_000 and _is_json(raw):
+        return "a JSON text file"
     sample = raw[:4096]
     try:
         text = sample.decode("utf-8")
