@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.apptest_helpers import open_page
 from xray_core import runs, ui
-
-APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
 
 @pytest.fixture
@@ -34,12 +32,7 @@ def table_with(at: AppTest, column: str, nth: int = 0) -> pd.DataFrame:
 
 def test_compare_shows_metrics_on_validation_and_test_with_best_marked(monkeypatch, synthetic_dataset, models):
     folder, run_id = models
-    monkeypatch.setenv("XRAY_DATA_DIR", str(synthetic_dataset))
-    monkeypatch.setenv("XRAY_MODELS_DIR", str(folder))
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    at.switch_page("pages/compare.py").run()
-    assert not at.exception, at.exception
+    at = open_page(monkeypatch, synthetic_dataset, folder, "pages/compare.py", timeout=180)
     assert sorted(at.multiselect(key="compare_runs").value) == sorted([run_id, "second"])
 
     saved = runs.read_json(folder / run_id / "metrics.json")

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.apptest_helpers import APP, open_page
 from tests.synthetic import make_synthetic_dataset
 
-APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
 
 def table_with(at: AppTest, column: str):
@@ -30,13 +30,7 @@ def table_with(at: AppTest, column: str):
 
 
 def open_dataset_page(monkeypatch, data_dir: Path, models_dir: Path) -> AppTest:
-    monkeypatch.setenv("XRAY_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("XRAY_MODELS_DIR", str(models_dir))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page("pages/dataset.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(monkeypatch, data_dir, models_dir, "pages/dataset.py")
 
 
 def test_dataset_page_shows_counts_patients_sizes_and_opens_an_image(monkeypatch, synthetic_dataset, tmp_path):

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.apptest_helpers import APP, open_page
 from xray_core import imaging, runs, ui
 
 PROJECT = Path(__file__).resolve().parents[1]
-APP = str(PROJECT / "streamlit_app.py")
 
 
 def image_bytes(dataset: Path, split: str, class_name: str, i: int = 0) -> tuple[str, bytes]:
@@ -53,11 +53,7 @@ def dicom_bytes(pixels: np.ndarray) -> bytes:
 @pytest.fixture
 def diagnose(monkeypatch, synthetic_dataset, tiny_run):
     runs_root, _ = tiny_run
-    monkeypatch.setenv("XRAY_DATA_DIR", str(synthetic_dataset))
-    monkeypatch.setenv("XRAY_MODELS_DIR", str(runs_root))
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()  # Diagnose is the default page
-    assert not at.exception, at.exception
+    at = open_page(monkeypatch, synthetic_dataset, runs_root, timeout=180)  # Diagnose: the default page
     at.select_slider(key="diagnose_samples").set_value(250)  # enough for tiny images, and quick
     return at
 

@@ -6,26 +6,19 @@ import fcntl
 import json
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.apptest_helpers import open_page
 from xray_core import jobs, runs
-
-APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
 
 @pytest.fixture
 def train_page(monkeypatch, synthetic_dataset, tmp_path):
     models = tmp_path / "models"
     models.mkdir()
-    monkeypatch.setenv("XRAY_DATA_DIR", str(synthetic_dataset))
-    monkeypatch.setenv("XRAY_MODELS_DIR", str(models))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page("pages/train.py").run()
-    assert not at.exception, at.exception
+    at = open_page(monkeypatch, synthetic_dataset, models, "pages/train.py", timeout=120)
     return at, models
 
 
