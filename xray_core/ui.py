@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from xray_core.explain import png_bytes
-from xray_core.runs import to_jsonable
+from xray_core.runs import MODEL_FILE, Run, to_jsonable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -307,7 +307,7 @@ def format_seconds(seconds: float | None) -> str:
 
 def usable_runs(infos: Iterable[Any]) -> list:
     """Completed runs that have a model file: `default` first, then the newest first."""
-    done = [r for r in infos if r.state == "completed" and (Path(r.path) / "model.keras").is_file()]
+    done = [r for r in infos if r.state == "completed" and (Path(r.path) / MODEL_FILE).is_file()]
     done.sort(key=lambda r: str((r.config or {}).get("created") or r.run_id), reverse=True)
     done.sort(key=lambda r: r.run_id != "default")
     return done
@@ -400,10 +400,8 @@ def seconds_per_epoch(infos: Iterable[Any], arch: str, image_size: int, channels
                 or int(cfg.get("image_size") or 0) != int(image_size)
                 or int(cfg.get("channels") or 0) != int(channels)):
             continue
-        path = Path(info.path) / "history.csv"
-        if path.is_file():
-            hist = pd.read_csv(path)
-            if "seconds" in hist:
-                seconds += hist["seconds"].dropna().tolist()
+        hist = Run(info.path).history
+        if "seconds" in hist:
+            seconds += hist["seconds"].dropna().tolist()
     return float(np.median(seconds)) if seconds else None
 
