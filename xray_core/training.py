@@ -195,10 +195,6 @@ def _raw_outputs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(parts, axis=0).astype(np.float32)
 
 
-def _pneumonia_scores(raw: np.ndarray) -> np.ndarray:
-    return raw[:, 1] if raw.shape[-1] >= 2 else raw[:, 0]
-
-
 def _two_columns(raw: np.ndarray) -> np.ndarray:
     """The seed's two-column view of any head (1-unit heads become [1 - p, p])."""
     if raw.shape[-1] >= 2:
@@ -509,7 +505,8 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
     _save_model_atomically(model, run_dir / runs.MODEL_FILE)
 
     raw_val = _raw_outputs(model, x_val)
-    val_scores = _pneumonia_scores(raw_val)
+    column = architectures.pneumonia_column(units)
+    val_scores = raw_val[:, column]
     runs.write_predictions(run_dir, "validation", paths_val, y_val, val_scores, cfg["data_root"])
     threshold = float(metrics.choose_threshold(
         y_val, val_scores, min_sensitivity=float(cfg["threshold"]["min_sensitivity"]),
@@ -540,7 +537,7 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
         skipped += [{"path": p, "reason": r, "split": split} for p, r in failed]
         if len(y) == 0:
             continue
-        scores = _pneumonia_scores(_raw_outputs(model, x))
+        scores = _raw_outputs(model, x)[:, column]
         runs.write_predictions(run_dir, key, paths, y, scores, cfg["data_root"])
         result[key] = dict(metrics.binary_metrics(y, scores, threshold=threshold), threshold=threshold, n=int(len(y)),
                            data_root=cfg["data_root"])
