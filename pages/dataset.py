@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from xray_core import data, imaging, ui
+from xray_core import data, download, imaging, ui
 
 PER_PAGE = 12
 
@@ -70,14 +69,7 @@ def show_missing(folder: Path, reason: str) -> None:
 
 
 def show_download(folder: Path) -> None:
-    try:
-        download = importlib.import_module("xray_core.download")
-    except ModuleNotFoundError as exc:
-        if exc.name != "xray_core.download":
-            raise
-        st.info("The download command is not part of this installation.")
-        return
-    sources = list(getattr(download, "SOURCES", {"kermany": None}))
+    sources = list(download.SOURCES)
     dest = folder.parent if folder.name.lower() == "chest_xray" else folder
     cols = st.columns([1, 2])
     source = cols[0].selectbox("Source", sources, key="dataset_source")
