@@ -564,14 +564,9 @@ def load_model_file(path: str | Path):
         )
     import keras
 
-    # Our own layers (if any) must be importable for deserialisation; safe_mode still refuses
-    # Lambda layers and other arbitrary code.
-    try:
-        from xray_core import architectures  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name != "xray_core.architectures":
-            raise
-        # Without the architectures module only built-in Keras layers can load, which is fine.
+    # Our own metrics must be registered for deserialisation; safe_mode still refuses Lambda
+    # layers and other arbitrary code.
+    from xray_core import architectures  # noqa: F401
 
     return keras.models.load_model(path, safe_mode=True, compile=False)
 
