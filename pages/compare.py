@@ -46,7 +46,8 @@ def test_root() -> str | None:
         root = data.find_dataset(folder)
     except (data.DatasetLayoutError, FileNotFoundError):
         return None
-    return str(root) if (Path(root) / "test").is_dir() or (Path(root) / "TEST").is_dir() else None
+    has_test = any(p.is_dir() and p.name.lower() == "test" for p in root.iterdir())  # any case, as data reads it
+    return str(root) if has_test else None
 
 
 def evaluate_on_test(chosen: list, root: str) -> None:
