@@ -558,6 +558,21 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
 _SPLIT_KEYS = {"val": "validation", "validation": "validation", "test": "test", "official_val": "official_val"}
 
 
+def _split_key(split: str) -> str:
+    """The metrics.json / predictions file key of a split name."""
+    if split not in _SPLIT_KEYS:
+        raise ValueError(f"split must be one of val, test, official_val; got {split!r}.")
+    return _SPLIT_KEYS[split]
+
+
+def _data_root(run: runs.Run, data_root: str | Path | None) -> str:
+    """The dataset folder to score: the one given, else the one the run trained on."""
+    root = str(Path(data_root).absolute()) if data_root is not None else run.config.get("data_root")
+    if not root:
+        raise ValueError(f"Run {run.run_id!r} does not record its dataset folder; pass one (--data DIR).")
+    return root
+
+
 def evaluate_run(run: runs.Run | str | Path, data_root: str | Path | None = None, split: str = "val",
                  *, root: str | Path | None = None, refresh: bool = False,
                  progress: Progress | None = None) -> dict:
@@ -571,13 +586,9 @@ def evaluate_run(run: runs.Run | str | Path, data_root: str | Path | None = None
 
     if not isinstance(run, runs.Run):
         run = runs.load_run(run, root=root)
-    if split not in _SPLIT_KEYS:
-        raise ValueError(f"split must be one of val, test, official_val; got {split!r}.")
-    key = _SPLIT_KEYS[split]
+    key = _split_key(split)
     cfg = run.config
-    data_root = str(Path(data_root).absolute()) if data_root is not None else cfg.get("data_root")
-    if not data_root:
-        raise ValueError(f"Run {run.run_id!r} does not record its dataset folder; pass one (--data DIR).")
+    data_root = _data_root(run, data_root)
     cached = (run.metrics or {}).get(key)
     if cached and not refresh and cached.get("data_root", cfg.get("data_root")) == data_root:
         return cached
@@ -632,15 +643,11 @@ def split_scores(run: runs.Run | str | Path, split: str = "validation", data_roo
     """
     if not isinstance(run, runs.Run):
         run = runs.load_run(run, root=root)
-    if split not in _SPLIT_KEYS:
-        raise ValueError(f"split must be one of val, test, official_val; got {split!r}.")
-    key = _SPLIT_KEYS[split]
+    key = _split_key(split)
     saved = runs.read_predictions(run.path, key)
     if saved is not None:
         return saved
-    data_root = str(Path(data_root).absolute()) if data_root is not None else run.config.get("data_root")
-    if not data_root:
-        raise ValueError(f"Run {run.run_id!r} does not record its dataset folder; pass one (--data DIR).")
+    data_root = _data_root(run, data_root)
     if (run.metrics or {}).get(key):
         y, scores, _ = _predict_split(run, data_root, key, progress)
         return y, scores
