@@ -277,6 +277,17 @@ def process_identity() -> dict:
     return {"pid": pid, "pid_started": _proc_start_time(pid), "host": socket.gethostname()}
 
 
+def _pid_exists(pid: int) -> bool:
+    """Probe with signal 0: PermissionError means the process exists but belongs to someone else."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:  # ProcessLookupError and the like: no such process
+        return False
+    return True
+
+
 def pid_alive(pid: Any, started: str | None = None) -> bool:
     """Whether pid is a live (not zombie) process, and the same one if its start time is known."""
     try:
@@ -285,15 +296,7 @@ def pid_alive(pid: Any, started: str | None = None) -> bool:
         return False
     if pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, owned by someone else
-    except OSError:
-        return False
-    if _proc_is_zombie(pid):
+    if not _pid_exists(pid) or _proc_is_zombie(pid):
         return False
     if started is not None:
         current = _proc_start_time(pid)
