@@ -13,7 +13,6 @@ import json
 import multiprocessing
 import os
 import re
-import tempfile
 import threading
 import warnings
 from collections import Counter
@@ -25,7 +24,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from xray_core import imaging, runs
+from xray_core import fileio, imaging
 
 __all__ = [
     "CLASSES",
@@ -269,15 +268,9 @@ def _decode_chunk(paths: list[str], size: tuple[int, int], method: str):
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    """Streamed to a temporary file (not `runs.atomic_write_bytes`: no second copy in memory)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)  # our own unfinished temp file; the error travels on
-        raise
+    """Streamed through fileio.atomic_writer (no second copy of the array in memory)."""
+    with fileio.atomic_writer(path) as fh:
+        np.save(fh, arr, allow_pickle=False)
 
 
 def _read_cache(npy: Path, meta_path: Path, n: int, size: tuple[int, int]):
@@ -374,7 +367,7 @@ def load_images(paths: Iterable[str | Path], size=(100, 100), channels: int = 1,
             try:
                 npy.parent.mkdir(parents=True, exist_ok=True)
                 _atomic_save_npy(npy, pixels)
-                runs.atomic_write_json(meta_path, {"version": CACHE_VERSION, "size": list(size),
+                fileio.atomic_write_json(meta_path, {"version": CACHE_VERSION, "size": list(size),
                                                    "method": method, "ok": ok_sorted.tolist(),
                                                    "reasons": {str(k): v for k, v in reasons.items()}})
                 _prune_cache(npy.parent, keep=npy)

@@ -10,13 +10,11 @@ No TensorFlow at import time: the dashboard lists runs without loading any model
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -63,67 +61,7 @@ class RunBusy(ValueError):
 
 # --------------------------------------------------------------------------- atomic writes
 
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write data to path so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # The temporary file is ours and unfinished: remove it, then let the error travel on.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX only; a no-op where folders cannot be opened)."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
-
-
-def to_jsonable(obj: Any) -> Any:
-    """numpy scalars/arrays, Paths and NaN -> plain JSON (NaN becomes null: JSON has no NaN).
-
-    The one sanitiser for everything the project writes as JSON (run files, the Diagnose zip)."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+from xray_core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, to_jsonable  # noqa: E402,F401 (moved; old callers)
 
 
 def predictions_path(run_dir: str | Path, split: str) -> Path:
