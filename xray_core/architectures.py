@@ -51,9 +51,11 @@ class ArchSpec:
 
 
 def pneumonia_column(output_units: int) -> int:
-    """Column of the model output (and of the targets) that holds the pneumonia score."""
-    _check_output_units(output_units)
-    return 1 if output_units == 2 else 0
+    """Column of the model output (and of the targets) that holds the pneumonia score; the rule
+    itself lives with the model object (`xray_core.model.pneumonia_column`)."""
+    from xray_core.model import pneumonia_column as rule
+
+    return rule(output_units)
 
 
 def _check_output_units(output_units) -> None:

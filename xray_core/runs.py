@@ -513,9 +513,12 @@ def load_model_file(path: str | Path):
 
 
 def load_run(run_id_or_path: str | Path, root: str | Path | None = None) -> Run:
-    """A Run from a run id (a str, validated against the registry) or an explicit Path."""
-    if isinstance(run_id_or_path, Path):
-        path = run_id_or_path
+    """A Run from a run id (validated against the registry) or a path to a run folder: a
+    PathLike, or a str holding a path separator (`runs/default`, `./my-run`)."""
+    if isinstance(run_id_or_path, os.PathLike):
+        path = Path(run_id_or_path)
+    elif isinstance(run_id_or_path, str) and ("/" in run_id_or_path or os.sep in run_id_or_path):
+        path = Path(run_id_or_path)
     else:
         path = run_path(run_id_or_path, root)
     if not _is_run_folder(path):
