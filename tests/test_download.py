@@ -48,6 +48,12 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             self._plain(404, b"not found")
             return
+        if "redirect" in route:
+            self.send_response(302)
+            self.send_header("Location", route["redirect"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = route["body"]
         if "fake_length" in route:  # announce more than any disk holds, then hang up
             self.send_response(200)
@@ -433,3 +439,64 @@ def test_cli_download_in_a_real_subprocess(server, kermany, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: Could not reach 127.0.0.1")
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------ the served app's URL allow-list
+
+
+def _app_policy(monkeypatch, hosts: str = "", networks: str = "") -> dl.UrlPolicy:
+    monkeypatch.setenv("XRAY_SECRETS_FILE", "/nonexistent/secrets.toml")
+    monkeypatch.setenv("XRAY_DOWNLOAD_HOSTS", hosts)
+    monkeypatch.setenv("XRAY_DOWNLOAD_PRIVATE_NETWORKS", networks)
+    return dl.app_url_policy()
+
+
+def test_app_policy_allows_the_catalogue_hosts_and_refuses_others_before_any_lookup(monkeypatch, tmp_path):
+    policy = _app_policy(monkeypatch)
+    assert {"data.mendeley.com", "zenodo.org"} <= policy.hosts
+    with pytest.raises(dl.UrlNotAllowed, match="example.org is not one of them"):
+        dl.download(url="https://example.org/ChestXRay2017.zip", dest=tmp_path, url_policy=policy)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("address, kind", [("192.168.7.7", "private"), ("10.20.30.40", "private"),
+                                           ("169.254.169.254", "link-local"), ("127.0.0.1", "loopback")])
+def test_app_policy_refuses_addresses_inside_the_network_even_for_an_allowed_host(
+        monkeypatch, tmp_path, address, kind):
+    policy = _app_policy(monkeypatch, hosts=address)
+    with pytest.raises(dl.UrlNotAllowed, match=f"{re.escape(address)}, a {kind}"):
+        dl.download(url=f"http://{address}/ChestXRay2017.zip", dest=tmp_path, url_policy=policy)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_app_policy_refuses_a_loopback_server_unless_its_network_is_allowed(server, kermany, monkeypatch, tmp_path):
+    server.routes["/z.zip"] = {"body": kermany[0]}
+    url = server.base + "/z.zip"
+    with pytest.raises(dl.UrlNotAllowed, match="loopback"):
+        dl.download(url=url, dest=tmp_path / "a", url_policy=_app_policy(monkeypatch, hosts="127.0.0.1"))
+    assert server.requests == []  # refused before connecting
+    allowed = _app_policy(monkeypatch, hosts="127.0.0.1", networks="127.0.0.1/32")
+    assert dl.download(url=url, dest=tmp_path / "b", url_policy=allowed, timeout=5).is_dir()
+
+
+@pytest.mark.parametrize("target", ["http://10.9.8.7/ChestXRay2017.zip", "http://127.0.0.2:{port}/z.zip",
+                                    "http://[::1]:{port}/z.zip"])
+def test_a_redirect_into_the_network_is_refused(server, kermany, monkeypatch, tmp_path, target):
+    """The first hop (127.0.0.1) is allowed by the administrator; where it redirects is not."""
+    port = server.server_address[1]
+    server.routes["/z.zip"] = {"body": kermany[0]}
+    server.routes["/moved.zip"] = {"body": b"", "redirect": target.format(port=port)}
+    policy = _app_policy(monkeypatch, hosts="127.0.0.1", networks="127.0.0.1/32")
+    with pytest.raises(dl.UrlNotAllowed, match="A redirect leads to"):
+        dl.download(url=server.base + "/moved.zip", dest=tmp_path, url_policy=policy, timeout=5)
+    assert [r["path"] for r in server.requests] == ["/moved.zip"]
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "chest_xray").exists()
+
+    # A redirect to an allowed address is followed; the CLI's path (no policy) follows any.
+    server.routes["/moved.zip"]["redirect"] = server.base + "/z.zip"
+    assert dl.download(url=server.base + "/moved.zip", dest=tmp_path, url_policy=policy, timeout=5).is_dir()
+
+
+def test_a_bad_allowed_network_is_a_sentence(monkeypatch):
+    with pytest.raises(dl.UrlNotAllowed, match="is not a network"):
+        _app_policy(monkeypatch, networks="intranet")
