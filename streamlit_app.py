@@ -9,12 +9,59 @@ from __future__ import annotations
 import os
 
 import streamlit as st
+from streamlit.errors import StreamlitSecretNotFoundError
+
+from xray_core import fileio, settings
 
 st.set_page_config(
     page_title="Chest X-ray pneumonia",
     page_icon=":material/radiology:",
     layout="wide",
 )
+
+try:
+    viewer = settings.viewer_mode()
+except settings.SettingsError as exc:
+    st.error(f"The server's settings cannot be used: {exc}")
+    st.stop()
+st.session_state["viewer_mode"] = viewer  # pages hide what writes when True
+
+
+def _auth_configured() -> bool:
+    """Whether .streamlit/secrets.toml holds an [auth] table (no secrets file at all: no)."""
+    try:
+        return "auth" in st.secrets
+    except StreamlitSecretNotFoundError:
+        return False
+
+
+def _auth_provider() -> str | None:
+    """The provider to pass st.login: a named [auth.NAME] table if there is one, else [auth] itself."""
+    named = [k for k, v in st.secrets["auth"].items() if hasattr(v, "keys")]
+    return named[0] if named else None
+
+
+def _sign_in() -> None:
+    st.title("Chest X-ray pneumonia")
+    st.info("Sign in with your institution's account to open the dashboard.")
+    if st.button("Sign in", key="auth_sign_in", type="primary"):
+        provider = _auth_provider()
+        st.login(provider) if provider else st.login()
+    st.caption("Research software, not a medical device: not for clinical decisions.")
+
+
+# Sign-in (OpenID Connect through st.login) when the administrator configured [auth] in
+# .streamlit/secrets.toml: a signed-out visitor gets a navigation holding only the sign-in page,
+# so no page of the app runs (whatever URL was opened) before it.
+if _auth_configured():
+    if not st.user.get("is_logged_in", False):
+        st.navigation([st.Page(_sign_in, title="Sign in", default=True)], position="hidden").run()
+        st.stop()
+    with st.sidebar:
+        who = st.user.get("name") or st.user.get("email") or "an unnamed account"
+        email = st.user.get("email")
+        st.markdown(f"Signed in as **{who}**" + (f"  \n{email}" if email and email != who else ""))
+        st.button("Sign out", key="auth_sign_out", on_click=st.logout)
 
 # Shared settings, read by every page from st.session_state. Set once per session from the
 # environment so a deployment (or a test) can point the app at its folders.
@@ -24,21 +71,31 @@ if "models_dir" not in st.session_state:
     st.session_state["models_dir"] = os.environ.get("XRAY_MODELS_DIR") or "trained_models"
 
 # Diagnose comes first and is the default: it is what a clinician opens the app for, and it
-# works on a fresh machine with no dataset (the bundled default model serves it).
+# works on a fresh machine with no dataset (the bundled default model serves it). In viewer
+# mode, Train (which writes runs) is not offered at all.
 pages = [
     st.Page("pages/diagnose.py", title="Diagnose", icon=":material/stethoscope:", default=True),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    *([] if viewer else [st.Page("pages/train.py", title="Train", icon=":material/model_training:")]),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]
 page = st.navigation(pages)
 
+FOLDER_WORDS = {"data_dir": "dataset folder", "models_dir": "models folder"}
 
 
 def _keep(name: str) -> None:
     """Copy a sidebar input into its plain session key, which survives page switches (widget
-    keys of the entry script can be dropped when the page changes)."""
-    st.session_state[name] = st.session_state[f"_{name}_input"]
+    keys of the entry script can be dropped when the page changes), if it lies under an allowed
+    root; otherwise keep the previous folder and say why."""
+    typed = st.session_state[f"_{name}_input"]
+    try:
+        fileio.check_allowed(typed, what=FOLDER_WORDS[name])
+    except fileio.PathNotAllowed as exc:
+        st.session_state[f"_{name}_refused"] = str(exc)
+        return
+    st.session_state.pop(f"_{name}_refused", None)
+    st.session_state[name] = typed
 
 
 with st.sidebar:
@@ -51,6 +108,10 @@ with st.sidebar:
     ):
         st.session_state[f"_{name}_input"] = st.session_state[name]
         st.text_input(label, key=f"_{name}_input", help=help_text, on_change=_keep, args=(name,))
+        if f"_{name}_refused" in st.session_state:
+            st.error(st.session_state[f"_{name}_refused"])
+    if viewer:
+        st.caption("Viewer mode: training, downloads and other writes are switched off on this server.")
     st.caption("Research software, not a medical device: not for clinical decisions.")
 
 page.run()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from xray_core import data, download, imaging, ui
+from xray_core import data, download, fileio, imaging, ui
 
 PER_PAGE = 12
 
@@ -69,6 +69,10 @@ def show_missing(folder: Path, reason: str) -> None:
 
 
 def show_download(folder: Path) -> None:
+    if st.session_state.get("viewer_mode"):
+        st.info("Downloads are switched off on this server (viewer mode). Ask the administrator "
+                "to fetch the data with `python -m xray_core download`.")
+        return
     sources = list(download.SOURCES)
     dest = folder.parent if folder.name.lower() == "chest_xray" else folder
     cols = st.columns([1, 2])
@@ -76,7 +80,9 @@ def show_download(folder: Path) -> None:
     cols[1].text_input("Download into", value=str(dest), key="dataset_download_dest")
     cols = st.columns([2, 1])
     url = cols[0].text_input("Mirror URL (optional)", key="dataset_download_url",
-                             help="Your institution's copy of the same file, instead of the published address.")
+                             help="Your institution's copy of the same file, instead of the published "
+                                  "address. Only the catalogue's hosts and those the administrator "
+                                  "allowed are accepted.")
     sha256 = cols[1].text_input("Mirror's SHA-256 (optional)", key="dataset_download_sha256",
                                 help="Checksum of the mirror's file, if it differs from the published one.")
     if st.button("Download the dataset", key="dataset_download", type="primary"):
@@ -87,10 +93,11 @@ def show_download(folder: Path) -> None:
             bar.progress(report.fraction or 0.0, text=report.describe())
 
         try:
-            where = download.download(source, dest=st.session_state["dataset_download_dest"],
+            where = download.download(source, dest=fileio.check_allowed(
+                                          st.session_state["dataset_download_dest"], what="download folder"),
                                       url=url.strip() or None, expected_sha256=sha256.strip() or None,
-                                      progress=progress)
-        except (ValueError, OSError) as exc:
+                                      progress=progress, url_policy=download.app_url_policy())
+        except (ValueError, OSError) as exc:  # DownloadError, UrlNotAllowed, PathNotAllowed: sentences
             st.error(f"The download did not complete: {exc}")
             return
         bar.progress(1.0, text="Done.")
@@ -174,7 +181,11 @@ def show_selected(index: pd.DataFrame) -> None:
 
 
 st.title("Dataset")
-folder = ui.resolve_folder(st.session_state.get("data_dir", "data/chest_xray"))
+try:
+    folder = fileio.check_allowed(st.session_state.get("data_dir", "data/chest_xray"), what="dataset folder")
+except fileio.PathNotAllowed as exc:
+    st.error(str(exc))
+    st.stop()
 try:
     root = data.find_dataset(folder)
 except (data.DatasetLayoutError, FileNotFoundError) as exc:
@@ -206,5 +217,6 @@ else:
     st.warning(f"{len(unreadable)} files could not be read; they are left out of training.")
     st.dataframe(unreadable, key="dataset_unreadable")
 
-with st.expander("Download the dataset again or another source"):
-    show_download(folder)
+if not st.session_state.get("viewer_mode"):
+    with st.expander("Download the dataset again or another source"):
+        show_download(folder)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from xray_core import data, jobs, runs, ui
+from xray_core import data, fileio, jobs, runs, ui
 
 
 @st.cache_data(show_spinner="Building the layer table…")
@@ -83,13 +83,16 @@ def settings(specs: dict, models: Path) -> dict:
 
 def start(models: Path, options: dict) -> tuple[str, str]:
     """Queue the training; (message kind, sentence) for the page."""
-    folder = ui.resolve_folder(st.session_state.get("data_dir", "data/chest_xray"))
     try:
+        folder = fileio.check_allowed(st.session_state.get("data_dir", "data/chest_xray"),
+                                      what="dataset folder")
         root = data.find_dataset(folder)
-    except (data.DatasetLayoutError, FileNotFoundError) as exc:
+    except (fileio.PathNotAllowed, data.DatasetLayoutError, FileNotFoundError) as exc:
         return "error", f"Cannot train: {exc}"
     try:
         run_id = jobs.submit_training(models, dict(options, data=str(root)))
+    except jobs.CapacityError as exc:
+        return "error", str(exc)
     except OSError as exc:
         return "error", (f"Cannot queue the training in {models} ({exc.strerror or exc}). "
                          "Set the sidebar's Models folder to a folder you can write to.")
@@ -137,6 +140,8 @@ def live_panel(models: Path) -> None:
     for run_id, reason in jobs.failed_launches(models):
         st.error(f"{run_id} did not start ({reason}). Check its settings and start it again; "
                  f"the full log is in {models / jobs.QUEUE_DIR / 'logs' / (run_id + '.log')}.")
+    for problem in jobs.queue_problems(models):
+        st.warning(problem)
     if queued:
         st.markdown(f"**Queued ({len(queued)})**: they start one after another.")
         for job in queued:
@@ -159,7 +164,14 @@ def live_panel(models: Path) -> None:
 
 
 st.title("Train")
-models = ui.resolve_folder(st.session_state.get("models_dir", "trained_models"))
+if st.session_state.get("viewer_mode"):  # the entry point does not list this page then; a guard
+    st.info("Training is switched off on this server (viewer mode).")
+    st.stop()
+try:
+    models = fileio.check_allowed(st.session_state.get("models_dir", "trained_models"), what="models folder")
+except fileio.PathNotAllowed as exc:
+    st.error(str(exc))
+    st.stop()
 options = settings(architectures_registry(), models)
 if st.button("Start training", type="primary", key="train_start"):
     kind, text = start(models, options)

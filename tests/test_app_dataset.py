@@ -101,6 +101,11 @@ def test_without_dataset_the_page_explains_the_layout_and_downloads_from_a_mirro
     thread.start()
     try:
         dest = tmp_path / "data"
+        # The administrator allows the download folder and the local mirror (tests/test_security.py
+        # checks that neither is allowed without this).
+        monkeypatch.setenv("XRAY_ALLOWED_ROOTS", str(dest))
+        monkeypatch.setenv("XRAY_DOWNLOAD_HOSTS", "127.0.0.1")
+        monkeypatch.setenv("XRAY_DOWNLOAD_PRIVATE_NETWORKS", "127.0.0.1/32")
         at = open_dataset_page(monkeypatch, dest / "chest_xray", tmp_path / "models")
         assert at.warning and "train" in at.code[0].value and "PNEUMONIA" in at.code[0].value
         assert any("10.17632/rscbjbr9sj.3" in m.value for m in at.markdown)

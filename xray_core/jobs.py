@@ -13,18 +13,78 @@ import subprocess
 import sys
 from pathlib import Path
 
-from xray_core import runs
+from xray_core import fileio, runs, settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# Trainings started from the dashboard run one at a time. A queued training is a small JSON file
-# in <models>/.queue/ (hidden, so the run registry does not list it) holding the `train` command;
-# one detached worker process (`python -m xray_core.jobs work <models>`), which holds an flock on
-# .queue/worker.lock while it lives, starts them in order, each as `python -m xray_core train`.
-# Everything is on disk, so a reload, a second tab or a closed browser sees the same jobs, and
-# the queue goes on without any page open.
+# A queued training is a small JSON file in <models>/.queue/ (hidden, so the run registry does
+# not list it) holding the `train` command. Detached worker processes (`python -m xray_core.jobs
+# work <models>`) start them in order, each as `python -m xray_core train`; there are as many
+# worker slots as trainings may run at once (settings.limit("running_trainings"), default 1),
+# and a worker holds an flock on its slot's lock file (.queue/worker.lock, worker-1.lock, ...)
+# while it lives. Everything is on disk, so a reload, a second tab or a closed browser sees the
+# same jobs, and the queue goes on without any page open.
 
 QUEUE_DIR = ".queue"
+KINDS = ("training", "worklist")
+
+
+class CapacityError(ValueError):
+    """The server's limit on running and waiting jobs of one kind is reached; the message says so."""
+
+
+def check_capacity(kind: str, *, running: int, queued: int) -> None:
+    """Raise CapacityError unless one more job of `kind` ("training" or "worklist") may be accepted.
+
+    running, queued: the jobs of that kind running now and waiting now. A new job is accepted if
+    it can start at once (fewer running than the running limit) or wait (fewer waiting than the
+    queue limit, counted after the free slots are filled). Limits: settings.limit(
+    "running_<kind>s" / "queued_<kind>s"), default 1 running and 3 waiting.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Unknown job kind {kind!r}; one of {', '.join(KINDS)}.")
+    max_running = settings.limit(f"running_{kind}s")
+    max_queued = settings.limit(f"queued_{kind}s")
+    if max_running == 0:
+        raise CapacityError(f"Starting a {kind} is switched off on this server (its limit of running "
+                            f"{kind}s is 0). Ask the administrator.")
+    free = max(0, max_running - running)
+    if queued < max_queued + free:
+        return
+    raise CapacityError(
+        f"This server runs at most {max_running} {kind}{'s' if max_running != 1 else ''} at a time "
+        f"with {max_queued} waiting, and that is reached ({running} running, {queued} waiting). "
+        f"Wait for one to finish, or remove a waiting one, then start it again.")
+
+
+def _slot_lock(root: str | Path, slot: int) -> Path:
+    return _queue(root) / ("worker.lock" if slot == 0 else f"worker-{slot}.lock")
+
+
+def _current(root: str | Path, slot: int) -> Path:
+    return _queue(root) / ("current.json" if slot == 0 else f"current-{slot}.json")
+
+
+def _slot_busy(root: str | Path, slot: int) -> bool:
+    """Whether a worker holds this slot's lock (checked with flock, so a dead one never counts)."""
+    import fcntl
+
+    path = _slot_lock(root, slot)
+    if not path.exists():
+        return False
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def training_load(root: str | Path) -> tuple[int, int]:
+    """(running, waiting) trainings of the queue in `root`: busy worker slots and queued jobs."""
+    slots = max(1, settings.limit("running_trainings"))
+    return sum(_slot_busy(root, i) for i in range(slots)), len(queued_jobs(root))
 
 
 def _queue(root: str | Path) -> Path:
@@ -50,46 +110,70 @@ def train_argv(options: dict) -> list[str]:
 
 
 def submit_training(root: str | Path, options: dict, *, start: bool = True) -> str:
-    """Queue one training and make sure a worker runs the queue; returns its run id at once."""
+    """Queue one training and make sure a worker runs the queue; returns its run id at once.
+
+    Raises CapacityError (nothing written) when the server's training limit is reached."""
     root = Path(root)
+    running, waiting = training_load(root)
+    check_capacity("training", running=running, queued=waiting)
     queue = _queue(root)
     (queue / "logs").mkdir(parents=True, exist_ok=True)
     run_id = runs.new_run_id(options["arch"], root, create=False)
     while (queue / f"{run_id}.json").exists():
         run_id = runs.new_run_id(options["arch"], root, create=False)
     job = {"run_id": run_id, "argv": train_argv(options), "options": options, "submitted": runs.now_iso()}
-    runs.atomic_write_json(queue / f"{run_id}.json", job)
+    fileio.atomic_write_json(queue / f"{run_id}.json", job)
     if start:
         ensure_worker(root)
     return run_id
 
 
 def queued_jobs(root: str | Path) -> list[dict]:
-    """Jobs waiting to start, oldest first."""
+    """Jobs waiting to start, oldest first (a corrupt job file is left out: see queue_problems)."""
+    return _read_queue(root)[0]
+
+
+def queue_problems(root: str | Path) -> list[str]:
+    """One sentence per queued job file that cannot be read (it will never start)."""
+    return _read_queue(root)[1]
+
+
+def _read_queue(root: str | Path) -> tuple[list[dict], list[str]]:
     queue = _queue(root)
     if not queue.is_dir():
-        return []
-    jobs = []
+        return [], []
+    jobs, problems = [], []
     for path in queue.glob("*.json"):
-        if path.name == "current.json":
+        if path.name.startswith("current"):
             continue
         try:
-            jobs.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue  # being written or just removed: it is listed on the next poll
-    return sorted(jobs, key=lambda j: (j.get("submitted", ""), j.get("run_id", "")))
+            job = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue  # started or removed between the listing and the read
+        except (OSError, ValueError) as exc:
+            problems.append(f"The queued job file {path} cannot be read ({exc}), so that job will "
+                            f"never start. Remove the file and start the training again.")
+            continue
+        if not isinstance(job, dict) or not isinstance(job.get("argv"), list) or "run_id" not in job:
+            problems.append(f"The queued job file {path} is not a job written by the dashboard (no "
+                            f"run id or command), so it will never start. Remove the file.")
+            continue
+        jobs.append(job)
+    return sorted(jobs, key=lambda j: (j.get("submitted", ""), j.get("run_id", ""))), problems
 
 
 def starting_job(root: str | Path) -> dict | None:
-    """The job the worker has launched, until its training process has written status.json."""
-    path = _queue(root) / "current.json"
-    try:
-        job = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if (Path(root) / job.get("run_id", "") / "status.json").is_file():
-        return None
-    return job
+    """A job a worker has launched, until its training process has written status.json."""
+    for path in sorted(_queue(root).glob("current*.json")):
+        try:
+            job = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue  # finished meanwhile
+        except ValueError:
+            continue  # written atomically, so never half: a foreign file, not ours to report here
+        if not (Path(root) / str(job.get("run_id", "")) / "status.json").is_file():
+            return job
+    return None
 
 
 def cancel_queued(root: str | Path, run_id: str) -> bool:
@@ -103,7 +187,7 @@ def cancel_queued(root: str | Path, run_id: str) -> bool:
 
 def request_stop(run_path: str | Path) -> None:
     """Ask a running training to stop after its current batch (it keeps the model)."""
-    runs.atomic_write_text(Path(run_path) / runs.STOP_FILE, "stop requested from the dashboard\n")
+    fileio.atomic_write_text(Path(run_path) / runs.STOP_FILE, "stop requested from the dashboard\n")
 
 
 def launch_failure(root: str | Path, run_id: str) -> str | None:
@@ -141,51 +225,42 @@ def failed_launches(root: str | Path, limit: int = 5) -> list[tuple[str, str]]:
     return failures
 
 
-def worker_alive(root: str | Path) -> bool:
-    """Whether a queue worker holds the lock (checked with flock, so a dead one never counts)."""
-    import fcntl
-
-    lock_path = _queue(root) / "worker.lock"
-    if not lock_path.exists():
-        return False
-    with open(lock_path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
 _SPAWNED: list[subprocess.Popen] = []  # workers started by this process, reaped when they end
 
 
 def ensure_worker(root: str | Path) -> bool:
-    """Start a detached worker if jobs wait and none runs; True if one was started.
+    """Start a detached worker in each free slot while jobs wait; True if one was started.
 
-    The lock is taken here and handed to the worker (an inherited descriptor shares the flock),
-    so two pages polling at once can never both start one.
+    A slot's lock is taken here and handed to its worker (an inherited descriptor shares the
+    flock), so two pages polling at once can never both start one in the same slot.
     """
     import fcntl
 
     _SPAWNED[:] = [p for p in _SPAWNED if p.poll() is None]
     root = Path(root)
-    if not queued_jobs(root):
+    waiting = len(queued_jobs(root))
+    if not waiting:
         return False
     logs = _queue(root) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with open(_queue(root) / "worker.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # a worker is running the queue
-        with open(logs / "worker.log", "ab") as log:
-            _SPAWNED.append(subprocess.Popen(
-                [sys.executable, "-m", "xray_core.jobs", "work", str(root.absolute()), str(lock.fileno())],
-                cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=_child_env(root), pass_fds=(lock.fileno(),),
-            ))
-    return True
+    started = 0
+    for slot in range(max(1, settings.limit("running_trainings"))):
+        if started >= waiting:
+            break
+        with open(_slot_lock(root, slot), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a worker is running in this slot
+            with open(logs / "worker.log", "ab") as log:
+                _SPAWNED.append(subprocess.Popen(
+                    [sys.executable, "-m", "xray_core.jobs", "work", str(root.absolute()),
+                     str(lock.fileno()), str(slot)],
+                    cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True, env=_child_env(root), pass_fds=(lock.fileno(),),
+                ))
+            started += 1
+    return started > 0
 
 
 def _child_env(root: Path) -> dict:
@@ -195,11 +270,11 @@ def _child_env(root: Path) -> dict:
     return env
 
 
-def work_queue(root: str | Path, lock_fd: int | None = None) -> int:
+def work_queue(root: str | Path, lock_fd: int | None = None, slot: int = 0) -> int:
     """The worker: run queued trainings one after another until the queue is empty.
 
-    lock_fd: the already locked worker.lock inherited from `ensure_worker`; without it the
-    worker takes the lock itself (and leaves at once if another worker holds it).
+    lock_fd: the already locked slot lock inherited from `ensure_worker`; without it the
+    worker takes its slot's lock itself (and leaves at once if another worker holds it).
     """
     import fcntl
 
@@ -209,12 +284,14 @@ def work_queue(root: str | Path, lock_fd: int | None = None) -> int:
     if lock_fd is not None:
         lock = os.fdopen(lock_fd, "a")
     else:
-        lock = open(queue / "worker.lock", "a")
+        lock = open(_slot_lock(root, slot), "a")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
             return 0  # another worker is running the queue
+    for problem in queue_problems(root):
+        print(problem, file=sys.stderr, flush=True)  # into worker.log; the Train page shows them too
     while True:
         jobs = queued_jobs(root)
         if not jobs:
@@ -236,23 +313,24 @@ def work_queue(root: str | Path, lock_fd: int | None = None) -> int:
             (queue / f"{run_id}.json").unlink()
         except FileNotFoundError:
             continue  # cancelled meanwhile
-        runs.atomic_write_json(queue / "current.json", dict(job, started=runs.now_iso()))
+        fileio.atomic_write_json(_current(root, slot), dict(job, started=runs.now_iso()))
         argv = [sys.executable, "-m", "xray_core", "train", *job["argv"],
                 "--run-id", run_id, "--runs-dir", str(root.absolute()), "--quiet"]
         with open(queue / "logs" / f"{run_id}.log", "ab") as log:
             code = subprocess.call(argv, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, env=_child_env(root))
-        runs.atomic_write_json(queue / "logs" / f"{run_id}.exit.json",
+        fileio.atomic_write_json(queue / "logs" / f"{run_id}.exit.json",
                                {"returncode": code, "ended": runs.now_iso()})
-        (queue / "current.json").unlink(missing_ok=True)
+        _current(root, slot).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m xray_core.jobs work MODELS_DIR [LOCK_FD]`: the entry point `ensure_worker` starts."""
+    """`python -m xray_core.jobs work MODELS_DIR [LOCK_FD [SLOT]]`: the entry point `ensure_worker` starts."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) in (2, 3) and argv[0] == "work":
-        return work_queue(argv[1], int(argv[2]) if len(argv) == 3 else None)
-    print("usage: python -m xray_core.jobs work MODELS_DIR [LOCK_FD]  (the dashboard's training-queue worker)",
+    if len(argv) in (2, 3, 4) and argv[0] == "work":
+        return work_queue(argv[1], int(argv[2]) if len(argv) >= 3 else None,
+                          int(argv[3]) if len(argv) == 4 else 0)
+    print("usage: python -m xray_core.jobs work MODELS_DIR [LOCK_FD [SLOT]]  (the dashboard's training-queue worker)",
           file=sys.stderr)
     return 2
 
