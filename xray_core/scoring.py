@@ -612,6 +612,13 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield chunk
 
 
+def _check_paths(source: Path, out: Path) -> None:
+    _input_kind(source)
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise ScoreError(f"--out {out} is the input itself; write the scores to another file, such as "
+                         "scores.csv.")
+
+
 def _pending(source, done: set, stats: dict) -> Iterator[Item]:
     seen = set()
     for item in iter_items(source):
@@ -658,7 +665,7 @@ def score(run, source: str | os.PathLike, out: str | os.PathLike, *, root: str |
     if batch_size < 1:
         raise ScoreError(f"--batch-size must be at least 1, got {batch_size}.")
     source = Path(source)
-    _input_kind(source)  # a clear error before any model loads
+    _check_paths(source, Path(out))  # clear errors before any model loads
     model = load_model(run, root=root)
     output = open_output(out, model.run_id)
     workers = default_workers() if workers is None else int(workers)
@@ -760,7 +767,7 @@ def score_ray(run, source: str | os.PathLike, out: str | os.PathLike, *, address
     if batch_size < 1:
         raise ScoreError(f"--batch-size must be at least 1, got {batch_size}.")
     source = Path(source).absolute()
-    _input_kind(source)
+    _check_paths(source, Path(out))
     model = load_model(run, root=root)
     output = open_output(out, model.run_id)
     stats = {"skipped": 0}
