@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from xray_core import cli, runs
 
 PROJECT = Path(__file__).resolve().parents[1]
-COMMANDS = ("dataset", "train", "runs", "evaluate", "predict")
+COMMANDS = ("dataset", "train", "runs", "evaluate", "predict", "explain", "download")
 
 
 def _main(capsys, *argv) -> tuple[int, str, str]:
@@ -28,7 +29,66 @@ def test_help_for_every_command(command, capsys):
         cli.main([command, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage:") and command in out
+    assert out.startswith(f"usage: xray {command}") and "--verbose" in out
+
+
+def test_every_command_names_a_handler_that_exists():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(COMMANDS) <= set(sub.choices)
+    for name, command_parser in sub.choices.items():
+        handler = cli.resolve_handler(command_parser.get_default("handler"))
+        assert callable(handler), name
+
+
+def test_help_imports_no_tensorflow():
+    code = ("import sys\nfrom xray_core import cli\n"
+            "try:\n    cli.main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_explain_choices_match_the_library():
+    from xray_core import explain
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["explain", "default", "x.png", "--out", "o"])
+    assert args.segmentation == explain.SEGMENTATIONS[0]
+    for segmentation in explain.SEGMENTATIONS:
+        assert parser.parse_args(["explain", "r", "x.png", "--out", "o", "--segmentation", segmentation])
+    for label in explain.CLASSES:
+        assert parser.parse_args(["explain", "r", "x.png", "--out", "o", "--label", label]).label == label
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "d", "--epochs", "0"], "at least 1"),
+    (["train", "--data", "d", "--val-fraction", "1.5"], "strictly between 0 and 1"),
+    (["train", "--data", "d", "--lr", "-1"], "positive number"),
+    (["train", "--data", "d", "--arch", "nope"], "unknown architecture 'nope'; choose one of: baseline"),
+    (["download", "--url", "ftp://mirror/x.zip"], "http:// or https://"),
+    (["download", "--md5", "abc"], "32 hexadecimal digits"),
+    (["explain", "r", "x.png", "--out", "o", "--samples", "0"], "at least 1"),
+])
+def test_bad_values_are_refused_by_the_parser(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only the library's user-facing errors become one line; any other exception propagates."""
+    from xray_core import commands
+
+    def broken(args):
+        raise ValueError("an internal bug, not a user error")
+
+    monkeypatch.setattr(commands, "_runs", broken)
+    with pytest.raises(ValueError, match="internal bug"):
+        cli.main(["runs"])
 
 
 def test_dataset_prints_counts_and_unreadable_files(tmp_path, capsys):
@@ -79,8 +139,9 @@ def test_train_then_runs_then_evaluate(synthetic_dataset, tmp_path, capsys):
 
 
 def test_train_errors_are_one_line_sentences(synthetic_dataset, tmp_path, capsys):
-    code, _, err = _main(capsys, "train", "--arch", "nope", "--data", synthetic_dataset, "--runs-dir", tmp_path)
-    assert code == 1 and "Unknown architecture" in err and err.count("\n") == 1
+    code, _, err = _main(capsys, "train", "--arch", "model4", "--data", synthetic_dataset,
+                           "--image-size", "16", "--runs-dir", tmp_path)
+    assert code == 1 and "model4 needs images of at least 38 pixels" in err and err.count("\n") == 1
     code, _, err = _main(capsys, "train", "--runs-dir", tmp_path)
     assert code == 1 and "--data" in err
     code, _, err = _main(capsys, "train", "--resume", "../elsewhere", "--runs-dir", tmp_path)
@@ -126,4 +187,4 @@ def test_predict_as_a_real_subprocess(tiny_run, synthetic_dataset, tmp_path):
     assert row.split()[0] == str(image) and row.split()[1] in ("NORMAL", "PNEUMONIA")
     escape = subprocess.run([sys.executable, "-m", "xray_core", "predict", "../../etc", str(image)],
                             env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert escape.returncode == 1 and escape.stderr.startswith("error: The run id")
+    assert escape.returncode == 1 and escape.stderr.startswith("error: ") and escape.stderr.count("\n") == 1

@@ -2,4 +2,4 @@ import sys
 
 from xray_core.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m xray_core"))

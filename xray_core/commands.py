@@ -1,4 +1,4 @@
-"""Core CLI commands: dataset, train, runs, evaluate, predict.
+"""Handlers of the core CLI commands: dataset, train, runs, evaluate, predict (arguments: cli.py).
 
 Handlers import the heavy parts (TensorFlow through training/runs models) only when they run,
 so `python -m xray_core --help` stays fast.
@@ -6,7 +6,6 @@ so `python -m xray_core --help` stays fast.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -15,86 +14,7 @@ import time
 from pathlib import Path
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "dataset", help="statistics of a dataset folder (counts, patients, image sizes, unreadable files)",
-        description="Index a dataset in the Kermany layout (train/val/test x NORMAL/PNEUMONIA) and print "
-                    "its statistics without decoding pixels. Unreadable files are listed.",
-    )
-    p.add_argument("dir", type=Path, help="dataset folder (chest_xray/ or a folder containing it)")
-    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
-    p.set_defaults(func=_dataset)
-
-    p = subparsers.add_parser(
-        "train", help="train a model into a new run folder (progress on stderr)",
-        description="Train one architecture on a dataset. The run folder (trained_models/<run id>/ "
-                    "unless --runs-dir) receives config.json, status.json, history.csv, checkpoints, "
-                    "model.keras and metrics.json. Create a file named STOP in the run folder to stop "
-                    "after the current batch; --resume continues an interrupted run from its last epoch.",
-    )
-    p.add_argument("--arch", default="baseline", help="architecture: baseline, model2, model3, model4, ... "
-                   "(default baseline)")
-    p.add_argument("--data", type=Path, help="dataset folder (required unless --resume)")
-    p.add_argument("--epochs", type=int, help="epochs (default: the architecture's seed setting)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: the architecture's seed setting)")
-    p.add_argument("--image-size", type=int, help="square input size in pixels (default: the architecture's seed setting)")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="1 gray (default) or 3 (the seed's copies)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
-    p.add_argument("--seed", type=int, default=0, help="seed for split, shuffling and weights (default 0)")
-    p.add_argument("--split", choices=("patient", "image"), default="patient",
-                   help="train/validation split by patient (default) or by image (the seed's, leaky)")
-    p.add_argument("--val-fraction", type=float, help="validation share (default 0.2; 0.25 for --split image)")
-    p.add_argument("--class-weight", choices=("balanced", "none"), default="none",
-                   help="weight classes inversely to their frequency (default none)")
-    p.add_argument("--augment", action="store_true",
-                   help="small rotations, shifts, zoom, brightness/contrast (no flips)")
-    p.add_argument("--early-stopping", type=int, metavar="N",
-                   help="stop after N epochs without a better validation AUC; keep the best weights")
-    p.add_argument("--threshold-method", choices=("sensitivity", "youden"), default="sensitivity",
-                   help="operating threshold: highest specificity with sensitivity >= 0.95 (default) or Youden's J")
-    p.add_argument("--run-id", help="name of the run folder (default: time-arch-random)")
-    _add_runs_dir(p)
-    p.add_argument("--resume", metavar="RUN", help="continue this interrupted run from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_train)
-
-    p = subparsers.add_parser("runs", help="list the runs in the registry",
-                              description="List training runs: state, progress and validation metrics.")
-    _add_runs_dir(p)
-    p.add_argument("--json", action="store_true", help="print the list as JSON")
-    p.set_defaults(func=_runs)
-
-    p = subparsers.add_parser(
-        "evaluate", help="metrics of a run on a split, at its operating threshold",
-        description="Evaluate a run on its validation split (rebuilt from its seed), the test folder or "
-                    "the official 16-image val folder. Results are cached in the run's metrics.json.",
-    )
-    p.add_argument("run", help="run id (or a path to a run folder)")
-    p.add_argument("--data", type=Path, help="dataset folder (default: the one the run trained on)")
-    p.add_argument("--split", choices=("val", "test", "official_val"), default="val",
-                   help="which images (default val: the run's own validation split)")
-    _add_runs_dir(p)
-    p.add_argument("--refresh", action="store_true", help="recompute even if metrics.json has the result")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.set_defaults(func=_evaluate)
-
-    p = subparsers.add_parser(
-        "predict", help="pneumonia probability of images (PNG, JPEG, BMP, TIFF, DICOM)",
-        description="Classify images with a run's model at its operating threshold. "
-                    "`default` is the bundled model.",
-    )
-    p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
-    p.add_argument("images", nargs="+", type=Path, help="image files")
-    _add_runs_dir(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object per image")
-    p.set_defaults(func=_predict)
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _add_runs_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs-dir", type=Path, help="run registry folder (default: $XRAY_MODELS_DIR or trained_models/)")
 
 
 def _run_ref(text: str):
@@ -223,8 +143,6 @@ def _dataset(args) -> int:
 def _train(args) -> int:
     from xray_core import training
 
-    if args.resume is None and args.data is None:
-        raise ValueError("train needs a dataset folder: add --data DIR (or --resume RUN to continue a run).")
     config = training.TrainConfig(
         arch=args.arch,
         data_root=args.data,

@@ -1217,28 +1217,3 @@ def _cmd_explain(args: argparse.Namespace) -> int:
           f"{trust['stability']['jaccard_mean']:.2f}")
     print(f"wrote {', '.join(report['files'])} and {JSON_FILE} to {args.out}")
     return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `explain RUN IMAGE --out DIR`."""
-    p = subparsers.add_parser(
-        "explain",
-        help="LIME panels, Grad-CAM and trust figures for one image",
-        description=("Explain one chest X-ray with a trained run: writes the four LIME panels, "
-                     "a Grad-CAM overlay and explanation.json (weights, prediction, timings, "
-                     "deletion areas and stability)."),
-    )
-    p.add_argument("run", metavar="RUN", help="run id in the registry (see `python -m xray_core runs`)")
-    p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF or DICOM file")
-    p.add_argument("--out", required=True, help="folder to write the PNGs and explanation.json into")
-    p.add_argument("--samples", type=int, default=1000, help="LIME samples (default 1000)")
-    p.add_argument("--segmentation", choices=SEGMENTATIONS, default="quickshift",
-                   help="superpixel method (default quickshift, the seed's)")
-    p.add_argument("--seed", type=int, default=0, help="seed for LIME sampling and segmentation")
-    p.add_argument("--label", choices=CLASSES, default=None,
-                   help="class to explain (default: the predicted one)")
-    p.add_argument("--stability-seeds", type=int, default=5,
-                   help="LIME runs for the stability figure (default 5)")
-    p.add_argument("--runs-dir", default=None, help="run registry folder (default trained_models/)")
-    p.set_defaults(func=_cmd_explain)
-    return p
