@@ -1,0 +1,276 @@
+"""Benchmark: batch scoring (`python -m xray_core score`) against the old per-file `predict` path.
+
+Run by hand: `python benchmarks/score.py [--run default] [--data DIR]`. Writes
+benchmarks/reports/score.md and score.json. In one run, on the same files and the same model:
+
+- full-resolution JPEG films: the 118 originals, repeated through symbolic links (each link is a
+  distinct path, so each is scored);
+- 224 px JPEGs: the train folder of the Kermany copy;
+
+each timed four ways: the `predict` command over the files (what a user had), an in-process
+per-file loop (decode, preprocess, predict_proba one film at a time), the `score` command (wall
+clock, start-up included) and `score` in process with the model already loaded (steady rate).
+Then the draft-decoding difference (probabilities with and without JPEG draft mode), and how cost
+grows: images/s and peak memory (resident set of the whole process tree, sampled every 0.1 s)
+for 1k, 10k and 50k files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from xray_core import imaging, scoring  # noqa: E402
+from xray_core.runs import atomic_write_json, atomic_write_text  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+def link_farm(files: list[Path], n: int, folder: Path) -> Path:
+    """n distinct paths (symbolic links, 500 a folder) cycling over files."""
+    for i in range(n):
+        sub = folder / f"part{i // 500:04d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        src = files[i % len(files)]
+        (sub / f"{i:06d}{src.suffix}").symlink_to(src)
+    return folder
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass  # the process ended between listing and reading: it holds no memory
+    return 0.0
+
+
+def run_measured(cmd: list[str]) -> dict:
+    """Run a command; wall seconds, its stdout, and the peak RSS of it alone and of its tree."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = {"tree": 0.0, "main": 0.0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            pids = _descendants(proc.pid)
+            peak["tree"] = max(peak["tree"], sum(_rss_mb(p) for p in pids))
+            peak["main"] = max(peak["main"], _rss_mb(proc.pid))
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    start = time.perf_counter()
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])}... failed: {err[-2000:]}")
+    return {"wall_s": round(wall, 2), "stdout": out, "peak_rss_tree_mb": round(peak["tree"], 1),
+            "peak_rss_main_mb": round(peak["main"], 1)}
+
+
+def predict_cli(run: str, files: list[Path]) -> dict:
+    r = run_measured([sys.executable, "-m", "xray_core", "predict", run, *map(str, files), "--json"])
+    return {"n": len(files), "wall_s": r["wall_s"], "images_per_s": round(len(files) / r["wall_s"], 1)}
+
+
+def per_file_loop(model, files: list[Path]) -> dict:
+    model.predict_proba(model.prepare_batch([imaging.decode(files[0])]))  # warm: TF imported and traced
+    start = time.perf_counter()
+    for f in files:
+        model.predict_proba(model.preprocess(imaging.decode(f)))
+    wall = time.perf_counter() - start
+    return {"n": len(files), "wall_s": round(wall, 2), "images_per_s": round(len(files) / wall, 1)}
+
+
+def score_cli(run: str, folder: Path, out: Path, workers: int | None = None) -> dict:
+    cmd = [sys.executable, "-m", "xray_core", "score", run, str(folder), "--out", str(out), "--json", "--quiet"]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    r = run_measured(cmd)
+    summary = json.loads(r["stdout"])
+    n = summary["scored"]
+    return {"n": n, "wall_s": r["wall_s"], "images_per_s_wall": round(n / r["wall_s"], 1),
+            "images_per_s_reported": summary["images_per_second"], "errors": summary["errors"],
+            "peak_rss_tree_mb": r["peak_rss_tree_mb"], "peak_rss_main_mb": r["peak_rss_main_mb"]}
+
+
+def score_steady(model, folder: Path, out: Path) -> dict:
+    """In process, model loaded and traced: the rate from the first written chunk to the last."""
+    marks = []
+    summary = scoring.score(model, folder, out, progress=False,
+                            on_chunk=lambda s: marks.append((time.perf_counter(), s["scored"])))
+    (t0, n0), (t1, n1) = marks[0], marks[-1]
+    return {"n": summary["scored"], "seconds": summary["seconds"], "images_per_s": summary["images_per_second"],
+            "steady_images_per_s": round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else None}
+
+
+def draft_difference(model, folder: Path, tmp: Path) -> dict:
+    a = scoring.score(model, folder, tmp / "draft.csv", progress=False)
+    b = scoring.score(model, folder, tmp / "full.csv", progress=False, draft=False)
+    da = scoring.read_scores(tmp / "draft.csv").set_index("path")
+    db = scoring.read_scores(tmp / "full.csv").set_index("path").loc[da.index]
+    diff = (da["probability"] - db["probability"]).abs()
+    return {"n": int(len(diff)), "max_abs_diff": round(float(diff.max()), 5),
+            "mean_abs_diff": round(float(diff.mean()), 5),
+            "verdicts_changed": int((da["verdict"] != db["verdict"]).sum()),
+            "scored": [a["scored"], b["scored"]]}
+
+
+def versions() -> dict:
+    import PIL
+    import ray
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "numpy": np.__version__,
+            "pillow": PIL.__version__, "ray": ray.__version__}
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return {"cpu": model, "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="default")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding originals/ and chest_xray/")
+    ap.add_argument("--orig-repeat", type=int, default=10, help="copies of the 118 originals for score (default 10)")
+    ap.add_argument("--baseline-n", type=int, default=236, help="files for the old paths, full resolution")
+    ap.add_argument("--baseline-n224", type=int, default=1000, help="files for the old paths, 224 px")
+    ap.add_argument("--growth", default="1000,10000,50000", help="file counts of the cost table")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "reports")
+    args = ap.parse_args()
+
+    from xray_core.model import load_model
+
+    originals = sorted((args.data / "originals").rglob("*.jpeg"))
+    small = sorted((args.data / "chest_xray" / "train").rglob("*.jpeg"))
+    if not originals or not small:
+        print(f"no images under {args.data} (originals/, chest_xray/train/)", file=sys.stderr)
+        return 2
+    model = load_model(args.run)
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "versions": versions(), "run": args.run, "model_input": list(model.input_size),
+              "command": "python benchmarks/score.py " + " ".join(sys.argv[1:]),
+              "load_average_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="bench_score_") as tmp:
+        tmp = Path(tmp)
+        sets = {}
+        for name, files, n_new, n_old in (
+                ("full-resolution JPEG (originals)", originals, len(originals) * args.orig_repeat, args.baseline_n),
+                ("224 px JPEG (train)", small, len(small), args.baseline_n224)):
+            folder = link_farm(files, n_new, tmp / f"set{len(sets)}")
+            old_files = sorted(folder.rglob("*.jpeg"))[:n_old]
+            print(f"{name}: predict command on {len(old_files)} files", file=sys.stderr)
+            entry = {"files_score": n_new, "predict_command": predict_cli(args.run, old_files)}
+            print(f"{name}: per-file loop", file=sys.stderr)
+            entry["per_file_loop"] = per_file_loop(model, old_files)
+            print(f"{name}: score command on {n_new} files", file=sys.stderr)
+            entry["score_command"] = score_cli(args.run, folder, tmp / f"cli{len(sets)}.csv")
+            print(f"{name}: score in process", file=sys.stderr)
+            entry["score_in_process"] = score_steady(model, folder, tmp / f"inproc{len(sets)}.csv")
+            entry["ratio_score_command_vs_predict_command"] = round(
+                entry["score_command"]["images_per_s_wall"] / entry["predict_command"]["images_per_s"], 1)
+            entry["ratio_steady_vs_per_file_loop"] = round(
+                entry["score_in_process"]["steady_images_per_s"] / entry["per_file_loop"]["images_per_s"], 1)
+            sets[name] = entry
+        report["sets"] = sets
+        print("draft difference", file=sys.stderr)
+        report["draft_difference_originals"] = draft_difference(model, args.data / "originals", tmp)
+        growth = []
+        for n in [int(x) for x in args.growth.split(",") if x]:
+            print(f"growth: {n} files", file=sys.stderr)
+            folder = link_farm(small, n, tmp / f"growth{n}")
+            row = score_cli(args.run, folder, tmp / f"growth{n}.csv")
+            growth.append({"files": n, **{k: row[k] for k in ("wall_s", "images_per_s_wall", "images_per_s_reported",
+                                                            "peak_rss_tree_mb", "peak_rss_main_mb")}})
+        report["growth"] = growth
+    report["load_average_end"] = os.getloadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "score.json", report)
+    atomic_write_text(args.out / "score.md", markdown(report))
+    print(markdown(report))
+    return 0
+
+
+def markdown(r: dict) -> str:
+    m, v = r["machine"], r["versions"]
+    lines = [
+        "# Batch scoring: `score` against the per-file `predict` path",
+        "",
+        "> Research software, not a medical device. Images: Kermany et al. 2018 (CC BY 4.0).",
+        "",
+        f"Date {r['date']}; machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']} GB, {m['platform']}; "
+        f"Python {v['python']}, TensorFlow {v['tensorflow']}, NumPy {v['numpy']}, Pillow {v['pillow']}, Ray {v['ray']}.",
+        f"Model `{r['run']}` (input {r['model_input'][0]}x{r['model_input'][1]}). Command: `{r['command']}`.",
+        f"Load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in r['load_average_start'])}, at end "
+        f"{tuple(round(x, 2) for x in r['load_average_end'])}: the machine is shared, so figures are lower "
+        "bounds of what it does when quiet.",
+        "",
+        "| files | path | files timed | images/s |",
+        "|---|---|---:|---:|",
+    ]
+    for name, e in r["sets"].items():
+        lines += [
+            f"| {name} | `predict` command (wall, start-up included) | {e['predict_command']['n']} | {e['predict_command']['images_per_s']} |",
+            f"| | per-file loop in process (decode, preprocess, predict_proba; model warm) | {e['per_file_loop']['n']} | {e['per_file_loop']['images_per_s']} |",
+            f"| | **`score` command** (wall, start-up included) | {e['score_command']['n']} | **{e['score_command']['images_per_s_wall']}** |",
+            f"| | `score` in process, steady (first to last chunk; model warm) | {e['score_in_process']['n']} | {e['score_in_process']['steady_images_per_s']} |",
+        ]
+    lines += ["", "Ratios (like with like): " + "; ".join(
+        f"{name}: `score` vs `predict` command {e['ratio_score_command_vs_predict_command']}x, steady `score` vs "
+        f"per-file loop {e['ratio_steady_vs_per_file_loop']}x" for name, e in r["sets"].items()) + "."]
+    d = r["draft_difference_originals"]
+    lines += ["", "## Draft decoding", "",
+              f"On the {d['n']} originals, probabilities with JPEG draft decoding (the default, as training loads "
+              f"images) differ from a full decode then resize (`--no-draft`, as `predict`) by at most "
+              f"{d['max_abs_diff']} (mean {d['mean_abs_diff']}); verdicts changed: {d['verdicts_changed']}.",
+              "", "## How cost grows (224 px files, `score` command)", "",
+              "| files | wall s | images/s (wall) | peak memory, whole tree (MB) | peak memory, main process (MB) |",
+              "|---:|---:|---:|---:|---:|"]
+    for g in r["growth"]:
+        lines.append(f"| {g['files']:,} | {g['wall_s']} | {g['images_per_s_wall']} | {g['peak_rss_tree_mb']} | "
+                     f"{g['peak_rss_main_mb']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
