@@ -29,6 +29,8 @@ __all__ = [
     "RESIZE_METHODS",
     "decode",
     "decode_resized",
+    "dicom_facts",
+    "colour_saturation",
     "resize",
     "to_model_input",
 ]
@@ -380,7 +382,12 @@ def _decode_dicom(raw: bytes, filename: str | None, max_pixels: int) -> np.ndarr
                 f"for it is installed. Install one with `pip install {usual}` ({other} also works) "
                 "and try again, or export the image uncompressed or as PNG.")
 
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise ImageDecodeError(f"{_what(filename)} is a DICOM whose number of frames "
+                               f"({ds.get('NumberOfFrames')!s}) is not a number, so its pixel data cannot "
+                               "be read safely. Export the image again, or as PNG, and upload that.") from None
     try:
         arr = pixel_array(ds, index=0) if n_frames > 1 else ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:
@@ -492,3 +499,101 @@ def to_model_input(img: np.ndarray, size, channels: int = 1, method: str = "bili
     small = resize(img, size, method).astype(np.float32)[..., None]
     return np.repeat(small, channels, axis=-1) if channels == 3 else small
 
+
+
+# ------------------------------------------------------------------------ facts decode() drops
+
+#: DICOM attributes shown beside a verdict. Patient name, id and birth date are never read out.
+DICOM_FACT_TAGS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation",
+                   "PixelSpacing", "ImagerPixelSpacing", "Rows", "Columns")
+
+
+def dicom_facts(data: bytes | str | Path | BinaryIO, filename: str | None = None, *,
+                max_bytes: int = MAX_UPLOAD_BYTES) -> dict | None:
+    """The acquisition facts of a DICOM (DICOM_FACT_TAGS only, no patient data), None for other files.
+
+    Values are plain str/float/int/list; a missing attribute is None.
+    """
+    raw, filename = _read_source(data, filename, max_bytes)
+    if not _is_dicom(raw):
+        return None
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    has_preamble = len(raw) >= 132 and raw[128:132] == b"DICM"
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw), force=not has_preamble, stop_before_pixels=True,
+                             specific_tags=list(DICOM_FACT_TAGS))
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError):
+        raise ImageDecodeError(f"{_what(filename)} looks like DICOM but its header cannot be read. "
+                               "Export the image again, or as PNG or JPEG, and upload that.") from None
+    facts: dict = {}
+    for tag in DICOM_FACT_TAGS:
+        value = ds.get(tag)
+        if value is None or value == "":
+            facts[tag] = None
+        elif tag in ("PixelSpacing", "ImagerPixelSpacing"):
+            facts[tag] = [float(v) for v in (value if hasattr(value, "__len__") else [value])]
+        elif tag in ("Rows", "Columns"):
+            facts[tag] = int(value) if str(value).isdigit() else None
+        else:
+            facts[tag] = str(value).strip().upper()
+    return facts
+
+
+def colour_saturation(data: bytes | str | Path | BinaryIO, filename: str | None = None, *,
+                      max_bytes: int = MAX_UPLOAD_BYTES, side: int = 128) -> float:
+    """Share of pixels with visible colour (chroma > 0.12), in 0..1, from a small RGB copy.
+
+    `decode` returns gray, so a colour photograph looks like any gray image afterwards: this is
+    the check to run before that conversion. Gray modes and DICOM (monochrome) give 0.0;
+    colour DICOMs (secondary captures) are measured too.
+    """
+    raw, filename = _read_source(data, filename, max_bytes)
+    if _is_dicom(raw):
+        rgb = _dicom_rgb(raw)
+        if rgb is None:
+            return 0.0
+    else:
+        try:
+            im = Image.open(io.BytesIO(raw))
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+            raise ImageDecodeError(f"{_what(filename)} is not an image format this app can read "
+                                   f"(or it is damaged). Upload the X-ray as {SUPPORTED}.") from None
+        with im:
+            if im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;"):
+                return 0.0
+            try:
+                if im.format == "JPEG":
+                    im.draft("RGB", (side, side))
+                im.load()
+                small = im.convert("RGB")
+                small.thumbnail((side, side))
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                raise _damaged(filename, exc) from None
+            rgb = np.asarray(small, dtype=np.float32)
+    return _coloured_share(rgb)
+
+
+def _coloured_share(rgb: np.ndarray) -> float:
+    rgb = np.asarray(rgb, np.float32)
+    chroma = (rgb.max(axis=2) - rgb.min(axis=2)) / 255.0
+    return float(np.mean(chroma > 0.12))
+
+
+def _dicom_rgb(raw: bytes) -> np.ndarray | None:
+    """A colour DICOM's first frame as RGB float32 (subsampled), None for a monochrome one."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(raw), force=True)
+    if str(ds.get("SamplesPerPixel", 1)).strip() in ("", "1"):
+        return None
+    try:
+        arr = np.asarray(ds.pixel_array)
+    except (RuntimeError, NotImplementedError, ValueError, EOFError, OSError, AttributeError,
+            KeyError, TypeError):
+        return None  # decode() gives the sentence for pixel data it cannot read
+    if arr.ndim == 4:
+        arr = arr[0]
+    step = max(1, max(arr.shape[:2]) // 128)
+    return arr[::step, ::step, :3].astype(np.float32)

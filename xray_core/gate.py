@@ -1,0 +1,496 @@
+"""Is this a frontal chest X-ray this model can read? The input gate run before any verdict.
+
+Two kinds of evidence, both computed from the image the model would see:
+
+* simple checks with a sentence each: colour (measured on the file before the gray
+  conversion, `imaging.colour_saturation`), size, aspect ratio, a flat or nearly constant
+  image, an intensity histogram unlike any training film, a film that looks inverted
+  (negative) or turned on its side / upside down (correlation of a 32 px thumbnail with the
+  mean training film, turned four ways);
+* a learned distance from the training films: a Mahalanobis distance on the model's
+  penultimate features (`Model.features`) and one on the thumbnail's principal components.
+  Each is divided by its threshold, chosen on the run's validation films, so `ood_score`
+  above 1 means "further out than the validation films the threshold allows".
+
+`fit_gate` learns everything from the run's training films only (plus inverted, rotated,
+cropped, noisy and flat copies of them, to report how well the gate catches those); the
+thresholds come from the validation films. Nothing here uses outside images. The fitted
+parameters live in the run folder: gate.npz (arrays), gate.json (thresholds and fit figures)
+and seen_hashes.txt (sha256 of the training and validation files, to say when an upload is
+one of them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+GATE_ARRAYS = "gate.npz"
+GATE_JSON = "gate.json"
+SEEN_HASHES = "seen_hashes.txt"
+GATE_VERSION = 1
+
+THUMB = 32  # side of the thumbnail the pixel checks use
+PIXEL_COMPONENTS = 48  # principal components of the thumbnail distance
+MIN_SIDE = 96  # px: smaller images carry too little detail (the training films are 224 px)
+MAX_ASPECT = 2.6  # long side / short side; chest films here are 0.9..2.1 (width / height)
+MIN_STD = 6.0  # gray levels: below this the image is (nearly) flat
+MAX_COLOURED = 0.02  # share of visibly coloured pixels a radiograph may have (annotations)
+VAL_QUANTILE = 0.995  # the learned thresholds sit at this quantile of the validation films
+MARGIN = 1.15  # and this factor above it: new patients sit a little further out than validation
+
+
+class GateError(ValueError):
+    """The gate cannot be fitted or loaded with what it was given."""
+
+
+@dataclasses.dataclass
+class GateResult:
+    """The gate's answer for one image."""
+
+    in_distribution: bool
+    ood_score: float | None  # max of the learned distances / their thresholds; None when not fitted
+    warnings: list[str]
+    checks: dict  # every measured figure, for reports and debugging
+
+    def to_dict(self) -> dict:
+        return {"in_distribution": bool(self.in_distribution),
+                "ood_score": None if self.ood_score is None else float(self.ood_score),
+                "warnings": list(self.warnings), "checks": dict(self.checks)}
+
+
+@dataclasses.dataclass
+class FittedGate:
+    """What fit_gate learns (arrays in gate.npz, numbers in gate.json)."""
+
+    template: np.ndarray  # (THUMB*THUMB,) mean standardised thumbnail of the training films
+    pix_mean: np.ndarray  # (T,) mean thumbnail
+    pix_components: np.ndarray  # (k, T) principal axes
+    pix_var: np.ndarray  # (k,) variance along each axis
+    pix_residual_var: float  # mean residual variance per pixel outside the k axes
+    feat_mean: np.ndarray  # (d,)
+    feat_precision: np.ndarray  # (d, d) inverse of the shrunk covariance
+    hist_low: np.ndarray  # (s,) lower bound of each intensity statistic (training films)
+    hist_high: np.ndarray  # (s,) upper bound
+    thresholds: dict  # feature, pixel, orientation
+    info: dict  # what the fit saw and how it did
+
+    def save(self, folder: str | os.PathLike) -> None:
+        from xray_core import fileio
+
+        folder = Path(folder)
+        arrays = {k: getattr(self, k) for k in ("template", "pix_mean", "pix_components", "pix_var",
+                                                  "feat_mean", "feat_precision", "hist_low", "hist_high")}
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+        fileio.atomic_write_bytes(folder / GATE_ARRAYS, buf.getvalue())
+        fileio.atomic_write_json(folder / GATE_JSON, {
+            "version": GATE_VERSION, "thumb": THUMB, "pix_residual_var": float(self.pix_residual_var),
+            "thresholds": self.thresholds, "info": self.info,
+        })
+
+
+def load_gate(folder: str | os.PathLike) -> FittedGate | None:
+    """The gate fitted for a run folder, or None when it has none (fit it with `fit-gate`)."""
+    from xray_core import fileio
+
+    folder = Path(folder)
+    if not (folder / GATE_ARRAYS).is_file() or not (folder / GATE_JSON).is_file():
+        return None
+    meta = fileio.read_json(folder / GATE_JSON)
+    if not isinstance(meta, dict) or meta.get("version") != GATE_VERSION:
+        raise GateError(f"{folder / GATE_JSON} is not a gate of version {GATE_VERSION}; refit it with "
+                        f"`python -m xray_core fit-gate {folder.name} --data DATASET`.")
+    with np.load(folder / GATE_ARRAYS) as z:
+        arrays = {k: z[k].astype(np.float64) for k in z.files}
+    return FittedGate(pix_residual_var=float(meta["pix_residual_var"]), thresholds=meta["thresholds"],
+                      info=meta.get("info", {}), **arrays)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def thumbnails(x: np.ndarray) -> np.ndarray:
+    """Prepared model inputs (n, h, w, c) 0..255 -> (n, THUMB*THUMB) standardised thumbnails."""
+    from PIL import Image
+
+    x = np.asarray(x, np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    out = np.empty((len(x), THUMB * THUMB), np.float64)
+    for i, img in enumerate(x):
+        small = np.asarray(Image.fromarray(img[..., 0], mode="F").resize((THUMB, THUMB), Image.BOX),
+                           np.float64).ravel()
+        out[i] = (small - small.mean()) / max(small.std(), 1.0)
+    return out
+
+
+def intensity_stats(x: np.ndarray) -> np.ndarray:
+    """(n, 6): mean, std, 5th/50th/95th percentile, share of pure black or white, per model input."""
+    x = np.asarray(x, np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    flat = x[..., 0].reshape(len(x), -1)
+    pct = np.percentile(flat, [5, 50, 95], axis=1).T
+    extremes = np.mean((flat <= 2) | (flat >= 253), axis=1)
+    return np.column_stack([flat.mean(1), flat.std(1), pct, extremes]).astype(np.float64)
+
+
+STAT_NAMES = ("mean gray level", "contrast (standard deviation)", "5th percentile",
+              "median gray level", "95th percentile", "share of pure black or white pixels")
+
+
+def orientation_scores(thumbs: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """(n, 5): correlation with the mean film as given, turned 90/180/270 degrees, and inverted."""
+    t = template.reshape(THUMB, THUMB)
+    t = (t - t.mean()) / max(t.std(), 1e-9)
+    out = np.empty((len(thumbs), 5))
+    for i, v in enumerate(thumbs):
+        img = v.reshape(THUMB, THUMB)
+        for k in range(4):
+            out[i, k] = float(np.mean(np.rot90(img, k) * t))
+        out[i, 4] = -out[i, 0]
+    return out
+
+
+def _pixel_distance(thumbs: np.ndarray, g: FittedGate) -> np.ndarray:
+    centred = thumbs - g.pix_mean
+    proj = centred @ g.pix_components.T  # (n, k)
+    resid = centred - proj @ g.pix_components
+    d2 = np.sum(proj**2 / g.pix_var, axis=1) + np.sum(resid**2, axis=1) / g.pix_residual_var
+    return np.sqrt(d2 / thumbs.shape[1])
+
+
+def _feature_distance(features: np.ndarray, g: FittedGate) -> np.ndarray:
+    centred = np.asarray(features, np.float64) - g.feat_mean
+    d2 = np.einsum("ij,jk,ik->i", centred, g.feat_precision, centred)
+    return np.sqrt(np.maximum(d2, 0.0) / centred.shape[1])
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+def check(model, image: np.ndarray, *, saturation: float | None = None, dicom: dict | None = None,
+          gate: FittedGate | None | str = "auto") -> GateResult:
+    """Gate one decoded 2-D uint8 image for `model` (an `xray_core.model.Model`).
+
+    `saturation` is `imaging.colour_saturation` of the file (None: not measured); `dicom` is
+    `imaging.dicom_facts` of the file (None: not a DICOM). `gate="auto"` loads the run's fitted
+    gate; None runs only the simple checks.
+    """
+    return check_batch(model, [image], saturations=[saturation], dicoms=[dicom], gate=gate)[0]
+
+
+def check_batch(model, images: Sequence[np.ndarray] | None = None, *, x: np.ndarray | None = None,
+                features: np.ndarray | None = None, saturations: Sequence[float | None] | None = None,
+                dicoms: Sequence[dict | None] | None = None, shapes: Sequence[tuple] | None = None,
+                gate: FittedGate | None | str = "auto") -> list[GateResult]:
+    """Gate many images at once (batch scoring): one forward pass for the features.
+
+    Pass the decoded `images`, or (cheaper) the prepared batch `x` (n, h, w, c) with the
+    original `shapes` (h, w) for the size checks; `features` saves the forward pass when the
+    caller has already computed `model.features(x)`.
+    """
+    if x is None:
+        if images is None:
+            raise GateError("check_batch needs the decoded images or a prepared batch x.")
+        images = [np.asarray(im) for im in images]
+        for im in images:
+            if im.ndim != 2 or im.dtype != np.uint8:
+                raise GateError(f"The gate takes 2-D uint8 gray images (imaging.decode), got "
+                                f"{im.dtype} {im.shape}.")
+        shapes = [im.shape for im in images]
+        x = model.prepare_batch(images)
+    x = np.asarray(x, np.float32)
+    n = len(x)
+    shapes = list(shapes) if shapes is not None else [None] * n
+    saturations = list(saturations) if saturations is not None else [None] * n
+    dicoms = list(dicoms) if dicoms is not None else [None] * n
+    if gate == "auto":
+        gate = load_gate(model.path)
+    thumbs = thumbnails(x)
+    stats = intensity_stats(x)
+    if gate is not None:
+        if features is None:
+            features = model.features(x)
+        feat_ratio = _feature_distance(features, gate) / float(gate.thresholds["feature"])
+        pix_ratio = _pixel_distance(thumbs, gate) / float(gate.thresholds["pixel"])
+        orient = orientation_scores(thumbs, gate.template)
+    results = []
+    for i in range(n):
+        warnings: list[str] = []
+        checks: dict[str, Any] = {}
+        hard = False  # a simple check that alone makes the image unreadable
+        shape = shapes[i]
+        if shape is not None:
+            h, w = int(shape[0]), int(shape[1])
+            checks["height"], checks["width"] = h, w
+            aspect = max(h, w) / max(min(h, w), 1)
+            checks["aspect_ratio"] = round(w / max(h, 1), 3)
+            if min(h, w) < MIN_SIDE:
+                hard = True
+                warnings.append(f"The image is only {w} x {h} pixels; a chest film needs at least "
+                                f"{MIN_SIDE} pixels on each side to be read. Upload the full-size image.")
+            if aspect > MAX_ASPECT:
+                hard = True
+                warnings.append(f"The image is {aspect:.1f} times longer than it is wide; a chest film "
+                                "is close to square. Upload the whole film, not a strip or a crop.")
+        sat = saturations[i]
+        if sat is not None:
+            checks["coloured_share"] = round(float(sat), 4)
+            if sat > MAX_COLOURED:
+                hard = True
+                warnings.append(f"{sat:.0%} of the pixels are in colour; a radiograph is gray. This looks "
+                                "like a photograph, a screenshot or a coloured map, not an X-ray.")
+        std = float(stats[i, 1])
+        checks["std"] = round(std, 2)
+        if std < MIN_STD:
+            hard = True
+            warnings.append("The image is nearly uniform (almost no contrast): there is no film to read. "
+                            "Check the export or the window settings.")
+        facts = dicoms[i]
+        if facts:
+            warnings += dicom_warnings(facts)
+            if facts.get("Modality") not in (None, "CR", "DX"):
+                hard = True
+        ood = None
+        if gate is not None and std >= MIN_STD:
+            low, high = gate.hist_low, gate.hist_high
+            out_of_range = [STAT_NAMES[j] for j in range(len(STAT_NAMES))
+                            if not low[j] <= stats[i, j] <= high[j]]
+            checks["feature_distance_ratio"] = round(float(feat_ratio[i]), 4)
+            checks["pixel_distance_ratio"] = round(float(pix_ratio[i]), 4)
+            ood = float(max(feat_ratio[i], pix_ratio[i]))
+            o = orient[i]
+            checks["orientation_correlation"] = [round(float(v), 4) for v in o]
+            margin = float(gate.thresholds["orientation"])
+            turned = int(np.argmax(o[1:4])) + 1
+            if o[4] - max(o[0], o[1:4].max()) > 0 and o[4] > margin:
+                hard = True
+                warnings.append("The film looks inverted (a negative: bones dark, lungs bright). Export it "
+                                "with the usual display (MONOCHROME2) and upload again.")
+            elif o[turned] - o[0] > margin:
+                hard = True
+                how = {1: "turned on its side", 2: "upside down", 3: "turned on its side"}[turned]
+                warnings.append(f"The film looks {how}. Rotate it upright (head at the top) and upload again.")
+            if out_of_range:
+                checks["intensity_out_of_range"] = out_of_range
+                if len(out_of_range) >= 2:
+                    hard = True
+                    warnings.append("Its gray levels are unlike every training film (" + ", ".join(out_of_range)
+                                    + "). Check the export's windowing, or whether this is an X-ray at all.")
+            if ood > 1.0:
+                warnings.append(f"The model's view of this image is further from its training films than "
+                                f"any validation film it was checked on (distance {ood:.2f} x the "
+                                "threshold). It may not be a frontal chest X-ray of the kind it was trained on.")
+        elif gate is None:
+            warnings.append("This model has no fitted input gate, so only the simple image checks ran; "
+                            "fit one with `python -m xray_core fit-gate RUN --data DATASET`.")
+        in_dist = not hard and (ood is None or ood <= 1.0)
+        results.append(GateResult(in_distribution=bool(in_dist), ood_score=ood, warnings=warnings,
+                                  checks=checks))
+    return results
+
+
+def dicom_warnings(facts: dict) -> list[str]:
+    """Sentences for DICOM headers that say this is not a frontal chest radiograph."""
+    out = []
+    modality = facts.get("Modality")
+    if modality not in (None, "CR", "DX"):
+        out.append(f"The DICOM modality is {modality}, not a radiograph (CR or DX); this model reads "
+                   "chest radiographs only.")
+    body = facts.get("BodyPartExamined")
+    if body not in (None, "CHEST"):
+        out.append(f"The DICOM says the body part examined is {body}, not CHEST.")
+    if facts.get("ViewPosition") in ("LATERAL", "LL", "RL", "LAT"):
+        out.append("The DICOM says this is a lateral view; the model was trained on frontal (AP/PA) films only.")
+    return out
+
+
+def check_source(model, source, filename: str | None = None, *, gate="auto"):
+    """Decode a file or upload and gate it: (gray image, GateResult, dicom facts or None).
+
+    Decode errors (imaging.ImageDecodeError) propagate: an unreadable file has no gate result.
+    """
+    from xray_core import imaging
+
+    raw = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+    gray = imaging.decode(bytes(raw), filename=filename or (None if isinstance(source, bytes) else str(source)))
+    facts = imaging.dicom_facts(bytes(raw))
+    sat = imaging.colour_saturation(bytes(raw))
+    return gray, check(model, gray, saturation=sat, dicom=facts, gate=gate), facts
+
+
+# ----------------------------------------------------------------------------- seen files
+
+
+def file_hash(raw: bytes) -> str:
+    """The first 128 bits of the file's sha256, in hex (what seen_hashes.txt stores)."""
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def seen_in(run_path: str | os.PathLike, raw: bytes) -> str | None:
+    """'training' or 'validation' when these exact file bytes were in the run's split, else None."""
+    path = Path(run_path) / SEEN_HASHES
+    if not path.is_file():
+        return None
+    digest = file_hash(bytes(raw))
+    with open(path, encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(digest + " "):
+                return line.split()[1]
+    return None
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def corruptions(x: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Unsuitable copies of prepared films (n, h, w, c): what the gate must catch."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x, np.float32)
+    h, w = x.shape[1:3]
+    crop = x[:, : h // 3, : w // 3]
+    from PIL import Image
+
+    cropped = np.stack([np.asarray(Image.fromarray(c[..., 0], mode="F").resize((w, h), Image.BILINEAR))
+                        for c in crop])[..., None].repeat(x.shape[3], axis=3)
+    return {
+        "inverted": 255.0 - x,
+        "rotated 90": np.rot90(x, 1, axes=(1, 2)).copy(),
+        "upside down": np.rot90(x, 2, axes=(1, 2)).copy(),
+        "corner crop": cropped.astype(np.float32),
+        "noise": rng.uniform(0, 255, x.shape).astype(np.float32),
+        "flat": np.full(x.shape, 128.0, np.float32) + rng.normal(0, 1, x.shape).astype(np.float32),
+    }
+
+
+def fit_gate(model, train_x: np.ndarray, val_x: np.ndarray, *, seed: int = 0,
+             seen: dict[str, Iterable[str | os.PathLike]] | None = None,
+             save: bool = True) -> FittedGate:
+    """Fit the gate on training films `train_x` and set its thresholds on validation films `val_x`.
+
+    Both are prepared model inputs (n, h, w, c) 0..255. `seen` maps "training"/"validation" to
+    file paths whose sha256 goes to seen_hashes.txt. Saves into the run folder when `save`.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    t0 = time.perf_counter()
+    train_x = np.asarray(train_x, np.float32)
+    val_x = np.asarray(val_x, np.float32)
+    if len(train_x) < 50 or len(val_x) < 20:
+        raise GateError(f"Fitting the gate needs at least 50 training and 20 validation films, got "
+                        f"{len(train_x)} and {len(val_x)}.")
+    thumbs = thumbnails(train_x)
+    template = thumbs.mean(axis=0)
+    pix_mean = template.copy()
+    centred = thumbs - pix_mean
+    k = min(PIXEL_COMPONENTS, len(thumbs) - 1)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    comps = vt[:k]
+    var = s[:k] ** 2 / (len(thumbs) - 1)
+    resid = centred - (centred @ comps.T) @ comps
+    resid_var = float(np.sum(resid**2) / (len(thumbs) * (thumbs.shape[1] - k)))
+
+    feats = np.asarray(_features(model, train_x), np.float64)
+    lw = LedoitWolf().fit(feats)
+    stats = intensity_stats(train_x)
+    lo, hi = np.quantile(stats, [0.0005, 0.9995], axis=0)
+    span = hi - lo
+    g = FittedGate(template=template, pix_mean=pix_mean, pix_components=comps, pix_var=var,
+                   pix_residual_var=max(resid_var, 1e-9), feat_mean=lw.location_,
+                   feat_precision=lw.precision_, hist_low=lo - 0.1 * span, hist_high=hi + 0.1 * span,
+                   thresholds={"feature": 1.0, "pixel": 1.0, "orientation": 1.0}, info={})
+
+    # Thresholds on the validation films.
+    val_feats = np.asarray(_features(model, val_x), np.float64)
+    val_thumbs = thumbnails(val_x)
+    fd = _feature_distance(val_feats, g)
+    pdist = _pixel_distance(val_thumbs, g)
+    orient = orientation_scores(val_thumbs, template)
+    g.thresholds["feature"] = float(np.quantile(fd, VAL_QUANTILE) * MARGIN)
+    g.thresholds["pixel"] = float(np.quantile(pdist, VAL_QUANTILE) * MARGIN)
+    turned_gap = orient[:, 1:4].max(axis=1) - orient[:, 0]
+    g.thresholds["orientation"] = float(max(np.quantile(turned_gap, 0.999) + 0.05, 0.1))
+
+    # How it does: real validation films (what it must let through) and corrupted copies.
+    val_results = check_batch(model, x=val_x, features=val_feats, gate=g)
+    caught = {}
+    rng = np.random.default_rng(seed)
+    sample = val_x[rng.choice(len(val_x), size=min(200, len(val_x)), replace=False)]
+    for name, bad in corruptions(sample, seed).items():
+        res = check_batch(model, x=bad, gate=g)
+        caught[name] = float(np.mean([not r.in_distribution for r in res]))
+    g.info = {
+        "n_train": int(len(train_x)), "n_validation": int(len(val_x)),
+        "validation_flagged": float(np.mean([not r.in_distribution for r in val_results])),
+        "corruptions_caught": caught, "n_corrupted_each": int(len(sample)),
+        "feature_dim": int(feats.shape[1]), "pixel_components": int(k),
+        "val_quantile": VAL_QUANTILE, "margin": MARGIN, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if save:
+        g.save(model.path)
+        if seen:
+            write_seen_hashes(model.path, seen)
+    return g
+
+
+def _features(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate([np.asarray(model.features(x[i:i + batch])) for i in range(0, len(x), batch)])
+
+
+def write_seen_hashes(folder: str | os.PathLike, seen: dict[str, Iterable[str | os.PathLike]]) -> Path:
+    from xray_core import fileio
+
+    lines = []
+    for split, paths in seen.items():
+        for p in paths:
+            lines.append(f"{file_hash(Path(p).read_bytes())} {split}")
+    lines.sort()
+    return fileio.atomic_write_text(Path(folder) / SEEN_HASHES, "\n".join(lines) + "\n")
+
+
+def fit_gate_for_run(run, data_root: str | os.PathLike, *, progress=None) -> FittedGate:
+    """Fit and save the gate of a run from its own training/validation split of `data_root`."""
+    from xray_core import data
+    from xray_core.model import load_model
+
+    model = load_model(run)
+    cfg = model.config or {}
+    df = data.index_dataset(data.find_dataset(data_root))
+    split = cfg.get("split") or {}
+    train_df, val_df = data.split_train(df, method=split.get("method", "patient"),
+                                        val_fraction=split.get("val_fraction"), seed=int(cfg.get("seed", 0)))
+    size = tuple(model.input_size)
+    loaded = {}
+    for name, part in (("training", train_df), ("validation", val_df)):
+        res = data.load_images(part["path"].tolist(), size=size, channels=model.channels, progress=progress)
+        loaded[name] = res.images
+    seen = {"training": train_df["path"].tolist(), "validation": val_df["path"].tolist()}
+    return fit_gate(model, loaded["training"], loaded["validation"], seed=int(cfg.get("seed", 0)), seen=seen)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _cmd_fit_gate(args) -> int:
+    from xray_core import runs
+
+    run = runs.load_run(args.run, root=args.runs_dir)
+    g = fit_gate_for_run(run, args.data)
+    info = g.info
+    caught = ", ".join(f"{k} {v:.0%}" for k, v in info["corruptions_caught"].items())
+    print(f"{run.run_id}: gate fitted on {info['n_train']} training films in {info['seconds']} s; "
+          f"{info['validation_flagged']:.1%} of {info['n_validation']} validation films flagged; "
+          f"corrupted validation copies caught: {caught}.")
+    print(f"wrote {GATE_ARRAYS}, {GATE_JSON} and {SEEN_HASHES} to {run.path}")
+    return 0
+
