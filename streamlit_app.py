@@ -75,6 +75,7 @@ if "models_dir" not in st.session_state:
 # mode, Train (which writes runs) is not offered at all.
 pages = [
     st.Page("pages/diagnose.py", title="Diagnose", icon=":material/stethoscope:", default=True),
+    st.Page("pages/worklist.py", title="Worklist", icon=":material/format_list_numbered:"),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
     *([] if viewer else [st.Page("pages/train.py", title="Train", icon=":material/model_training:")]),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
