@@ -112,7 +112,9 @@ def train_argv(options: dict) -> list[str]:
 def submit_training(root: str | Path, options: dict, *, start: bool = True) -> str:
     """Queue one training and make sure a worker runs the queue; returns its run id at once.
 
-    Raises CapacityError (nothing written) when the server's training limit is reached."""
+    Raises CapacityError (nothing written) when the server's training limit is reached, and
+    settings.ViewerModeError in viewer mode."""
+    settings.refuse_writes("train")
     root = Path(root)
     running, waiting = training_load(root)
     check_capacity("training", running=running, queued=waiting)

@@ -127,3 +127,27 @@ def limit(name: str) -> int:
     if value < 0:
         raise SettingsError(f"{where} is {value}; it must be 0 or more.")
     return value
+
+
+# What each command writes: refused in viewer mode (the CLI calls refuse_writes before running one).
+WRITING_COMMANDS = {
+    "train": "trains a model into the runs folder",
+    "download": "downloads and unpacks a dataset",
+    "evaluate": "writes metrics and per-image scores into the run folder",
+    "score": "writes a table of scores",
+    "report": "writes a PDF report",
+    "explain": "writes explanation images",
+}
+
+
+class ViewerModeError(SettingsError):
+    """A command that writes, asked for on a server in viewer mode."""
+
+
+def refuse_writes(command: str | None) -> None:
+    """Raise ViewerModeError if `command` writes (WRITING_COMMANDS) and the server is in viewer mode."""
+    if command in WRITING_COMMANDS and viewer_mode():
+        raise ViewerModeError(
+            f"`{command}` {WRITING_COMMANDS[command]}, and this installation is in viewer mode "
+            f"(XRAY_MODE=viewer, or mode = \"viewer\" in the [xray] table of the secrets file), "
+            f"where nothing is written. Run it where writing is allowed, or ask the administrator.")

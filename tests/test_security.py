@@ -1,0 +1,506 @@
+"""Safe by default when served (issue 15): localhost only, allowed folders, viewer mode, sign-in,
+limits, privacy. Real parts: a real `streamlit run`, real HTTP servers on 127.0.0.1, real job
+submissions and worker locks, real CLI processes."""
+
+from __future__ import annotations
+
+import fcntl
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.apptest_helpers import APP
+from tests.synthetic import make_synthetic_dataset
+from xray_core import fileio, imaging, jobs, settings
+
+PROJECT = Path(__file__).resolve().parents[1]
+TRAIN_OPTIONS = {"arch": "baseline", "data": "/nowhere", "epochs": 1, "batch_size": 8,
+                 "image_size": 16, "channels": 1, "learning_rate": 1e-3, "seed": 0}
+
+
+@pytest.fixture(autouse=True)
+def _no_admin_settings(monkeypatch, tmp_path_factory):
+    """Each test starts from the defaults: no secrets file, no administrator variables."""
+    monkeypatch.setenv("XRAY_SECRETS_FILE", str(tmp_path_factory.getbasetemp() / "no-secrets.toml"))
+    for name in ("XRAY_MODE", "XRAY_ALLOWED_ROOTS", "XRAY_DOWNLOAD_HOSTS",
+                 "XRAY_DOWNLOAD_PRIVATE_NETWORKS", "XRAY_DATA_DIR", "XRAY_MODELS_DIR",
+                 *(f"XRAY_MAX_{k.upper()}" for k in settings.DEFAULT_LIMITS)):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listeners(port: int) -> list[str]:
+    """Local addresses (hex, as in /proc/net/tcp{,6}) of sockets listening on `port`."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, state = fields[1], fields[3]
+            if state == "0A" and int(address.rsplit(":", 1)[1], 16) == port:
+                found.append(address.rsplit(":", 1)[0])
+    return found
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: routing only
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+# ------------------------------------------------------------------------ localhost by default
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc/net/tcp")
+def test_streamlit_run_with_the_project_config_listens_on_loopback_only(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, HOME=str(tmp_path))  # no user-level config.toml interferes
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
+                             "--server.headless", "true", "--server.port", str(port)],
+                            cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                    assert r.status == 200
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+                assert time.monotonic() < deadline, "streamlit did not start"
+                time.sleep(0.5)
+        listeners = _listeners(port)
+        assert listeners and set(listeners) == {"0100007F"}, listeners  # 127.0.0.1, no 0.0.0.0/::
+        other = _non_loopback_address()
+        if other is not None:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((other, port), timeout=5).close()
+        # CORS protection on: a foreign origin gets no Access-Control-Allow-Origin.
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/_stcore/health",
+                                         headers={"Origin": "http://evil.example"})
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert r.headers.get("Access-Control-Allow-Origin") is None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+
+
+# ----------------------------------------------------------------------------- allowed roots
+
+
+def test_check_allowed_accepts_folders_under_a_root_and_resolves_them(tmp_path):
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "inside-link").symlink_to(root / "a")
+    roots = (root,)
+    assert fileio.check_allowed(root / "a" / "b", what="dataset folder", roots=roots) == (root / "a" / "b").resolve()
+    assert fileio.check_allowed(root / "not-yet", what="download folder", roots=roots) == (root / "not-yet").resolve()
+    assert fileio.check_allowed(root / "inside-link" / "b", what="x", roots=roots) == (root / "a" / "b").resolve()
+    assert fileio.check_allowed(str(root / "a" / ".." / "a"), what="x", roots=roots) == (root / "a").resolve()
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda root, out: root / ".." / "outside", "climbs out of the allowed folders with '..'"),
+    (lambda root, out: out, "is outside the allowed folders"),
+    (lambda root, out: root / "escape", "leads through a symbolic link"),
+    (lambda root, out: root / "escape" / "deeper", "leads through a symbolic link"),
+])
+def test_check_allowed_refuses_escapes_and_touches_nothing(tmp_path, make, words):
+    root, out = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    out.mkdir()
+    (root / "escape").symlink_to(out)
+    with pytest.raises(fileio.PathNotAllowed, match=words) as err:
+        fileio.check_allowed(make(root, out), what="dataset folder", roots=(root,))
+    assert "nothing was read or written" in str(err.value) and str(root.resolve()) in str(err.value)
+    assert list(out.iterdir()) == []
+
+
+def test_allowed_roots_defaults_and_what_the_administrator_adds(tmp_path, monkeypatch):
+    defaults = fileio.allowed_roots()
+    assert PROJECT / "data" in defaults and PROJECT / "trained_models" in defaults
+    assert (PROJECT.parent / "shared" / "data" in defaults) == (PROJECT.parent / "shared" / "data").is_dir()
+    with pytest.raises(fileio.PathNotAllowed):
+        fileio.check_allowed(tmp_path / "a", what="dataset folder")
+    monkeypatch.setenv("XRAY_ALLOWED_ROOTS", os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert fileio.check_allowed(tmp_path / "b" / "x", what="dataset folder") == (tmp_path / "b" / "x").resolve()
+    monkeypatch.delenv("XRAY_ALLOWED_ROOTS")
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text(f'[xray]\nallowed_roots = ["{tmp_path / "c"}"]\n')
+    monkeypatch.setenv("XRAY_SECRETS_FILE", str(secrets))
+    assert fileio.check_allowed(tmp_path / "c", what="dataset folder") == (tmp_path / "c").resolve()
+    with pytest.raises(fileio.PathNotAllowed):
+        fileio.check_allowed(tmp_path / "b", what="dataset folder")
+
+
+def _app(monkeypatch, page: str | None = None, **env) -> AppTest:
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.parametrize("typed", ["/etc", "data/../../", "{root}/escape"])
+def test_the_sidebar_refuses_folders_outside_the_roots_and_the_page_reads_nothing(
+        monkeypatch, synthetic_dataset, tmp_path, typed):
+    root = tmp_path / "root"  # an allowed root holding a symbolic link that points out of it
+    root.mkdir()
+    (root / "escape").symlink_to(synthetic_dataset.parent)
+    typed = typed.format(root=root)
+    at = _app(monkeypatch, XRAY_DATA_DIR=synthetic_dataset, XRAY_MODELS_DIR=tmp_path / "models",
+              XRAY_ALLOWED_ROOTS=root)
+    at.sidebar.text_input(key="_data_dir_input").set_value(typed)
+    at.sidebar.text_input(key="_models_dir_input").set_value("/")
+    at.run()
+    assert not at.exception
+    # (AppTest drops the entry script's sidebar from its tree after the first run; the refusal
+    # the sidebar shows is read from the session.)
+    assert "nothing was read or written" in at.session_state["_data_dir_refused"]
+    assert at.session_state["data_dir"] == str(synthetic_dataset)  # the last allowed folder stays
+    assert at.session_state["models_dir"] == str(tmp_path / "models")
+    at.switch_page("pages/dataset.py").run()
+    assert any("84 images" in c.value for c in at.caption)  # still the allowed dataset
+    # The page checks too: a folder that got into the session some other way is refused.
+    at.session_state["data_dir"] = typed
+    at.run()
+    assert any("nothing was read or written" in e.value for e in at.error) and not at.dataframe
+
+
+def test_the_dataset_page_refuses_a_download_folder_outside_the_roots(monkeypatch, tmp_path):
+    data_dir = tmp_path / "allowed" / "chest_xray"
+    at = _app(monkeypatch, "pages/dataset.py", XRAY_DATA_DIR=data_dir, XRAY_MODELS_DIR=tmp_path / "m")
+    outside = tmp_path / "outside"
+    at.text_input(key="dataset_download_dest").set_value(str(outside))
+    at.button(key="dataset_download").click().run()
+    assert not at.exception
+    assert any("download folder" in e.value and "outside the allowed folders" in e.value for e in at.error)
+    assert not outside.exists()
+
+
+# ---------------------------------------------------------------------------- mirror URLs
+
+
+class _CountingHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self.server.hits.append(self.path)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        """Quiet."""
+
+
+def test_the_dataset_page_refuses_a_mirror_inside_the_network(monkeypatch, tmp_path):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CountingHandler)
+    httpd.hits = []
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        dest = tmp_path / "data"
+        at = _app(monkeypatch, "pages/dataset.py", XRAY_DATA_DIR=dest / "chest_xray",
+                  XRAY_MODELS_DIR=tmp_path / "m", XRAY_ALLOWED_ROOTS=dest)
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/ChestXRay2017.zip"
+        at.text_input(key="dataset_download_url").set_value(url)
+        at.button(key="dataset_download").click().run()
+        assert any("not one of them" in e.value for e in at.error), [e.value for e in at.error]
+        monkeypatch.setenv("XRAY_DOWNLOAD_HOSTS", "127.0.0.1")  # the host allowed, its network not
+        at.button(key="dataset_download").click().run()
+        assert any("loopback" in e.value for e in at.error), [e.value for e in at.error]
+        assert httpd.hits == []
+        assert not (dest / "chest_xray").exists()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+# ---------------------------------------------------------------------------------- viewer mode
+
+
+def test_viewer_mode_hides_train_and_download(monkeypatch, tmp_path):
+    at = _app(monkeypatch, XRAY_MODE="viewer",
+              XRAY_DATA_DIR=tmp_path / "none" / "chest_xray", XRAY_MODELS_DIR=tmp_path / "m")
+    assert any("Viewer mode" in c.value for c in at.sidebar.caption)
+    at.switch_page("pages/dataset.py").run()
+    assert [t.value for t in at.title] == ["Dataset"]
+    keys = {w.key for w in (*at.button, *at.text_input)}
+    assert "dataset_download" not in keys and "dataset_download_url" not in keys
+    assert any("viewer mode" in i.value for i in at.info)
+    # Train is not in the navigation; opened anyway (AppTest runs any file), it guards itself.
+    at.switch_page("pages/train.py").run()
+    assert "train_start" not in {b.key for b in at.button} and not at.number_input
+    assert any("Training is switched off" in i.value for i in at.info)
+    # The same app in full mode offers both.
+    monkeypatch.setenv("XRAY_MODE", "full")
+    at = _app(monkeypatch, "pages/dataset.py")
+    assert "dataset_download" in {b.key for b in at.button}
+    at.switch_page("pages/train.py").run()
+    assert [t.value for t in at.title] == ["Train"]
+
+
+def test_viewer_mode_refuses_job_submission_in_the_library(monkeypatch, tmp_path):
+    monkeypatch.setenv("XRAY_MODE", "viewer")
+    with pytest.raises(settings.ViewerModeError, match="viewer mode"):
+        jobs.submit_training(tmp_path, TRAIN_OPTIONS, start=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("XRAY_MODE", "admin")
+    with pytest.raises(settings.SettingsError, match="one of full, viewer"):
+        settings.mode()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--arch", "baseline", "--epochs", "1", "--data", "{data}", "--runs-dir", "{runs}"],
+    ["download", "--dest", "{runs}", "--url", "http://127.0.0.1:9/x.zip"],
+])
+def test_the_cli_refuses_writing_commands_in_viewer_mode(tmp_path, synthetic_dataset, argv):
+    runs_dir = tmp_path / "runs"
+    argv = [a.format(data=synthetic_dataset, runs=runs_dir) for a in argv]
+    env = dict(os.environ, XRAY_MODE="viewer", PYTHONPATH=str(PROJECT))
+    proc = subprocess.run([sys.executable, "-m", "xray_core", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "viewer mode" in proc.stderr and "Traceback" not in proc.stderr
+    assert not runs_dir.exists()
+    # A reading command still works in viewer mode.
+    proc = subprocess.run([sys.executable, "-m", "xray_core", "dataset", str(synthetic_dataset)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------------------------- sign-in
+
+AUTH = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "test-only-secret",
+        "client_id": "xray-dashboard", "client_secret": "test-only",
+        "server_metadata_url": "https://idp.hospital.example/realms/radiology/.well-known/openid-configuration"}
+
+
+def test_with_auth_configured_a_signed_out_visitor_sees_only_the_sign_in(monkeypatch, synthetic_dataset, tmp_path):
+    monkeypatch.setenv("XRAY_DATA_DIR", str(synthetic_dataset))
+    monkeypatch.setenv("XRAY_MODELS_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.secrets["auth"] = AUTH
+    at.user = {"is_logged_in": False}
+    at.run()
+    assert not at.exception
+    assert [b.key for b in at.button] == ["auth_sign_in"]
+    assert not at.sidebar.text_input and "Diagnose" not in [t.value for t in at.title]
+    with pytest.raises(ValueError, match=r"Known pages: \['Sign in'\]"):
+        at.switch_page("pages/dataset.py")  # the sign-in page is the only page there is
+
+    at.user = {"is_logged_in": True, "name": "Dr Ada Lovelace", "email": "ada@hospital.example"}
+    at.run()
+    assert not at.exception
+    shown = " ".join(m.value for m in at.sidebar.markdown)
+    assert "Dr Ada Lovelace" in shown and "ada@hospital.example" in shown
+    assert "auth_sign_out" in {b.key for b in at.sidebar.button}
+    at.switch_page("pages/dataset.py").run()
+    assert [t.value for t in at.title] == ["Dataset"] and at.dataframe
+
+
+def test_without_auth_configured_the_app_opens_without_sign_in(monkeypatch, tmp_path):
+    at = _app(monkeypatch, XRAY_MODELS_DIR=tmp_path)
+    assert "auth_sign_in" not in {b.key for b in at.button}
+    assert [t.value for t in at.title] == ["Diagnose"]
+
+
+# ------------------------------------------------------------------------------------- limits
+
+
+@pytest.fixture
+def busy_slot(tmp_path):
+    """A models folder whose only worker slot is held, as by a worker busy with a training."""
+    models = tmp_path / "models"
+    (models / jobs.QUEUE_DIR).mkdir(parents=True)
+    lock = open(models / jobs.QUEUE_DIR / "worker.lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    yield models
+    lock.close()
+
+
+def test_training_cap_one_running_three_waiting_with_real_submissions(busy_slot, monkeypatch):
+    models = busy_slot
+    assert jobs.training_load(models) == (1, 0)
+    queued = [jobs.submit_training(models, dict(TRAIN_OPTIONS, seed=i)) for i in range(3)]
+    assert [j["run_id"] for j in jobs.queued_jobs(models)] == queued
+    with pytest.raises(jobs.CapacityError, match="at most 1 training at a time with 3 waiting"):
+        jobs.submit_training(models, TRAIN_OPTIONS)
+    assert len(jobs.queued_jobs(models)) == 3  # nothing written by the refused one
+    # Configurable: one more waiting place, and the fourth is accepted.
+    monkeypatch.setenv("XRAY_MAX_QUEUED_TRAININGS", "4")
+    jobs.submit_training(models, TRAIN_OPTIONS)
+    assert len(jobs.queued_jobs(models)) == 4
+    # Removing one frees a place under the default.
+    monkeypatch.delenv("XRAY_MAX_QUEUED_TRAININGS")
+    with pytest.raises(jobs.CapacityError):
+        jobs.submit_training(models, TRAIN_OPTIONS)
+    jobs.cancel_queued(models, queued[0])
+    jobs.cancel_queued(models, queued[1])
+    jobs.submit_training(models, TRAIN_OPTIONS)
+
+
+def test_a_free_slot_accepts_one_more_and_a_second_slot_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("XRAY_MAX_QUEUED_TRAININGS", "0")
+    models = tmp_path / "models"
+    jobs.submit_training(models, TRAIN_OPTIONS, start=False)  # idle: starts at once, so accepted
+    with pytest.raises(jobs.CapacityError):
+        jobs.submit_training(models, TRAIN_OPTIONS, start=False)
+    monkeypatch.setenv("XRAY_MAX_RUNNING_TRAININGS", "0")
+    with pytest.raises(jobs.CapacityError, match="switched off"):
+        jobs.submit_training(models, TRAIN_OPTIONS, start=False)
+
+
+def test_the_train_page_says_when_the_cap_is_reached(busy_slot, monkeypatch, synthetic_dataset):
+    models = busy_slot
+    monkeypatch.setenv("XRAY_MAX_QUEUED_TRAININGS", "1")
+    at = _app(monkeypatch, "pages/train.py", XRAY_DATA_DIR=synthetic_dataset, XRAY_MODELS_DIR=models)
+    at.button(key="train_start").click().run()
+    assert at.success and "Queued" in at.success[0].value
+    at.button(key="train_start").click().run()
+    assert any("at most 1 training at a time with 1 waiting" in e.value for e in at.error)
+    assert len(jobs.queued_jobs(models)) == 1
+
+
+def test_worklist_capacity_for_the_batch_scoring_page(monkeypatch):
+    jobs.check_capacity("worklist", running=0, queued=0)
+    jobs.check_capacity("worklist", running=1, queued=2)
+    with pytest.raises(jobs.CapacityError, match="at most 1 worklist at a time with 3 waiting"):
+        jobs.check_capacity("worklist", running=1, queued=3)
+    monkeypatch.setenv("XRAY_MAX_RUNNING_WORKLISTS", "2")
+    jobs.check_capacity("worklist", running=1, queued=3)
+    monkeypatch.setenv("XRAY_MAX_RUNNING_WORKLISTS", "many")
+    with pytest.raises(settings.SettingsError, match="whole number"):
+        jobs.check_capacity("worklist", running=0, queued=0)
+
+
+def test_a_corrupt_job_file_is_reported_not_skipped(tmp_path, synthetic_dataset, monkeypatch):
+    models = tmp_path / "models"
+    jobs.submit_training(models, TRAIN_OPTIONS, start=False)
+    (models / jobs.QUEUE_DIR / "broken.json").write_text('{"run_id": "broken", "argv": [')
+    (models / jobs.QUEUE_DIR / "alien.json").write_text('["not", "a", "job"]')
+    problems = jobs.queue_problems(models)
+    assert len(problems) == 2 and all("will never start" in p for p in problems)
+    assert any("broken.json" in p for p in problems) and any("alien.json" in p for p in problems)
+    assert len(jobs.queued_jobs(models)) == 1
+    at = _app(monkeypatch, "pages/train.py", XRAY_DATA_DIR=synthetic_dataset, XRAY_MODELS_DIR=models)
+    assert sum("will never start" in w.value for w in at.warning) == 2
+
+
+def test_uploads_over_50_mb_are_refused_with_a_sentence():
+    assert imaging.MAX_UPLOAD_MB == 50
+    big = b"\x89PNG\r\n\x1a\n" + bytes(50 * 1024 * 1024)
+    with pytest.raises(imaging.ImageDecodeError, match="50 MB"):
+        imaging.decode(big, "huge.png")
+    import tomllib
+    config = tomllib.loads((PROJECT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == imaging.MAX_UPLOAD_MB  # the server refuses it first
+
+
+# ------------------------------------------------------------------------------------- privacy
+
+PATIENT = {"PatientName": "Zqxname^Privacytest", "PatientID": "ZQXID-88123",
+           "PatientBirthDate": "19990317", "AccessionNumber": "ZQXACC7731"}
+
+
+def _patient_dicom(pixels) -> bytes:
+    from tests.test_app_diagnose import dicom_bytes
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(pixels)))
+    for key, value in PATIENT.items():
+        setattr(ds, key, value)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    raw = out.getvalue()
+    assert all(v.encode() in raw for v in PATIENT.values())
+    return raw
+
+
+def _traces(folders: list[Path], since: float) -> list[str]:
+    """Files changed since `since` under `folders` that hold a patient field's value."""
+    needles = [v.encode() for v in PATIENT.values()] + [b"Zqxname", b"Privacytest"]
+    hits = []
+    for folder in folders:
+        for path in folder.rglob("*"):
+            try:
+                if not path.is_file() or path.stat().st_mtime < since:
+                    continue
+                data = path.read_bytes()
+            except OSError:
+                continue  # removed while we walked (another test's temporary file)
+            hits += [f"{path}: {n!r}" for n in needles if n in data]
+    return hits
+
+
+def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_and_diagnose(
+        monkeypatch, synthetic_dataset, tiny_run, tmp_path):
+    runs_root, run_id = tiny_run
+    models = tmp_path / "models"
+    import shutil
+
+    shutil.copytree(runs_root / run_id, models / run_id)
+    private_tmp, home = tmp_path / "tmp", tmp_path / "home"
+    private_tmp.mkdir()
+    home.mkdir()
+    pixels = imaging.decode(sorted((synthetic_dataset / "val" / "PNEUMONIA").iterdir())[0])
+    upload = tmp_path / "upload" / "scan.dcm"
+    upload.parent.mkdir()
+    upload.write_bytes(_patient_dicom(pixels))
+    start = time.time() - 1
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), TMPDIR=str(private_tmp), HOME=str(home),
+               XRAY_MODELS_DIR=str(models), XRAY_CACHE_DIR=str(tmp_path / "cache"))
+
+    proc = subprocess.run([sys.executable, "-m", "xray_core", "predict", run_id, str(upload),
+                           "--runs-dir", str(models)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "PNEUMONIA" in proc.stdout or "NORMAL" in proc.stdout
+    assert not [v for v in PATIENT.values() if v in proc.stdout + proc.stderr]
+
+    # Diagnose: the same file uploaded through the page, explained, its result zip built.
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.setenv(name, str(private_tmp))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    at = _app(monkeypatch, XRAY_DATA_DIR=synthetic_dataset, XRAY_MODELS_DIR=models, HOME=home)
+    at.select_slider(key="diagnose_samples").set_value(250)
+    at.file_uploader(key="diagnose_upload").set_value(("scan.dcm", upload.read_bytes(), "application/dicom"))
+    at.run()
+    assert not at.exception
+    assert any(m.label == "Probability of pneumonia" for m in at.metric), [e.value for e in at.error]
+    page_text = " ".join(str(getattr(e, "value", "")) for e in (*at.markdown, *at.caption, *at.metric))
+    assert not [v for v in PATIENT.values() if v in page_text]
+
+    folders = [models, private_tmp, home, tmp_path / "cache", PROJECT]
+    assert _traces(folders, start) == []
