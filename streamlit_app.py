@@ -72,10 +72,11 @@ if "models_dir" not in st.session_state:
 
 # Diagnose comes first and is the default: it is what a clinician opens the app for, and it
 # works on a fresh machine with no dataset (the bundled default model serves it). In viewer
-# mode, Train (which writes runs) is not offered at all.
+# mode, Train and Worklist (which write runs and score tables) are not offered at all.
 pages = [
     st.Page("pages/diagnose.py", title="Diagnose", icon=":material/stethoscope:", default=True),
-    st.Page("pages/worklist.py", title="Worklist", icon=":material/format_list_numbered:"),
+    *([] if viewer else [st.Page("pages/worklist.py", title="Worklist",
+                                 icon=":material/format_list_numbered:")]),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
     *([] if viewer else [st.Page("pages/train.py", title="Train", icon=":material/model_training:")]),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
