@@ -1,4 +1,9 @@
-"""Compare: learning curves, metrics on validation and test, ROC curves and confusion matrices."""
+"""Compare: training health, learning curves, metrics (plain and stress), paired evidence that one
+run beats another, the seed's figures reconciled, calibration, ROC curves and confusion matrices.
+
+Layout only: tables, figures and wording come from app.compare_view; the statistics from
+xray_core.comparison. Nothing here writes into a run folder: test-split scores go to the cache.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from xray_core import data, runs, ui
+from app import compare_view as view
+from xray_core import comparison, data, metrics, runs, ui
+
+
+def mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -16,131 +26,210 @@ def history(path: str, stamp: float) -> pd.DataFrame:
     return runs.Run(Path(path)).history
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=8)
-def get_run(path: str, stamp: float) -> runs.Run:
-    """A run with its model loaded, shared by all sessions and never changed."""
-    run = runs.load_run(Path(path))
-    _ = run.model
-    return run
+@st.cache_data(show_spinner=False, max_entries=64)
+def saved_scores(path: str, stamp: float) -> pd.DataFrame | None:
+    """predictions_validation.csv of a run (path, label, score), or None."""
+    return view.read_scores(runs.Run(Path(path)), "validation")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def plain_ci(path: str, stamp: float, threshold: float) -> dict | None:
+    frame = saved_scores(path, stamp)
+    if frame is None:
+        return None
+    return view.plain_ci(frame["label"].to_numpy(), frame["score"].to_numpy(), threshold=threshold)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def roc(path: str, stamp: float, data_root: str, split: str) -> tuple:
-    """(fpr, tpr) of a run on a split from its saved scores; `stamp` (the scores file's mtime)
-    refreshes it when an evaluation rewrites them."""
-    from xray_core import metrics, training
+def paired(path_a: str, stamp_a: float, path_b: str, stamp_b: float) -> dict:
+    """The paired comparison of two runs, or {"error": sentence} when they are not comparable."""
+    a, b = runs.Run(Path(path_a)), runs.Run(Path(path_b))
+    fa, fb = saved_scores(path_a, stamp_a), saved_scores(path_b, stamp_b)
+    for info, frame in ((a, fa), (b, fb)):
+        if frame is None:
+            return {"error": f"{info.run_id} has no saved validation scores (predictions_validation.csv), "
+                             "so it cannot be compared image by image."}
+    try:
+        return view.pair_comparison(a, b, fa, fb)
+    except comparison.NotComparable as exc:
+        return {"error": str(exc)}
 
-    labels, scores = training.split_scores(runs.Run(Path(path)), split, data_root)
-    points = metrics.roc_points(labels, scores)
-    return points["fpr"].to_numpy(), points["tpr"].to_numpy()
 
-
-def mtime(path: Path) -> float:
-    return path.stat().st_mtime if path.exists() else 0.0
-
-
-def test_root() -> str | None:
-    """The sidebar's dataset folder when it has a test split (evaluations use it)."""
+def dataset_root() -> str | None:
+    """The sidebar's dataset folder when it exists and has the expected layout."""
     folder = ui.resolve_folder(st.session_state.get("data_dir", "data/chest_xray"))
     try:
-        root = data.find_dataset(folder)
+        return str(data.find_dataset(folder))
     except (data.DatasetLayoutError, FileNotFoundError):
         return None
-    has_test = any(p.is_dir() and p.name.lower() == "test" for p in root.iterdir())  # any case, as data reads it
-    return str(root) if has_test else None
 
 
-def evaluate_on_test(chosen: list, root: str) -> None:
-    """Evaluate each chosen run on the test split once; the result is cached in its metrics.json."""
-    from xray_core import training
+def has_test(root: str | None) -> bool:
+    return bool(root) and any(p.is_dir() and p.name.lower() == "test" for p in Path(root).iterdir())
 
-    missing = [r for r in chosen
-               if ((r.metrics or {}).get("test") or {}).get("data_root") != str(Path(root).absolute())]
-    if not missing:
-        return
-    bar = st.progress(0.0, text="Evaluating on the test split…")
-    for i, info in enumerate(missing):
-        bar.progress(i / len(missing), text=f"Evaluating {info.run_id} on the test split…")
+
+def test_parts(chosen: list, root: str) -> dict[str, dict]:
+    """Test-split figures of each run at its threshold, from scores cached outside the run folder."""
+    parts = {}
+    pending = [r for r in chosen if not view.cache_file(r, root, data.default_cache_dir(), "test").is_file()]
+    bar = st.progress(0.0, text="Scoring the test split…") if pending else None
+    for i, info in enumerate(chosen):
+        if bar is not None:
+            bar.progress(i / len(chosen), text=f"Scoring {info.run_id} on the test split…")
         try:
-            training.evaluate_run(get_run(str(info.path), mtime(Path(info.path) / runs.MODEL_FILE)),
-                                  root, split="test")
-        except ValueError as exc:
-            st.warning(f"{info.run_id} could not be evaluated on the test split: {exc}")
-    bar.empty()
+            frame = view.score_split(info, root, data.default_cache_dir(), "test")
+            parts[info.run_id] = view.metrics_from_scores(frame, threshold=view.threshold_of(info))
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            st.warning(f"{info.run_id} could not be scored on the test split: {exc}")
+    if bar is not None:
+        bar.empty()
+    return parts
 
 
 def show_table(table: pd.DataFrame, split_name: str) -> None:
     if table.empty:
         st.info(f"No metrics on {split_name} yet.")
         return
-    st.dataframe(ui.style_best(table), hide_index=True, key=f"compare_table_{split_name}")
+    st.dataframe(view.style_best(table), hide_index=True, key=f"compare_table_{split_name}")
     st.download_button(f"Download the {split_name} table (CSV)", table.to_csv(index=False),
                        file_name=f"runs-{split_name}.csv", mime="text/csv",
                        key=f"compare_csv_{split_name}")
 
 
 st.title("Compare runs")
+st.caption("Research software, not a medical device. Figures are on this project's patient-level "
+           "validation split of Kermany et al. 2018 (CC BY 4.0).")
 models = ui.resolve_folder(st.session_state.get("models_dir", "trained_models"))
 completed = [r for r in runs.list_runs(models) if r.state == "completed"]
 if not completed:
     st.info(f"No completed run in {models} yet. Start one on the Train page.")
     st.stop()
 
-labels = {r.run_id: ui.run_label(r) for r in completed}
+labels = {r.run_id: view.run_label(r) for r in completed}
 ids = st.multiselect("Runs", list(labels), default=list(labels), format_func=labels.get,
                      key="compare_runs")
 chosen = [r for r in completed if r.run_id in ids]
 if not chosen:
     st.info("Choose at least one run.")
     st.stop()
+stamps = {r.run_id: mtime(runs.predictions_path(r.path, "validation")) for r in chosen}
+
+st.subheader("Training health")
+warnings = view.health_rows(chosen, {
+    r.run_id: (frame["label"].to_numpy(), frame["score"].to_numpy())
+    for r in chosen if (frame := saved_scores(str(r.path), stamps[r.run_id])) is not None})
+if warnings.empty:
+    st.success("No training-health warning for these runs (no NaN loss, no collapse onto one class, "
+               "no chance-level AUC, no stalled or diverging loss).")
+else:
+    st.warning(f"{len(warnings)} training-health warning(s): read them before trusting those runs.")
+    st.dataframe(warnings, hide_index=True, key="compare_health")
 
 st.subheader("Learning curves")
 st.caption("Dashed: training; solid: validation. One colour per run.")
 histories = {r.run_id: history(str(r.path), mtime(Path(r.path) / runs.HISTORY_FILE)) for r in chosen}
 cols = st.columns(2)
-for i, metric in enumerate(ui.CURVE_METRICS):
-    cols[i % 2].plotly_chart(ui.learning_curves_figure(histories, metric), key=f"compare_curve_{metric}")
+for i, metric in enumerate(view.CURVE_METRICS):
+    cols[i % 2].plotly_chart(view.learning_curves_figure(histories, metric), key=f"compare_curve_{metric}")
 
-root = test_root()
-if root:
-    evaluate_on_test(chosen, root)
-    chosen = [r for r in runs.list_runs(models) if r.run_id in ids]
-
+root = dataset_root()
 st.subheader("Metrics at each run's operating threshold")
 st.caption("Best value per column in bold on green. The seed's micro-averaged recall is the "
            "seed notebook's two-column Keras Recall (close to accuracy, not sensitivity).")
 tabs = st.tabs(["Validation", "Test"])
 with tabs[0]:
-    show_table(ui.metrics_table(chosen, "validation"), "validation")
+    show_table(view.metrics_table(chosen, "validation"), "validation")
 with tabs[1]:
-    if root:
-        show_table(ui.metrics_table(chosen, "test"), "test")
+    if has_test(root):
+        st.caption("Scored once per model into the cache folder; the run folders are not changed.")
+        show_table(view.metrics_table(chosen, "test", parts=test_parts(chosen, root)), "test")
     else:
         st.info("The dataset folder has no test split, so there is nothing to evaluate on.")
 
+st.subheader("Plain and stress validation")
+cis = {}
+for r in chosen:
+    ci = plain_ci(str(r.path), stamps[r.run_id], view.threshold_of(r))
+    if ci is not None:
+        cis[r.run_id] = ci
+st.caption("Plain: the validation films as they are. Stress: the same films under fixed acquisition "
+           "changes (framing, body habitus, exposure, sharpness), pooled, and the worst single change. "
+           "In brackets: bootstrap 95 % intervals.")
+st.dataframe(view.plain_stress_table(chosen, cis), hide_index=True, key="compare_stress")
+missing = view.stress_missing(chosen)
+if missing:
+    st.caption(f"No stress validation yet for {', '.join(missing)}: run "
+               "`python -m xray_core evaluate RUN --stress` to add it.")
+
+st.subheader("Is one run better than another?")
+st.caption("Paired tests on the same validation images: DeLong for the AUC difference, McNemar for "
+           "the mistakes at each run's own threshold, paired bootstrap 95 % intervals (2000 "
+           "resamples within each class). With many pairs, expect some small p-values by chance.")
+if len(chosen) < 2:
+    st.info("Choose two runs above to compare them.")
+else:
+    pick = st.columns(2)
+    names = [r.run_id for r in chosen]
+    name_a = pick[0].selectbox("Run A", names, index=0, key="compare_pair_a")
+    name_b = pick[1].selectbox("Run B", names, index=1, key="compare_pair_b")
+    if name_a == name_b:
+        st.info("Choose two different runs.")
+    else:
+        info_a = next(r for r in chosen if r.run_id == name_a)
+        info_b = next(r for r in chosen if r.run_id == name_b)
+        result = paired(str(info_a.path), stamps[name_a], str(info_b.path), stamps[name_b])
+        if "error" in result:
+            st.warning(f"Not comparable: {result['error']}")
+        else:
+            st.dataframe(view.pair_rows(result, name_a=name_a, name_b=name_b), hide_index=True,
+                         key="compare_pair_table")
+            for sentence in comparison.reading(result, name_a=name_a, name_b=name_b):
+                st.markdown(f"- {sentence}")
+            st.caption(f"{result['n']} validation images ({result['n_pneumonia']} pneumonia, "
+                       f"{result['n_normal']} normal); thresholds {result['threshold_a']:.3f} ({name_a}) and "
+                       f"{result['threshold_b']:.3f} ({name_b}).")
+
+seed_table = view.seed_reconciler(chosen)
+if not seed_table.empty:
+    st.subheader("The seed's figures, reconciled")
+    st.caption(view.SEED_RECONCILER_NOTE)
+    st.dataframe(seed_table, hide_index=True, key="compare_seed")
+
+calibrations = {r.run_id: block for r in chosen if (block := view.calibration_of(r)) is not None}
+if calibrations:
+    st.subheader("Calibration")
+    st.caption("Points on the diagonal: a predicted 80 % means pneumonia in 80 % of such films. "
+               "ECE: the average gap, weighted by the images in each bin.")
+    st.plotly_chart(view.reliability_figure(calibrations), key="compare_reliability")
+
 st.subheader("ROC curves")
+test_ok = has_test(root)
 split = (st.radio("Split", ["validation", "test"], horizontal=True, key="compare_roc_split")
-         if root else "validation")
-curves = {}
-with st.spinner("Scoring the images…"):
-    for info in chosen:
-        source = root if split == "test" else (info.config.get("data_root") or root)
-        part = (info.metrics or {}).get(split) or {}
-        if not source:
+         if test_ok else "validation")
+curves, parts = {}, {}
+for info in chosen:
+    try:
+        if split == "validation":
+            frame = saved_scores(str(info.path), stamps[info.run_id])
+        else:
+            frame = view.score_split(info, root, data.default_cache_dir(), "test")
+        if frame is None:
+            st.caption(f"No saved validation scores for {info.run_id}, so no ROC curve.")
             continue
-        try:
-            fpr, tpr = roc(str(info.path), mtime(runs.predictions_path(info.path, split)), source, split)
-        except (ValueError, FileNotFoundError) as exc:
-            st.warning(f"No ROC curve for {info.run_id}: {exc}")
-            continue
-        curves[info.run_id] = (fpr, tpr, part.get("roc_auc"))
+        points = metrics.roc_points(frame["label"].to_numpy(), frame["score"].to_numpy())
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        st.warning(f"No ROC curve for {info.run_id}: {exc}")
+        continue
+    part = view.metrics_from_scores(frame, threshold=view.threshold_of(info))
+    parts[info.run_id] = part
+    curves[info.run_id] = (points["fpr"].to_numpy(), points["tpr"].to_numpy(), part["roc_auc"])
 if curves:
-    st.plotly_chart(ui.roc_figure(curves, f"ROC on {split}"), key="compare_roc")
+    st.plotly_chart(view.roc_figure(curves, f"ROC on {split}"), key="compare_roc")
 
 st.subheader("Confusion matrices")
-cols = st.columns(min(4, len(chosen)))
-for i, info in enumerate(chosen):
-    part = (info.metrics or {}).get(split)
-    if part:
-        cols[i % len(cols)].plotly_chart(ui.confusion_figure(part, f"{info.run_id} · {split}"),
+shown = [r for r in chosen if r.run_id in parts]
+if shown:
+    cols = st.columns(min(4, len(shown)))
+    for i, info in enumerate(shown):
+        cols[i % len(cols)].plotly_chart(view.confusion_figure(parts[info.run_id], f"{info.run_id} · {split}"),
                                          key=f"compare_cm_{info.run_id}")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from xray_core import data, fileio, jobs, runs, ui
+from app import compare_view
+from xray_core import data, fileio, health, jobs, runs, ui
 
 
 @st.cache_data(show_spinner="Building the layer table…")
@@ -114,11 +115,13 @@ def show_run(info, key: str) -> None:
                    help="Stops after the current batch; the model so far is kept.")
     if (Path(info.path) / runs.STOP_FILE).exists():
         st.caption("Stopping after the current batch…")
+    for warning in health.from_status(status):  # training health, checked after every epoch
+        (st.error if warning.severity == "stop" else st.warning)(warning.text)
     history = runs.Run(Path(info.path)).history
     if not history.empty:
         cols = st.columns(3)
         for col, metric in zip(cols, ("loss", "auc", "sensitivity")):
-            col.plotly_chart(ui.learning_curves_figure({info.run_id: history}, metric),
+            col.plotly_chart(compare_view.learning_curves_figure({info.run_id: history}, metric),
                              key=f"train_live_{metric}_{key}")
 
 
@@ -159,7 +162,8 @@ def live_panel(models: Path) -> None:
         rows = [{"run": r.run_id, "state": r.state, "architecture": (r.config or {}).get("arch"),
                  "epochs": f"{(r.metrics or {}).get('epochs_run', r.status.get('epoch', ''))}",
                  "validation AUC": ui.fmt(((r.metrics or {}).get("validation") or {}).get("roc_auc")),
-                 "message": r.status.get("error") or ""} for r in finished]
+                 "message": r.status.get("error") or " ".join(w.text for w in health.from_status(r.status))}
+                for r in finished]
         st.table(pd.DataFrame(rows).set_index("run"))
 
 

@@ -173,3 +173,28 @@ def test_memorising_noise_diverges(tmp_path):
     assert any("diverging" in codes for codes in seen), seen
     assert len(seen) == 8  # published after every epoch
     assert math.isfinite(float(cb.rows[-1]["val_loss"]))
+
+
+def test_train_page_shows_the_running_runs_health_warnings(monkeypatch, synthetic_dataset, tiny_run, tmp_path):
+    import fcntl
+    import shutil
+
+    from tests.apptest_helpers import open_page
+    from xray_core import jobs
+
+    runs_root, run_id = tiny_run
+    models = tmp_path / "models"
+    shutil.copytree(runs_root / run_id, models / "live")
+    found = health.check_chance_auc([{"epoch": 3, "val_auc": 0.5}])
+    # A run that reads as running (this test process's pid keeps it alive), with a warning.
+    status = dict(runs.read_json(models / "live" / "status.json"), state="running", epoch=4, epochs=5,
+                  batch=1, batches=4, fraction=0.6, health=[w.to_dict() for w in found],
+                  **runs.process_identity())
+    runs.atomic_write_json(models / "live" / "status.json", status)
+    (models / jobs.QUEUE_DIR).mkdir()
+    with open(models / jobs.QUEUE_DIR / "worker.lock", "a") as lock:  # no worker starts meanwhile
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        at = open_page(monkeypatch, synthetic_dataset, models, "pages/train.py", timeout=120)
+        shown = [w.value for w in at.warning]
+    assert any("After 3 epochs the validation ROC AUC is 0.500" in text and "class weights" in text
+               for text in shown), shown

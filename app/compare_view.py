@@ -1,0 +1,457 @@
+"""What the Compare page shows, shaped for it: tables, figures and sentences (no Streamlit here).
+
+The library (`xray_core`) computes; this module words and draws. Everything reads what a run
+folder holds (metrics.json, history.csv, predictions_validation.csv, status.json) and writes
+nothing into it: derived results (test-split scores) go to a cache folder outside the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from xray_core import comparison, health, metrics, runs
+
+RUN_COLOURS = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+]
+
+# The seed notebook's printed validation "recall" (Keras Recall() micro-averaged over both one-hot
+# columns, on its leaky image-level 25 % split) and holdout recall (official test split), from
+# shared/seed/NOTES.md sections 2 and 4. Model 3's README figure of 95.39 % was precision; its
+# printed recall was 94.88 %.
+SEED_FIGURES = {
+    "baseline": {"val_recall": 0.9702, "holdout_recall": None},
+    "model2": {"val_recall": 0.9717, "holdout_recall": None},
+    "model3": {"val_recall": 0.9488, "holdout_recall": 0.8830},
+    "model4": {"val_recall": 0.9763, "holdout_recall": 0.8478},
+}
+
+
+def run_label(info: Any) -> str:
+    """`run id · architecture · validation AUC` for the run picker."""
+    parts = [info.run_id]
+    arch = (info.config or {}).get("arch")
+    if arch:
+        parts.append(str(arch))
+    auc = ((info.metrics or {}).get("validation") or {}).get("roc_auc")
+    if auc is not None:
+        parts.append(f"val AUC {auc:.3f}")
+    return " · ".join(parts)
+
+
+def _num(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _interval(estimate: Any, low: Any, high: Any) -> str:
+    e, lo, hi = _num(estimate), _num(low), _num(high)
+    if e is None:
+        return "–"
+    if lo is None or hi is None:
+        return f"{e:.3f}"
+    return f"{e:.3f} ({lo:.3f}-{hi:.3f})"
+
+
+# ------------------------------------------------------------------------------ learning curves
+
+CURVE_METRICS = ("loss", "sensitivity", "specificity", "precision", "auc")
+CURVE_TITLES = {"loss": "Loss", "sensitivity": "Sensitivity", "specificity": "Specificity",
+                "precision": "Precision", "auc": "ROC AUC"}
+
+
+def learning_curves_figure(histories: dict[str, pd.DataFrame], metric: str):
+    """One metric for several runs: a colour per run, train dashed, validation solid."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (run_id, hist) in enumerate(histories.items()):
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        if hist is None or hist.empty or "epoch" not in hist:
+            continue
+        for column, dash, label in ((metric, "dash", "train"), (f"val_{metric}", "solid", "validation")):
+            if column in hist:
+                name = label if len(histories) == 1 else f"{run_id} ({label})"
+                fig.add_scatter(x=hist["epoch"], y=hist[column], mode="lines+markers",
+                                name=name, legendgroup=run_id,
+                                line=dict(color=colour, dash=dash))
+    fig.update_layout(title=CURVE_TITLES.get(metric, metric), xaxis_title="epoch", height=360,
+                      margin=dict(t=40, b=30, l=40, r=10),
+                      legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.25))
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+# ------------------------------------------------------------------------------ metrics tables
+
+# (column label, key in the metrics dict, which is better)
+METRIC_COLUMNS = (
+    ("sensitivity", "sensitivity", "max"),
+    ("specificity", "specificity", "max"),
+    ("precision", "precision", "max"),
+    ("accuracy", "accuracy", "max"),
+    ("F1", "f1", "max"),
+    ("ROC AUC", "roc_auc", "max"),
+    ("operating threshold", "threshold", None),
+)
+
+
+def metrics_table(infos: Iterable[Any], split: str = "validation",
+                  parts: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per run with a split's metrics and the run's cost, from metrics.json.
+
+    parts: {run_id: metrics dict} to use instead of metrics.json's entry (e.g. test-split figures
+    computed into the cache). Runs without figures for that split are left out. The seed's
+    micro-averaged two-column recall keeps its own name: it is close to accuracy, not sensitivity.
+    """
+    rows = []
+    for run in infos:
+        saved = run.metrics or {}
+        part = (parts or {}).get(run.run_id, saved.get(split))
+        if not isinstance(part, dict):
+            continue
+        config = run.config or {}
+        row = {"run": run.run_id, "architecture": config.get("arch", "")}
+        for label, key, _ in METRIC_COLUMNS:
+            row[label] = part.get(key, saved.get(key) if key == "threshold" else None)
+        micro = part.get("seed_micro_recall")
+        if micro is None and split == "validation":
+            micro = saved.get("seed_micro_recall")
+        row["seed micro-averaged recall"] = micro
+        row["training time (s)"] = saved.get("train_seconds")
+        row["parameters"] = saved.get("params")
+        row["epochs"] = saved.get("epochs_run")
+        row["images"] = part.get("n")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_rows(table: pd.DataFrame) -> dict[str, list[int]]:
+    """For each column with a 'better' direction, the positional rows holding the best value."""
+    best = {}
+    directions = {label: how for label, _, how in METRIC_COLUMNS}
+    directions["seed micro-averaged recall"] = "max"
+    directions["training time (s)"] = "min"
+    for column, how in directions.items():
+        if how is None or column not in table or table[column].isna().all():
+            continue
+        values = pd.to_numeric(table[column], errors="coerce")
+        target = values.max() if how == "max" else values.min()
+        best[column] = [i for i, v in enumerate(values) if np.isclose(v, target)]
+    return best
+
+
+def style_best(table: pd.DataFrame):
+    """A pandas Styler that marks the best value of each column in bold on green."""
+    best = best_rows(table)
+
+    def mark(column: pd.Series):
+        rows = best.get(column.name, [])
+        return ["font-weight: bold; background-color: rgba(46, 160, 67, 0.25)" if i in rows else ""
+                for i in range(len(column))]
+
+    fmt = {c: "{:.3f}" for c in table.columns
+           if c in {label for label, _, _ in METRIC_COLUMNS} | {"seed micro-averaged recall"}}
+    fmt["training time (s)"] = "{:.1f}"
+    return table.style.apply(mark, axis=0).format(fmt, na_rep="–")
+
+
+# ------------------------------------------------------------------------------ plain vs stress
+
+
+def plain_ci(y_true, y_score, *, threshold: float, n_boot: int = 1000) -> dict:
+    """Bootstrap 95 % intervals of the plain validation figures (metrics.bootstrap_ci)."""
+    return metrics.bootstrap_ci(y_true, y_score, threshold=threshold, n_boot=n_boot)
+
+
+def plain_stress_table(infos: Iterable[Any], plain_cis: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per run: plain validation figures (95 % intervals where known) beside the stress
+    validation's pooled figures and worst single change, read from metrics.json's "stress" block.
+
+    plain_cis: {run_id: metrics.bootstrap_ci result} computed from the run's validation scores.
+    """
+    rows = []
+    for run in infos:
+        saved = run.metrics or {}
+        plain = saved.get("validation") or {}
+        ci = (plain_cis or {}).get(run.run_id) or saved.get("validation_ci95") or {}
+        stress = saved.get("stress") if isinstance(saved.get("stress"), dict) else {}
+        pooled = stress.get("pooled") or {}
+        pooled_ci = stress.get("pooled_ci95") or {}
+        summary = stress.get("summary") or {}
+        row = {"run": run.run_id}
+        for key, label in (("roc_auc", "AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity")):
+            c = ci.get(key) or {}
+            row[f"plain {label}"] = _interval(plain.get(key), c.get("low"), c.get("high"))
+        for key, label in (("roc_auc", "AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity")):
+            c = pooled_ci.get(key) or {}
+            row[f"stress {label}"] = _interval(pooled.get(key), c.get("low"), c.get("high")) if pooled else "–"
+        worst = summary.get("specificity") or {}
+        row["stress worst specificity"] = (f"{worst['worst']:.3f} ({worst.get('worst_change', '?')})"
+                                           if _num(worst.get("worst")) is not None else "–")
+        row["threshold"] = _num(saved.get("threshold"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def stress_missing(infos: Iterable[Any]) -> list[str]:
+    """Runs whose metrics.json has no stress block yet."""
+    return [r.run_id for r in infos if not isinstance((r.metrics or {}).get("stress"), dict)]
+
+
+# ------------------------------------------------------------------------------ calibration
+
+
+def calibration_of(info: Any) -> dict | None:
+    """metrics.json's "calibration" block when it is well formed, else None."""
+    block = (info.metrics or {}).get("calibration")
+    if not isinstance(block, dict) or not isinstance(block.get("bins"), list):
+        return None
+    return block
+
+
+def reliability_figure(calibrations: dict[str, dict]):
+    """Reliability diagram: mean predicted P(pneumonia) against the observed share of pneumonia
+    per bin, one line per run (legend with its ECE), and the diagonal of perfect calibration."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                    line=dict(color="#aaaaaa", dash="dot"))
+    for i, (run_id, block) in enumerate(calibrations.items()):
+        bins = [b for b in block["bins"] if isinstance(b, dict) and b.get("n")]
+        ece = _num(block.get("ece"))
+        name = run_id if ece is None else f"{run_id} (ECE {ece:.3f})"
+        fig.add_scatter(x=[b["mean_pred"] for b in bins], y=[b["frac_pos"] for b in bins],
+                        mode="lines+markers", name=name,
+                        text=[f"{b['n']} images" for b in bins],
+                        line=dict(color=RUN_COLOURS[i % len(RUN_COLOURS)]))
+    fig.update_layout(title="Reliability diagram", xaxis_title="mean predicted P(pneumonia)",
+                      yaxis_title="observed share with pneumonia", height=420,
+                      margin=dict(t=40, b=40, l=50, r=10))
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+# ------------------------------------------------------------------------------ health
+
+
+def health_rows(infos: Iterable[Any], scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> pd.DataFrame:
+    """Training-health warnings per run: those the training wrote to status.json, plus, for a
+    finished run without any, a check of its saved history and validation scores (so runs trained
+    before the health checks existed are covered too)."""
+    rows = []
+    for info in infos:
+        found = health.from_status(info.status)
+        if not found:
+            history = runs.Run(Path(info.path)).history
+            pair = (scores or {}).get(info.run_id)
+            found = health.assess(history, val_scores=None if pair is None else pair[1], threshold=0.5) \
+                if not history.empty else []
+        for w in found:
+            rows.append({"run": info.run_id, "epoch": w.epoch, "severity": w.severity,
+                         "finding": w.message, "suggestion": w.suggestion})
+    return pd.DataFrame(rows, columns=["run", "epoch", "severity", "finding", "suggestion"])
+
+
+# ------------------------------------------------------------------------------ seed reconciler
+
+
+def seed_reconciler(infos: Iterable[Any]) -> pd.DataFrame:
+    """For runs of the seed's architectures: the seed's micro-averaged "recall" computed on this
+    project's validation split, beside what a clinician needs (sensitivity, specificity,
+    accuracy at the seed's 0.5 cut and at the run's threshold) and the seed's printed figures."""
+    rows = []
+    for info in infos:
+        arch = (info.config or {}).get("arch")
+        if arch not in SEED_FIGURES:
+            continue
+        saved = info.metrics or {}
+        at05 = saved.get("validation_at_0.5") or {}
+        op = saved.get("validation") or {}
+        seed = SEED_FIGURES[arch]
+        rows.append({
+            "run": info.run_id,
+            "seed's 'recall' (micro-averaged, 0.5)": _num(saved.get("seed_micro_recall")),
+            "accuracy @0.5": _num(at05.get("accuracy")),
+            "sensitivity @0.5": _num(at05.get("sensitivity")),
+            "specificity @0.5": _num(at05.get("specificity")),
+            "sensitivity @threshold": _num(op.get("sensitivity")),
+            "specificity @threshold": _num(op.get("specificity")),
+            "seed notebook: val 'recall'": seed["val_recall"],
+            "seed notebook: holdout 'recall'": seed["holdout_recall"],
+        })
+    return pd.DataFrame(rows)
+
+
+SEED_RECONCILER_NOTE = (
+    "The seed notebook's \"recall\" is Keras' Recall() over both one-hot columns: the share of "
+    "images, NORMAL and PNEUMONIA alike, whose true-class output is above 0.5. It tracks accuracy, "
+    "not pneumonia sensitivity, and says nothing about how many healthy children are called "
+    "PNEUMONIA (specificity). The seed's own figures were measured on an image-level split that "
+    "put films of one patient on both sides, so they are optimistic."
+)
+
+
+# ------------------------------------------------------------------------------ paired evidence
+
+
+def read_scores(info: Any, split: str = "validation") -> pd.DataFrame | None:
+    """A run's per-image scores (path, label, score) from predictions_<split>.csv, or None."""
+    path = runs.predictions_path(info.path, split)
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    return frame if {"path", "label", "score"} <= set(frame.columns) else None
+
+
+def threshold_of(info: Any) -> float:
+    value = _num((info.metrics or {}).get("threshold"))
+    return 0.5 if value is None else value
+
+
+def pair_comparison(info_a: Any, info_b: Any, frame_a: pd.DataFrame, frame_b: pd.DataFrame,
+                    *, n_boot: int = 2000) -> dict:
+    """compare() of two runs on their shared validation images; raises comparison.NotComparable."""
+    y, sa, sb = comparison.align(frame_a, frame_b, name_a=info_a.run_id, name_b=info_b.run_id)
+    return comparison.compare(y, sa, sb, threshold_a=threshold_of(info_a), threshold_b=threshold_of(info_b),
+                              n_boot=n_boot)
+
+
+def pair_rows(result: dict, *, name_a: str, name_b: str) -> pd.DataFrame:
+    """The paired comparison as a table: AUC, sensitivity, specificity with intervals, the
+    difference and its test; the verdicts' McNemar test on its own row."""
+    boot = result["bootstrap"]
+    pct = int(round(boot["level"] * 100))
+    diff_col = f"{name_a} minus {name_b} ({pct} % CI)"
+    rows = []
+    for key, label in (("roc_auc", "ROC AUC"), ("sensitivity", "sensitivity at own threshold"),
+                       ("specificity", "specificity at own threshold")):
+        part = boot[key]
+        d = part["difference"]
+        rows.append({
+            "figure": label,
+            name_a: _interval(part["a"]["estimate"], part["a"]["low"], part["a"]["high"]),
+            name_b: _interval(part["b"]["estimate"], part["b"]["low"], part["b"]["high"]),
+            diff_col: f"{d['estimate']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})",
+            "p-value": result["delong"]["p_value"] if key == "roc_auc" else None,
+            "test": "DeLong" if key == "roc_auc" else "paired bootstrap interval only",
+        })
+    mc = result["mcnemar"]
+    rows.append({
+        "figure": "mistakes at own threshold",
+        name_a: f"right where {name_b} is wrong: {mc['a_right_b_wrong']}",
+        name_b: f"right where {name_a} is wrong: {mc['a_wrong_b_right']}",
+        diff_col: "",
+        "p-value": mc["p_value"],
+        "test": f"McNemar, {mc['method']}",
+    })
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ ROC, confusion
+
+
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]], title: str):
+    """Overlaid ROC curves: {run_id: (fpr, tpr, auc)} with the chance diagonal."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
+                    line=dict(color="#aaaaaa", dash="dot"))
+    for i, (run_id, (fpr, tpr, auc)) in enumerate(curves.items()):
+        label = run_id if auc is None else f"{run_id} (AUC {auc:.3f})"
+        fig.add_scatter(x=list(fpr), y=list(tpr), mode="lines", name=label,
+                        line=dict(color=RUN_COLOURS[i % len(RUN_COLOURS)]))
+    fig.update_layout(title=title, xaxis_title="1 - specificity (false positive rate)",
+                      yaxis_title="sensitivity (true positive rate)", height=420,
+                      margin=dict(t=40, b=40, l=50, r=10))
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def confusion_figure(part: dict, title: str):
+    """A 2x2 confusion matrix (rows: true class, columns: predicted) from tn/fp/fn/tp."""
+    import plotly.graph_objects as go
+
+    z = [[part.get("tn", 0), part.get("fp", 0)], [part.get("fn", 0), part.get("tp", 0)]]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=["predicted NORMAL", "predicted PNEUMONIA"], y=["NORMAL", "PNEUMONIA"],
+        text=[[str(v) for v in row] for row in z], texttemplate="%{text}", colorscale="Blues",
+        showscale=False,
+    ))
+    fig.update_layout(title=title, height=260, margin=dict(t=40, b=20, l=20, r=10))
+    fig.update_yaxes(autorange="reversed", title="true")
+    return fig
+
+
+# ------------------------------------------------------------------------------ test split (cached)
+
+
+def cache_file(info: Any, data_root: str | Path, cache_dir: str | Path, split: str) -> Path:
+    """Where a run's scores on a split live in the cache: keyed by run folder, model file time,
+    dataset folder and split, so a retrained model or another dataset gets its own file."""
+    model_file = Path(info.path) / runs.MODEL_FILE
+    stamp = model_file.stat().st_mtime_ns if model_file.exists() else 0
+    key = hashlib.sha256(f"{Path(info.path).resolve()}|{stamp}|{Path(data_root).resolve()}|{split}".encode()
+                         ).hexdigest()[:16]
+    return Path(cache_dir) / "compare" / f"{info.run_id}-{split}-{key}.csv"
+
+
+def score_split(info: Any, data_root: str | Path, cache_dir: str | Path, split: str = "test",
+                progress=None) -> pd.DataFrame:
+    """Scores of a run on a split (path, label, score), computed once into the cache folder and
+    never into the run folder. split "test" is the dataset's test folder; "validation" rebuilds
+    the run's own validation split from its config (same method, fraction and seed)."""
+    from xray_core import data
+    from xray_core.fileio import atomic_write_text
+    from xray_core.model import load_model
+
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation'; got {split!r}.")
+    target = cache_file(info, data_root, cache_dir, split)
+    if target.is_file():
+        return pd.read_csv(target)
+    df = data.index_dataset(data_root)
+    if split == "test":
+        rows = df[df["split"] == "test"]
+    else:
+        cfg = (info.config or {}).get("split") or {"method": "patient", "val_fraction": 0.2}
+        _, rows = data.split_train(df, method=cfg["method"], val_fraction=cfg["val_fraction"],
+                                   seed=int((info.config or {}).get("seed", 0)))
+    if len(rows) == 0:
+        raise data.DatasetLayoutError(f"{data_root} has no {split} images to evaluate on.")
+    model = load_model(info.path)
+    loaded = data.load_images(rows["path"].tolist(), size=model.input_size, channels=model.channels,
+                              progress=progress)
+    y = rows["label"].to_numpy()[loaded.ok].astype(int)
+    if len(y) == 0:
+        raise ValueError(f"None of the {len(rows)} {split} images could be read.")
+    scores = model.predict_proba(loaded.images)
+    base = Path(data_root).absolute()
+    paths = []
+    for p in rows["path"].to_numpy()[loaded.ok]:
+        p = Path(p).absolute()
+        paths.append(p.relative_to(base).as_posix() if p.is_relative_to(base) else str(p))
+    frame = pd.DataFrame({"path": paths, "label": y, "score": np.asarray(scores, dtype=np.float64)})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, frame.to_csv(index=False))
+    return frame
+
+
+def metrics_from_scores(frame: pd.DataFrame, *, threshold: float) -> dict:
+    """binary_metrics of a scores frame at a threshold, with its image count."""
+    return dict(metrics.binary_metrics(frame["label"].to_numpy(dtype=int), frame["score"].to_numpy(dtype=float),
+                                       threshold=threshold), threshold=threshold, n=int(len(frame)))
