@@ -21,7 +21,6 @@ small file), so a change applies without a restart.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,11 @@ def secrets_file() -> Path | None:
 
 def secrets_table() -> dict[str, Any]:
     """The `[xray]` table of the secrets file ({} when there is none)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
     path = secrets_file()
     if path is None or not path.is_file():
         return {}
