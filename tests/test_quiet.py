@@ -1,0 +1,83 @@
+"""Quiet by default: no TensorFlow/absl/CUDA start-up lines on stderr unless --verbose."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from xray_core import quiet
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+# What TensorFlow prints at start-up on a CPU-only machine (any of these is a failure).
+NOISE_MARKERS = ("absl::InitializeLog", "oneDNN custom operations", "cuda drivers", "cuInit",
+                 "cpu_feature_guard", "This TensorFlow binary is optimized")
+GLOG_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] ", re.M)
+
+REAL_LINES = [
+    "I1202 04:00:00.123456   4242 port.cc:153] oneDNN custom operations are on. You may see slightly different",
+    "I0000 00:00:1796184078.820642    8787 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.",
+    "E0000 00:00:1796184086.586265    8787 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: (303)",
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
+    "appropriate compiler flags.",
+]
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(PROJECT)
+    env.update(extra)
+    return env
+
+
+def test_drop_noise_removes_startup_lines_and_keeps_real_errors():
+    error = "E0000 00:00:1796184086.5 8787 op_kernel.cc:1818] OP_REQUIRES failed: out of memory\n"
+    text = "\n".join(REAL_LINES) + "\n" + error + "Traceback (most recent call last):\n"
+    assert quiet.drop_noise(text) == error + "Traceback (most recent call last):\n"
+
+
+def test_filtered_stderr_replays_what_is_not_noise(capfd):
+    with quiet.filtered_stderr():
+        os.write(2, (REAL_LINES[0] + "\nsomething the user must see\n").encode())
+        print("python-level message", file=sys.stderr)
+    err = capfd.readouterr().err
+    # (under pytest, sys.stderr is not file descriptor 2, so the two lines may come in either order)
+    assert sorted(err.splitlines()) == ["python-level message", "something the user must see"]
+
+
+def test_the_variable_is_set_before_tensorflow_is_imported():
+    code = ("import os, sys\nimport xray_core\n"
+            "print(os.environ['TF_CPP_MIN_LOG_LEVEL'], 'tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["3", "False"]
+    user = subprocess.run([sys.executable, "-c", code], env=_env(TF_CPP_MIN_LOG_LEVEL="1"),
+                          capture_output=True, text=True, timeout=60)
+    assert user.stdout.split() == ["1", "False"]  # the user's own setting wins
+
+
+def test_predict_is_quiet_and_verbose_lets_the_lines_through(tiny_run, synthetic_dataset, tmp_path):
+    runs_root, run_id = tiny_run
+    image = sorted((synthetic_dataset / "test" / "PNEUMONIA").iterdir())[0]
+    argv = [sys.executable, "-m", "xray_core", "predict", run_id, str(image), "--runs-dir", str(runs_root)]
+    proc = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert image.name in proc.stdout
+    assert not GLOG_LINE.search(proc.stderr), proc.stderr[-3000:]
+    assert not [m for m in NOISE_MARKERS if m in proc.stderr], proc.stderr[-3000:]
+
+    loud = subprocess.run(argv + ["--verbose"], env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    assert loud.stdout == proc.stdout
+    assert GLOG_LINE.search(loud.stderr) and "absl::InitializeLog" in loud.stderr
+
+
+def test_a_command_that_fails_says_only_its_sentence(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "xray_core", "predict", "ghost", str(tmp_path / "x.png"),
+                           "--runs-dir", str(tmp_path)], env=_env(), capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
