@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from xray_core import settings
+
 PROG = "xray"  # the console script (pyproject.toml); `python -m xray_core` when run as a module
 
 # The library's error classes whose message is a sentence for the user, by module. A class is
@@ -29,6 +31,7 @@ USER_ERRORS = {
     "xray_core.metrics": ("MetricsInputError",),
     "xray_core.runs": ("InvalidRunId", "RunNotFound", "RunBusy"),
     "xray_core.scoring": ("ScoreError",),
+    "xray_core.settings": ("SettingsError",),
     "xray_core.training": ("TrainingDataError",),
 }
 
@@ -350,6 +353,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         return 2
     configure_logging(args.verbose)
     try:
+        settings.refuse_writes(args.command)  # viewer mode: no command that writes (SECURITY.md)
         check = _CHECKS.get(args.command)
         if check is not None:
             check(args)
