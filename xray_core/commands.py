@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 
@@ -41,71 +40,43 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _duration(seconds) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 class ProgressBar:
-    """A one-line progress bar on stderr (a line per epoch when stderr is not a terminal)."""
+    """Training progress on stderr with tqdm: a bar while images load, then one bar per epoch."""
 
-    def __init__(self, stream=None, width: int = 28):
+    def __init__(self, stream=None):
         self.stream = stream if stream is not None else sys.stderr
-        self.width = width
-        self.tty = self.stream.isatty()
-        self._last = 0.0
-        self._last_key = None
+        self.bar = None
+        self.key = None
 
     def __call__(self, info: dict) -> None:
+        from tqdm import tqdm
+
         phase = info.get("phase")
         if phase == "loading":
-            key = ("loading", info.get("what"))
-            done, total = info.get("done", 0), info.get("total", 0) or 1
-            if self.tty:
-                self._draw(f"loading {info.get('what', 'images')}: {done}/{total}", done / total, done >= total)
-            elif done >= total and key != self._last_key:
-                print(f"loaded {total} {info.get('what', '')} images", file=self.stream, flush=True)
-                self._last_key = key
+            key, total, done = ("loading", info.get("what")), info.get("total") or 0, info.get("done", 0)
+            desc, unit = f"loading {info.get('what') or 'images'}", " images"
+        elif phase in ("evaluating", "done"):
+            if self.key != phase:
+                self.close()
+                tqdm.write("evaluating on validation..." if phase == "evaluating" else "done", file=self.stream)
+                self.key = phase
             return
-        if phase in ("evaluating", "done"):
-            if self._last_key != phase:
-                self._end_line()
-                print("evaluating on validation..." if phase == "evaluating" else "done",
-                      file=self.stream, flush=True)
-                self._last_key = phase
-            return
-        epoch, epochs = info.get("epoch"), info.get("epochs")
-        batch, batches = info.get("batch") or 0, info.get("batches") or 0
-        ips = info.get("images_per_second")
-        text = (f"epoch {epoch}/{epochs} batch {batch}/{batches} "
-                f"{_fmt(ips, 0) if ips else '-'} img/s ETA {_duration(info.get('eta_seconds'))}")
-        fraction = float(info.get("fraction") or 0.0)
-        if self.tty:
-            self._draw(text, fraction, False)
-        elif batches and batch == batches and self._last_key != ("epoch", epoch):
-            print(f"[{fraction:4.0%}] {text}", file=self.stream, flush=True)
-            self._last_key = ("epoch", epoch)
+        else:
+            key, total, done = ("epoch", info.get("epoch")), info.get("batches") or 0, info.get("batch") or 0
+            desc, unit = f"epoch {info.get('epoch')}/{info.get('epochs')}", " batches"
+        if key != self.key:
+            self.close()
+            self.bar = tqdm(total=total or None, desc=desc, unit=unit, file=self.stream, mininterval=0.5,
+                            dynamic_ncols=True, leave=True)
+            self.key = key
+        if phase != "loading" and info.get("images_per_second"):
+            self.bar.set_postfix_str(f"{info['images_per_second']:.0f} img/s", refresh=False)
+        self.bar.update(done - self.bar.n)
 
-    def _draw(self, text: str, fraction: float, final: bool) -> None:
-        now = time.monotonic()
-        if not final and now - self._last < 0.2:
-            return
-        self._last = now
-        filled = int(round(self.width * max(0.0, min(1.0, fraction))))
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {fraction:4.0%} {text}\033[K")
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
-
-    def _end_line(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 # --------------------------------------------------------------------------- handlers

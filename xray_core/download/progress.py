@@ -96,32 +96,28 @@ class Reporter:
 
 
 class TextProgress:
-    """A one-line progress bar on a stream: redrawn in place on a terminal, sparse lines otherwise."""
+    """The CLI's progress: a tqdm bar per phase (download, verify, unpack) on a stream (stderr)."""
 
-    def __init__(self, stream=None, width: int = 28):
+    def __init__(self, stream=None):
         self.stream = stream if stream is not None else sys.stderr
-        self.width = width
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.last_line = 0.0
+        self.bar = None
         self.phase: str | None = None
 
     def __call__(self, p: DownloadProgress) -> None:
-        fraction = p.fraction
-        bar = ""
-        if fraction is not None:
-            filled = int(round(self.width * fraction))
-            bar = "[" + "#" * filled + "." * (self.width - filled) + "] "
-        line = bar + p.describe()
-        finished = p.total is not None and p.done >= p.total
-        if self.tty:
-            self.stream.write("\r" + line.ljust(100))
-            if finished:
-                self.stream.write("\n")
-        else:
-            now = time.monotonic()
-            if p.phase != self.phase or finished or now - self.last_line >= 5:
-                self.stream.write(line + "\n")
-                self.last_line = now
-        self.phase = p.phase
-        self.stream.flush()
+        from tqdm import tqdm
 
+        if p.phase != self.phase or self.bar is None:
+            self.close()
+            in_bytes = p.unit == "bytes"
+            self.bar = tqdm(total=p.total, desc=p.describe().split(" ", 1)[0], file=self.stream,
+                            unit="B" if in_bytes else f" {p.unit}", unit_scale=in_bytes, unit_divisor=1000,
+                            mininterval=0.5, dynamic_ncols=True)
+            self.phase = p.phase
+        self.bar.update(p.done - self.bar.n)
+        if p.total is not None and p.done >= p.total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
