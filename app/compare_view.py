@@ -34,6 +34,15 @@ SEED_FIGURES = {
 }
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_folder(text: str | Path) -> Path:
+    """A sidebar folder: relative paths are taken from the project folder (as on every page)."""
+    path = Path(str(text).strip()).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 def run_label(info: Any) -> str:
     """`run id · architecture · validation AUC` for the run picker."""
     parts = [info.run_id]

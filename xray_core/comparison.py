@@ -19,6 +19,7 @@ same images. Data first, options keyword-only, as in scikit-learn. No TensorFlow
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -65,18 +66,22 @@ def _normal_sf(z: float) -> float:
 
 
 def _normal_ppf(q: float) -> float:
-    from scipy.stats import norm
-
-    return float(norm.ppf(q))
+    return NormalDist().inv_cdf(q)
 
 
 # --------------------------------------------------------------------------- DeLong
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(x, method="average", axis=-1)
+    """Ranks 1..n of each row, ties sharing the mean of their ranks (numpy only, no SciPy import:
+    the Compare page pays for every import)."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    out = np.empty_like(x)
+    for i, row in enumerate(x):
+        _, inverse, counts = np.unique(row, return_inverse=True, return_counts=True)
+        starts = np.cumsum(counts) - counts
+        out[i] = starts[inverse] + (counts[inverse] + 1) / 2.0
+    return out
 
 
 def delong_covariance(y_true, *scores) -> tuple[np.ndarray, np.ndarray]:
@@ -152,15 +157,12 @@ def mcnemar_test(y_true, pred_a, pred_b, *, exact: bool | None = None) -> dict:
     if d == 0:
         stat, p = 0.0, 1.0
     elif use_exact:
-        from scipy.stats import binom
-
         stat = float(min(b, c))
-        p = min(1.0, 2 * float(binom.cdf(min(b, c), d, 0.5)))
+        tail = sum(math.comb(d, k) for k in range(min(b, c) + 1)) / 2.0 ** d
+        p = min(1.0, 2 * tail)
     else:
-        from scipy.stats import chi2
-
         stat = (abs(b - c) - 1) ** 2 / d
-        p = float(chi2.sf(stat, 1))
+        p = math.erfc(math.sqrt(stat / 2))  # chi-square survival function with 1 degree of freedom
     method = ("exact binomial (two-sided)" if use_exact
               else "chi-square with continuity correction (1 df)")
     return {"a_right_b_wrong": b, "a_wrong_b_right": c, "discordant": d,
@@ -171,14 +173,20 @@ def mcnemar_test(y_true, pred_a, pred_b, *, exact: bool | None = None) -> dict:
 # --------------------------------------------------------------------------- paired bootstrap
 
 
-def _boot_auc(y_rows: np.ndarray, s_rows: np.ndarray) -> np.ndarray:
-    """AUC per row (Mann-Whitney with mid-ranks) of resampled labels and scores."""
-    ranks = _midranks(s_rows)
-    pos = y_rows == 1
-    m = pos.sum(axis=1)
-    n = y_rows.shape[1] - m
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return ((ranks * pos).sum(axis=1) - m * (m + 1) / 2) / (m * n)
+def _boot_auc(score: np.ndarray, pos_draws: np.ndarray, neg_draws: np.ndarray) -> np.ndarray:
+    """AUC of each resample (rows of drawn positive and negative image indices), ties counted 1/2.
+
+    Each row is summarised as how often each distinct score was drawn among positives and among
+    negatives; the AUC is then one cumulative sum over the sorted distinct scores."""
+    _, inverse = np.unique(score, return_inverse=True)
+    k = int(inverse.max()) + 1
+    rows = pos_draws.shape[0]
+    offset = (np.arange(rows) * k)[:, None]
+    w_pos = np.bincount((offset + inverse[pos_draws]).ravel(), minlength=rows * k).reshape(rows, k)
+    w_neg = np.bincount((offset + inverse[neg_draws]).ravel(), minlength=rows * k).reshape(rows, k)
+    neg_below = np.cumsum(w_neg, axis=1) - w_neg
+    wins = (w_pos * (neg_below + 0.5 * w_neg)).sum(axis=1)
+    return wins / (pos_draws.shape[1] * neg_draws.shape[1])
 
 
 def paired_bootstrap(y_true, score_a, score_b, *, threshold_a: float, threshold_b: float,
@@ -198,21 +206,18 @@ def paired_bootstrap(y_true, score_a, score_b, *, threshold_a: float, threshold_
         raise ValueError(f"level must be a fraction in (0, 1); got {level!r}.")
     rng = np.random.default_rng(seed)
     pos_idx, neg_idx = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    draws = np.concatenate([pos_idx[rng.integers(0, pos_idx.size, (n_boot, pos_idx.size))],
-                            neg_idx[rng.integers(0, neg_idx.size, (n_boot, neg_idx.size))]], axis=1)
-    yd = y[draws]
-    m = pos_idx.size
+    pos_draws = pos_idx[rng.integers(0, pos_idx.size, (n_boot, pos_idx.size))]
+    neg_draws = neg_idx[rng.integers(0, neg_idx.size, (n_boot, neg_idx.size))]
 
     def figures(s, t):
-        called = s[draws] >= t
-        sens = called[:, :m].mean(axis=1)
-        spec = 1 - called[:, m:].mean(axis=1)
-        return {"sensitivity": sens, "specificity": spec, "roc_auc": _boot_auc(yd, s[draws])}
+        called = s >= t
+        return {"sensitivity": called[pos_draws].mean(axis=1), "specificity": 1 - called[neg_draws].mean(axis=1),
+                "roc_auc": _boot_auc(s, pos_draws, neg_draws)}
 
     def point(s, t):
         called = s >= t
         return {"sensitivity": float(called[y == 1].mean()), "specificity": float(1 - called[y == 0].mean()),
-                "roc_auc": float(_boot_auc(y[None, :], s[None, :])[0])}
+                "roc_auc": float(_boot_auc(s, pos_idx[None, :], neg_idx[None, :])[0])}
 
     boot_a, boot_b = figures(sa, float(threshold_a)), figures(sb, float(threshold_b))
     est_a, est_b = point(sa, float(threshold_a)), point(sb, float(threshold_b))
