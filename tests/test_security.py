@@ -462,7 +462,7 @@ def _traces(folders: list[Path], since: float) -> list[str]:
     return hits
 
 
-def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_and_diagnose(
+def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_score_and_diagnose(
         monkeypatch, synthetic_dataset, tiny_run, tmp_path):
     runs_root, run_id = tiny_run
     models = tmp_path / "models"
@@ -487,6 +487,15 @@ def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_and_diagnose(
     assert "PNEUMONIA" in proc.stdout or "NORMAL" in proc.stdout
     assert not [v for v in PATIENT.values() if v in proc.stdout + proc.stderr]
 
+    # score: the batch table of a folder holding the same file.
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "xray_core", "score", run_id, str(upload.parent),
+                           "--out", str(out / "scores.csv"), "--workers", "0", "--runs-dir", str(models)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "scan.dcm" in (out / "scores.csv").read_text()  # the film was scored, its row is there
+    assert not [v for v in PATIENT.values() if v in proc.stdout + proc.stderr]
+
     # Diagnose: the same file uploaded through the page, explained, its result zip built.
     for name in ("TMPDIR", "TEMP", "TMP"):
         monkeypatch.setenv(name, str(private_tmp))
@@ -502,5 +511,6 @@ def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_and_diagnose(
     page_text = " ".join(str(getattr(e, "value", "")) for e in (*at.markdown, *at.caption, *at.metric))
     assert not [v for v in PATIENT.values() if v in page_text]
 
-    folders = [models, private_tmp, home, tmp_path / "cache", PROJECT]
+    assert _traces([upload.parent], 0)  # the scan does find the fields, in the uploaded file itself
+    folders = [models, private_tmp, home, tmp_path / "cache", out, PROJECT]
     assert _traces(folders, start) == []
