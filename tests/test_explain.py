@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from xray_core import explain as ex
+from xray_core.explain import fastscore
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 48
@@ -364,8 +365,37 @@ def test_fast_path_falls_back_when_windows_touch_too_many_superpixels(monkeypatc
     x = adapter.prepare(blob_image(32))
     segments = ex.segment(x, "slic", {"n_segments": 30})
     assert ex.make_scorer(adapter, x, segments).fast
-    monkeypatch.setattr(ex, "MAX_TOUCHED", 1)
+    monkeypatch.setattr(fastscore, "MAX_TOUCHED", 1)
     assert not ex.make_scorer(adapter, x, segments).fast
     # a model that does not start with a local conv chain (quadrant model: crop first) is plain
     assert not ex.make_scorer(ex.as_adapter(quadrant_model()), blob_image()[..., None].astype(np.float32),
                               np.zeros((SIZE, SIZE), np.int32)).fast
+
+
+def test_seed_two_unit_run_explains_pneumonia_on_a_normal_image(tmp_path):
+    """A seed-style model (two sigmoid outputs) loaded as a run: on a film it calls NORMAL, LIME and
+    Grad-CAM still explain P(pneumonia) (its column 1), not the NORMAL output."""
+    from xray_core import fileio
+    from xray_core.model import load_model
+
+    net = quadrant_model(units=2)
+    run = tmp_path / "seed-2unit"
+    run.mkdir()
+    net.save(run / "model.keras")
+    fileio.atomic_write_json(run / "config.json", {"image_size": SIZE, "channels": 1, "output_units": 2})
+    fileio.atomic_write_json(run / "metrics.json", {"threshold": 0.5})
+    model = load_model(run)
+    img = (blob_image() * 0.4).astype(np.uint8)  # a dim quadrant: P(pneumonia) below the threshold
+    x = model.preprocess(img)[None]
+    p = float(model.predict_proba(x)[0])
+    raw = np.asarray(net(x))[0]
+    assert p == pytest.approx(float(raw[1]), rel=1e-6) and p < 0.5  # a NORMAL verdict
+    exp = ex.explain_lime(model, img, num_samples=400, segmentation="slic", seed=0, panels=False)
+    assert exp.predicted_label == 0 and exp.label == 1 and exp.label_name == "PNEUMONIA"
+    assert exp.label_score == pytest.approx(p, rel=1e-6)  # LIME fitted P(pneumonia) ...
+    top = exp.top_abs[0]
+    assert exp.weights[top] > 0 and _share_in_quadrant(exp.segments == top) > 0.9  # ... which the quadrant raises
+    cam = ex.grad_cam(model, img)
+    assert cam.label == 1 and cam.probability == pytest.approx(p, rel=1e-6)
+    hy, hx = np.unravel_index(np.argmax(cam.heatmap), cam.heatmap.shape)
+    assert hy < HALF and hx < HALF

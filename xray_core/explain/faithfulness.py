@@ -1,0 +1,173 @@
+"""Figures to judge an explanation by: deletion curves (LIME, Grad-CAM, random) and stability.
+
+A faithful ranking of superpixels makes the explained probability fall fast as they are hidden
+(lower deletion area); a stable one picks the same top superpixels whatever the seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+
+import numpy as np
+
+from xray_core.explain.adapter import (
+    CLASSES, ExplainError, TOP_PROS_CONS, _check_label, as_adapter, to_gray,
+)
+from xray_core.explain.fastscore import _auto_batch_size, make_scorer
+from xray_core.explain.gradcam import GradCam, grad_cam
+from xray_core.explain.lime import LimeExplanation, explain_lime
+from xray_core.explain.panels import _resize_float
+
+
+@dataclasses.dataclass
+class DeletionCurve:
+    """The label's probability as superpixels are hidden, most important first.
+
+    A faithful order makes it fall fast: a lower area means a more faithful explanation.
+    """
+
+    fractions: list  # share of superpixels hidden at each step, 0 .. 1
+    probabilities: list  # the model's score for the label at each step
+    area: float  # trapezoid area under probabilities over fractions (0 .. 1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def deletion_curve(run_or_model, image: np.ndarray, segments: np.ndarray, order, label,
+                   steps: int | None = None) -> DeletionCurve:
+    """Hide superpixels (set to HIDE_COLOR) in `order`, most important first, and score each step.
+
+    `segments` is (h, w) at model input size (e.g. LimeExplanation.segments); `steps` points
+    after the start (None: one per superpixel).
+    """
+    adapter = as_adapter(run_or_model)
+    label = _check_label(label)
+    if label is None:
+        raise ExplainError("deletion_curve needs the label to follow (0 NORMAL or 1 PNEUMONIA).")
+    x = adapter.prepare(to_gray(image))
+    segments = np.asarray(segments)
+    n = int(segments.max()) + 1
+    order = [int(k) for k in order]
+    if sorted(order) != list(range(n)):
+        raise ExplainError(f"order must list every superpixel 0..{n - 1} once, got {len(order)} entries.")
+    steps = n if steps is None else int(np.clip(steps, 1, n))
+    counts = np.unique(np.round(np.linspace(0, n, steps + 1)).astype(int))
+    rows = np.ones((len(counts), n), dtype=np.int64)
+    for i, c in enumerate(counts):
+        rows[i, order[:c]] = 0
+    scorer = make_scorer(adapter, x, segments)
+    probs = scorer(rows, _auto_batch_size(adapter, scorer))[:, label]
+    fractions = counts / n
+    area = float(np.sum((probs[1:] + probs[:-1]) / 2 * np.diff(fractions)))
+    return DeletionCurve(fractions=[float(f) for f in fractions],
+                         probabilities=[float(p) for p in probs], area=area)
+
+
+def lime_order(weights: np.ndarray) -> list[int]:
+    """Superpixels from most supporting to most opposing the label."""
+    return [int(k) for k in np.argsort(-np.asarray(weights), kind="stable")]
+
+
+def gradcam_order(heatmap: np.ndarray, segments: np.ndarray) -> list[int]:
+    """Superpixels by mean Grad-CAM heat (heat resized to the segments' size), hottest first."""
+    heat = _resize_float(heatmap, segments.shape)
+    n = int(segments.max()) + 1
+    mean = np.bincount(segments.ravel(), weights=heat.ravel(), minlength=n) / np.maximum(
+        np.bincount(segments.ravel(), minlength=n), 1)
+    return [int(k) for k in np.argsort(-mean, kind="stable")]
+
+
+def random_order(n: int, seed: int = 0) -> list[int]:
+    return [int(k) for k in np.random.default_rng(seed).permutation(n)]
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """|a & b| / |a | b| of two boolean masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@dataclasses.dataclass
+class Stability:
+    """How much the top superpixels move when only the seed changes."""
+
+    seeds: list
+    jaccard_mean: float  # mean over seed pairs of the pixel Jaccard of the top-k regions
+    jaccard_min: float
+    top_k: int
+    n_superpixels: list  # per seed (quickshift's tie-breaking is seeded too)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5, *,
+              num_samples: int = 1000, segmentation: str = "quickshift",
+              segmentation_params: dict | None = None, top_k: int = TOP_PROS_CONS,
+              first: LimeExplanation | None = None) -> Stability:
+    """Mean pairwise Jaccard overlap of the top-k superpixels (by |weight|) over several seeds.
+
+    Overlap is measured on pixels, because superpixels of different seeds need not match
+    one-to-one. `first` reuses an explanation already made with one of the seeds.
+    """
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if len(seed_list) < 2:
+        raise ExplainError("stability needs at least two seeds.")
+    masks, counts = [], []
+    for s in seed_list:
+        if first is not None and first.seed == s and first.num_samples == num_samples \
+                and first.segmentation == segmentation:
+            exp = first
+        else:
+            exp = explain_lime(run_or_model, image, label=label, num_samples=num_samples,
+                               segmentation=segmentation, segmentation_params=segmentation_params,
+                               seed=s, panels=False)
+        label = exp.label  # every seed explains the same label
+        top = sorted(range(exp.n_superpixels), key=lambda k: (-abs(exp.weights[k]), k))[:top_k]
+        masks.append(np.isin(exp.segments, top))
+        counts.append(exp.n_superpixels)
+    pairs = [jaccard(a, b) for a, b in itertools.combinations(masks, 2)]
+    return Stability(seeds=seed_list, jaccard_mean=float(np.mean(pairs)),
+                     jaccard_min=float(np.min(pairs)), top_k=top_k, n_superpixels=counts)
+
+
+def trust_figures(run_or_model, image: np.ndarray, explanation: LimeExplanation | None = None,
+                  gradcam: GradCam | None = None, *, seeds: int = 5, steps: int | None = None,
+                  random_seed: int = 0, num_samples: int | None = None) -> dict:
+    """Deletion areas (LIME, Grad-CAM, random) and LIME stability, as plain numbers.
+
+    Reuses `explanation` / `gradcam` when given (their label is followed throughout).
+    """
+    t0 = time.perf_counter()
+    adapter = as_adapter(run_or_model)
+    if explanation is None:
+        explanation = explain_lime(adapter, image, num_samples=num_samples or 1000, panels=False)
+    label = explanation.label
+    if gradcam is None or gradcam.label != label:
+        gradcam = grad_cam(adapter, image, label=label)
+    segments = explanation.segments
+    n = explanation.n_superpixels
+    orders = {
+        "lime": lime_order(explanation.weights),
+        "gradcam": gradcam_order(gradcam.heatmap, segments),
+        "random": random_order(n, random_seed),
+    }
+    deletion = {name: deletion_curve(adapter, image, segments, order, label, steps).to_dict()
+                for name, order in orders.items()}
+    stab = stability(adapter, image, label=label, seeds=seeds,
+                     num_samples=num_samples or explanation.num_samples,
+                     segmentation=explanation.segmentation,
+                     segmentation_params=explanation.segmentation_params, first=explanation)
+    return {
+        "label": label,
+        "label_name": CLASSES[label],
+        "n_superpixels": n,
+        "deletion_area": {name: curve["area"] for name, curve in deletion.items()},
+        "deletion_curves": deletion,
+        "random_seed": random_seed,
+        "stability": stab.to_dict(),
+        "seconds": time.perf_counter() - t0,
+    }

@@ -1,0 +1,175 @@
+"""Drawing explanations: the seed's four LIME panels, the Grad-CAM overlay, PNG bytes.
+
+Computation lives in lime.py / gradcam.py and returns arrays; this module only draws them at
+display size over the original image (its own aspect ratio).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+
+from xray_core.explain.adapter import (
+    BOUNDARY_COLOR, DISPLAY_SIZE, GRADCAM_ALPHA, GRADCAM_CMAP, OPPOSE_COLOR, PROS_CONS_ALPHA,
+    SUPPORT_COLOR, to_gray,
+)
+
+
+def display_shape(shape: tuple[int, int], size: int = DISPLAY_SIZE) -> tuple[int, int]:
+    """(H, W) with the original's aspect ratio and `size` pixels on the long side."""
+    h, w = shape
+    scale = size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def upsample_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D label/weight map: superpixel edges stay crisp."""
+    h, w = labels.shape
+    H, W = shape
+    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def _resize_float(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map (Grad-CAM heat) with Pillow's 32-bit float mode."""
+    from PIL import Image
+
+    H, W = shape
+    return np.asarray(
+        Image.fromarray(np.asarray(values, np.float32), mode="F").resize((W, H), Image.BILINEAR),
+        dtype=np.float32,
+    )
+
+
+def _gray_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def boundaries(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """bool (H, W): pixels where the label changes to the right or below, thickened."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    diff_x = labels[:, :-1] != labels[:, 1:]
+    diff_y = labels[:-1, :] != labels[1:, :]
+    edge[:, :-1] |= diff_x
+    edge[:, 1:] |= diff_x
+    edge[:-1, :] |= diff_y
+    edge[1:, :] |= diff_y
+    if thickness > 1:
+        from scipy import ndimage
+
+        edge = ndimage.binary_dilation(edge, iterations=thickness - 1)
+    return edge
+
+
+def _outline(seg_display: np.ndarray, selected, thickness: int) -> np.ndarray:
+    """Outline of each selected superpixel (neighbouring selected ones keep their shared edge)."""
+    selected = np.asarray(list(selected), dtype=seg_display.dtype)
+    if selected.size == 0:
+        return np.zeros(seg_display.shape, dtype=bool)
+    lab = np.where(np.isin(seg_display, selected), seg_display, -1)
+    return boundaries(lab, thickness)
+
+
+def _colormap_lut(name: str) -> np.ndarray:
+    """uint8 (256, 3) lookup table for a matplotlib colormap (matplotlib comes with lime)."""
+    import matplotlib
+
+    return (matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+def _boundary_thickness(shape: tuple[int, int]) -> int:
+    return max(1, round(max(shape) / 256))
+
+
+@dataclasses.dataclass
+class HeatmapLegend:
+    """What a colour bar beside the heatmap panel needs."""
+
+    vmin: float
+    vmax: float
+    cmap: str
+
+
+@dataclasses.dataclass
+class LimePanels:
+    """The seed's four pictures, RGB uint8 (H, W, 3) at display size."""
+
+    full: np.ndarray  # 1: image with outlines of the top supporting superpixels
+    partial: np.ndarray  # 2: only those superpixels, the rest black
+    pros_cons: np.ndarray  # 3: top 5 by |weight|, green supports / red opposes the label
+    heatmap: np.ndarray  # 4: every superpixel filled with its weight (legend: LimeExplanation.legend)
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return dataclasses.asdict(self)
+
+
+def lime_panels(gray: np.ndarray, segments: np.ndarray, weights: np.ndarray, top_supporting,
+                top_abs, legend: HeatmapLegend, display_size: int = DISPLAY_SIZE) -> LimePanels:
+    """Draw the four panels at display size over the original image (its own aspect ratio).
+
+    Superpixels (computed at model input size) are scaled up with nearest neighbour, and
+    outlines are drawn at display resolution, so edges stay crisp.
+    """
+    from xray_core import imaging
+
+    shape = display_shape(gray.shape, display_size)
+    base = _gray_rgb(imaging.resize(gray, shape))  # (H, W, 3) uint8
+    seg = upsample_nearest(segments, shape)  # (H, W) int32
+    thick = _boundary_thickness(shape)
+    yellow = np.array(BOUNDARY_COLOR, np.uint8)
+
+    support_edge = _outline(seg, top_supporting, thick)
+    full = base.copy()
+    full[support_edge] = yellow
+
+    partial = np.zeros_like(base)
+    inside = np.isin(seg, np.asarray(top_supporting, dtype=seg.dtype))
+    partial[inside] = base[inside]
+    partial[support_edge] = yellow
+
+    pros_cons = base.astype(np.float32)
+    for k in top_abs:
+        if weights[k] == 0:
+            continue
+        colour = np.array(SUPPORT_COLOR if weights[k] > 0 else OPPOSE_COLOR, np.float32)
+        region = seg == k
+        pros_cons[region] = (1 - PROS_CONS_ALPHA) * pros_cons[region] + PROS_CONS_ALPHA * colour
+    pros_cons = np.clip(pros_cons + 0.5, 0, 255).astype(np.uint8)
+    pros_cons[_outline(seg, top_abs, thick)] = yellow
+
+    lut = _colormap_lut(legend.cmap)
+    if legend.vmax > 0:
+        unit = (weights / legend.vmax + 1.0) / 2.0  # -vmax -> 0, 0 -> 0.5, +vmax -> 1
+    else:
+        unit = np.full(weights.shape, 0.5)
+    idx = np.clip(np.round(unit * 255), 0, 255).astype(np.int64)
+    heat = lut[idx][seg]
+    edges = boundaries(seg, 1)
+    heat[edges] = (0.6 * heat[edges]).astype(np.uint8)  # thin dark edges between superpixels
+
+    return LimePanels(full=full, partial=partial, pros_cons=pros_cons, heatmap=heat)
+
+
+def make_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = GRADCAM_ALPHA,
+                 display_size: int = DISPLAY_SIZE, cmap: str = GRADCAM_CMAP) -> np.ndarray:
+    """RGB uint8 (H, W, 3): the image at display size with the 0..1 heat (any shape) over it."""
+    gray = to_gray(image)
+    from xray_core import imaging
+
+    shape = display_shape(gray.shape, display_size)
+    base = _gray_rgb(imaging.resize(gray, shape)).astype(np.float32)
+    heat = np.clip(_resize_float(np.asarray(heatmap, np.float32), shape), 0.0, 1.0)
+    colour = _colormap_lut(cmap)[np.round(heat * 255).astype(np.int64)].astype(np.float32)
+    return np.clip((1 - alpha) * base + alpha * colour + 0.5, 0, 255).astype(np.uint8)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """Encode a uint8 gray or RGB array as PNG, in memory (the CLI's files, the Diagnose zip)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
