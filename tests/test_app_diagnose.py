@@ -25,8 +25,9 @@ def image_bytes(dataset: Path, split: str, class_name: str, i: int = 0) -> tuple
 
 
 def expected_probability(runs_root: Path, run_id: str, raw: bytes) -> float:
-    run = runs.load_run(run_id, root=runs_root)
-    return float(run.predict_scores(run.prepare(imaging.decode(raw))[None])[0])
+    from xray_core.model import load_model
+
+    return float(load_model(run_id, root=runs_root).predict_proba([imaging.decode(raw)])[0])
 
 
 def dicom_bytes(pixels: np.ndarray) -> bytes:

@@ -122,8 +122,9 @@ def no_exception(page) -> None:
 
 
 def probability_text(models: Path, run_id: str, path: Path) -> str:
-    run = runs.load_run(run_id, root=models)
-    return f"{float(run.predict_scores(run.prepare(imaging.decode(path))[None])[0]):.3f}"
+    from xray_core.model import load_model
+
+    return f"{float(load_model(run_id, root=models).predict_proba([imaging.decode(path)])[0]):.3f}"
 
 
 def upload_and_wait(page, path: Path) -> None:

@@ -235,44 +235,6 @@ def test_importing_runs_does_not_import_tensorflow():
     assert out.stdout.strip() == "False"
 
 
-def test_run_metadata_and_predict_scores_with_both_head_sizes(tmp_path):
-    """A tiny real Keras model saved as a run: image size, channels, threshold, 1- and 2-unit heads."""
-    import keras
-
-    for units in (1, 2):
-        folder = tmp_path / f"head{units}"
-        folder.mkdir()
-        inputs = keras.Input((8, 6, 1), name="image")
-        x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
-        x = keras.layers.Flatten(name="flatten")(x)
-        outputs = keras.layers.Dense(units, activation="sigmoid", name="head")(x)
-        model = keras.Model(inputs, outputs)
-        model.save(folder / "model.keras")
-        runs.atomic_write_json(folder / "config.json", {"image_size": [8, 6], "channels": 1})
-        runs.atomic_write_json(folder / "metrics.json", {"threshold": 0.3})
-        run = runs.load_run(f"head{units}", root=tmp_path)
-        assert run.image_size == (8, 6) and run.channels == 1 and run.output_units == units
-        assert run.threshold == pytest.approx(0.3)
-        x = np.random.default_rng(0).uniform(0, 255, (150, 8, 6, 1)).astype(np.float32)
-        scores = run.predict_scores(x, batch_size=64)
-        expected = model.predict(x, verbose=0)[:, units - 1]
-        assert scores.shape == (150,)
-        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
-        assert run.predict_scores(x[:0]).shape == (0,)
-        with pytest.raises(ValueError, match="expects images of shape"):
-            run.predict_scores(np.zeros((2, 9, 6, 1), np.float32))
-        img = np.full((30, 20), 200, np.uint8)
-        prepared = run.prepare(img) if _imaging_ready() else np.full((8, 6, 1), 200, np.float32)
-        assert prepared.shape == (8, 6, 1)
-
-
-def _imaging_ready() -> bool:
-    try:
-        from xray_core import imaging  # noqa: F401
-    except ModuleNotFoundError:
-        return False
-    return True
-
 
 def test_safe_mode_refuses_lambda_layers(tmp_path):
     import keras

@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 
 import keras
+
 import numpy as np
 import pytest
 
 from tests.synthetic import make_synthetic_dataset
-from xray_core import architectures, runs, training
+from xray_core import architectures, evaluation, runs, training
+from xray_core.model import load_model
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +57,7 @@ def test_every_architecture_trains_a_complete_run_folder(arch, synthetic_dataset
     config = json.loads((run_dir / "config.json").read_text())
     assert CONFIG_KEYS <= set(config)
     assert config["arch"] == arch and config["image_size"] == _size(arch) and config["channels"] == 1
-    assert config["split"] == {"method": "patient", "val_fraction": 0.2}
+    assert config["split"] == {"method": "patient", "val_fraction": 0.2, "seed": 1}
     assert config["versions"]["keras"] == keras.__version__
 
     status = json.loads((run_dir / "status.json").read_text())
@@ -78,10 +80,10 @@ def test_every_architecture_trains_a_complete_run_folder(arch, synthetic_dataset
     assert json.loads((run_dir / "checkpoint.json").read_text())["epoch"] == 1
     assert json.loads((run_dir / "skipped_files.json").read_text()) == []
 
-    run = runs.load_run(run_dir.name, root=tmp_path)
-    x = np.full((3, _size(arch), _size(arch), 1), 120, np.float32)
-    scores = run.predict_scores(x)
-    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+    loaded = load_model(run_dir.name, root=tmp_path)
+    assert loaded.input_size == (_size(arch), _size(arch)) and loaded.threshold == metrics["threshold"]
+    assert loaded.predict_proba(np.full((3, _size(arch), _size(arch), 1), 120, np.float32)).shape == (3,)
+    assert "stress" in metrics and "calibration" in metrics  # every run is reported under shift stress
 
 
 def test_stop_file_cancels_after_the_current_batch_and_keeps_the_model(synthetic_dataset, tmp_path):
@@ -117,13 +119,17 @@ def test_options_and_unreadable_files(tmp_path):
         class_weight="balanced", augment=True, early_stopping=1, split_method="image",
         threshold_method="youden"))
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["class_weight"] == "balanced" and config["augment"] is True
-    assert config["early_stopping"] == {"patience": 1}
-    assert config["split"] == {"method": "image", "val_fraction": 0.25}
+    assert config["class_weight"] == "balanced" and config["augment"] == "mild"
+    assert config["early_stopping"] == {"patience": 1} and config["selection"] == "stress"
+    assert config["split"] == {"method": "image", "val_fraction": 0.25, "seed": 0}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 1 <= metrics["epochs_run"] <= 4 and metrics["threshold_method"] == "youden"
     assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"]
-    assert len(_history(run_dir)) == metrics["epochs_run"]
+    history = _history(run_dir)
+    assert len(history) == metrics["epochs_run"]
+    # Early stopping watched the stress validation: its figures are in every epoch's row.
+    best = max(history, key=lambda r: float(r["stress_score"]))
+    assert int(best["epoch"]) == metrics["best_epoch"]
     skipped = json.loads((run_dir / "skipped_files.json").read_text())
     assert [Path(s["path"]).name for s in skipped] == [bad.name] and skipped[0]["reason"]
     assert config["counts"]["skipped"] == 1
@@ -148,6 +154,29 @@ def test_augmentation_keeps_left_and_right():
     assert out.min() >= 0 and out.max() <= 255.001
     names = [layer.__class__.__name__ for layer in training.augmentation_layers(seed=0).layers]
     assert "RandomFlip" not in names
+
+
+def test_strong_augmentation_changes_framing_but_never_mirrors():
+    """The strong level zooms height and width independently and shifts, with no flips: the bright
+    blob stays on the right, and its vertical and horizontal extents vary independently."""
+    import tensorflow as tf
+
+    from xray_core import augment
+
+    img = np.full((64, 48, 48, 1), 40.0, np.float32)
+    img[:, 14:34, 30:42, :] = 220.0
+    out = augment.strong(img, tf.constant([5, 6], tf.int64)).numpy()
+    assert out.shape == img.shape and out.min() >= 0 and out.max() <= 255.0
+    right, left = out[:, :, 24:, :].mean(axis=(1, 2, 3)), out[:, :, :24, :].mean(axis=(1, 2, 3))
+    assert np.all(right > left)
+    mask = out[..., 0] > 130
+    heights = mask.any(axis=2).sum(axis=1)
+    widths = mask.any(axis=1).sum(axis=1)
+    assert heights.std() > 1 and widths.std() > 1
+    assert abs(np.corrcoef(heights, widths)[0, 1]) < 0.8  # independent zooms, not one scale
+    # Seeded: the same seed gives the same batch.
+    again = augment.strong(img, tf.constant([5, 6], tf.int64)).numpy()
+    np.testing.assert_array_equal(out, again)
 
 
 def test_failure_is_recorded_and_reraised(tmp_path):
@@ -183,20 +212,21 @@ def test_evaluate_run_caches_into_metrics(tiny_run, synthetic_dataset, tmp_path)
     shutil.copytree(root / run_id, tmp_path / run_id)
     run = runs.load_run(run_id, root=tmp_path)
     trained = run.metrics["validation"]
-    assert training.evaluate_run(run, synthetic_dataset, "val") == trained  # cached
+    assert evaluation.evaluate_run(run, synthetic_dataset, "val") == trained  # cached
     # Recomputed from scratch: the same patients (split rebuilt from the seed), the same scores.
-    fresh = training.evaluate_run(run, synthetic_dataset, "val", refresh=True)
+    fresh = evaluation.evaluate_run(run, synthetic_dataset, "val", refresh=True)
     for key in ("n", "tp", "fp", "tn", "fn", "threshold"):
         assert fresh[key] == trained[key], key
     assert fresh["roc_auc"] == pytest.approx(trained["roc_auc"], abs=1e-6)
     (tmp_path / run_id / "metrics.json").unlink()
     (tmp_path / run_id / "predictions_test.csv").unlink()
-    test = training.evaluate_run(run, synthetic_dataset, "test")
+    test = evaluation.evaluate_run(run, synthetic_dataset, "test")
     assert (tmp_path / run_id / "predictions_test.csv").is_file()  # kept for the ROC curve
-    assert test["n"] == 16 and test["threshold"] == 0.5  # no metrics.json: the default threshold
+    # The threshold lives with the model (model.json), not in metrics.json.
+    assert test["n"] == 16 and test["threshold"] == json.loads((tmp_path / run_id / "model.json").read_text())["threshold"]
     assert json.loads((tmp_path / run_id / "metrics.json").read_text())["test"] == test
     with pytest.raises(ValueError, match="split"):
-        training.evaluate_run(run, synthetic_dataset, "holdout")
+        evaluation.evaluate_run(run, synthetic_dataset, "holdout")
 
 
 def test_training_keeps_validation_scores_that_reproduce_its_auc(tiny_run, synthetic_dataset, tmp_path):
@@ -210,22 +240,21 @@ def test_training_keeps_validation_scores_that_reproduce_its_auc(tiny_run, synth
     assert not Path(rows[0]["path"]).is_absolute()  # relative to the data root
     assert (Path(synthetic_dataset) / rows[0]["path"]).is_file()
     run = runs.load_run(run_id, root=root)
-    y, scores = training.split_scores(run, "validation")
+    y, scores = evaluation.split_scores(run, "validation")
     part = run.metrics["validation"]
     assert len(y) == part["n"]
     assert metrics.binary_metrics(y, scores, threshold=part["threshold"])["roc_auc"] == pytest.approx(
         part["roc_auc"], abs=1e-9)
     assert (root / run_id / "predictions_test.csv").is_file()
 
-    # An older run without the file: scored once, the file written, metrics.json left as it was.
+    # A run without the file: scored now from its stored validation list, nothing written.
     import shutil
 
     shutil.copytree(root / run_id, tmp_path / run_id)
     (tmp_path / run_id / "predictions_validation.csv").unlink()
-    before = (tmp_path / run_id / "metrics.json").read_bytes()
-    y2, scores2 = training.split_scores(run_id, "val", synthetic_dataset, root=tmp_path)
-    assert (tmp_path / run_id / "predictions_validation.csv").is_file()
-    assert (tmp_path / run_id / "metrics.json").read_bytes() == before
+    before = sorted((p.name, p.read_bytes()) for p in (tmp_path / run_id).iterdir() if p.is_file())
+    y2, scores2 = evaluation.split_scores(run_id, "val", synthetic_dataset, root=tmp_path)
+    assert sorted((p.name, p.read_bytes()) for p in (tmp_path / run_id).iterdir() if p.is_file()) == before
     assert np.array_equal(y2, y) and np.allclose(scores2, scores, atol=1e-6)
 
 

@@ -398,7 +398,8 @@ def _spec(name: str) -> ArchSpec:
 
 
 def build(name: str, input_shape=(100, 100, 1), learning_rate: float = 1e-3, *,
-          jit_compile: bool | str | None = None) -> keras.Model:
+          jit_compile: bool | str | None = None, options: dict | None = None,
+          schedule_steps: int | None = None, label_smoothing: float = 0.0) -> keras.Model:
     """Build and compile architecture `name`: Adam(learning_rate), binary cross-entropy.
 
     Targets are one-hot (N, 2) for 2-unit heads and (N, 1) for 1-unit heads (`encode_targets`).
@@ -409,10 +410,13 @@ def build(name: str, input_shape=(100, 100, 1), learning_rate: float = 1e-3, *,
     spec = _spec(name)
     lr = _check_learning_rate(learning_rate)
     _check_input_shape(input_shape, spec.min_size)
-    model = spec.builder(input_shape=tuple(int(v) for v in input_shape))
+    model = spec.builder(input_shape=tuple(int(v) for v in input_shape), **dict(options or {}))
+    if schedule_steps:
+        # Cosine decay to 5 % of the initial rate over the whole training.
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=int(schedule_steps), alpha=0.05)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss=keras.losses.BinaryCrossentropy(),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=float(label_smoothing)),
         metrics=compile_metrics(spec.output_units),
         jit_compile=DEFAULT_JIT_COMPILE if jit_compile is None else jit_compile,
     )

@@ -114,6 +114,9 @@ def _dataset(args) -> int:
 def _train(args) -> int:
     from xray_core import training
 
+    preset = getattr(args, "preset", None)
+    if preset:
+        return _train_preset(args, preset)
     config = training.TrainConfig(
         arch=args.arch,
         data_root=args.data,
@@ -128,6 +131,7 @@ def _train(args) -> int:
         class_weight=None if args.class_weight == "none" else args.class_weight,
         augment=args.augment,
         early_stopping=args.early_stopping,
+        selection=getattr(args, "selection", "stress"),
         threshold_method=args.threshold_method,
         runs_root=args.runs_dir,
         run_id=args.run_id,
@@ -143,18 +147,42 @@ def _train(args) -> int:
         run_dir = training.train(config, progress=None if args.quiet else ProgressBar())
     finally:
         signal.signal(signal.SIGTERM, previous)
+    _print_run_summary(run_dir)
+    return 0
+
+
+def _train_preset(args, preset: str) -> int:
+    """`train --preset NAME`: every member, then the assembled (ensemble) run; resumable by
+    running the same command again."""
+    from xray_core import training
+
+    if args.data is None:
+        raise ValueError("train --preset needs the dataset folder: add --data DIR.")
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size}
+    run_dir = training.train_preset(preset, args.data, run_id=args.run_id or preset, runs_root=args.runs_dir,
+                                    progress=None if args.quiet else ProgressBar(),
+                                    members=getattr(args, "members", None), seed=args.seed, **overrides)
+    _print_run_summary(run_dir)
+    return 0
+
+
+def _print_run_summary(run_dir) -> None:
     from xray_core import runs
 
     info = next((r for r in runs.list_runs(run_dir.parent) if r.path == run_dir), None)
     metrics = (info.metrics if info else None) or {}
     val = metrics.get("validation") or {}
+    summary = ((metrics.get("stress") or {}).get("summary") or {})
     print(run_dir.name)
     print(f"state {info.state if info else '?'}  epochs {metrics.get('epochs_run')}  "
           f"train {_fmt(metrics.get('train_seconds'), 1)} s  threshold {_fmt(metrics.get('threshold'))}  "
           f"validation: AUC {_fmt(val.get('roc_auc'))} sensitivity {_fmt(val.get('sensitivity'))} "
           f"specificity {_fmt(val.get('specificity'))} (n={val.get('n')})", file=sys.stderr)
+    if summary:
+        print(f"stress validation: worst AUC {_fmt(summary['roc_auc']['worst'])}, worst specificity "
+              f"{_fmt(summary['specificity']['worst'])} ({summary['specificity']['worst_change']}), "
+              f"worst sensitivity {_fmt(summary['sensitivity']['worst'])}", file=sys.stderr)
     print(f"run folder: {run_dir}", file=sys.stderr)
-    return 0
 
 
 def _runs(args) -> int:
@@ -181,10 +209,27 @@ def _runs(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from xray_core import runs, training
+    from xray_core import evaluation, runs
 
     run = runs.load_run(_run_ref(args.run), root=args.runs_dir)
-    result = training.evaluate_run(run, args.data, args.split, refresh=args.refresh)
+    if getattr(args, "stress", False):
+        if evaluation.is_bundled(run.path):
+            raise ValueError(f"The run {run.run_id!r} ships with the project; its figures are not recomputed "
+                             "in place. Copy its folder to a run of your own first.")
+        result = evaluation.finalize_run(run.path, data_root=args.data)
+        if args.json:
+            print(json.dumps(runs.to_jsonable({k: result.get(k) for k in ("validation", "stress", "calibration",
+                                                                          "threshold")}), indent=2))
+            return 0
+        summary = result["stress"]["summary"]
+        print(f"run {run.run_id}: threshold {_fmt(result['threshold'])} (stress policy), temperature "
+              f"{_fmt(result['calibration']['temperature'])}, ECE {_fmt(result['calibration']['ece'])}")
+        rows = [[name, _fmt(c["roc_auc"]), _fmt(c["sensitivity"]), _fmt(c["specificity"])]
+                for name, c in result["stress"]["changes"].items()]
+        print(_table(["change", "AUC", "sensitivity", "specificity"], rows))
+        print(f"worst specificity {_fmt(summary['specificity']['worst'])} ({summary['specificity']['worst_change']})")
+        return 0
+    result = evaluation.evaluate_run(run, args.data, args.split, refresh=args.refresh)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -198,9 +243,10 @@ def _evaluate(args) -> int:
 def _predict(args) -> int:
     import numpy as np
 
-    from xray_core import data, imaging, runs
+    from xray_core import data, imaging
+    from xray_core.model import load_model
 
-    run = runs.load_run(_run_ref(args.run), root=args.runs_dir)
+    run = load_model(_run_ref(args.run), root=args.runs_dir)
     threshold = run.threshold
     prepared, names, failures = [], [], 0
     for path in args.images:
@@ -210,10 +256,10 @@ def _predict(args) -> int:
             print(f"error: {path}: {exc}", file=sys.stderr)
             failures += 1
             continue
-        prepared.append(run.prepare(img))
+        prepared.append(run.preprocess(img))
         names.append(path)
     if prepared:
-        scores = run.predict_scores(np.stack(prepared))
+        scores = run.predict_proba(np.stack(prepared))
         rows = []
         for path, score in zip(names, scores):
             label = data.CLASSES[int(score >= threshold)]

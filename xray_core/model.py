@@ -225,6 +225,14 @@ class Model:
         parts = [np.asarray(forward(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
         return np.concatenate(parts, axis=0).astype(np.float64)
 
+    def head_outputs(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
+        """(n, units) raw outputs of the first member's head (both columns of the seed's 2-unit
+        heads): only for the seed's micro-averaged recall, which reads the NORMAL column too."""
+        x = self._as_batch(x)
+        net = self.members[0]
+        parts = [np.asarray(net(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts, axis=0).astype(np.float64) if parts else np.zeros((0, self.output_units))
+
     def member_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
         """(n, k) calibrated P(pneumonia) of each member (for the ensemble's spread)."""
         return calibrate(self.raw_member_proba(x, batch_size=batch_size), self.temperature)

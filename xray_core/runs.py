@@ -447,53 +447,6 @@ class Run:
                     self._model = load_model_file(self.model_path)
         return self._model
 
-    def prepare(self, img2d_uint8: np.ndarray) -> np.ndarray:
-        """A decoded gray image -> this run's model input (h, w, c) float32 0..255, as in training."""
-        from xray_core import imaging
-
-        return imaging.to_model_input(img2d_uint8, self.image_size, self.channels)
-
-    def predict_scores(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Pneumonia probability per image, shape (N,), from float32 (N, h, w, c) raw pixels.
-
-        Calls the model directly in batches through one traced function (no `predict()` setup
-        per call, no retracing for each batch size); hides 2-unit (column 1) vs 1-unit heads.
-        """
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[None]
-        h, w = self.image_size
-        c = self.channels
-        if x.ndim != 4 or x.shape[1:] != (h, w, c):
-            raise ValueError(
-                f"Run {self.run_id!r} expects images of shape (N, {h}, {w}, {c}) but got {x.shape}. "
-                "Prepare each image with Run.prepare()."
-            )
-        if len(x) == 0:
-            return np.zeros((0,), dtype=np.float32)
-        fn = self._scores_fn()
-        parts = [np.asarray(fn(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-        out = np.concatenate(parts, axis=0)
-        if out.ndim == 1:
-            return out.astype(np.float32)
-        column = 1 if out.shape[-1] >= 2 else 0
-        return out[:, column].astype(np.float32)
-
-    def _scores_fn(self):
-        if self._predict_fn is None:
-            import tensorflow as tf
-
-            model = self.model
-            h, w = self.image_size
-            spec = tf.TensorSpec((None, h, w, self.channels), tf.float32)
-
-            @tf.function(input_signature=[spec])
-            def scores(batch):
-                return model(batch, training=False)
-
-            self._predict_fn = scores
-        return self._predict_fn
-
 
 def load_model_file(path: str | Path):
     """keras.models.load_model with safe_mode=True, with a sentence when the file is missing."""
