@@ -164,10 +164,19 @@ def _add_train(sub, common) -> None:
                    help="validation share (default 0.2; 0.25 for --split image)")
     p.add_argument("--class-weight", choices=("balanced", "none"), default="none",
                    help="weight classes inversely to their frequency (default none)")
-    p.add_argument("--augment", action="store_true",
-                   help="small rotations, shifts, zoom, brightness/contrast (no flips)")
+    p.add_argument("--preset", choices=("default",),
+                   help="a named recipe: 'default' trains the bundled model's ensemble (3 members, then "
+                        "assembled into --run-id, default 'default'); run the same command again to continue")
+    p.add_argument("--members", type=_positive_int, help="ensemble members of --preset (default: the preset's)")
+    p.add_argument("--augment", nargs="?", const="mild", default="none", choices=("none", "mild", "strong"),
+                   help="augmentation, never flips: mild (small rotations, shifts, zoom, brightness/contrast; "
+                        "the bare flag) or strong (independent height/width zoom, shifts, rotation, gamma, "
+                        "contrast, noise, resolution: framing carries no information)")
     p.add_argument("--early-stopping", type=_positive_int, metavar="N",
-                   help="stop after N epochs without a better validation AUC; keep the best weights")
+                   help="stop after N epochs without a better selection score; keep the best weights")
+    p.add_argument("--selection", choices=("stress", "plain"), default="stress",
+                   help="what early stopping watches: the pooled shift-stress validation (default) or the "
+                        "plain validation AUC")
     p.add_argument("--threshold-method", choices=("sensitivity", "youden"), default="sensitivity",
                    help="operating threshold: highest specificity with sensitivity >= 0.95 (default) or Youden's J")
     p.add_argument("--run-id", help="name of the run folder (default: time-arch-random)")
@@ -177,6 +186,8 @@ def _add_train(sub, common) -> None:
 
 
 def _check_train(args: argparse.Namespace) -> None:
+    if args.preset and args.resume:
+        raise UsageError("--preset continues by itself when run again; do not combine it with --resume.")
     if args.resume is None and args.data is None:
         raise UsageError("train needs a dataset folder: add --data DIR (or --resume RUN to continue a run).")
     if args.image_size is not None:
@@ -208,6 +219,10 @@ def _add_evaluate(sub, common) -> None:
                    help="which images (default val: the run's own validation split)")
     _add_runs_dir(p)
     p.add_argument("--refresh", action="store_true", help="recompute even if metrics.json has the result")
+    p.add_argument("--stress", action="store_true",
+                   help="score the run's validation films plain and under every shift-stress change, refit "
+                        "its calibration and threshold on them, and write the figures into the run (not for "
+                        "the runs that ship with the project)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
