@@ -378,3 +378,30 @@ def test_two_trainings_at_once_complete_in_separate_folders_and_files_are_always
     assert set(listed) == set(ids)
     assert all(listed[i].state == "completed" and listed[i].metrics["epochs_run"] == 2 for i in ids)
     assert reads > 20  # the files were really read while being written
+
+
+def test_preset_trains_members_and_assembles_one_calibrated_ensemble(synthetic_dataset, tmp_path):
+    """--preset: k member runs sharing one validation split, then one run folder whose model
+    averages them, calibrated and thresholded on the pooled stress validation; a rerun reuses the
+    completed members."""
+    out = training.train_preset("default", synthetic_dataset, run_id="ens", runs_root=tmp_path, members=2,
+                                epochs=1, image_size=32, early_stopping=1, arch_options={"widths": [4, 8, 8, 8]})
+    members = [tmp_path / "ens-member0", tmp_path / "ens-member1"]
+    splits = [json.loads((p / "config.json").read_text())["split"] for p in members]
+    assert splits[0] == splits[1] and [json.loads((p / "config.json").read_text())["seed"] for p in members] == [0, 1]
+    assert (members[0] / "validation.csv").read_text() == (out / "validation.csv").read_text()
+    m = load_model(out)
+    assert m.n_members == 2 and m.input_size == (32, 32)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["threshold"] == m.threshold and metrics["calibration"]["temperature"] == m.temperature
+    assert set(metrics["stress"]["changes"]) >= {"plain", "crop_top_bottom_10", "zoom_out_10", "taller_15"}
+    # The ensemble's probability is the calibrated mean of its members' probabilities.
+    x = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 1)).astype(np.float32)
+    singles = [load_model(p).raw_member_proba(x)[:, 0] for p in members]
+    from xray_core.model import calibrate
+
+    np.testing.assert_allclose(m.predict_proba(x), calibrate(np.mean(singles, axis=0), m.temperature), atol=1e-6)
+    before = (members[0] / "model.keras").stat().st_mtime_ns
+    training.train_preset("default", synthetic_dataset, run_id="ens", runs_root=tmp_path, members=2,
+                          epochs=1, image_size=32, early_stopping=1, arch_options={"widths": [4, 8, 8, 8]})
+    assert (members[0] / "model.keras").stat().st_mtime_ns == before  # reused, not retrained

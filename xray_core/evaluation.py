@@ -112,7 +112,6 @@ def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | N
     specificity with sensitivity >= min_sensitivity, or Youden's J), on the pooled stress set:
     plain films and every change together.
     """
-    from xray_core import data, stress
     from xray_core import model as model_mod
 
     run = runs.load_run(Path(run_dir))
@@ -125,49 +124,17 @@ def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | N
     policy = cfg.get("threshold") or {}
     method = method or policy.get("method") or "sensitivity"
     min_sensitivity = float(min_sensitivity or policy.get("min_sensitivity") or MIN_SENSITIVITY)
-    # Score uncalibrated: a provisional spec with T = 1.
-    model_mod.write_spec(run.path, members=members, input_size=(cfg["image_size"], cfg["image_size"]),
-                         channels=int(cfg["channels"]), threshold=0.5, temperature=1.0)
-    m = model_mod.load_model(run.path, cache=False)
+    # Scored uncalibrated (temperature 1), whatever model.json holds now.
+    m = model_mod.Model(run.path, spec={"members": members, "temperature": 1.0,
+                                        "input_size": [cfg["image_size"], cfg["image_size"]],
+                                        "channels": int(cfg["channels"])})
 
     paths, labels = validation_rows(run, root)
-    films, ok = load_films(paths, progress=progress)
-    y = labels[ok]
-    kept = [p for p, k in zip(paths, ok) if k]
-    if len(y) == 0 or y.min() == y.max():
-        raise EvaluationError(f"The validation split of {run.run_id!r} needs readable NORMAL and PNEUMONIA films.")
-    if progress is not None:
-        progress({"phase": "evaluating", "what": "stress"})
-    raw = stress.stress_scores(m, films, include_plain=False)
-    # The plain films are scored as any image is at inference: decoded and resized straight to the
-    # model's input (the stress changes need the films at STRESS_SOURCE_SIZE first).
-    direct = data.load_images(kept, size=m.input_size, channels=m.channels)
-    raw = {stress.PLAIN: m.predict_proba(direct.images), **raw}
-    y_pool, raw_pool = stress.pooled(y, raw)
-    temperature = stress.fit_temperature(y_pool, raw_pool)
-    scores = {name: model_mod.calibrate(s, temperature) for name, s in raw.items()}
-    _, pool = stress.pooled(y, scores)
-    threshold = float(metrics.choose_threshold(y_pool, pool, min_sensitivity=min_sensitivity, method=method))
-    described = (f"highest specificity with sensitivity >= {min_sensitivity:g}" if method == "sensitivity"
-                 else "Youden's J") + " on the pooled stress validation"
-    plain = scores[stress.PLAIN]
-
-    ece_raw, _ = stress.expected_calibration_error(y_pool, raw_pool)
-    ece_pool, bins_pool = stress.expected_calibration_error(y_pool, pool)
-    ece_plain, bins_plain = stress.expected_calibration_error(y, plain)
-    report = stress.stress_report(y, scores, threshold=threshold, n_boot=n_boot)
-    result: dict[str, Any] = {
-        "validation": dict(metrics.binary_metrics(y, plain, threshold=threshold), n=int(len(y))),
-        "validation_ci95": metrics.bootstrap_ci(y, plain, threshold=threshold, n_boot=n_boot),
-        "stress": report,
-        "calibration": {"method": "temperature", "temperature": temperature, "fitted_on": "pooled stress validation",
-                        "ece": ece_pool, "ece_uncalibrated": ece_raw, "bins": bins_pool,
-                        "ece_plain": ece_plain, "bins_plain": bins_plain, "n_bins": 15},
-        "threshold": threshold,
-        "threshold_method": method,
-        "threshold_policy": described,
-        "validation_files": int(len(y)),
-    }
+    y, kept, raw = raw_stress_scores(m, paths, labels, progress=progress)
+    result, scores = stress_figures(y, raw, method=method, min_sensitivity=min_sensitivity, n_boot=n_boot)
+    threshold, temperature = result["threshold"], result["calibration"]["temperature"]
+    described = result["threshold_policy"]
+    plain = scores["plain"]
     model_mod.write_spec(run.path, members=members, input_size=(cfg["image_size"], cfg["image_size"]),
                          channels=int(cfg["channels"]), threshold=threshold, temperature=temperature,
                          threshold_policy=described, extra=extra)
@@ -175,6 +142,59 @@ def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | N
     _write_stress_predictions(run.path, kept, y, scores, root)
     merged = _merge_metrics(run.path, result)
     return merged
+
+
+def raw_stress_scores(m, paths, labels, *, progress: Progress | None = None):
+    """(labels, readable paths, {change: uncalibrated P(pneumonia)}) of a model with temperature 1
+    on validation films, plain and under every stress change."""
+    from xray_core import data, stress
+
+    films, ok = load_films(list(paths), progress=progress)
+    y = np.asarray(labels, dtype=int)[ok]
+    kept = [p for p, k in zip(paths, ok) if k]
+    if len(y) == 0 or y.min() == y.max():
+        raise EvaluationError("The validation split needs readable NORMAL and PNEUMONIA films.")
+    if progress is not None:
+        progress({"phase": "evaluating", "what": "stress"})
+    raw = stress.stress_scores(m, films, include_plain=False)
+    # The plain films are scored as any image is at inference: decoded and resized straight to the
+    # model's input (the stress changes need the films at STRESS_SOURCE_SIZE first).
+    direct = data.load_images(kept, size=m.input_size, channels=m.channels)
+    return y, kept, {stress.PLAIN: m.predict_proba(direct.images), **raw}
+
+
+def stress_figures(y, raw: dict[str, np.ndarray], *, method: str = "sensitivity",
+                   min_sensitivity: float = MIN_SENSITIVITY, n_boot: int = 1000,
+                   calibrate: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """Calibration (temperature on the pooled stress set), threshold (chosen on it) and the plain
+    and stress figures, from uncalibrated scores. Returns (figures, calibrated scores)."""
+    from xray_core import stress
+    from xray_core import model as model_mod
+
+    y_pool, raw_pool = stress.pooled(y, raw)
+    temperature = stress.fit_temperature(y_pool, raw_pool) if calibrate else 1.0
+    scores = {name: model_mod.calibrate(s, temperature) for name, s in raw.items()}
+    _, pool = stress.pooled(y, scores)
+    threshold = float(metrics.choose_threshold(y_pool, pool, min_sensitivity=min_sensitivity, method=method))
+    described = (f"highest specificity with sensitivity >= {min_sensitivity:g}" if method == "sensitivity"
+                 else "Youden's J") + " on the pooled stress validation"
+    plain = scores[stress.PLAIN]
+    ece_raw, _ = stress.expected_calibration_error(y_pool, raw_pool)
+    ece_pool, bins_pool = stress.expected_calibration_error(y_pool, pool)
+    ece_plain, bins_plain = stress.expected_calibration_error(y, plain)
+    result: dict[str, Any] = {
+        "validation": dict(metrics.binary_metrics(y, plain, threshold=threshold), n=int(len(y))),
+        "validation_ci95": metrics.bootstrap_ci(y, plain, threshold=threshold, n_boot=n_boot),
+        "stress": stress.stress_report(y, scores, threshold=threshold, n_boot=n_boot),
+        "calibration": {"method": "temperature" if calibrate else "none", "temperature": temperature,
+                        "fitted_on": "pooled stress validation", "ece": ece_pool, "ece_uncalibrated": ece_raw,
+                        "bins": bins_pool, "ece_plain": ece_plain, "bins_plain": bins_plain, "n_bins": 15},
+        "threshold": threshold,
+        "threshold_method": method,
+        "threshold_policy": described,
+        "validation_files": int(len(y)),
+    }
+    return result, scores
 
 
 def _write_stress_predictions(run_dir: Path, paths, labels, scores: dict[str, np.ndarray], data_root) -> Path:

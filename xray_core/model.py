@@ -65,11 +65,12 @@ class Model:
     Networks load lazily and once (thread-safe: Streamlit sessions share one Model).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, spec: dict | None = None):
+        """spec overrides model.json (e.g. temperature 1 to score uncalibrated while fitting it)."""
         self.path = Path(path)
         self.run_id = self.path.name
         spec_path = self.path / SPEC_FILE
-        self.spec: dict = runs.read_json(spec_path) if spec_path.is_file() else {}
+        self.spec: dict = dict(spec) if spec is not None else (runs.read_json(spec_path) if spec_path.is_file() else {})
         files = self.spec.get("members") or [runs.MODEL_FILE]
         self._member_files = [self.path / name for name in files]
         missing = [p.name for p in self._member_files if not p.is_file()]
