@@ -179,8 +179,23 @@ def style_best(table: pd.DataFrame):
 
 
 def plain_ci(y_true, y_score, *, threshold: float, n_boot: int = 1000) -> dict:
-    """Bootstrap 95 % intervals of the plain validation figures (metrics.bootstrap_ci)."""
-    return metrics.bootstrap_ci(y_true, y_score, threshold=threshold, n_boot=n_boot)
+    """Bootstrap 95 % intervals of the plain validation figures (resampling within each class)."""
+    return comparison.bootstrap_intervals(y_true, y_score, threshold=threshold, n_boot=n_boot)
+
+
+def roc_curve(y_true, y_score) -> tuple[np.ndarray, np.ndarray, float]:
+    """(false positive rates, true positive rates, AUC) over every distinct score, numpy only."""
+    y = np.asarray(y_true, dtype=int)
+    s = np.asarray(y_score, dtype=np.float64)
+    if y.min() == y.max():
+        raise ValueError("an ROC curve needs both NORMAL and PNEUMONIA images.")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # the last image of each distinct score
+    tps, fps = np.cumsum(y)[last], np.cumsum(1 - y)[last]
+    tpr = np.r_[0.0, tps / tps[-1]]
+    fpr = np.r_[0.0, fps / fps[-1]]
+    return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
 def plain_stress_table(infos: Iterable[Any], plain_cis: dict[str, dict] | None = None) -> pd.DataFrame:
@@ -331,7 +346,7 @@ def threshold_of(info: Any) -> float:
 
 
 def pair_comparison(info_a: Any, info_b: Any, frame_a: pd.DataFrame, frame_b: pd.DataFrame,
-                    *, n_boot: int = 2000) -> dict:
+                    *, n_boot: int = 1000) -> dict:
     """compare() of two runs on their shared validation images; raises comparison.NotComparable."""
     y, sa, sb = comparison.align(frame_a, frame_b, name_a=info_a.run_id, name_b=info_b.run_id)
     return comparison.compare(y, sa, sb, threshold_a=threshold_of(info_a), threshold_b=threshold_of(info_b),

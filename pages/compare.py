@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from app import compare_view as view
-from xray_core import comparison, data, metrics, runs
+from xray_core import comparison, data, runs
 
 
 def mtime(path: Path) -> float:
@@ -163,15 +163,19 @@ if missing:
 
 st.subheader("Is one run better than another?")
 st.caption("Paired tests on the same validation images: DeLong for the AUC difference, McNemar for "
-           "the mistakes at each run's own threshold, paired bootstrap 95 % intervals (2000 "
+           "the mistakes at each run's own threshold, paired bootstrap 95 % intervals (1000 "
            "resamples within each class). With many pairs, expect some small p-values by chance.")
 if len(chosen) < 2:
     st.info("Choose two runs above to compare them.")
 else:
     pick = st.columns(2)
     names = [r.run_id for r in chosen]
-    name_a = pick[0].selectbox("Run A", names, index=0, key="compare_pair_a")
-    name_b = pick[1].selectbox("Run B", names, index=1, key="compare_pair_b")
+    # Start with the first two runs that have saved validation scores (a fresh clone's default
+    # run has none: its scores are not shipped).
+    scored = [i for i, r in enumerate(chosen) if saved_scores(str(r.path), stamps[r.run_id]) is not None]
+    first, second = (scored + [i for i in range(len(names)) if i not in scored])[:2]
+    name_a = pick[0].selectbox("Run A", names, index=first, key="compare_pair_a")
+    name_b = pick[1].selectbox("Run B", names, index=second, key="compare_pair_b")
     if name_a == name_b:
         st.info("Choose two different runs.")
     else:
@@ -216,18 +220,21 @@ for info in chosen:
         if frame is None:
             st.caption(f"No saved validation scores for {info.run_id}, so no ROC curve.")
             continue
-        points = metrics.roc_points(frame["label"].to_numpy(), frame["score"].to_numpy())
+        fpr, tpr, auc = view.roc_curve(frame["label"].to_numpy(), frame["score"].to_numpy())
     except (ValueError, FileNotFoundError, OSError) as exc:
         st.warning(f"No ROC curve for {info.run_id}: {exc}")
         continue
-    part = view.metrics_from_scores(frame, threshold=view.threshold_of(info))
-    parts[info.run_id] = part
-    curves[info.run_id] = (points["fpr"].to_numpy(), points["tpr"].to_numpy(), part["roc_auc"])
+    curves[info.run_id] = (fpr, tpr, auc)
+    if split == "validation":
+        parts[info.run_id] = (info.metrics or {}).get("validation")
+    else:
+        parts[info.run_id] = view.metrics_from_scores(frame, threshold=view.threshold_of(info))
 if curves:
     st.plotly_chart(view.roc_figure(curves, f"ROC on {split}"), key="compare_roc")
 
 st.subheader("Confusion matrices")
-shown = [r for r in chosen if r.run_id in parts]
+st.caption("At each run's operating threshold.")
+shown = [r for r in chosen if parts.get(r.run_id)]
 if shown:
     cols = st.columns(min(4, len(shown)))
     for i, info in enumerate(shown):

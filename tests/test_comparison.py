@@ -160,3 +160,24 @@ def test_align_pairs_by_image_and_refuses_different_images():
         comparison.align(fa, other, name_a="seed-baseline", name_b="x")
     with pytest.raises(comparison.NotComparable, match="different labels"):
         comparison.align(fa, fb.assign(label=[0, 0, 1]))
+
+
+def test_single_run_intervals_and_the_numpy_roc_match_scikit_learn():
+    from sklearn.metrics import roc_curve
+
+    from app.compare_view import roc_curve as numpy_roc
+
+    rng = np.random.default_rng(5)
+    y = (rng.random(300) < 0.7).astype(int)
+    s = np.round(y * 0.7 + rng.normal(size=300), 1)  # ties
+    out = comparison.bootstrap_intervals(y, s, threshold=0.4, n_boot=300)
+    assert out["roc_auc"]["estimate"] == pytest.approx(roc_auc_score(y, s))
+    assert out["sensitivity"]["estimate"] == pytest.approx((s[y == 1] >= 0.4).mean())
+    assert out["accuracy"]["estimate"] == pytest.approx(((s >= 0.4) == (y == 1)).mean())
+    for key in ("sensitivity", "specificity", "accuracy", "roc_auc"):
+        assert out[key]["low"] < out[key]["estimate"] < out[key]["high"]
+    fpr, tpr, auc = numpy_roc(y, s)
+    ref_fpr, ref_tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    assert auc == pytest.approx(roc_auc_score(y, s))

@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "NotComparable", "delong_test", "delong_covariance", "mcnemar_test", "paired_bootstrap",
+    "bootstrap_intervals",
     "compare", "reading", "align", "EXACT_BELOW",
 ]
 
@@ -232,6 +233,37 @@ def paired_bootstrap(y_true, score_a, score_b, *, threshold_a: float, threshold_
         out[key] = {"a": interval(boot_a[key], est_a[key]), "b": interval(boot_b[key], est_b[key]),
                     "difference": interval(boot_a[key] - boot_b[key], est_a[key] - est_b[key])}
     out["n_boot"], out["level"], out["seed"] = int(n_boot), float(level), int(seed)
+    return out
+
+
+def bootstrap_intervals(y_true, y_score, *, threshold: float, n_boot: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> dict:
+    """One run's sensitivity, specificity, accuracy and AUC with percentile intervals, resampling
+    images within each class (as paired_bootstrap). {figure: {"estimate", "low", "high"}}."""
+    y = _labels(y_true)
+    s = _scores(y_score, y.size, "y_score")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
+        raise ValueError(f"n_boot must be a whole number >= 10; got {n_boot!r}.")
+    if not 0 < float(level) < 1:
+        raise ValueError(f"level must be a fraction in (0, 1); got {level!r}.")
+    rng = np.random.default_rng(seed)
+    pos_idx, neg_idx = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    pos_draws = pos_idx[rng.integers(0, pos_idx.size, (n_boot, pos_idx.size))]
+    neg_draws = neg_idx[rng.integers(0, neg_idx.size, (n_boot, neg_idx.size))]
+    called = s >= float(threshold)
+    sens, spec = called[pos_draws].mean(axis=1), 1 - called[neg_draws].mean(axis=1)
+    samples = {"sensitivity": sens, "specificity": spec,
+               "accuracy": (sens * pos_idx.size + spec * neg_idx.size) / y.size,
+               "roc_auc": _boot_auc(s, pos_draws, neg_draws)}
+    point_sens, point_spec = float(called[y == 1].mean()), float(1 - called[y == 0].mean())
+    points = {"sensitivity": point_sens, "specificity": point_spec,
+              "accuracy": float((called == (y == 1)).mean()),
+              "roc_auc": float(_boot_auc(s, pos_idx[None, :], neg_idx[None, :])[0])}
+    tail = (1 - float(level)) / 2 * 100
+    out = {}
+    for key, values in samples.items():
+        low, high = np.percentile(values, [tail, 100 - tail])
+        out[key] = {"estimate": points[key], "low": float(low), "high": float(high)}
     return out
 
 
