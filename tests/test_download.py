@@ -500,3 +500,20 @@ def test_a_redirect_into_the_network_is_refused(server, kermany, monkeypatch, tm
 def test_a_bad_allowed_network_is_a_sentence(monkeypatch):
     with pytest.raises(dl.UrlNotAllowed, match="is not a network"):
         _app_policy(monkeypatch, networks="intranet")
+
+
+def test_the_connected_address_is_checked_too_not_only_the_name(server, monkeypatch):
+    """Against a DNS answer that changes between the check and the connection: the policy's
+    opener checks the socket's peer, so even a URL that skipped `check` cannot reach a loopback
+    server, and no request is sent to it."""
+    import urllib.error
+
+    policy = _app_policy(monkeypatch, hosts="127.0.0.1")
+    with pytest.raises(urllib.error.URLError) as err:
+        policy.opener().open(server.base + "/z.zip", timeout=5)
+    assert isinstance(err.value.reason, dl.UrlNotAllowed) and "loopback" in str(err.value.reason)
+    assert server.requests == []
+    allowed = _app_policy(monkeypatch, hosts="127.0.0.1", networks="127.0.0.0/8")
+    with pytest.raises(urllib.error.HTTPError, match="404"):  # connected, asked, answered
+        allowed.opener().open(server.base + "/z.zip", timeout=5)
+    assert len(server.requests) == 1
