@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.synthetic import make_synthetic_dataset
-from xray_core import architectures, evaluation, runs, training
+from xray_core import architectures, ensemble, evaluation, runs, training
 from xray_core.model import load_model
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -384,7 +384,7 @@ def test_preset_trains_members_and_assembles_one_calibrated_ensemble(synthetic_d
     """--preset: k member runs sharing one validation split, then one run folder whose model
     averages them, calibrated and thresholded on the pooled stress validation; a rerun reuses the
     completed members."""
-    out = training.train_preset("default", synthetic_dataset, run_id="ens", runs_root=tmp_path, members=2,
+    out = ensemble.train_preset("default", synthetic_dataset, run_id="ens", runs_root=tmp_path, members=2,
                                 epochs=1, image_size=32, early_stopping=1, arch_options={"widths": [4, 8, 8, 8]})
     members = [tmp_path / "ens-member0", tmp_path / "ens-member1"]
     splits = [json.loads((p / "config.json").read_text())["split"] for p in members]
@@ -402,6 +402,6 @@ def test_preset_trains_members_and_assembles_one_calibrated_ensemble(synthetic_d
 
     np.testing.assert_allclose(m.predict_proba(x), calibrate(np.mean(singles, axis=0), m.temperature), atol=1e-6)
     before = (members[0] / "model.keras").stat().st_mtime_ns
-    training.train_preset("default", synthetic_dataset, run_id="ens", runs_root=tmp_path, members=2,
+    ensemble.train_preset("default", synthetic_dataset, run_id="ens", runs_root=tmp_path, members=2,
                           epochs=1, image_size=32, early_stopping=1, arch_options={"widths": [4, 8, 8, 8]})
     assert (members[0] / "model.keras").stat().st_mtime_ns == before  # reused, not retrained

@@ -154,12 +154,12 @@ def _train(args) -> int:
 def _train_preset(args, preset: str) -> int:
     """`train --preset NAME`: every member, then the assembled (ensemble) run; resumable by
     running the same command again."""
-    from xray_core import training
+    from xray_core import ensemble
 
     if args.data is None:
         raise ValueError("train --preset needs the dataset folder: add --data DIR.")
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size}
-    run_dir = training.train_preset(preset, args.data, run_id=args.run_id or preset, runs_root=args.runs_dir,
+    run_dir = ensemble.train_preset(preset, args.data, run_id=args.run_id or preset, runs_root=args.runs_dir,
                                     progress=None if args.quiet else ProgressBar(),
                                     members=getattr(args, "members", None), seed=args.seed, **overrides)
     _print_run_summary(run_dir)
@@ -241,32 +241,39 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    import numpy as np
-
-    from xray_core import data, imaging
+    """Every file gets an answer: the gate's (in_distribution, ood_score, warnings), the verdict,
+    the probability and the conformal prediction set; an unreadable file its reason."""
+    from xray_core import case, imaging
     from xray_core.model import load_model
 
-    run = load_model(_run_ref(args.run), root=args.runs_dir)
-    threshold = run.threshold
-    prepared, names, failures = [], [], 0
+    model = load_model(_run_ref(args.run), root=args.runs_dir)
+    read, failures = {}, 0
     for path in args.images:
         try:
-            img = imaging.decode(path)
-        except (ValueError, OSError) as exc:
+            raw, gray, coloured, facts = case.read(path)
+        except (imaging.ImageDecodeError, OSError) as exc:
             print(f"error: {path}: {exc}", file=sys.stderr)
+            read[path] = case.refused(str(path), model.run_id, str(exc))
             failures += 1
             continue
-        prepared.append(run.preprocess(img))
-        names.append(path)
-    if prepared:
-        scores = run.predict_proba(np.stack(prepared))
-        rows = []
-        for path, score in zip(names, scores):
-            label = data.CLASSES[int(score >= threshold)]
+        read[path] = (str(path), raw, gray, coloured, facts)
+    films = [v for v in read.values() if isinstance(v, tuple)]
+    assessed = iter(case.assess_many(model, films))
+    rows = []
+    for path, value in read.items():
+        if isinstance(value, dict):
             if args.json:
-                print(json.dumps({"image": str(path), "label": label, "probability": float(score),
-                                  "threshold": threshold, "run": run.run_id}))
-            rows.append([str(path), label, f"{float(score):.4f}", f"{threshold:.4f}"])
-        if not args.json:
-            print(_table(["image", "label", "pneumonia probability", "threshold"], rows))
+                print(json.dumps(value))
+            continue
+        a = next(assessed)
+        if args.json:
+            print(json.dumps(a.to_json()))
+            continue
+        check = "ok" if a.in_distribution else "NOT A READABLE CHEST FILM"
+        rows.append([str(path), a.verdict, f"{a.probability:.4f}", f"{a.threshold:.4f}",
+                     a.uncertainty.label, check])
+        for warning in a.gate.warnings:
+            print(f"warning: {path}: {warning}", file=sys.stderr)
+    if rows:
+        print(_table(["image", "label", "pneumonia probability", "threshold", "90% set", "input check"], rows))
     return 1 if failures else 0

@@ -13,14 +13,12 @@ can share it); nothing here forces the CPU.
 from __future__ import annotations
 
 import csv
-import io
-import math
 import os
 import platform
 import sys
 import time
 import traceback
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,13 +26,7 @@ import keras
 import numpy as np
 
 from xray_core import runs
-from xray_core.model import pneumonia_column
-
-HISTORY_COLUMNS = [
-    "epoch", "loss", "accuracy", "sensitivity", "specificity", "precision", "auc",
-    "val_loss", "val_accuracy", "val_sensitivity", "val_specificity", "val_precision", "val_auc",
-    "seconds", "images_per_second",
-]
+from xray_core.callbacks import HISTORY_COLUMNS, RunCallback, StressSelection, save_model_atomically  # noqa: F401 (HISTORY_COLUMNS: the file's columns, re-exported)
 
 Progress = Callable[[dict], None]
 
@@ -142,16 +134,6 @@ def _dataset(x, y, w, batch_size: int, *, shuffle: bool, seed: int, augment: boo
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _history_text(rows: list[dict]) -> str:
-    extra = sorted({k for r in rows for k in r} - set(HISTORY_COLUMNS))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS + extra, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return out.getvalue()
-
-
 def _read_history(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -164,154 +146,11 @@ def _read_history(path: Path) -> list[dict]:
     return rows
 
 
-def _save_model_atomically(model, path: Path) -> None:
-    """model.save() to a temporary .keras in the same folder, then rename (atomic)."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _two_columns(raw: np.ndarray) -> np.ndarray:
     """The seed's two-column view of any head (1-unit heads become [1 - p, p])."""
     if raw.shape[-1] >= 2:
         return raw[:, :2]
     return np.stack([1 - raw[:, 0], raw[:, 0]], axis=1)
-
-
-# --------------------------------------------------------------------------- callbacks
-
-
-class RunCallback(keras.callbacks.Callback):
-    """Writes the run folder while Keras trains: status, history, checkpoint; obeys STOP.
-
-    status.json: after each batch (throttled by the StatusWriter to ~2 writes/s) with epoch,
-    batch, fraction done, images/s and ETA. After each completed epoch: history.csv (rewritten
-    whole, atomically), then checkpoint.keras and checkpoint.json. A STOP file in the run
-    folder, checked every batch, ends training after that batch.
-    """
-
-    def __init__(self, run_dir: Path, status: runs.StatusWriter, *, epochs: int, batches: int,
-                 batch_size: int, n_train: int, initial_epoch: int, history_rows: list[dict],
-                 progress: Progress | None = None):
-        super().__init__()
-        self.run_dir = run_dir
-        self.status = status
-        self.epochs = epochs
-        self.batches = batches
-        self.batch_size = batch_size
-        self.n_train = n_train
-        self.initial_epoch = initial_epoch
-        self.rows = history_rows
-        self.progress = progress
-        self.cancelled = False
-        self.completed_epochs = initial_epoch
-        self._epoch_start = time.monotonic()
-        self._train_start = time.monotonic()
-        self._epoch_seconds: list[float] = []
-        self._batch_in_epoch = 0
-        self._last_batch_end = self._epoch_start
-
-    def _report(self, force: bool, **fields: Any) -> None:
-        self.status.update(force=force, **fields)
-        if self.progress is not None:
-            self.progress(dict(self.status.current, phase="training"))
-
-    def on_train_begin(self, logs=None):
-        self._train_start = time.monotonic()
-        self._report(True, state="running", epochs=self.epochs, batches=self.batches,
-                     epoch=self.initial_epoch + 1, batch=0,
-                     fraction=self.initial_epoch / self.epochs)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.monotonic()
-        self._batch_in_epoch = 0
-        self._last_batch_end = self._epoch_start
-        self._report(True, epoch=epoch + 1, batch=0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._batch_in_epoch = batch + 1
-        self._last_batch_end = time.monotonic()
-        if (self.run_dir / runs.STOP_FILE).exists():
-            self.cancelled = True
-            self.model.stop_training = True
-        elapsed = time.monotonic() - self._epoch_start
-        done = batch + 1
-        images = done * self.batch_size if self.batches > 1 else self.n_train
-        ips = images / elapsed if elapsed > 0 else None
-        epoch_index = self.completed_epochs
-        fraction = (epoch_index + done / self.batches) / self.epochs
-        per_epoch = (
-            float(np.mean(self._epoch_seconds)) if self._epoch_seconds else elapsed / done * self.batches
-        )
-        remaining_epochs = self.epochs - epoch_index - 1
-        eta = max(0.0, per_epoch - elapsed) + remaining_epochs * per_epoch
-        self._report(
-            self.cancelled or done == self.batches, batch=done, fraction=min(1.0, fraction),
-            images_per_second=None if ips is None else round(ips, 1), eta_seconds=round(eta, 1),
-        )
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.monotonic() - self._epoch_start
-        if self.cancelled and self._batch_in_epoch < self.batches:
-            return  # a partial epoch: neither a history row nor a checkpoint
-        self._epoch_seconds.append(seconds)
-        row = {"epoch": epoch + 1}
-        for key, value in (logs or {}).items():
-            row[key] = float(value)
-        row["seconds"] = round(seconds, 3)
-        # Throughput of the training steps alone; `seconds` also counts the validation pass.
-        seen = self.batches * self.batch_size if self.batches > 1 else self.n_train
-        fit_seconds = self._last_batch_end - self._epoch_start
-        row["images_per_second"] = round(seen / fit_seconds, 1) if fit_seconds > 0 else None
-        self.rows[:] = [r for r in self.rows if r["epoch"] < epoch + 1] + [row]
-        runs.atomic_write_text(self.run_dir / runs.HISTORY_FILE, _history_text(self.rows))
-        _save_model_atomically(self.model, self.run_dir / runs.CHECKPOINT_FILE)
-        runs.atomic_write_json(self.run_dir / runs.CHECKPOINT_META_FILE,
-                               {"epoch": epoch + 1, "saved": runs.now_iso()})
-        self.completed_epochs = epoch + 1
-        self._report(True, fraction=self.completed_epochs / self.epochs)
-
-
-class StressSelection(keras.callbacks.Callback):
-    """After each epoch, score the validation films under the selection changes of
-    `xray_core.stress` and put the pooled figures into the epoch's logs: stress_specificity (at
-    the threshold that keeps sensitivity >= 0.95), stress_auc and stress_score, which early
-    stopping maximises. The stressed inputs are built once."""
-
-    def __init__(self, paths, labels, *, size, channels: int, units: int, batch_size: int = 256):
-        super().__init__()
-        from xray_core import evaluation, stress
-
-        films, ok = evaluation.load_films(list(paths))
-        self.labels = np.asarray(labels, dtype=int)[ok]
-        self.inputs = stress.stressed_inputs(films, size=size, channels=channels,
-                                             changes=stress.SELECTION_CHANGES)
-        self.column = pneumonia_column(units)
-        self.batch_size = batch_size
-        self._fn = None
-
-    def _scores(self, x: np.ndarray) -> np.ndarray:
-        import tensorflow as tf
-
-        if self._fn is None:
-            model = self.model
-            self._fn = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
-        parts = [np.asarray(self._fn(x[i : i + self.batch_size])) for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(parts, axis=0)[:, self.column]
-
-    def on_epoch_end(self, epoch, logs=None):
-        from xray_core import stress
-
-        scores = {name: self._scores(x) for name, x in self.inputs.items()}
-        sel = stress.selection_score(self.labels, scores)
-        if logs is not None:
-            logs["stress_specificity"] = sel["specificity"]
-            logs["stress_auc"] = sel["roc_auc"]
-            logs["stress_score"] = sel["score"]
 
 
 # --------------------------------------------------------------------------- the training
@@ -548,7 +387,7 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
     status.update(state="running", phase="evaluating", eta_seconds=None)
     if progress is not None:
         progress(dict(status.current, phase="evaluating"))
-    _save_model_atomically(model, run_dir / runs.MODEL_FILE)
+    save_model_atomically(model, run_dir / runs.MODEL_FILE)
 
     from xray_core import evaluation
     from xray_core import model as model_mod
@@ -581,125 +420,3 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
     (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
     if progress is not None:
         progress(dict(status.current, phase="done"))
-
-
-# --------------------------------------------------------------------------- presets and ensembles
-
-# The recipe of the bundled default (issue: hold up on new patients). Chosen on the shift-stress
-# validation; benchmarks/generalization.py keeps the ablation behind it.
-PRESETS: dict[str, dict] = {
-    "default": {
-        "arch": "pneumonet", "image_size": 192, "channels": 1, "epochs": 24, "batch_size": 32,
-        "learning_rate": 1e-3, "lr_schedule": "cosine", "class_weight": "balanced", "augment": "strong",
-        "early_stopping": 6, "selection": "stress", "arch_options": {"widths": [24, 64, 128, 256]},
-        "members": 3,
-    },
-}
-
-
-def preset_config(name: str, **overrides) -> tuple[dict, int]:
-    """(TrainConfig keyword settings, number of ensemble members) of a named preset."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
-    settings = dict(PRESETS[name])
-    members = int(overrides.pop("members", None) or settings.pop("members", 1))
-    settings.pop("members", None)
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    return settings, members
-
-
-def train_preset(name: str, data_root: str | Path, *, run_id: str | None = None,
-                 runs_root: str | Path | None = None, progress: Progress | None = None,
-                 members: int | None = None, seed: int = 0, **overrides) -> Path:
-    """Train a preset: one run per member (`<run_id>-member<i>`, seeds seed+i, one shared
-    validation split), then assemble them into the run `<run_id>` (an ensemble when members > 1).
-
-    Rerunning the same command continues where it stopped: completed members are reused and an
-    interrupted one resumes from its last epoch.
-    """
-    settings, k = preset_config(name, members=members, **overrides)
-    run_id = run_id or runs.new_run_id(f"{name}-ensemble", runs_root, create=False)
-    runs.validate_run_id(run_id)
-    member_dirs = []
-    for i in range(k):
-        member_id = f"{run_id}-member{i}"
-        path = runs.run_path(member_id, runs_root)
-        state = runs._run_info(path).state if path.is_dir() else None
-        if state == "completed" and (path / runs.MODEL_FILE).is_file():
-            member_dirs.append(path)
-            continue
-        if state is not None and (path / runs.CHECKPOINT_FILE).is_file():
-            member_dirs.append(train(TrainConfig(resume=member_id, runs_root=runs_root), progress=progress))
-            continue
-        member_dirs.append(train(TrainConfig(
-            data_root=data_root, seed=seed + i, split_seed=seed, run_id=member_id, runs_root=runs_root,
-            **settings), progress=progress))
-    return assemble_ensemble(member_dirs, run_id=run_id, runs_root=runs_root, progress=progress,
-                             preset=name)
-
-
-def assemble_ensemble(member_dirs, *, run_id: str, runs_root: str | Path | None = None,
-                      progress: Progress | None = None, preset: str | None = None,
-                      bundled: bool = False) -> Path:
-    """One run folder from trained member runs: their networks (member-<i>.keras), member 0's
-    history, a config naming the members; then calibrated, thresholded and reported on the shared
-    validation split under shift stress (`evaluation.finalize_run`). Members must share the input
-    and the validation split."""
-    import shutil
-
-    from xray_core import evaluation
-    from xray_core import model as model_mod
-
-    member_dirs = [Path(p) for p in member_dirs]
-    configs = [runs.read_json(p / runs.CONFIG_FILE) for p in member_dirs]
-    keys = [(c["image_size"], c["channels"], json_key(c.get("split")), c["data_root"]) for c in configs]
-    if len(set(keys)) != 1:
-        raise ValueError("Ensemble members must share image size, channels, validation split and dataset; "
-                         f"got {keys}.")
-    target = runs.run_path(run_id, runs_root)
-    staging = target.parent / f".assembling-{run_id}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    names = []
-    for i, p in enumerate(member_dirs):
-        name = runs.MODEL_FILE if i == 0 else f"member-{i}.keras"
-        shutil.copy2(p / runs.MODEL_FILE, staging / name)
-        names.append(name)
-    for f in (runs.HISTORY_FILE, evaluation.VALIDATION_FILE, runs.SKIPPED_FILE):
-        if (member_dirs[0] / f).is_file():
-            shutil.copy2(member_dirs[0] / f, staging / f)
-    cfg = dict(configs[0])
-    cfg.update(run_id=run_id, preset=preset, seed=[c["seed"] for c in configs],
-               members=[{"run_id": p.name, "seed": c["seed"],
-                         "best_epoch": (runs.read_json(p / runs.METRICS_FILE) or {}).get("best_epoch"),
-                         "epochs_run": (runs.read_json(p / runs.METRICS_FILE) or {}).get("epochs_run"),
-                         "train_seconds": (runs.read_json(p / runs.METRICS_FILE) or {}).get("train_seconds")}
-                        for p, c in zip(member_dirs, configs)],
-               created=runs.now_iso())
-    runs.atomic_write_json(staging / runs.CONFIG_FILE, cfg)
-    runs.atomic_write_json(staging / runs.STATUS_FILE, {"state": "completed", "updated": runs.now_iso()})
-    member_metrics = [runs.read_json(p / runs.METRICS_FILE) for p in member_dirs]
-    runs.atomic_write_json(staging / runs.METRICS_FILE, {
-        "train_seconds": round(sum(float(m.get("train_seconds") or 0) for m in member_metrics), 3),
-        "params": int(sum(int(m.get("params") or 0) for m in member_metrics)),
-        "epochs_run": [m.get("epochs_run") for m in member_metrics],
-        "selection": member_metrics[0].get("selection"),
-    })
-    model_mod.write_spec(staging, members=names, input_size=(cfg["image_size"], cfg["image_size"]),
-                         channels=int(cfg["channels"]), threshold=0.5, extra={"bundled": bool(bundled)})
-    if target.exists():
-        old = target.parent / f".replaced-{run_id}-{os.getpid()}"
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, target)
-    evaluation.finalize_run(target, progress=progress)
-    return target
-
-
-def json_key(value) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True)
