@@ -91,7 +91,8 @@ def start(models: Path, options: dict) -> tuple[str, str]:
     except (fileio.PathNotAllowed, data.DatasetLayoutError, FileNotFoundError) as exc:
         return "error", f"Cannot train: {exc}"
     try:
-        run_id = jobs.submit_training(models, dict(options, data=str(root)))
+        run_id = jobs.submit_training(models, dict(options, data=str(root)),
+                                      submitted_by=st.user.get("email") if st.user.get("is_logged_in") else None)
     except jobs.CapacityError as exc:
         return "error", str(exc)
     except OSError as exc:
@@ -150,8 +151,9 @@ def live_panel(models: Path) -> None:
         for job in queued:
             opts = job.get("options", {})
             cols = st.columns([4, 1])
+            by = f" · queued by {job['submitted_by']}" if job.get("submitted_by") else ""
             cols[0].write(f"{job['run_id']} · {opts.get('epochs')} epochs · batch {opts.get('batch_size')}"
-                          f" · {opts.get('image_size')} px")
+                          f" · {opts.get('image_size')} px{by}")
             cols[1].button("Remove", key=f"train_unqueue_{job['run_id']}", on_click=jobs.cancel_queued,
                            args=(models, job["run_id"]))
     finished = sorted((r for r in infos if r.state not in ("running", "queued")),

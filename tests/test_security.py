@@ -514,3 +514,19 @@ def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_score_and_dia
     assert _traces([upload.parent], 0)  # the scan does find the fields, in the uploaded file itself
     folders = [models, private_tmp, home, tmp_path / "cache", out, PROJECT]
     assert _traces(folders, start) == []
+
+
+def test_a_signed_in_user_who_queues_a_training_is_recorded(busy_slot, monkeypatch, synthetic_dataset):
+    models = busy_slot
+    monkeypatch.setenv("XRAY_DATA_DIR", str(synthetic_dataset))
+    monkeypatch.setenv("XRAY_MODELS_DIR", str(models))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.secrets["auth"] = AUTH
+    at.user = {"is_logged_in": True, "name": "Dr Ada Lovelace", "email": "ada@hospital.example"}
+    at.run()
+    at.switch_page("pages/train.py").run()
+    at.button(key="train_start").click().run()
+    assert not at.exception and at.success
+    (job,) = jobs.queued_jobs(models)
+    assert job["submitted_by"] == "ada@hospital.example"
+    assert any("queued by ada@hospital.example" in m.value for m in at.markdown)

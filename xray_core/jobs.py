@@ -109,22 +109,31 @@ def train_argv(options: dict) -> list[str]:
     return argv
 
 
-def submit_training(root: str | Path, options: dict, *, start: bool = True) -> str:
+def submit_training(root: str | Path, options: dict, *, start: bool = True,
+                    submitted_by: str | None = None) -> str:
     """Queue one training and make sure a worker runs the queue; returns its run id at once.
 
+    submitted_by: who asked (the signed-in user's e-mail on a served dashboard), kept in the
+    job file and the worker's log for the audit trail.
     Raises CapacityError (nothing written) when the server's training limit is reached, and
     settings.ViewerModeError in viewer mode."""
+    import fcntl
+
     settings.refuse_writes("train")
     root = Path(root)
-    running, waiting = training_load(root)
-    check_capacity("training", running=running, queued=waiting)
     queue = _queue(root)
     (queue / "logs").mkdir(parents=True, exist_ok=True)
-    run_id = runs.new_run_id(options["arch"], root, create=False)
-    while (queue / f"{run_id}.json").exists():
+    # Count and write under one lock, so two clicks at once cannot both take the last place.
+    with open(queue / "submit.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        running, waiting = training_load(root)
+        check_capacity("training", running=running, queued=waiting)
         run_id = runs.new_run_id(options["arch"], root, create=False)
-    job = {"run_id": run_id, "argv": train_argv(options), "options": options, "submitted": runs.now_iso()}
-    fileio.atomic_write_json(queue / f"{run_id}.json", job)
+        while (queue / f"{run_id}.json").exists():
+            run_id = runs.new_run_id(options["arch"], root, create=False)
+        job = {"run_id": run_id, "argv": train_argv(options), "options": options,
+               "submitted": runs.now_iso(), "submitted_by": submitted_by}
+        fileio.atomic_write_json(queue / f"{run_id}.json", job)
     if start:
         ensure_worker(root)
     return run_id
@@ -316,6 +325,8 @@ def work_queue(root: str | Path, lock_fd: int | None = None, slot: int = 0) -> i
         except FileNotFoundError:
             continue  # cancelled meanwhile
         fileio.atomic_write_json(_current(root, slot), dict(job, started=runs.now_iso()))
+        print(f"{runs.now_iso()} slot {slot}: starting {run_id}, queued {job.get('submitted')}"
+              f" by {job.get('submitted_by') or 'an unnamed user'}", flush=True)  # worker.log
         argv = [sys.executable, "-m", "xray_core", "train", *job["argv"],
                 "--run-id", run_id, "--runs-dir", str(root.absolute()), "--quiet"]
         with open(queue / "logs" / f"{run_id}.log", "ab") as log:
