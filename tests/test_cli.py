@@ -164,9 +164,13 @@ def test_predict_in_process_labels_and_bad_files(tiny_run, synthetic_dataset, tm
     code, out, err = _main(capsys, "predict", run_id, *images, junk, "--runs-dir", runs_root, "--json")
     assert code == 1  # one file failed
     results = [json.loads(line) for line in out.splitlines()]
-    assert [Path(r["image"]).name for r in results] == [p.name for p in images]
+    assert [Path(r["image"]).name for r in results] == [p.name for p in images] + [junk.name]
+    refused = results.pop()  # the unreadable file has an answer too: refused, with the reason
+    assert refused["in_distribution"] is False and refused["label"] is None and "not" in refused["warnings"][0]
     run = runs.load_run(run_id, root=runs_root)
     for r in results:
+        assert {"in_distribution", "ood_score", "warnings", "prediction_set"} <= set(r)
+        assert r["in_distribution"] is False and "48 x 48 pixels" in r["warnings"][0]  # too small to read
         assert 0.0 <= r["probability"] <= 1.0 and r["threshold"] == pytest.approx(run.threshold)
         assert r["label"] == ("PNEUMONIA" if r["probability"] >= r["threshold"] else "NORMAL")
     assert err.startswith(f"error: {junk}") and err.count("\n") == 1

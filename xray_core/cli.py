@@ -27,6 +27,10 @@ USER_ERRORS = {
     "xray_core.data": ("DatasetLayoutError",),
     "xray_core.download": ("DownloadError",),
     "xray_core.explain": ("ExplainError",),
+    "xray_core.explain.adapter": ("ExplainError",),
+    "xray_core.gate": ("GateError",),
+    "xray_core.report": ("ReportError",),
+    "xray_core.uncertainty": ("UncertaintyError",),
     "xray_core.imaging": ("ImageDecodeError",),
     "xray_core.metrics": ("MetricsInputError",),
     "xray_core.runs": ("InvalidRunId", "RunNotFound", "RunBusy"),
@@ -261,6 +265,37 @@ def _add_explain(sub, common) -> None:
     _add_runs_dir(p)
 
 
+def _add_fit_gate(sub, common) -> None:
+    p = _command(
+        sub, "fit-gate", "xray_core.gate:_cmd_fit_gate", common,
+        help="fit a run's input gate (is this a chest film the model can read?)",
+        description="Fit the run's input gate on its own training films and set its thresholds on its "
+                    "validation films (the split rebuilt from the run's config). Writes gate.npz, gate.json "
+                    "and seen_hashes.txt into the run folder.",
+    )
+    p.add_argument("run", metavar="RUN", help="run id (e.g. default)")
+    p.add_argument("--data", required=True, type=Path, help="the dataset folder the run was trained on")
+    _add_runs_dir(p)
+
+
+def _add_report(sub, common) -> None:
+    p = _command(
+        sub, "report", "xray_core.report:_cmd_report", common,
+        help="one film as a PDF case report (gate, verdict, uncertainty, explanations)",
+        description="Assess and explain one image with a run and write a one-page PDF: the image, the "
+                    "input gate's result, verdict, probability, threshold, prediction set, LIME and "
+                    "Grad-CAM of P(pneumonia), the run's validation figures. Research use only.",
+    )
+    p.add_argument("run", metavar="RUN", help="run id (e.g. default) or a path to a run folder")
+    p.add_argument("image", metavar="IMAGE", type=Path, help="PNG, JPEG, BMP, TIFF or DICOM file")
+    p.add_argument("--out", required=True, type=Path, help="the PDF file to write")
+    p.add_argument("--samples", type=_positive_int, default=1000, help="LIME samples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed for LIME")
+    p.add_argument("--show-anyway", action="store_true",
+                   help="include the verdict and explanations even when the gate refuses the image")
+    _add_runs_dir(p)
+
+
 def _add_download(sub, common) -> None:
     from xray_core import download  # standard library only: cheap, and the catalogue is its data
 
@@ -320,7 +355,7 @@ _CHECKS = {"train": _check_train, "download": _check_download}
 
 # Subcommands in the order `--help` lists them.
 _SUBCOMMANDS = (_add_dataset, _add_train, _add_runs, _add_evaluate, _add_predict, _add_explain, _add_download,
-                _add_score)
+                _add_score, _add_fit_gate, _add_report)
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ import numpy as np
 CLASSES = ("NORMAL", "PNEUMONIA")
 PNEUMONIA = 1  # what every explanation explains unless told otherwise: P(pneumonia)
 SEGMENTATIONS = ("quickshift", "slic", "felzenszwalb")
+DEFAULT_SEGMENTATION = "slic"  # see DEFAULT_SEGMENTATION_PARAMS and benchmarks/reports/explain_faithfulness.md
 # quickshift: lime's default, as the seed used it. slic / felzenszwalb: chosen to give a few dozen
 # superpixels on a 100-128 px model input (about 10 samples per superpixel at 1,000 samples).
 DEFAULT_SEGMENTATION_PARAMS: dict[str, dict[str, Any]] = {
