@@ -367,6 +367,29 @@ def test_training_cap_one_running_three_waiting_with_real_submissions(busy_slot,
     jobs.submit_training(models, TRAIN_OPTIONS)
 
 
+def test_the_cap_holds_when_submissions_arrive_at_once(busy_slot):
+    """Six processes submit together (as six browser tabs would): three places, three accepted."""
+    script = ("import sys, time\n"
+              "from xray_core import jobs\n"
+              "while time.time() < float(sys.argv[2]): pass\n"
+              "try:\n"
+              f"    jobs.submit_training(sys.argv[1], {TRAIN_OPTIONS!r}, start=False)\n"
+              "    print('accepted')\n"
+              "except jobs.CapacityError:\n"
+              "    print('refused')\n")
+    go = str(time.time() + 4)
+    env = dict(os.environ, PYTHONPATH=str(PROJECT))
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(busy_slot), go], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    answers = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        answers.append(out.strip())
+    assert sorted(answers) == ["accepted"] * 3 + ["refused"] * 3
+    assert len(jobs.queued_jobs(busy_slot)) == 3
+
+
 def test_a_free_slot_accepts_one_more_and_a_second_slot_is_used(tmp_path, monkeypatch):
     monkeypatch.setenv("XRAY_MAX_QUEUED_TRAININGS", "0")
     models = tmp_path / "models"
