@@ -390,15 +390,35 @@ def test_the_cap_holds_when_submissions_arrive_at_once(busy_slot):
     assert len(jobs.queued_jobs(busy_slot)) == 3
 
 
-def test_a_free_slot_accepts_one_more_and_a_second_slot_is_used(tmp_path, monkeypatch):
+def test_an_idle_queue_accepts_a_job_that_starts_at_once_and_zero_switches_training_off(tmp_path, monkeypatch):
     monkeypatch.setenv("XRAY_MAX_QUEUED_TRAININGS", "0")
     models = tmp_path / "models"
     jobs.submit_training(models, TRAIN_OPTIONS, start=False)  # idle: starts at once, so accepted
-    with pytest.raises(jobs.CapacityError):
+    with pytest.raises(jobs.CapacityError, match="0 waiting"):
         jobs.submit_training(models, TRAIN_OPTIONS, start=False)
     monkeypatch.setenv("XRAY_MAX_RUNNING_TRAININGS", "0")
     with pytest.raises(jobs.CapacityError, match="switched off"):
         jobs.submit_training(models, TRAIN_OPTIONS, start=False)
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_the_running_limit_is_the_number_of_workers_started(tmp_path, monkeypatch, slots):
+    """Real workers on two queued jobs whose train command stops at its first argument (an
+    epoch count of 0, refused before TensorFlow is imported), so each ends in seconds."""
+    monkeypatch.setenv("XRAY_MAX_RUNNING_TRAININGS", str(slots))
+    queue = tmp_path / "models" / jobs.QUEUE_DIR
+    ids = [f"job-{i}" for i in range(2)]
+    for i, run_id in enumerate(ids):
+        fileio.atomic_write_json(queue / f"{run_id}.json", {"run_id": run_id, "argv": ["--epochs", "0"],
+                                                            "submitted": f"2026-01-01T00:00:0{i}"})
+    assert jobs.ensure_worker(queue.parent)
+    busy = [jobs._slot_busy(queue.parent, i) for i in range(2)]
+    assert busy == [True, slots == 2]  # the locks are held by the workers from their start
+    deadline = time.monotonic() + 300
+    while not all((queue / "logs" / f"{i}.exit.json").is_file() for i in ids):
+        assert time.monotonic() < deadline, "the workers did not run both jobs"
+        time.sleep(0.5)
+    assert all("at least 1, got 0" in jobs.launch_failure(queue.parent, i) for i in ids)
 
 
 def test_the_train_page_says_when_the_cap_is_reached(busy_slot, monkeypatch, synthetic_dataset):
