@@ -45,8 +45,7 @@ def _sign_in() -> None:
     st.title("Chest X-ray pneumonia")
     st.info("Sign in with your institution's account to open the dashboard.")
     if st.button("Sign in", key="auth_sign_in", type="primary"):
-        provider = _auth_provider()
-        st.login(provider) if provider else st.login()
+        st.login(_auth_provider())  # None: the provider configured in [auth] itself
     st.caption("Research software, not a medical device: not for clinical decisions.")
 
 
