@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xray_core import data, explain, imaging, runs  # noqa: E402
+from xray_core.model import load_model  # noqa: E402
 
 LUNG_ROWS = (0.10, 0.80)
 LUNG_COLS = (0.12, 0.88)
@@ -69,20 +70,19 @@ def shares(mass: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float] |
 
 
 def sample_validation(run: runs.Run, data_root: str, n: int, seed: int):
-    """n validation images of the run's own split, half per class, seeded."""
-    cfg = run.config
-    split = cfg.get("split") or {"method": "patient", "val_fraction": 0.2}
-    df = data.index_dataset(data_root)
-    _, val = data.split_train(df, method=split["method"], val_fraction=split["val_fraction"],
-                              seed=int(cfg.get("seed", 0)))
+    """n validation images of the run's own split (its stored list), half per class, seeded."""
+    import pandas as pd
+
+    from xray_core import evaluation
+
+    paths, labels = evaluation.validation_rows(run, data_root)
+    val = pd.DataFrame({"path": paths, "label": labels, "filename": [Path(p).name for p in paths]})
     rng = np.random.default_rng(seed)
     picks = []
     for label in (0, 1):
         rows = val[val["label"] == label]
         take = min(len(rows), n // 2 + (n % 2 if label == 1 else 0))
         picks.append(rows.iloc[np.sort(rng.choice(len(rows), size=take, replace=False))])
-    import pandas as pd
-
     return pd.concat(picks, ignore_index=True)
 
 
@@ -119,20 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     run = runs.load_run(args.run, root=args.runs_dir)
+    model = load_model(run)
     data_root = str(args.data) if args.data else run.config["data_root"]
     sample = sample_validation(run, data_root, args.n, args.seed)
-    masks = region_masks(run.image_size)
+    masks = region_masks(model.input_size)
     area = {name: float(m.mean()) for name, m in masks.items()}
 
     results = []
     t0 = time.perf_counter()
     for i, row in enumerate(sample.itertuples(index=False)):
         gray = imaging.decode(row.path)
-        cam = explain.grad_cam(run, gray)
+        cam = explain.grad_cam(model, gray)
         entry = {"filename": row.filename, "label": int(row.label), "predicted": cam.predicted_label,
-                 "probability": cam.probability, "gradcam": shares(cam.heat_at(run.image_size), masks)}
+                 "probability": cam.probability, "gradcam": shares(cam.heat_at(model.input_size), masks)}
         if args.lime_samples:
-            lime = explain.explain_lime(run, gray, num_samples=args.lime_samples, seed=args.seed,
+            lime = explain.explain_lime(model, gray, num_samples=args.lime_samples, seed=args.seed,
                                         segmentation=args.segmentation, panels=False)
             entry["lime_positive"] = shares(lime.weight_map(), masks)
             entry["lime_superpixels"] = lime.n_superpixels
@@ -150,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{len(results)} validation images of the run's own patient-level split ({sum(r['label'] == 0 for r in results)} "
         f"NORMAL, {sum(r['label'] == 1 for r in results)} PNEUMONIA, seeded), explained for the label predicted "
-        f"at the operating threshold ({correct}/{len(results)} correct). Model input {run.image_size[0]}x"
-        f"{run.image_size[1]}; Grad-CAM layer `{explain._last_conv_layer_name(run.model)}`.",
+        f"at the operating threshold ({correct}/{len(results)} correct). Model input {model.input_size[0]}x"
+        f"{model.input_size[1]}; Grad-CAM layer `{explain._last_conv_layer_name(model.members[0])}`"
+        f" of each of its {model.n_members} network(s).",
         "",
         f"Regions: lung box = rows {LUNG_ROWS[0]:.2f}-{LUNG_ROWS[1]:.2f}, columns {LUNG_COLS[0]:.2f}-"
         f"{LUNG_COLS[1]:.2f} of the image ({100 * area['lung_box']:.0f} % of its area); border = outer "

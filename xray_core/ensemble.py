@@ -20,7 +20,7 @@ from xray_core.training import Progress, TrainConfig, train
 # validation; benchmarks/generalization.py keeps the ablation behind it.
 PRESETS: dict[str, dict] = {
     "default": {
-        "arch": "pneumonet", "image_size": 192, "channels": 1, "epochs": 24, "batch_size": 32,
+        "arch": "pneumonet", "image_size": 192, "channels": 1, "epochs": 14, "batch_size": 32,
         "learning_rate": 1e-3, "lr_schedule": "cosine", "class_weight": "balanced", "augment": "strong",
         "early_stopping": 6, "selection": "stress", "arch_options": {"widths": [24, 64, 128, 256]},
         "members": 3,
