@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xray_core import data, explain, imaging, runs  # noqa: E402
+from xray_core import explain, imaging, runs  # noqa: E402
 from xray_core.model import load_model  # noqa: E402
 
 LUNG_ROWS = (0.10, 0.80)
