@@ -103,10 +103,11 @@ def load_films(paths: list[str], size: int = STRESS_SOURCE_SIZE, progress: Progr
 
 def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
                  min_sensitivity: float | None = None, method: str | None = None, n_boot: int = 1000,
-                 progress: Progress | None = None) -> dict:
+                 fit_gate: bool = True, progress: Progress | None = None) -> dict:
     """Score the run's validation films plain and under shift stress, calibrate, choose the
-    threshold, and write model.json, metrics.json and the prediction files. Returns the metrics
-    written (merged into any metrics.json already there).
+    threshold, and write model.json, metrics.json and the prediction files; then fit the run's
+    conformal sets and (with fit_gate) its input gate. Returns the metrics written (merged into
+    any metrics.json already there).
 
     The temperature is fitted, and the threshold chosen (by default the run's setting: highest
     specificity with sensitivity >= min_sensitivity, or Youden's J), on the pooled stress set:
@@ -141,6 +142,17 @@ def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | N
     runs.write_predictions(run.path, "validation", kept, y, plain, root)
     _write_stress_predictions(run.path, kept, y, scores, root)
     merged = _merge_metrics(run.path, result)
+    # What the model needs at the point of use, fitted on the same films: the conformal sets
+    # (on the stress predictions just written) and the input gate (training films only).
+    from xray_core import gate, uncertainty
+
+    uncertainty.calibrate_run(run.path)
+    if fit_gate:
+        try:
+            gate.fit_gate_for_run(run.path, root)
+            merged = _merge_metrics(run.path, {"gate": {"fitted": True}})
+        except gate.GateError as exc:  # too few films (a toy dataset): say so in the run, not silently
+            merged = _merge_metrics(run.path, {"gate": {"fitted": False, "reason": str(exc)}})
     return merged
 
 

@@ -467,15 +467,17 @@ def fit_gate_for_run(run, data_root: str | os.PathLike, *, progress=None) -> Fit
     cfg = model.config or {}
     df = data.index_dataset(data.find_dataset(data_root))
     split = cfg.get("split") or {}
+    seed = split.get("seed", cfg.get("seed", 0))
+    seed = int(seed[0] if isinstance(seed, list) else seed)  # an ensemble lists its members' seeds
     train_df, val_df = data.split_train(df, method=split.get("method", "patient"),
-                                        val_fraction=split.get("val_fraction"), seed=int(cfg.get("seed", 0)))
+                                        val_fraction=split.get("val_fraction"), seed=seed)
     size = tuple(model.input_size)
     loaded = {}
     for name, part in (("training", train_df), ("validation", val_df)):
         res = data.load_images(part["path"].tolist(), size=size, channels=model.channels, progress=progress)
         loaded[name] = res.images
     seen = {"training": train_df["path"].tolist(), "validation": val_df["path"].tolist()}
-    return fit_gate(model, loaded["training"], loaded["validation"], seed=int(cfg.get("seed", 0)), seen=seen)
+    return fit_gate(model, loaded["training"], loaded["validation"], seed=seed, seen=seen)
 
 
 # ----------------------------------------------------------------------------- CLI
