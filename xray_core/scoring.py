@@ -348,12 +348,15 @@ def _trust_hooks(model):
 
 
 def _set_hook(uncertainty, model):
-    fn = getattr(uncertainty, "prediction_sets", None)
-    if fn is None:
+    """Conformal prediction sets from the run's calibration (loaded once), as "NORMAL|PNEUMONIA";
+    None (an empty column) when the run has not been calibrated."""
+    conf = uncertainty.load_conformal(model.path)
+    if conf is None:
         return None
+    threshold = float(model.threshold)
 
     def run(chunk, prepared, proba):
-        return ["|".join(map(str, s)) if not isinstance(s, str) else s for s in fn(model, np.asarray(proba))]
+        return ["|".join(conf.prediction_set(float(p), threshold)) for p in proba]
     return run
 
 
@@ -724,7 +727,7 @@ def _tally(summary: dict, rows: list[dict]) -> None:
             continue
         if row["verdict"] == "PNEUMONIA":
             summary["flagged"] += 1
-        if "|" in row["prediction_set"] or row["prediction_set"] in ("{NORMAL, PNEUMONIA}",):
+        if "|" in row["prediction_set"]:
             summary["uncertain"] += 1
         if row["in_distribution"] == "False":
             summary["out_of_distribution"] += 1
