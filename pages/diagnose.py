@@ -1,5 +1,7 @@
-"""Diagnose: one chest X-ray in, the model's answer and why out.
+"""Diagnose: one chest X-ray in; first whether the model can read it and its answer, then why.
 
+The verdict (gate, prediction, probability, threshold, prediction set, context) is drawn first,
+from one forward pass; the LIME panels and Grad-CAM fill in afterwards in their own fragment.
 The upload is decoded from memory and never written to disk; results live in this browser
 session only. Models are shared across sessions through st.cache_resource and never changed.
 """
@@ -11,16 +13,18 @@ from pathlib import Path
 
 import streamlit as st
 
-from xray_core import data, explain, imaging, runs, ui  # explain loads TensorFlow only when used
+from app import diagnose_view as view
+from xray_core import case, data, explain, imaging, runs, ui
+from xray_core.model import load_model
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def get_run(path: str, stamp: float) -> runs.Run:
-    """A run with its model loaded; `stamp` (model.keras mtime) reloads a retrained model.
-    Shared by every session, so it is only read, never changed."""
-    run = runs.load_run(Path(path))
-    _ = run.model  # load now, under the spinner, not in the middle of an explanation
-    return run
+def get_model(path: str, stamp: float):
+    """The run's Model with its networks loaded; `stamp` (model file mtime) reloads a retrained
+    run. Shared by every session, so it is only read, never changed."""
+    model = load_model(Path(path), cache=False)
+    _ = model.members  # load now, under the spinner
+    return model
 
 
 @st.cache_data(show_spinner=False)
@@ -45,15 +49,7 @@ def pick_run(models: Path):
 
 
 def pick_image():
-    """(name, raw bytes or path) from an upload or the dataset; None when nothing is chosen."""
-    opened = st.session_state.get("diagnose_open")  # a film opened from the Worklist page
-    if opened:
-        st.info(f"From the worklist: {opened['name']}")
-        if not st.button("Choose another image", key="diagnose_close_worklist"):
-            from xray_core import scoring
-
-            return opened["name"], scoring.read_item_bytes(opened["path"])
-        del st.session_state["diagnose_open"]
+    """(name, raw bytes) from an upload or the dataset; None when nothing is chosen."""
     source = st.radio("Image", ["Upload a file", "Pick from the dataset"], horizontal=True,
                       key="diagnose_source", label_visibility="collapsed")
     if source == "Upload a file":
@@ -79,63 +75,87 @@ def pick_image():
         st.info("No image in that split and class.")
         return None
     name = cols[2].selectbox("File", sorted(rows["filename"]), key="diagnose_file")
-    return name, rows.loc[rows["filename"] == name, "path"].iloc[0]
+    return name, Path(rows.loc[rows["filename"] == name, "path"].iloc[0]).read_bytes()
 
 
 def settings() -> dict:
     with st.expander("Explanation settings"):
         cols = st.columns(3)
         samples = cols[0].select_slider("LIME samples", [100, 250, 500, 1000, 2000, 5000, 10000],
-                                        value=1000, key="diagnose_samples",
+                                        value=explain.DEFAULT_LIME["num_samples"], key="diagnose_samples",
                                         help="More samples: steadier weights, slower.")
         segmentation = cols[1].selectbox("Segmentation", list(explain.SEGMENTATIONS),
+                                         index=list(explain.SEGMENTATIONS).index(explain.DEFAULT_LIME["segmentation"]),
                                          key="diagnose_segmentation",
-                                         help="How the image is cut into superpixels; quickshift is the seed's.")
+                                         help="How the image is cut into superpixels.")
         seed = cols[2].number_input("Seed", min_value=0, value=0, step=1, key="diagnose_seed",
                                     help="The same seed gives the same explanation.")
     return {"num_samples": int(samples), "segmentation": segmentation, "seed": int(seed)}
 
 
-def analyse(run, img, options: dict, bar) -> dict:
-    """Prediction, LIME and Grad-CAM for one image (the library does the work)."""
-    def progress(done: int, total: int) -> None:
-        bar.progress(min(done / max(total, 1), 1.0), text=f"Explaining: {done} of {total} samples")
+def show_verdict(a, metrics: dict) -> bool:
+    """Gate, verdict and its context. Returns whether the verdict was shown."""
+    shown = a.in_distribution
+    if not a.in_distribution:
+        st.error(f"**{view.REFUSED_TITLE}.** " + " ".join(view.gate_lines(a)))
+        shown = st.toggle(view.SHOW_ANYWAY, key="diagnose_show_anyway")
+        if shown:
+            st.warning("The model was not made for this image: the output below is shown on request "
+                       "and should not be read as a finding.")
+    if shown:
+        cols = st.columns([1.6, 1.5, 1.3, 1.9])
+        for col, (label, value) in zip(cols, view.verdict_metrics(a)):
+            col.metric(label, value)
+        st.caption(view.uncertainty_caption(a))
+        st.caption(view.verdict_caption(a))
+        if a.in_distribution and a.gate.warnings:
+            st.info(" ".join(view.gate_lines(a)))
+    seen = view.seen_caption(a)
+    if seen:
+        st.warning(seen)
+    table = view.dicom_table(a.dicom)
+    if table is not None:
+        st.dataframe(table, hide_index=True, width="content")
+    for line in view.context(metrics):
+        st.caption(line)
+    return shown
 
-    result = ui.diagnose(run, img, progress=progress, **options)
-    bar.empty()
-    return result
 
-
-def show_result(result: dict, run_info) -> None:
-    score, threshold = result["probability"], result["threshold"]
-    verdict = result["prediction"]
-    validation = (run_info.metrics or {}).get("validation") or {}
-    cols = st.columns([2, 1.6, 1.3, 1.3, 1.3])  # wide enough for "PNEUMONIA"
-    cols[0].metric("Prediction", verdict)
-    cols[1].metric("Probability of pneumonia", f"{score:.3f}")
-    cols[2].metric("Operating threshold", f"{threshold:.3f}")
-    cols[3].metric("Validation sensitivity", ui.fmt(validation.get("sensitivity")))
-    cols[4].metric("Validation specificity", ui.fmt(validation.get("specificity")))
-    st.caption(
-        f"{result['name']} · run {result['run_id']} · PNEUMONIA when the probability is at or "
-        "above the operating threshold, which was chosen on the run's validation split."
-    )
-    panels = result.get("panels") or {}
-    if panels:
-        st.subheader("Why: LIME superpixels and Grad-CAM")
-        names = list(panels)
-        for row in (names[:3], names[3:]):  # three per row: large enough to read
-            cols = st.columns(3)
-            for col, name in zip(cols, row):
-                col.image(panels[name], width="stretch")
-                col.markdown(f"**{ui.PANEL_TITLES.get(name, name)}**")
-                col.caption(result.get("panel_help", {}).get(name, ""))
-    for note in result.get("notes", []):
+@st.fragment
+def explanations(key: tuple, model, a, options: dict, metrics: dict) -> None:
+    """LIME and Grad-CAM of P(pneumonia), filled in after the verdict, with the downloads."""
+    store = st.session_state.setdefault("diagnose_explained", {})
+    if key not in store:
+        with st.spinner("Explaining the probability of pneumonia (LIME and Grad-CAM)…"):
+            result = view.explain_film(model, a.image, **options)
+        store.clear()  # keep only the latest explanation in the session
+        store[key] = result
+    result = store[key]
+    st.subheader("Why: what raises and lowers the probability of pneumonia")
+    panels = result["panels"]
+    names = list(panels)
+    for row in (names[:3], names[3:]):  # three per row: large enough to read
+        cols = st.columns(3)
+        for col, name in zip(cols, row):
+            col.image(panels[name], width="stretch")
+            col.markdown(f"**{view.PANEL_TITLES.get(name, name)}**")
+            col.caption(result["panel_help"].get(name, ""))
+    for note in result["notes"]:
         st.caption(note)
-    st.download_button(
-        "Download the result (PNG panels and JSON)", data=ui.result_zip(panels, result["summary"]),
-        file_name=f"{Path(result['name']).stem}-{result['run_id']}-explained.zip",
-        mime="application/zip", key="diagnose_download",
+    from xray_core import report
+
+    stem = Path(a.name).stem
+    cols = st.columns(2)
+    cols[0].download_button(
+        "Download report (PDF)", key="diagnose_pdf", mime="application/pdf",
+        file_name=f"{stem}-{a.run_id}-report.pdf",
+        data=report.build_pdf(a, lime=result["lime"], gradcam_overlay=result["gradcam_overlay"], metrics=metrics,
+                              show_anyway=not a.in_distribution),
+    )
+    summary = {**view.summary(a), **result["summary"]}
+    cols[1].download_button(
+        "Download the panels (PNG) and JSON", data=view.result_zip(panels, summary),
+        file_name=f"{stem}-{a.run_id}-explained.zip", mime="application/zip", key="diagnose_download",
     )
 
 
@@ -148,27 +168,22 @@ chosen = pick_image()
 options = settings()
 
 if chosen is not None:
-    name, source = chosen
+    name, raw = chosen
     try:
-        img = imaging.decode(source, filename=name)
+        raw_, gray, coloured, facts = case.read(raw, name)
     except imaging.ImageDecodeError as exc:
         st.error(str(exc))
         st.stop()
     model_file = Path(run_info.path) / runs.MODEL_FILE
-    digest = hashlib.sha256(source if isinstance(source, bytes) else str(source).encode()).hexdigest()
-    key = (digest, run_info.run_id, model_file.stat().st_mtime, tuple(sorted(options.items())))
-    results = st.session_state.setdefault("diagnose_results", {})
-    if key not in results:
-        run = get_run(str(run_info.path), model_file.stat().st_mtime)
-        bar = st.progress(0.0, text="Predicting…")
-        try:
-            result = analyse(run, img, options, bar)
-        except ValueError as exc:
-            bar.empty()
-            st.error(f"The model could not analyse this image: {exc}")
-            st.stop()
-        result["name"] = name
-        result["summary"].update(file=name, validation=(run_info.metrics or {}).get("validation"))
-        results.clear()  # keep only the latest result in the session
-        results[key] = result
-    show_result(results[key], run_info)
+    stamp = model_file.stat().st_mtime
+    model = get_model(str(run_info.path), stamp)
+    digest = hashlib.sha256(raw).hexdigest()
+    key = (digest, run_info.run_id, stamp)
+    assessed = st.session_state.setdefault("diagnose_assessed", {})
+    if key not in assessed:
+        assessed.clear()
+        assessed[key] = case.assess_many(model, [(name, raw, gray, coloured, facts)])[0]
+    assessment = assessed[key]
+    metrics = run_info.metrics or {}
+    if show_verdict(assessment, metrics):
+        explanations(key + tuple(sorted(options.items())), model, assessment, options, metrics)

@@ -14,7 +14,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.apptest_helpers import APP, open_page
-from xray_core import imaging, runs, ui
+from app import diagnose_view as view
+from xray_core import imaging
+from xray_core.model import load_model
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +53,15 @@ def dicom_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def enlarged(raw: bytes, size: int = 160) -> bytes:
+    """A synthetic 48 px film enlarged to a size the gate accepts, as PNG bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(imaging.decode(raw)).resize((size, size), Image.BILINEAR).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @pytest.fixture
 def diagnose(monkeypatch, synthetic_dataset, tiny_run):
     runs_root, _ = tiny_run
@@ -63,26 +74,36 @@ def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
-def test_upload_shows_prediction_panels_then_error_then_works_again(diagnose, synthetic_dataset, tiny_run):
+def test_upload_shows_verdict_panels_then_error_then_works_again(diagnose, synthetic_dataset, tiny_run):
     at = diagnose
     runs_root, run_id = tiny_run
     assert at.selectbox(key="diagnose_run").value == run_id  # the newest completed run
     name, raw = image_bytes(synthetic_dataset, "test", "PNEUMONIA")
-    at.file_uploader(key="diagnose_upload").set_value((name, raw, "image/jpeg")).run()
+    raw = enlarged(raw)
+    at.file_uploader(key="diagnose_upload").set_value(("film.png", raw, "image/png")).run()
     assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
     probability = expected_probability(runs_root, run_id, raw)
-    threshold = runs.load_run(run_id, root=runs_root).threshold
+    threshold = load_model(run_id, root=runs_root).threshold
     assert metric(at, "Probability of pneumonia") == f"{probability:.3f}"
     assert metric(at, "Operating threshold") == f"{threshold:.3f}"
     assert metric(at, "Prediction") == ("PNEUMONIA" if probability >= threshold else "NORMAL")
-    validation = runs.load_run(run_id, root=runs_root).metrics["validation"]
-    assert metric(at, "Validation sensitivity") == f"{validation['sensitivity']:.3f}"
-    assert metric(at, "Validation specificity") == f"{validation['specificity']:.3f}"
+    from xray_core import uncertainty
+
+    conformal = uncertainty.load_conformal(runs_root / run_id)  # fitted when the run was finalised
+    assert conformal is not None
+    assert metric(at, "90 % prediction set") == uncertainty.describe(probability, threshold, conformal).label
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("Validation split (") for c in captions)  # the figures, named
+    assert any("Research software, not a medical device" in c for c in captions)
+    assert any("no fitted input gate" in i.value for i in at.info)  # said, not hidden
     assert len(at.image) == 5  # the four LIME panels and Grad-CAM
     titles = [m.value for m in at.markdown]
-    for title in ui.PANEL_TITLES.values():
+    for title in view.PANEL_TITLES.values():
         assert f"**{title}**" in titles
-    assert at.get("download_button"), "the result download is offered"
+    assert any("probability of pneumonia" in c for c in captions)
+    labels = [b.label for b in at.get("download_button")]
+    assert "Download report (PDF)" in labels
 
     # A text file renamed .png: the library's message, as an error, and no prediction.
     at.file_uploader(key="diagnose_upload").set_value(("notes.png", b"patient notes, not an image", "image/png"))
@@ -95,42 +116,68 @@ def test_upload_shows_prediction_panels_then_error_then_works_again(diagnose, sy
 
     # The next upload works.
     name, raw = image_bytes(synthetic_dataset, "test", "NORMAL")
-    at.file_uploader(key="diagnose_upload").set_value((name, raw, "image/jpeg")).run()
+    raw = enlarged(raw)
+    at.file_uploader(key="diagnose_upload").set_value(("normal.png", raw, "image/png")).run()
     assert not at.exception and not at.error
     assert metric(at, "Probability of pneumonia") == f"{expected_probability(runs_root, run_id, raw):.3f}"
 
 
-def test_dicom_upload_and_dataset_pick(diagnose, synthetic_dataset, tiny_run):
+def test_unreadable_film_is_refused_until_asked(diagnose, synthetic_dataset, tiny_run):
+    """A 48 px image: 'not a chest X-ray this model can read' with the reason, no verdict, no
+    explanation; 'show anyway' reveals the output under a warning."""
+    at = diagnose
+    runs_root, run_id = tiny_run
+    name, raw = image_bytes(synthetic_dataset, "test", "PNEUMONIA")
+    at.file_uploader(key="diagnose_upload").set_value((name, raw, "image/jpeg")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith(f"**{view.REFUSED_TITLE}.**")
+    assert "48 x 48 pixels" in at.error[0].value
+    assert not at.metric and len(at.image) == 0
+    at.toggle(key="diagnose_show_anyway").set_value(True).run()
+    assert not at.exception
+    assert any("not made for this image" in w.value for w in at.warning)
+    assert metric(at, "Probability of pneumonia") == f"{expected_probability(runs_root, run_id, raw):.3f}"
+    assert len(at.image) == 5
+
+
+def test_dicom_upload_shows_its_facts_and_dataset_pick(diagnose, synthetic_dataset, tiny_run):
     at = diagnose
     runs_root, run_id = tiny_run
     name, raw = image_bytes(synthetic_dataset, "val", "PNEUMONIA")
-    pixels = imaging.decode(raw)
+    from PIL import Image
+
+    pixels = np.asarray(Image.fromarray(imaging.decode(raw)).resize((160, 160)))
     dicom = dicom_bytes(pixels)
     at.file_uploader(key="diagnose_upload").set_value(("scan.dcm", dicom, "application/dicom"))
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert metric(at, "Probability of pneumonia") == f"{expected_probability(runs_root, run_id, dicom):.3f}"
+    table = at.dataframe[0].value
+    facts = dict(zip(table["DICOM attribute"], table["value"]))
+    assert facts["modality"] == "DX" and facts["photometric interpretation"] == "MONOCHROME2"
 
     at.radio(key="diagnose_source").set_value("Pick from the dataset").run()
     at.selectbox(key="diagnose_split").set_value("test")
     at.selectbox(key="diagnose_class").set_value("NORMAL").run()
-    chosen = at.selectbox(key="diagnose_file").value
     assert not at.exception
-    raw = (synthetic_dataset / "test" / "NORMAL" / chosen).read_bytes()
-    assert metric(at, "Probability of pneumonia") == f"{expected_probability(runs_root, run_id, raw):.3f}"
+    assert at.error and at.error[0].value.startswith(f"**{view.REFUSED_TITLE}.**")  # 48 px dataset films
 
 
 def test_result_zip_holds_the_panels_and_json(synthetic_dataset, tiny_run):
+    from xray_core import case
+
     runs_root, run_id = tiny_run
-    run = runs.load_run(run_id, root=runs_root)
-    img = imaging.decode(image_bytes(synthetic_dataset, "test", "PNEUMONIA")[1])
-    result = ui.diagnose(run, img, num_samples=100, seed=1)
-    archive = zipfile.ZipFile(io.BytesIO(ui.result_zip(result["panels"], result["summary"])))
+    model = load_model(run_id, root=runs_root)
+    raw = enlarged(image_bytes(synthetic_dataset, "test", "PNEUMONIA")[1])
+    a = case.assess(model, raw, "film.png")
+    result = view.explain_film(model, a.image, num_samples=100, segmentation="slic", seed=1)
+    archive = zipfile.ZipFile(io.BytesIO(view.result_zip(result["panels"], {**view.summary(a), **result["summary"]})))
     names = sorted(archive.namelist())
     assert names == sorted(f"{k}.png" for k in ("full", "partial", "pros_cons", "heatmap", "gradcam")) + ["result.json"]
     summary = json.loads(archive.read("result.json"))
-    assert summary["prediction"] == result["prediction"] and summary["run_id"] == run_id
-    assert summary["lime"]["num_samples"] == 100 and summary["settings"]["seed"] == 1
+    assert summary["label"] == a.verdict and summary["run"] == run_id
+    assert summary["lime"]["num_samples"] == 100 and summary["lime"]["seed"] == 1
+    assert summary["lime"]["label_name"] == "PNEUMONIA"  # P(pneumonia) is explained, whatever the verdict
     assert archive.read("full.png").startswith(b"\x89PNG")
 
 
@@ -154,6 +201,7 @@ def test_diagnose_writes_nothing_to_disk(monkeypatch, synthetic_dataset, tiny_ru
     monkeypatch.setenv("XRAY_DATA_DIR", str(synthetic_dataset))
     monkeypatch.setenv("XRAY_MODELS_DIR", str(models))
     name, raw = image_bytes(synthetic_dataset, "test", "PNEUMONIA", 1)
+    raw = enlarged(raw)
     before_project, before_models = _files(PROJECT), _files(models)
 
     at = AppTest.from_file(APP, default_timeout=180)

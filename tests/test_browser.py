@@ -138,11 +138,20 @@ def metric_value(page, label: str) -> str:
     return box.locator('[data-testid="stMetricValue"]').inner_text().strip()
 
 
-def test_every_page_in_a_real_browser(app, browser, synthetic_dataset, tiny_run):
+def enlarged(path: Path, folder: Path) -> Path:
+    """The synthetic 48 px film at 160 px, a size the input gate accepts."""
+    from PIL import Image
+
+    out = folder / f"{path.stem}.png"
+    Image.fromarray(imaging.decode(path)).resize((160, 160), Image.BILINEAR).save(out)
+    return out
+
+
+def test_every_page_in_a_real_browser(app, browser, synthetic_dataset, tiny_run, tmp_path):
     base, models = app
     _, run_id = tiny_run
-    pneumonia = sorted((synthetic_dataset / "test" / "PNEUMONIA").iterdir())[0]
-    normal = sorted((synthetic_dataset / "test" / "NORMAL").iterdir())[0]
+    pneumonia = enlarged(sorted((synthetic_dataset / "test" / "PNEUMONIA").iterdir())[0], tmp_path)
+    normal = enlarged(sorted((synthetic_dataset / "test" / "NORMAL").iterdir())[0], tmp_path)
 
     # Diagnose (the default page): upload, prediction, four LIME panels and Grad-CAM.
     context, page = new_page(browser)

@@ -192,7 +192,7 @@ def build_pdf(assessment, *, lime=None, gradcam_overlay: np.ndarray | None = Non
     return bytes(out)
 
 
-def report_for_file(run: Any, image: str | os.PathLike, *, num_samples: int = 1000, seed: int = 0,
+def report_for_file(run: Any, image: str | os.PathLike, *, num_samples: int | None = None, seed: int = 0,
                     show_anyway: bool = False) -> bytes:
     """Assess, explain and lay out one image file with a run: the PDF bytes."""
     from xray_core import case, explain
@@ -202,8 +202,10 @@ def report_for_file(run: Any, image: str | os.PathLike, *, num_samples: int = 10
     a = case.assess(model, Path(image))
     lime = cam_overlay = None
     if a.in_distribution or show_anyway:
-        lime = explain.explain_lime(model, a.image, num_samples=num_samples, seed=seed,
-                                    segmentation=explain.DEFAULT_SEGMENTATION)
+        settings = dict(explain.DEFAULT_LIME)
+        if num_samples is not None:
+            settings["num_samples"] = int(num_samples)
+        lime = explain.explain_lime(model, a.image, seed=seed, **settings)
         cam = explain.grad_cam(model, a.image)
         cam_overlay = explain.make_overlay(a.image, cam.heatmap)
     return build_pdf(a, lime=lime, gradcam_overlay=cam_overlay, metrics=model.metrics, show_anyway=show_anyway)
@@ -216,7 +218,7 @@ def _cmd_report(args) -> int:
     from xray_core.commands import _run_ref
 
     model = load_model(_run_ref(str(args.run)), root=getattr(args, "runs_dir", None))
-    pdf = report_for_file(model, args.image, num_samples=getattr(args, "samples", 1000),
+    pdf = report_for_file(model, args.image, num_samples=getattr(args, "samples", None),
                           seed=getattr(args, "seed", 0), show_anyway=getattr(args, "show_anyway", False))
     out = Path(args.out)
     fileio.atomic_write_bytes(out, pdf)

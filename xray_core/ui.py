@@ -6,17 +6,13 @@ figures are built from what the library returns. TensorFlow is never imported by
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-from xray_core.explain import png_bytes
-from xray_core.runs import MODEL_FILE, Run, to_jsonable
+from xray_core.runs import MODEL_FILE, Run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,20 +143,10 @@ def sizes_figure(sizes: pd.DataFrame, distinct: int | None = None):
     return fig
 
 
-# Compare's tables and figures live in app/compare_view.py.
+# Compare's tables and figures live in app/compare_view.py, Diagnose's words in app/diagnose_view.py.
 
 
-# ------------------------------------------------------------------------------------- diagnose
-
-
-def result_zip(images: dict[str, np.ndarray], summary: dict) -> bytes:
-    """A zip of named PNGs plus result.json, built in memory (nothing touches the disk)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, array in images.items():
-            archive.writestr(f"{name}.png", png_bytes(array))
-        archive.writestr("result.json", json.dumps(to_jsonable(summary), indent=2, allow_nan=False))
-    return buffer.getvalue()
+# -------------------------------------------------------------------------------------- formats
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -202,62 +188,6 @@ def fmt(value: Any, digits: int = 3) -> str:
         return f"{float(value):.{digits}f}"
     except (TypeError, ValueError):
         return str(value)
-
-
-# ------------------------------------------------------------------------------------- diagnose
-
-PANEL_TITLES = {
-    "full": "1 · Top superpixels",
-    "partial": "2 · Only those superpixels",
-    "pros_cons": "3 · Pros and cons",
-    "heatmap": "4 · Weight heatmap",
-    "gradcam": "Grad-CAM",
-}
-
-
-def panel_help(label_name: str, vmax: float | None = None) -> dict[str, str]:
-    """One line per panel on how to read it, worded for the explained label."""
-    scale = f" (scale ±{vmax:.3g})" if vmax else ""
-    return {
-        "full": f"Yellow outlines: the 2 regions that most support {label_name}.",
-        "partial": f"Only those 2 regions, the rest blacked out: is the evidence for {label_name} in the lungs?",
-        "pros_cons": f"The 5 strongest regions: green supports {label_name}, red argues against it.",
-        "heatmap": f"Every region coloured by its weight: blue for {label_name}, red against{scale}.",
-        "gradcam": f"Grad-CAM: warm colours where the last convolutional layer saw evidence for {label_name}.",
-    }
-
-
-LIME_PANEL_HELP = panel_help("the answer")
-
-
-def diagnose(run: Any, img: np.ndarray, *, num_samples: int = 1000,
-             segmentation: str = "quickshift", seed: int = 0, progress=None) -> dict:
-    """Prediction, the four LIME panels and Grad-CAM for one decoded image, as display data.
-
-    The probability and label come from the same forward pass LIME explains.
-    """
-    from xray_core import explain
-    from xray_core.data import CLASSES
-
-    threshold = float(run.threshold)
-    settings = {"num_samples": int(num_samples), "segmentation": segmentation, "seed": int(seed)}
-    summary: dict[str, Any] = {"run_id": run.run_id, "threshold": threshold, "settings": settings,
-                               "image_shape": list(img.shape)}
-    lime = explain.explain_lime(run, img, progress=progress, **settings)
-    cam = explain.grad_cam(run, img, label=lime.label)
-    probability = float(lime.probability)
-    label_name = CLASSES[lime.predicted_label]
-    panels: dict[str, np.ndarray] = dict(lime.panels.as_dict()) if lime.panels is not None else {}
-    panels["gradcam"] = explain.make_overlay(img, cam.heatmap)
-    helps = panel_help(CLASSES[lime.label], lime.legend.vmax)
-    summary["lime"] = lime.to_dict()
-    summary["gradcam"] = {"layer": cam.layer, "label": cam.label, "seconds": cam.seconds}
-    notes = [f"LIME: {lime.n_superpixels} superpixels, {lime.num_samples} samples, "
-             f"local fit R² {lime.score:.2f}, {lime.seconds:.1f} s · Grad-CAM layer {cam.layer}."]
-    summary.update(prediction=label_name, probability_pneumonia=probability)
-    return {"run_id": run.run_id, "prediction": label_name, "probability": probability,
-            "threshold": threshold, "panels": panels, "panel_help": helps, "notes": notes,
-            "summary": summary}
 
 
 def seconds_per_epoch(infos: Iterable[Any], arch: str, image_size: int, channels: int) -> float | None:

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from xray_core.explain.adapter import (
-    CLASSES, ExplainError, TOP_PROS_CONS, _check_label, as_adapter, to_gray,
+    HIDE_COLOR, CLASSES, ExplainError, TOP_PROS_CONS, _check_label, as_adapter, to_gray,
 )
 from xray_core.explain.fastscore import _auto_batch_size, make_scorer
 from xray_core.explain.gradcam import GradCam, grad_cam
@@ -107,6 +107,7 @@ class Stability:
 def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5, *,
               num_samples: int = 1000, segmentation: str = "quickshift",
               segmentation_params: dict | None = None, top_k: int = TOP_PROS_CONS,
+              hide_color: float | None = HIDE_COLOR,
               first: LimeExplanation | None = None) -> Stability:
     """Mean pairwise Jaccard overlap of the top-k superpixels (by |weight|) over several seeds.
 
@@ -119,12 +120,12 @@ def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5
     masks, counts = [], []
     for s in seed_list:
         if first is not None and first.seed == s and first.num_samples == num_samples \
-                and first.segmentation == segmentation:
+                and first.segmentation == segmentation and first.hide_color == hide_color:
             exp = first
         else:
             exp = explain_lime(run_or_model, image, label=label, num_samples=num_samples,
                                segmentation=segmentation, segmentation_params=segmentation_params,
-                               seed=s, panels=False)
+                               seed=s, panels=False, hide_color=hide_color)
         label = exp.label  # every seed explains the same label
         top = sorted(range(exp.n_superpixels), key=lambda k: (-abs(exp.weights[k]), k))[:top_k]
         masks.append(np.isin(exp.segments, top))

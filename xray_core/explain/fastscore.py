@@ -188,13 +188,13 @@ class _PlainScorer:
 
     fast = False
 
-    def __init__(self, adapter: ModelAdapter, x: np.ndarray, segments: np.ndarray):
-        self.adapter, self.x, self.segments = adapter, x, segments
+    def __init__(self, adapter: ModelAdapter, x: np.ndarray, segments: np.ndarray, fill: np.ndarray | None = None):
+        self.adapter, self.x, self.segments, self.fill = adapter, x, segments, fill
 
     def __call__(self, rows: np.ndarray, batch_size: int) -> np.ndarray:
         out = []
         for start in range(0, len(rows), batch_size):
-            imgs = _perturbed(self.x, self.segments, rows[start : start + batch_size])
+            imgs = _perturbed(self.x, self.segments, rows[start : start + batch_size], self.fill)
             out.append(self.adapter.class_probabilities(imgs, batch_size=batch_size))
         return np.concatenate(out, axis=0)
 
@@ -270,21 +270,29 @@ def _touched_superpixels(segments: np.ndarray, plan: _LocalPlan):
     return touched, counts, windows
 
 
-def make_scorer(adapter: ModelAdapter, x: np.ndarray, segments: np.ndarray, fast: bool = True):
-    """A function rows (B, n) of 0/1 per superpixel -> (B, 2) class scores of those perturbations."""
-    plan = _local_plan(adapter.model) if fast and adapter.fast_ok else None
+def make_scorer(adapter: ModelAdapter, x: np.ndarray, segments: np.ndarray, fast: bool = True,
+                fill: np.ndarray | None = None):
+    """A function rows (B, n) of 0/1 per superpixel -> (B, 2) class scores of those perturbations.
+
+    `fill` (h, w, c) is what a hidden superpixel shows (None: HIDE_COLOR, black); the exact
+    look-up needs black, so any other fill takes the plain path.
+    """
+    plan = _local_plan(adapter.model) if fast and adapter.fast_ok and fill is None else None
     if plan is None:
-        return _PlainScorer(adapter, x, segments)
+        return _PlainScorer(adapter, x, segments, fill)
     touched, counts, windows = _touched_superpixels(segments, plan)
     if touched.shape[1] > MAX_TOUCHED:
         return _PlainScorer(adapter, x, segments)
     return _LocalScorer(adapter, plan, x, segments, touched, counts, windows)
 
 
-def _perturbed(model_input: np.ndarray, segments: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """float32 (B, h, w, c): the image with each row's switched-off superpixels set to HIDE_COLOR."""
+def _perturbed(model_input: np.ndarray, segments: np.ndarray, rows: np.ndarray,
+               fill: np.ndarray | None = None) -> np.ndarray:
+    """float32 (B, h, w, c): the image with each row's switched-off superpixels set to HIDE_COLOR
+    (or to `fill`, an (h, w, c) image, e.g. each superpixel's mean)."""
     keep = rows[:, segments].astype(bool)  # (B, h, w)
-    out = np.where(keep[..., None], model_input[None], np.float32(HIDE_COLOR))
+    hidden = np.float32(HIDE_COLOR) if fill is None else np.asarray(fill, np.float32)[None]
+    out = np.where(keep[..., None], model_input[None], hidden)
     return out.astype(np.float32, copy=False)
 
 

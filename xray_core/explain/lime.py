@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from xray_core.explain.adapter import (
-    CLASSES, PNEUMONIA, DEFAULT_SEGMENTATION_PARAMS, DISPLAY_SIZE, ExplainError, HEATMAP_CMAP,
+    HIDE_COLOR, CLASSES, PNEUMONIA, DEFAULT_SEGMENTATION_PARAMS, DISPLAY_SIZE, ExplainError, HEATMAP_CMAP,
     KERNEL_WIDTH, SEGMENTATIONS, TOP_PROS_CONS, TOP_SUPPORTING, _check_label, as_adapter, to_gray,
 )
 from xray_core.explain.fastscore import _auto_batch_size, make_scorer
@@ -81,6 +81,7 @@ class LimeExplanation:
     top_abs: list  # superpixels of panel 3 (largest |weight| first)
     legend: HeatmapLegend
     panels: LimePanels | None
+    hide_color: float | None = HIDE_COLOR  # what a hidden superpixel showed (None: its own mean)
 
     @property
     def label_name(self) -> str:
@@ -118,6 +119,7 @@ class LimeExplanation:
             "heatmap_legend": dataclasses.asdict(self.legend),
             "seconds": self.seconds,
             "timings": self.timings,
+            "hide_color": self.hide_color,
         }
 
 
@@ -147,7 +149,8 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
                  segmentation: str = "quickshift", segmentation_params: dict | None = None,
                  seed: int = 0, progress: Callable[[int, int], None] | None = None, *,
                  batch_size: int | None = None, panels: bool = True,
-                 display_size: int = DISPLAY_SIZE, fast: bool = True) -> LimeExplanation:
+                 display_size: int = DISPLAY_SIZE, fast: bool = True,
+                 hide_color: float | None = HIDE_COLOR) -> LimeExplanation:
     """Explain one image with LIME; returns weights per superpixel and the four panels.
 
     Parameters
@@ -163,6 +166,10 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
     progress : called as progress(samples_scored, num_samples) after each model batch.
     batch_size : samples per model call; None picks the largest that fits about 1 GB of activations.
     panels : False skips drawing (stability runs only need weights).
+    hide_color : what a hidden superpixel shows: a gray level (0, black, the seed's and the
+        default), or None for the superpixel's own mean (lime's hide_color=None), which the
+        dashboard uses (DEFAULT_LIME): steadier weights on radiographs, see
+        benchmarks/reports/explain_faithfulness.md.
     fast : use the exact local-prefix shortcut where the architecture allows it (see above);
         False always scores whole perturbed images (the reference path).
     """
@@ -185,7 +192,15 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
 
     t = time.perf_counter()
     data = _sample_masks(n, num_samples, seed)
-    scorer = make_scorer(adapter, x, segments, fast=fast)
+    fill = None
+    if hide_color is None:  # lime's hide_color=None: a hidden superpixel shows its own mean
+        counts = np.maximum(np.bincount(segments.ravel(), minlength=n), 1)
+        means = np.stack([np.bincount(segments.ravel(), weights=x[..., c].ravel(), minlength=n) / counts
+                          for c in range(x.shape[-1])], axis=1)  # (n, c)
+        fill = means[segments].astype(np.float32)  # (h, w, c)
+    elif float(hide_color) != HIDE_COLOR:
+        fill = np.full(x.shape, float(hide_color), np.float32)
+    scorer = make_scorer(adapter, x, segments, fast=fast, fill=fill)
     batch = int(batch_size) if batch_size else _auto_batch_size(adapter, scorer)
     timings["setup"] = time.perf_counter() - t
     scores = np.empty((num_samples, 2), dtype=np.float64)
@@ -226,5 +241,5 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
         segmentation=segmentation, segmentation_params=settings, seed=int(seed),
         seconds=time.perf_counter() - t_start, timings=timings, model_input=x,
         top_supporting=[int(k) for k in top_supporting], top_abs=[int(k) for k in top_abs],
-        legend=legend, panels=drawn,
+        legend=legend, panels=drawn, hide_color=None if hide_color is None else float(hide_color),
     )

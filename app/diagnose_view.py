@@ -1,0 +1,165 @@
+"""Diagnose's words and tables: what the page says about a verdict, its trust and its explanations.
+
+The library (`xray_core.case`, `explain`, `gate`, `uncertainty`) returns data; this module turns
+it into the sentences and tables the page shows. No Streamlit here, so it is testable alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xray_core.explain import png_bytes
+from xray_core.fileio import to_jsonable
+from xray_core.report import RESEARCH_LINE, context_lines
+
+ROOT = Path(__file__).resolve().parents[1]
+FAITHFULNESS_REPORT = ROOT / "benchmarks" / "reports" / "explain_faithfulness.json"
+
+REFUSED_TITLE = "Not a chest X-ray this model can read"
+SHOW_ANYWAY = "Show the model's output anyway"
+
+PANEL_TITLES = {
+    "full": "1 · Top superpixels",
+    "partial": "2 · Only those superpixels",
+    "pros_cons": "3 · Pros and cons",
+    "heatmap": "4 · Weight heatmap",
+    "gradcam": "Grad-CAM",
+}
+
+
+def faithfulness_line() -> str:
+    """The measured deletion-curve figure for the panels' help (empty when never measured)."""
+    if not FAITHFULNESS_REPORT.is_file():
+        return ""
+    d = json.loads(FAITHFULNESS_REPORT.read_text())
+    areas = d.get("mean_deletion_area") or {}
+    if not {"lime", "gradcam", "random"} <= set(areas):
+        return ""
+    return (f" Measured on {d.get('n_images')} validation films of run {d.get('run')}: hiding regions in "
+            f"LIME's order lowers P(pneumonia) with a deletion area of {areas['lime']:.3f}, Grad-CAM's "
+            f"{areas['gradcam']:.3f}, a random order {areas['random']:.3f} (lower = more faithful).")
+
+
+def panel_help(vmax: float | None = None) -> dict[str, str]:
+    """One line per panel on how to read it. Every panel explains P(pneumonia), whatever the verdict."""
+    scale = f" (scale ±{vmax:.3g})" if vmax else ""
+    faith = faithfulness_line()
+    return {
+        "full": "Yellow outlines: the 2 regions that most raise the probability of pneumonia." + faith,
+        "partial": "Only those 2 regions, the rest blacked out: is the evidence for pneumonia in the lungs?",
+        "pros_cons": "The 5 strongest regions: green raises the probability of pneumonia, red lowers it." + faith,
+        "heatmap": f"Every region coloured by its weight on the probability of pneumonia: blue raises it, "
+                   f"red lowers it{scale}.",
+        "gradcam": "Grad-CAM of the probability of pneumonia: warm colours where the last convolutional "
+                   "layer saw evidence for pneumonia." + faith,
+    }
+
+
+def gate_lines(assessment) -> list[str]:
+    g = assessment.gate
+    lines = list(g.warnings)
+    if g.ood_score is not None:
+        lines.append(f"Distance from the training films: {g.ood_score:.2f} × the threshold set on "
+                     "validation films (above 1.00 is further out than they were).")
+    return lines
+
+
+def verdict_metrics(assessment) -> list[tuple[str, str]]:
+    """(label, value) pairs for the verdict row, in order."""
+    u = assessment.uncertainty
+    return [
+        ("Prediction", assessment.verdict),
+        ("Probability of pneumonia", f"{assessment.probability:.3f}"),
+        ("Operating threshold", f"{assessment.threshold:.3f}"),
+        ("90 % prediction set", u.label),
+    ]
+
+
+def verdict_caption(assessment) -> str:
+    return (f"{Path(assessment.name).name} · run {assessment.run_id} · PNEUMONIA when the probability is at "
+            "or above the operating threshold, which was chosen on the run's validation films.")
+
+
+def uncertainty_caption(assessment) -> str:
+    u = assessment.uncertainty
+    if u.prediction_set is None:
+        text = "This run has no conformal calibration, so no prediction set is given."
+    elif u.uncertain:
+        text = ("Uncertain, needs review: at the 90 % level the model cannot tell NORMAL from PNEUMONIA for "
+                f"this film (split conformal, calibrated on {u.calibrated_on}).")
+    else:
+        text = (f"At the 90 % level the set holds one class, {u.prediction_set[0]} (split conformal, "
+                f"calibrated on {u.calibrated_on}).")
+    if u.member_spread is not None:
+        text += (f" The {len(u.member_probabilities)} ensemble members' P(pneumonia) spans "
+                 f"{min(u.member_probabilities):.3f}–{max(u.member_probabilities):.3f}.")
+    return text
+
+
+def seen_caption(assessment) -> str | None:
+    if assessment.seen_in is None:
+        return None
+    return (f"This exact file was one of the run's {assessment.seen_in} films, so the model has seen it "
+            "(or was tuned on it): its answer here says nothing about new patients.")
+
+
+def context(metrics: dict | None) -> list[str]:
+    """The figures a verdict is read against, each named (shift-stress first), and the research line."""
+    return context_lines(metrics) + [RESEARCH_LINE]
+
+
+def dicom_table(facts: dict | None) -> pd.DataFrame | None:
+    """Acquisition facts of a DICOM (never patient data) as a two-column table."""
+    if not facts:
+        return None
+    names = {"Modality": "modality", "BodyPartExamined": "body part", "ViewPosition": "view position",
+             "PhotometricInterpretation": "photometric interpretation", "PixelSpacing": "pixel spacing (mm)",
+             "ImagerPixelSpacing": "imager pixel spacing (mm)", "Rows": "rows", "Columns": "columns"}
+    rows = [(names[k], "–" if v is None else (" × ".join(f"{x:g}" for x in v) if isinstance(v, list) else str(v)))
+            for k, v in facts.items() if k in names]
+    return pd.DataFrame(rows, columns=["DICOM attribute", "value"])
+
+
+def explanation_notes(lime, cam_layer: str) -> list[str]:
+    return [f"LIME: {lime.n_superpixels} superpixels, {lime.num_samples} samples, local fit R² "
+            f"{lime.score:.2f}, {lime.seconds:.1f} s · Grad-CAM layer {cam_layer}. Both explain the "
+            "probability of pneumonia."]
+
+
+def summary(assessment) -> dict:
+    """The JSON summary that goes with a download."""
+    return {"file": assessment.name, **assessment.to_json()}
+
+
+def result_zip(images: dict[str, np.ndarray], summary_json: dict) -> bytes:
+    """A zip of named PNGs plus result.json, built in memory (nothing touches the disk)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in images.items():
+            archive.writestr(f"{name}.png", png_bytes(array))
+        archive.writestr("result.json", json.dumps(to_jsonable(summary_json), indent=2, allow_nan=False))
+    return buffer.getvalue()
+
+
+def explain_film(model: Any, img: np.ndarray, *, num_samples: int, segmentation: str, seed: int,
+                 progress=None) -> dict:
+    """LIME panels and Grad-CAM of P(pneumonia) for one film, as display data."""
+    from xray_core import explain
+
+    params = explain.DEFAULT_LIME["segmentation_params"] if segmentation == explain.DEFAULT_LIME["segmentation"] else None
+    lime = explain.explain_lime(model, img, num_samples=num_samples, segmentation=segmentation,
+                                segmentation_params=params, seed=seed, progress=progress,
+                                hide_color=explain.DEFAULT_LIME["hide_color"])
+    cam = explain.grad_cam(model, img)
+    panels = dict(lime.panels.as_dict())
+    panels["gradcam"] = explain.make_overlay(img, cam.heatmap)
+    return {"lime": lime, "gradcam_overlay": panels["gradcam"], "panels": panels,
+            "panel_help": panel_help(lime.legend.vmax), "notes": explanation_notes(lime, cam.layer),
+            "summary": {"lime": lime.to_dict(), "gradcam": {"layer": cam.layer, "seconds": cam.seconds}}}
