@@ -198,3 +198,24 @@ def test_train_page_shows_the_running_runs_health_warnings(monkeypatch, syntheti
         shown = [w.value for w in at.warning]
     assert any("After 3 epochs the validation ROC AUC is 0.500" in text and "class weights" in text
                for text in shown), shown
+
+
+def test_cli_train_stops_on_a_nan_loss_and_exits_non_zero(synthetic_dataset, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # A learning rate of 1e30 blows the weights up within two batches: the loss becomes NaN.
+    result = subprocess.run(
+        [sys.executable, "-m", "xray_core", "train", "--arch", "baseline", "--data", str(synthetic_dataset),
+         "--epochs", "2", "--batch-size", "16", "--image-size", "16", "--lr", "1e30",
+         "--runs-dir", str(tmp_path), "--run-id", "blown", "--quiet"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ),
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert result.returncode == 3, result.stderr
+    assert "error: training stopped: Epoch 1" in result.stderr and "Lower the learning rate" in result.stderr
+    assert "Traceback" not in result.stderr
+    status = json.loads((tmp_path / "blown" / runs.STATUS_FILE).read_text())
+    assert status["state"] == "failed" and "NaN" in status["error"]
+    assert [h["code"] for h in status["health"]] == ["nan_loss"]
+    assert not (tmp_path / "blown" / runs.MODEL_FILE).exists()  # no model saved from NaN weights

@@ -136,18 +136,26 @@ def _train(args) -> int:
         runs_root=args.runs_dir,
         run_id=args.run_id,
         resume=args.resume,
+        distributed=args.distributed,
     )
 
     def on_sigterm(signum, frame):
         # A terminate request (e.g. from a process manager) ends like Ctrl-C: state cancelled.
         raise KeyboardInterrupt
 
+    from xray_core import health, runs
+
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         run_dir = training.train(config, progress=None if args.quiet else ProgressBar())
+    except health.TrainingHealthError as exc:  # NaN or infinite loss: the run is marked failed
+        print(f"error: training stopped: {exc}", file=sys.stderr)
+        return 3
     finally:
         signal.signal(signal.SIGTERM, previous)
     _print_run_summary(run_dir)
+    for warning in health.from_status(runs.read_json(run_dir / runs.STATUS_FILE)):
+        print(f"warning: {warning.text}", file=sys.stderr)
     return 0
 
 

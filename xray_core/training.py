@@ -25,7 +25,7 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
-from xray_core import runs
+from xray_core import health, runs
 from xray_core.callbacks import HISTORY_COLUMNS, RunCallback, StressSelection, save_model_atomically  # noqa: F401 (HISTORY_COLUMNS: the file's columns, re-exported)
 
 Progress = Callable[[dict], None]
@@ -376,6 +376,10 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
             restore_best_weights=True)
         callbacks.append(stopper)
     callbacks.insert(len(callbacks) - (1 if stopper else 0), run_cb)
+    # Training health after every epoch into status.json (collapse, chance AUC, stalls, divergence);
+    # a NaN or infinite loss stops the run with a sentence (health.TrainingHealthError).
+    callbacks.append(health.make_callback(status, n_pneumonia=int(y_val.sum()), n_normal=int(len(y_val) - y_val.sum()),
+                                          history_rows=history_rows))
 
     started = time.monotonic()
     if initial_epoch < epochs:
