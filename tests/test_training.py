@@ -67,7 +67,6 @@ def test_every_architecture_trains_a_complete_run_folder(arch, synthetic_dataset
     (row,) = _history(run_dir)
     assert list(row)[: len(training.HISTORY_COLUMNS)] == training.HISTORY_COLUMNS
     assert row["epoch"] == "1" and float(row["seconds"]) > 0 and float(row["images_per_second"]) > 0
-    assert 0.0 <= float(row["val_auc"]) <= 1.0
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("validation", "test", "official_val", "threshold", "seed_micro_recall", "train_seconds",
