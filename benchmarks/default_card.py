@@ -94,10 +94,15 @@ def render(run_dir: Path, ablation: dict | None) -> str:
         "",
         f"- **Threshold {_f(spec['threshold'])}**: {met['threshold_policy']} (the policy is a setting of the "
         "training: `--threshold-method`).",
-        f"- **Calibration**: temperature scaling of the ensemble's mean probability, T = {_f(cal['temperature'], 2)}, "
-        "fitted on the pooled stress validation and applied inside `Model.predict_proba`. Expected calibration "
+        f"- **Calibration**: Platt scaling of the ensemble's mean probability, sigmoid(logit(p) / T + b) with "
+        f"T = {_f(cal['temperature'], 2)} and b = {_f(cal.get('bias', 0.0), 2)} (the bias undoes the balanced class "
+        "weights' equal prior), fitted on the pooled stress validation and applied inside `Model.predict_proba`. "
+        "Expected calibration "
         f"error (15 bins) on the pooled stress set {_f(cal['ece_uncalibrated'])} before and {_f(cal['ece'])} "
-        f"after; on the plain films {_f(cal['ece_plain'])} after. The reliability diagram is on Compare.",
+        f"after; on the plain films {_f(cal['ece_plain'])} after.",
+        "",
+        "![Reliability diagram: predicted probability against the observed share of pneumonia, per bin]"
+        "(reliability.png)",
         "",
         "## Recipe",
         "",
@@ -178,12 +183,42 @@ def render(run_dir: Path, ablation: dict | None) -> str:
     return "\n".join(lines)
 
 
+def reliability_png(run_dir: Path) -> Path:
+    """The reliability diagram (pooled stress set and plain films) as a small PNG beside the card."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cal = runs.read_json(run_dir / "metrics.json")["calibration"]
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+    for key, label, style in (("bins", f"stress, pooled (ECE {cal['ece']:.3f})", "o-"),
+                              ("bins_plain", f"plain films (ECE {cal['ece_plain']:.3f})", "s-")):
+        bins = cal[key]
+        ax.plot([b["mean_pred"] for b in bins], [b["frac_pos"] for b in bins], style, ms=4, label=label)
+    ax.set_xlabel("predicted probability of pneumonia")
+    ax.set_ylabel("share of films with pneumonia")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=7)
+    ax.set_title("Reliability, validation (15 bins)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return runs.atomic_write_bytes(run_dir / "reliability.png", buf.getvalue())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Write the default model's MODEL_CARD.md from its files.")
     ap.add_argument("--run", type=Path, default=ROOT / "trained_models" / "default")
     ap.add_argument("--ablation", type=Path, default=ROOT / "benchmarks" / "reports" / "generalization.json")
     args = ap.parse_args(argv)
     ablation = json.loads(args.ablation.read_text()) if args.ablation.is_file() else None
+    reliability_png(args.run)
     runs.atomic_write_text(args.run / "MODEL_CARD.md", render(args.run, ablation))
     print(f"wrote {args.run / 'MODEL_CARD.md'}")
     return 0

@@ -120,13 +120,13 @@ def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | N
     old_spec = runs.read_json(run.path / model_mod.SPEC_FILE) if (run.path / model_mod.SPEC_FILE).is_file() else {}
     members = old_spec.get("members") or [runs.MODEL_FILE]
     extra = {k: v for k, v in old_spec.items()
-             if k not in ("members", "input_size", "channels", "threshold", "temperature", "threshold_policy")}
+             if k not in ("members", "input_size", "channels", "threshold", "temperature", "bias", "threshold_policy")}
     cfg = run.config
     policy = cfg.get("threshold") or {}
     method = method or policy.get("method") or "sensitivity"
     min_sensitivity = float(min_sensitivity or policy.get("min_sensitivity") or MIN_SENSITIVITY)
     # Scored uncalibrated (temperature 1), whatever model.json holds now.
-    m = model_mod.Model(run.path, spec={"members": members, "temperature": 1.0,
+    m = model_mod.Model(run.path, spec={"members": members, "temperature": 1.0, "bias": 0.0,
                                         "input_size": [cfg["image_size"], cfg["image_size"]],
                                         "channels": int(cfg["channels"])})
 
@@ -134,11 +134,12 @@ def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | N
     y, kept, raw = raw_stress_scores(m, paths, labels, progress=progress)
     result, scores = stress_figures(y, raw, method=method, min_sensitivity=min_sensitivity, n_boot=n_boot)
     threshold, temperature = result["threshold"], result["calibration"]["temperature"]
+    bias = result["calibration"]["bias"]
     described = result["threshold_policy"]
     plain = scores["plain"]
     model_mod.write_spec(run.path, members=members, input_size=(cfg["image_size"], cfg["image_size"]),
                          channels=int(cfg["channels"]), threshold=threshold, temperature=temperature,
-                         threshold_policy=described, extra=extra)
+                         bias=bias, threshold_policy=described, extra=extra)
     runs.write_predictions(run.path, "validation", kept, y, plain, root)
     _write_stress_predictions(run.path, kept, y, scores, root)
     merged = _merge_metrics(run.path, result)
@@ -184,8 +185,8 @@ def stress_figures(y, raw: dict[str, np.ndarray], *, method: str = "sensitivity"
     from xray_core import model as model_mod
 
     y_pool, raw_pool = stress.pooled(y, raw)
-    temperature = stress.fit_temperature(y_pool, raw_pool) if calibrate else 1.0
-    scores = {name: model_mod.calibrate(s, temperature) for name, s in raw.items()}
+    temperature, bias = stress.fit_platt(y_pool, raw_pool) if calibrate else (1.0, 0.0)
+    scores = {name: model_mod.calibrate(s, temperature, bias) for name, s in raw.items()}
     _, pool = stress.pooled(y, scores)
     threshold = float(metrics.choose_threshold(y_pool, pool, min_sensitivity=min_sensitivity, method=method))
     described = (f"highest specificity with sensitivity >= {min_sensitivity:g}" if method == "sensitivity"
@@ -198,7 +199,7 @@ def stress_figures(y, raw: dict[str, np.ndarray], *, method: str = "sensitivity"
         "validation": dict(metrics.binary_metrics(y, plain, threshold=threshold), n=int(len(y))),
         "validation_ci95": metrics.bootstrap_ci(y, plain, threshold=threshold, n_boot=n_boot),
         "stress": stress.stress_report(y, scores, threshold=threshold, n_boot=n_boot),
-        "calibration": {"method": "temperature" if calibrate else "none", "temperature": temperature,
+        "calibration": {"method": "Platt scaling" if calibrate else "none", "temperature": temperature, "bias": bias,
                         "fitted_on": "pooled stress validation", "ece": ece_pool, "ece_uncalibrated": ece_raw,
                         "bins": bins_pool, "ece_plain": ece_plain, "bins_plain": bins_plain, "n_bins": 15},
         "threshold": threshold,

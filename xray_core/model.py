@@ -10,8 +10,8 @@ pneumonia, one calibration and one threshold. A model is a run folder:
   and keep their threshold in `metrics.json`; they load the same way, uncalibrated (T = 1).
 
 An ensemble's probability is the mean of its members' P(pneumonia); calibration divides the
-logit of that mean by the temperature fitted on the shift-stress validation. The threshold is on
-the calibrated scale.
+logit of that mean by the temperature and shifts it by the bias of Platt scaling, both fitted
+on the shift-stress validation. The threshold is on the calibrated scale.
 
 TensorFlow is imported only when a network is first used.
 """
@@ -52,11 +52,12 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
-def calibrate(p: np.ndarray, temperature: float) -> np.ndarray:
-    """Temperature scaling of probabilities: sigmoid(logit(p) / T). T = 1 changes nothing."""
-    if temperature == 1.0:
+def calibrate(p: np.ndarray, temperature: float, bias: float = 0.0) -> np.ndarray:
+    """Platt scaling of probabilities: sigmoid(logit(p) / T + bias). T = 1 and bias = 0 change
+    nothing; bias = 0 is plain temperature scaling. Monotone (T > 0): it never reorders films."""
+    if temperature == 1.0 and bias == 0.0:
         return np.asarray(p, dtype=np.float64)
-    return sigmoid(logit(p) / float(temperature))
+    return sigmoid(logit(p) / float(temperature) + float(bias))
 
 
 class Model:
@@ -86,7 +87,8 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"Model({self.run_id!r}, members={len(self._member_files)}, input={self.input_size}x"
-                f"{self.channels}, threshold={self.threshold:.4f}, temperature={self.temperature:.3f})")
+                f"{self.channels}, threshold={self.threshold:.4f}, temperature={self.temperature:.3f}, "
+                f"bias={self.bias:.3f})")
 
     # ------------------------------------------------------------------ what the run says
 
@@ -139,6 +141,11 @@ class Model:
         return float(self.spec.get("temperature") or 1.0)
 
     @property
+    def bias(self) -> float:
+        """Platt scaling's shift of the logit (0: temperature scaling only)."""
+        return float(self.spec.get("bias") or 0.0)
+
+    @property
     def card(self) -> dict:
         """What a model card states: run, architecture, input, threshold and policy, calibration,
         plain and shift-stress validation figures (with intervals where computed)."""
@@ -152,6 +159,7 @@ class Model:
             "threshold": self.threshold,
             "threshold_policy": self.threshold_policy,
             "temperature": self.temperature,
+            "bias": self.bias,
             "validation": metrics.get("validation"),
             "validation_ci95": metrics.get("validation_ci95"),
             "stress": metrics.get("stress"),
@@ -236,12 +244,12 @@ class Model:
 
     def member_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
         """(n, k) calibrated P(pneumonia) of each member (for the ensemble's spread)."""
-        return calibrate(self.raw_member_proba(x, batch_size=batch_size), self.temperature)
+        return calibrate(self.raw_member_proba(x, batch_size=batch_size), self.temperature, self.bias)
 
     def predict_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
         """(n,) calibrated P(pneumonia): mean of the members, then temperature scaling."""
         raw = self.raw_member_proba(x, batch_size=batch_size)
-        return calibrate(raw.mean(axis=1), self.temperature)
+        return calibrate(raw.mean(axis=1), self.temperature, self.bias)
 
     def predict(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
         """(n,) verdicts: 1 = PNEUMONIA where predict_proba >= threshold, else 0 = NORMAL."""
@@ -300,11 +308,11 @@ def load_model(run: Any, *, root: str | os.PathLike | None = None, cache: bool =
 
 
 def write_spec(run_dir: str | os.PathLike, *, members: Sequence[str], input_size: tuple[int, int],
-               channels: int, threshold: float, temperature: float = 1.0,
+               channels: int, threshold: float, temperature: float = 1.0, bias: float = 0.0,
                threshold_policy: str = "sensitivity", extra: dict | None = None) -> Path:
     """Write model.json (atomically): what load_model needs beyond the network files."""
     spec = {"members": list(members), "input_size": [int(input_size[0]), int(input_size[1])],
             "channels": int(channels), "threshold": float(threshold), "temperature": float(temperature),
-            "threshold_policy": threshold_policy}
+            "bias": float(bias), "threshold_policy": threshold_policy}
     spec.update(extra or {})
     return runs.atomic_write_json(Path(run_dir) / SPEC_FILE, spec)

@@ -278,3 +278,25 @@ def fit_temperature(y_true, y_prob) -> float:
 
     res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(res.x))
+
+
+def fit_platt(y_true, y_prob) -> tuple[float, float]:
+    """Platt scaling (T, bias) minimising the log loss of sigmoid(logit(p) / T + bias).
+
+    Unlike a temperature alone, the bias also corrects a shifted prior (balanced class weights
+    train a model as if the classes were equally common)."""
+    from scipy.optimize import minimize
+
+    from xray_core.model import logit
+
+    y = np.asarray(y_true, dtype=np.float64)
+    z = logit(y_prob)
+
+    def nll(params):
+        zt = z * np.exp(-params[0]) + params[1]
+        return float(np.mean(np.logaddexp(0, zt) - y * zt))
+
+    start = np.array([np.log(fit_temperature(y, y_prob)), 0.0])
+    res = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
+    log_t = float(np.clip(res.x[0], np.log(0.05), np.log(20.0)))
+    return float(np.exp(log_t)), float(res.x[1])
