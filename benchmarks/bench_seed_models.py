@@ -283,7 +283,7 @@ def card(arch: str, path: Path, notes: dict[str, str]) -> str:
         "",
         "## Validation (this project's patient split)",
         "",
-        f"Operating threshold **{_f(m.get('threshold'))}** ({m.get('threshold_method', 'n/a')}). "
+        f"Operating threshold **{_f(m.get('threshold'))}** ({m.get('threshold_policy') or m.get('threshold_method', 'n/a')}). "
         "In brackets: bootstrap 95 % intervals (images resampled).",
         "",
         "| | plain validation | stress validation (pooled) |",
@@ -374,6 +374,9 @@ def ship(arch: str, runs_dir: Path, notes: dict[str, str]) -> dict:
         runs.atomic_write_json(path / name, _scrub(runs.read_json(path / name)))
     for csv_file in path.glob("predictions_*.csv"):
         relative_paths(csv_file, data_root)
+    spec_file = path / "model.json"
+    if spec_file.is_file():  # shipped: the CLI and the app never rewrite its files in place
+        runs.atomic_write_json(spec_file, dict(runs.read_json(spec_file), bundled=True))
     runs.atomic_write_text(path / "MODEL_CARD.md", card(arch, path, notes))
     shipped = [p for p in path.iterdir() if p.name in SHIPPED_FILES or p.name.startswith("predictions_")]
     return {"run": run_id(arch), "model_bytes_before": before, "model_bytes_after": after,
@@ -386,9 +389,11 @@ def ship(arch: str, runs_dir: Path, notes: dict[str, str]) -> dict:
 def summarise(arch: str, runs_dir: Path, path: Path | None = None) -> dict | None:
     """One table row from a finished run folder, or None when the run is missing/unfinished."""
     path = path or runs_dir / run_id(arch)
-    if not (path / runs.METRICS_FILE).is_file():
+    if not (path / runs.METRICS_FILE).is_file() or not (path / runs.STATUS_FILE).is_file():
         return None
     m = runs.read_json(path / runs.METRICS_FILE)
+    if runs.read_json(path / runs.STATUS_FILE).get("state") != "completed" or "validation" not in m:
+        return None
     config = runs.read_json(path / runs.CONFIG_FILE)
     seconds = [float(r["seconds"]) for r in _history(path) if r.get("seconds")]
     at_half = m.get("validation_at_0.5") or {}
