@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import fcntl
 import http.server
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -573,3 +575,97 @@ def test_a_signed_in_user_who_queues_a_training_is_recorded(busy_slot, monkeypat
     (job,) = jobs.queued_jobs(models)
     assert job["submitted_by"] == "ada@hospital.example"
     assert any("queued by ada@hospital.example" in m.value for m in at.markdown)
+
+
+# ------------------------------------------------- sign-in through a real server and browser
+
+
+class _IdentityProvider(http.server.BaseHTTPRequestHandler):
+    """Just enough of an OpenID provider: its metadata, and a record of the sign-in redirect."""
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server.hits.append(self.path)
+        if self.path.startswith("/.well-known/openid-configuration"):
+            body = json.dumps({"issuer": base, "authorization_endpoint": base + "/authorize",
+                               "token_endpoint": base + "/token", "jwks_uri": base + "/jwks",
+                               "response_types_supported": ["code"],
+                               "subject_types_supported": ["public"],
+                               "id_token_signing_alg_values_supported": ["RS256"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        else:
+            body = b"<html><body>identity provider sign-in form</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        """Quiet."""
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="/usr/bin/chromium is not installed")
+def test_a_served_app_with_sign_in_shows_nothing_before_it_and_hands_over_to_the_provider(
+        tmp_path, synthetic_dataset):
+    from playwright.sync_api import sync_playwright
+
+    idp = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _IdentityProvider)
+    idp.hits = []
+    threading.Thread(target=idp.serve_forever, daemon=True).start()
+    port = _free_port()
+    home = tmp_path / "home"
+    (home / ".streamlit").mkdir(parents=True)
+    (home / ".streamlit" / "secrets.toml").write_text(
+        "[auth]\n"
+        f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
+        'cookie_secret = "a-test-only-cookie-secret-of-enough-length-0123456789"\n'
+        'client_id = "xray-dashboard"\nclient_secret = "test-only"\n'
+        f'server_metadata_url = "http://127.0.0.1:{idp.server_address[1]}/.well-known/openid-configuration"\n')
+    env = dict(os.environ, HOME=str(home), XRAY_DATA_DIR=str(synthetic_dataset),
+               XRAY_MODELS_DIR=str(tmp_path / "models"), NO_PROXY="127.0.0.1")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
+                             "--server.headless", "true", "--server.port", str(port)],
+                            cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(base + "/_stcore/health", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "streamlit did not start"
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"])
+            try:
+                page = chromium.new_page()
+                page.set_default_timeout(90_000)
+                for address in (base, base + "/dataset"):
+                    page.goto(address)
+                    page.get_by_role("button", name="Sign in").wait_for()
+                    assert page.get_by_text("Dataset folder").count() == 0
+                    assert page.locator('[data-testid="stDataFrame"]').count() == 0
+                    assert "84 images" not in page.content()
+                page.goto(base)  # (/dataset also opened a "page not found" dialog)
+                page.get_by_role("button", name="Sign in").click()
+                page.wait_for_url(re.compile(rf"http://127\.0\.0\.1:{idp.server_address[1]}/authorize\?.*"))
+                assert "client_id=xray-dashboard" in page.url
+                assert f"redirect_uri=http%3A%2F%2F127.0.0.1%3A{port}%2Foauth2callback" in page.url
+            finally:
+                chromium.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        idp.shutdown()
+        idp.server_close()
