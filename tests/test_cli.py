@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from xray_core import cli, runs
+from xray_core import cli
 
 PROJECT = Path(__file__).resolve().parents[1]
 COMMANDS = ("dataset", "train", "runs", "evaluate", "predict", "explain", "download")
@@ -167,7 +167,9 @@ def test_predict_in_process_labels_and_bad_files(tiny_run, synthetic_dataset, tm
     assert [Path(r["image"]).name for r in results] == [p.name for p in images] + [junk.name]
     refused = results.pop()  # the unreadable file has an answer too: refused, with the reason
     assert refused["in_distribution"] is False and refused["label"] is None and "not" in refused["warnings"][0]
-    run = runs.load_run(run_id, root=runs_root)
+    from xray_core.model import load_model
+
+    run = load_model(run_id, root=runs_root)
     for r in results:
         assert {"in_distribution", "ood_score", "warnings", "prediction_set"} <= set(r)
         assert r["in_distribution"] is False and "48 x 48 pixels" in r["warnings"][0]  # too small to read
@@ -214,3 +216,31 @@ def test_pip_install_editable_gives_the_xray_command(tmp_path):
     proc = subprocess.run([str(venv / "bin" / "xray"), "runs", "--runs-dir", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.startswith("no runs in"), proc.stderr[-2000:]
+
+
+def test_every_library_error_class_is_a_user_error():
+    """Each error class the library defines for its users is printed as one sentence by the CLI,
+    and USER_ERRORS names only classes that exist."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import xray_core
+
+    listed = set()
+    for module_name, names in cli.USER_ERRORS.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            cls = getattr(module, name)
+            assert inspect.isclass(cls) and issubclass(cls, Exception), (module_name, name)
+            listed.add(cls)
+    defined = set()
+    for info in pkgutil.walk_packages(xray_core.__path__, "xray_core."):
+        if info.name.endswith("__main__"):
+            continue  # importing it runs the CLI
+        module = importlib.import_module(info.name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == info.name and issubclass(cls, ValueError) and cls is not cli.UsageError:
+                defined.add(cls)
+    missing = {f"{c.__module__}.{c.__name__}" for c in defined if not any(issubclass(c, k) for k in listed)}
+    assert not missing, f"add these to cli.USER_ERRORS: {sorted(missing)}"

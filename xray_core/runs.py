@@ -360,14 +360,12 @@ def list_runs(root: str | Path | None = None) -> list[RunInfo]:
 
 
 class Run:
-    """One run folder, with its model loaded on first use (safe_mode: no arbitrary code)."""
+    """One run folder's files (config, status, metrics, history). Its model is
+    `xray_core.model.load_model(run)`: the one object that scores films."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.run_id = self.path.name
-        self._model = None
-        self._predict_fn = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Run({self.run_id!r}, state={self.status.get('state')!r})"
@@ -403,50 +401,6 @@ class Run:
         skipped, _ = _read_json_or_note(self.path / SKIPPED_FILE)
         return skipped if isinstance(skipped, list) else []
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        size = self.config.get("image_size")
-        if size is None:
-            shape = self.model.inputs[0].shape
-            return int(shape[1]), int(shape[2])
-        if isinstance(size, (list, tuple)):
-            return int(size[0]), int(size[1])
-        return int(size), int(size)
-
-    @property
-    def channels(self) -> int:
-        channels = self.config.get("channels")
-        if channels is None:
-            return int(self.model.inputs[0].shape[-1])
-        return int(channels)
-
-    @property
-    def output_units(self) -> int:
-        units = self.config.get("output_units")
-        if units is None:
-            return int(self.model.outputs[0].shape[-1])
-        return int(units)
-
-    @property
-    def threshold(self) -> float:
-        """The operating threshold chosen on validation (0.5 when the run has no metrics yet)."""
-        metrics = self.metrics or {}
-        value = metrics.get("threshold")
-        return float(value) if value is not None else 0.5
-
-    @property
-    def model_path(self) -> Path:
-        return self.path / MODEL_FILE
-
-    @property
-    def model(self):
-        """The Keras model, loaded once with safe_mode=True (thread-safe for concurrent sessions)."""
-        if self._model is None:
-            with self._lock:
-                if self._model is None:
-                    self._model = load_model_file(self.model_path)
-        return self._model
-
 
 def load_model_file(path: str | Path):
     """keras.models.load_model with safe_mode=True, with a sentence when the file is missing."""
@@ -472,6 +426,13 @@ def load_run(run_id_or_path: str | Path, root: str | Path | None = None) -> Run:
         path = Path(run_id_or_path)
     elif isinstance(run_id_or_path, str) and ("/" in run_id_or_path or os.sep in run_id_or_path):
         path = Path(run_id_or_path)
+        if not _is_run_folder(path):
+            # Neither a run id (those have no separators) nor a folder holding a run.
+            raise InvalidRunId(
+                f"{run_id_or_path!r} is neither a run id nor a run folder (a folder with config.json, "
+                "status.json or model.keras). Give a run id as `python -m xray_core runs` lists it, or the "
+                "path of a run folder."
+            )
     else:
         path = run_path(run_id_or_path, root)
     if not _is_run_folder(path):
