@@ -24,19 +24,24 @@ PROG = "xray"  # the console script (pyproject.toml); `python -m xray_core` when
 # looked up only when its module has been imported: an error of a module that never ran cannot
 # have been raised, and the lookup must not import TensorFlow.
 USER_ERRORS = {
+    "xray_core.comparison": ("NotComparable",),
     "xray_core.data": ("DatasetLayoutError",),
     "xray_core.download": ("DownloadError",),
+    "xray_core.evaluation": ("EvaluationError",),
     "xray_core.explain": ("ExplainError",),
     "xray_core.explain.adapter": ("ExplainError",),
+    "xray_core.fileio": ("PathNotAllowed",),
     "xray_core.gate": ("GateError",),
-    "xray_core.report": ("ReportError",),
-    "xray_core.uncertainty": ("UncertaintyError",),
     "xray_core.imaging": ("ImageDecodeError",),
+    "xray_core.jobs": ("CapacityError",),
     "xray_core.metrics": ("MetricsInputError",),
+    "xray_core.model": ("ModelError",),
+    "xray_core.report": ("ReportError",),
     "xray_core.runs": ("InvalidRunId", "RunNotFound", "RunBusy"),
     "xray_core.scoring": ("ScoreError",),
     "xray_core.settings": ("SettingsError",),
     "xray_core.training": ("TrainingDataError",),
+    "xray_core.uncertainty": ("UncertaintyError",),
 }
 
 
