@@ -517,3 +517,11 @@ def test_the_connected_address_is_checked_too_not_only_the_name(server, monkeypa
     with pytest.raises(urllib.error.HTTPError, match="404"):  # connected, asked, answered
         allowed.opener().open(server.base + "/z.zip", timeout=5)
     assert len(server.requests) == 1
+
+
+def test_an_unknown_host_is_a_network_error_not_a_refusal(monkeypatch, tmp_path):
+    policy = _app_policy(monkeypatch, hosts="no-such-host.invalid")  # .invalid never resolves (RFC 6761)
+    with pytest.raises(dl.NetworkError, match="Could not look up no-such-host.invalid.*online") as err:
+        dl.download(url="http://no-such-host.invalid/x.zip", dest=tmp_path, url_policy=policy)
+    assert not isinstance(err.value, dl.UrlNotAllowed)
+    assert list(tmp_path.iterdir()) == []

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from http.client import HTTPConnection, HTTPSConnection
 from typing import Iterable
 
-from xray_core.download.errors import DownloadError
+from xray_core.download.errors import DownloadError, NetworkError
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -91,8 +91,9 @@ class UrlPolicy:
         try:
             infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
         except socket.gaierror as exc:
-            raise UrlNotAllowed(f"The host {host} could not be found ({exc.strerror}). Check the "
-                                f"address.") from None
+            raise NetworkError(f"Could not look up {host} ({exc.strerror}). Check that this "
+                               f"computer is online (and any proxy settings) and that the address "
+                               f"is right, then try again.") from None
         for info in infos:
             self.check_address(host, info[4][0], redirect=redirect)
 
