@@ -138,7 +138,7 @@ def _train(args) -> int:
         resume=args.resume,
     )
 
-    def on_sigterm(signum, frame):
+    def on_sigterm(_signum, _frame):
         # A terminate request (e.g. from a process manager) ends like Ctrl-C: state cancelled.
         raise KeyboardInterrupt
 

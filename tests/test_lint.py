@@ -1,0 +1,59 @@
+"""Lint steps run as tests: no dead code (vulture) in the library, the pages and the app."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xray_core import cli
+
+PROJECT = Path(__file__).resolve().parents[1]
+SCANNED = ["xray_core", "pages", "app", "streamlit_app.py"]
+
+# Names used where vulture cannot see: called by frameworks (Keras' metric protocol, urllib's
+# handler protocol), option attributes set on TensorFlow's and Ray's objects, a function a
+# subprocess imports by name (scoring's job), a dataclass field written out by dataclasses.asdict.
+NOT_SEEN_BY_VULTURE = ["reset_state", "http_open", "https_open", "auto_shard_policy", "enable_progress_bars",
+                       "_job_main", "probabilities"]
+
+
+def _names_used_in(folder: Path) -> set[str]:
+    """Every identifier the files of `folder` read (names, attributes, keyword arguments)."""
+    names: set[str] = set()
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+            elif isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.keyword) and node.arg:
+                names.add(node.arg)
+            elif isinstance(node, ast.alias):
+                names.add(node.name.rsplit(".", 1)[-1])
+    return names
+
+
+def _handler_names() -> set[str]:
+    """The CLI's handlers are named by "module:function" strings, which vulture cannot follow."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return {p.get_default("handler").partition(":")[2] for p in sub.choices.values()}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vulture") is None, reason="vulture is not installed "
+                    "(pip install -r requirements-dev.txt)")
+def test_no_dead_code(tmp_path):
+    # What the tests and benchmarks use is the library's public surface, not dead code.
+    used = (_names_used_in(PROJECT / "tests") | _names_used_in(PROJECT / "benchmarks")
+            | _handler_names() | set(NOT_SEEN_BY_VULTURE))
+    whitelist = tmp_path / "whitelist.py"
+    whitelist.write_text("".join(f"{name}\n" for name in sorted(used) if name.isidentifier()))
+    proc = subprocess.run([sys.executable, "-m", "vulture", *SCANNED, str(whitelist), "--min-confidence", "60"],
+                          cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 3), proc.stderr  # 3: dead code found
+    assert proc.stdout == "", "dead code (remove it, or say what uses it in NOT_SEEN_BY_VULTURE):\n" + proc.stdout
