@@ -50,6 +50,14 @@ def pick_run(models: Path):
 
 def pick_image():
     """(name, raw bytes) from an upload or the dataset; None when nothing is chosen."""
+    opened = st.session_state.get("diagnose_open")  # a film opened from the Worklist page
+    if opened:
+        st.info(f"From the worklist: {opened['name']}")
+        if not st.button("Choose another image", key="diagnose_close_worklist"):
+            from xray_core import scoring
+
+            return opened["name"], scoring.read_item_bytes(opened["path"])
+        del st.session_state["diagnose_open"]
     source = st.radio("Image", ["Upload a file", "Pick from the dataset"], horizontal=True,
                       key="diagnose_source", label_visibility="collapsed")
     if source == "Upload a file":

@@ -152,9 +152,11 @@ def show_table(job: dict) -> None:
                        mime="text/csv", key="worklist_download")
 
 
-def show_job(models: Path, job_id: str) -> None:
+def show_job(models: Path, job_id: str, polling: bool) -> None:
     job = scoring.job_info(scoring.worklists_root(models) / job_id)
     state = job["state"]
+    if polling and state not in ACTIVE:
+        st.rerun()  # the whole page: the job list's label, and no more polling
     done, total = int(job.get("done") or 0), int(job.get("total") or 0)
     if state in ACTIVE:
         rate = job.get("images_per_second")
@@ -197,4 +199,4 @@ if all_jobs:
     labels = {j["job_id"]: job_label(j) for j in all_jobs}
     chosen = st.selectbox("Job", ids, key="worklist_job", format_func=labels.get)
     active = next(j for j in all_jobs if j["job_id"] == chosen)["state"] in ACTIVE
-    st.fragment(run_every=1.0 if active else None)(show_job)(models_dir, chosen)
+    st.fragment(run_every=1.0 if active else None)(show_job)(models_dir, chosen, active)

@@ -93,6 +93,7 @@ def test_worklist_in_a_real_browser(worklist_app, browser):  # noqa: F811
     name = urgent["path"].rsplit("/", 1)[-1]
     grid = page.locator('[data-testid="stDataFrame"]').first
     grid.scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)  # the grid is a canvas: let it draw before clicking
     box = grid.bounding_box()
     page.mouse.click(box["x"] + 12, box["y"] + 36 + 32)  # row-selection cell of the first data row
     page.get_by_text(f"From the worklist: {name}").wait_for(timeout=120_000)

@@ -26,6 +26,7 @@ PROG = "xray"  # the console script (pyproject.toml); `python -m xray_core` when
 USER_ERRORS = {
     "xray_core.comparison": ("NotComparable",),
     "xray_core.data": ("DatasetLayoutError",),
+    "xray_core.distributed": ("DistributedError",),
     "xray_core.download": ("DownloadError",),
     "xray_core.evaluation": ("EvaluationError",),
     "xray_core.explain": ("ExplainError",),
@@ -191,6 +192,9 @@ def _add_train(sub, common) -> None:
     p.add_argument("--run-id", help="name of the run folder (default: time-arch-random)")
     _add_runs_dir(p)
     p.add_argument("--resume", metavar="RUN", help="continue this interrupted run from its last checkpoint")
+    p.add_argument("--distributed", action="store_true",
+                   help="one worker of a multi-worker training (MultiWorkerMirroredStrategy; TF_CONFIG names "
+                        "the workers; the chief writes the run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -136,6 +136,7 @@ def _train(args) -> int:
         runs_root=args.runs_dir,
         run_id=args.run_id,
         resume=args.resume,
+        distributed=args.distributed,
     )
 
     def on_sigterm(_signum, _frame):

@@ -12,6 +12,7 @@ can share it); nothing here forces the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import platform
@@ -68,6 +69,7 @@ class TrainConfig:
     runs_root: str | Path | None = None
     run_id: str | None = None
     resume: str | None = None
+    distributed: bool = False  # MultiWorkerMirroredStrategy from TF_CONFIG (xray_core.distributed)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -274,13 +276,37 @@ def train(config: TrainConfig, progress: Progress | None = None) -> Path:
     progress, if given, receives dicts: {"phase": "loading", "done", "total"} while images load,
     then the status fields with "phase": "training" after every batch, then "evaluating"/"done".
     """
+    if config.distributed:
+        return _train_distributed(config, progress)
+    return _train_one(config, progress)
+
+
+def _train_distributed(config: TrainConfig, progress: Progress | None) -> Path:
+    """One worker of a multi-worker training: the chief writes the run, the others a temporary
+    copy (removed). The strategy comes first: TensorFlow wants it before any other TF work."""
+    import dataclasses
+
+    from xray_core import distributed
+
+    cluster = distributed.cluster_spec()
+    strategy = distributed.strategy()
+    root = distributed.worker_runs_root(cluster, config.runs_root)
+    return _train_one(dataclasses.replace(config, runs_root=root), progress, strategy=strategy)
+
+
+def _train_one(config: TrainConfig, progress: Progress | None, strategy=None) -> Path:
     run_dir, cfg, initial_epoch = _resolve(config)
+    if strategy is not None:
+        from xray_core import distributed
+
+        cfg["distributed"] = {"workers": distributed.n_workers(distributed.cluster_spec()),
+                              "strategy": "MultiWorkerMirroredStrategy"}
     status = runs.StatusWriter(run_dir)
     status.update(state="queued", epochs=cfg["epochs"], epoch=initial_epoch, error=None)
     runs.atomic_write_json(run_dir / runs.CONFIG_FILE, cfg)
     status.start_heartbeat()
     try:
-        _train_in(run_dir, cfg, initial_epoch, status, progress)
+        _train_in(run_dir, cfg, initial_epoch, status, progress, strategy=strategy)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             state, message = "cancelled", "Stopped from the keyboard (Ctrl-C) before finishing."
@@ -295,7 +321,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> Path:
 
 
 def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusWriter,
-              progress: Progress | None) -> None:
+              progress: Progress | None, strategy=None) -> None:
     from xray_core import architectures, data, metrics
 
     keras.utils.set_random_seed(int(cfg["seed"]) + initial_epoch)
@@ -339,15 +365,16 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
         weights = np.array([cw[int(c)] for c in y_train], np.float32)
 
     input_shape = (cfg["image_size"], cfg["image_size"], cfg["channels"])
-    if initial_epoch > 0:
-        # Optimizer state and compiled metrics come back with the checkpoint (safe_mode on).
-        model = keras.models.load_model(run_dir / runs.CHECKPOINT_FILE, safe_mode=True)
-    else:
-        steps = int(cfg["epochs"]) * max(1, len(x_train) // int(cfg["batch_size"]))
-        model = architectures.build(cfg["arch"], input_shape=input_shape, learning_rate=cfg["learning_rate"],
-                                    options=cfg.get("arch_options") or None,
-                                    schedule_steps=steps if cfg.get("lr_schedule") == "cosine" else None,
-                                    label_smoothing=float(cfg.get("label_smoothing") or 0.0))
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if initial_epoch > 0:
+            # Optimizer state and compiled metrics come back with the checkpoint (safe_mode on).
+            model = keras.models.load_model(run_dir / runs.CHECKPOINT_FILE, safe_mode=True)
+        else:
+            steps = int(cfg["epochs"]) * max(1, len(x_train) // int(cfg["batch_size"]))
+            model = architectures.build(cfg["arch"], input_shape=input_shape, learning_rate=cfg["learning_rate"],
+                                        options=cfg.get("arch_options") or None,
+                                        schedule_steps=steps if cfg.get("lr_schedule") == "cosine" else None,
+                                        label_smoothing=float(cfg.get("label_smoothing") or 0.0))
 
     bs = int(cfg["batch_size"])
     train_ds = _dataset(x_train, t_train, weights, bs, shuffle=True, seed=int(cfg["seed"]),
@@ -383,11 +410,23 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
 
     started = time.monotonic()
     if initial_epoch < epochs:
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=0, shuffle=False)  # tf.data shuffles, seeded
+        if strategy is not None:  # Keras 3's fit fails under a multi-worker strategy: our loop
+            from xray_core import distributed
+            from xray_core.model import pneumonia_column
+
+            distributed.fit(model, train_ds, val_ds, strategy=strategy, batch_size=bs, epochs=epochs,
+                            initial_epoch=initial_epoch, callbacks=callbacks, pneumonia_column=pneumonia_column(units))
+        else:
+            model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                      callbacks=callbacks, verbose=0, shuffle=False)  # tf.data shuffles, seeded
     train_seconds = time.monotonic() - started + sum(
         float(r.get("seconds") or 0) for r in history_rows if r["epoch"] <= initial_epoch)
 
+    if strategy is not None:
+        from xray_core import distributed
+
+        if not distributed.is_chief(distributed.cluster_spec()):
+            return  # the chief evaluates and writes the run; this worker's folder is a temporary copy
     status.update(state="running", phase="evaluating", eta_seconds=None)
     if progress is not None:
         progress(dict(status.current, phase="evaluating"))
