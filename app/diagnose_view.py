@@ -127,8 +127,9 @@ def dicom_table(facts: dict | None) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=["DICOM attribute", "value"])
 
 
-def explanation_notes(lime, cam_layer: str) -> list[str]:
-    return [f"LIME: {lime.n_superpixels} superpixels, {lime.num_samples} samples, local fit R² "
+def explanation_notes(lime, cam_layer: str, name: str = "") -> list[str]:
+    prefix = f"{Path(name).name} · " if name else ""
+    return [f"{prefix}LIME: {lime.n_superpixels} superpixels, {lime.num_samples} samples, local fit R² "
             f"{lime.score:.2f}, {lime.seconds:.1f} s · Grad-CAM layer {cam_layer}. Both explain the "
             "probability of pneumonia."]
 
@@ -149,7 +150,7 @@ def result_zip(images: dict[str, np.ndarray], summary_json: dict) -> bytes:
 
 
 def explain_film(model: Any, img: np.ndarray, *, num_samples: int, segmentation: str, seed: int,
-                 progress=None) -> dict:
+                 progress=None, name: str = "") -> dict:
     """LIME panels and Grad-CAM of P(pneumonia) for one film, as display data."""
     from xray_core import explain
 
@@ -161,5 +162,5 @@ def explain_film(model: Any, img: np.ndarray, *, num_samples: int, segmentation:
     panels = dict(lime.panels.as_dict())
     panels["gradcam"] = explain.make_overlay(img, cam.heatmap)
     return {"lime": lime, "gradcam_overlay": panels["gradcam"], "panels": panels,
-            "panel_help": panel_help(lime.legend.vmax), "notes": explanation_notes(lime, cam.layer),
+            "panel_help": panel_help(lime.legend.vmax), "notes": explanation_notes(lime, cam.layer, name),
             "summary": {"lime": lime.to_dict(), "gradcam": {"layer": cam.layer, "seconds": cam.seconds}}}

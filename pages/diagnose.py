@@ -135,7 +135,7 @@ def explanations(key: tuple, model, a, options: dict, metrics: dict) -> None:
     store = st.session_state.setdefault("diagnose_explained", {})
     if key not in store:
         with st.spinner("Explaining the probability of pneumonia (LIME and Grad-CAM)…"):
-            result = view.explain_film(model, a.image, **options)
+            result = view.explain_film(model, a.image, name=a.name, **options)
         store.clear()  # keep only the latest explanation in the session
         store[key] = result
     result = store[key]
@@ -150,21 +150,18 @@ def explanations(key: tuple, model, a, options: dict, metrics: dict) -> None:
             col.caption(result["panel_help"].get(name, ""))
     for note in result["notes"]:
         st.caption(note)
-    from xray_core import report
+    if "pdf" not in result:  # built once per explanation, not on every rerun
+        from xray_core import report
 
+        result["pdf"] = report.build_pdf(a, lime=result["lime"], gradcam_overlay=result["gradcam_overlay"],
+                                         metrics=metrics, show_anyway=not a.in_distribution)
+        result["zip"] = view.result_zip(panels, {**view.summary(a), **result["summary"]})
     stem = Path(a.name).stem
     cols = st.columns(2)
-    cols[0].download_button(
-        "Download report (PDF)", key="diagnose_pdf", mime="application/pdf",
-        file_name=f"{stem}-{a.run_id}-report.pdf",
-        data=report.build_pdf(a, lime=result["lime"], gradcam_overlay=result["gradcam_overlay"], metrics=metrics,
-                              show_anyway=not a.in_distribution),
-    )
-    summary = {**view.summary(a), **result["summary"]}
-    cols[1].download_button(
-        "Download the panels (PNG) and JSON", data=view.result_zip(panels, summary),
-        file_name=f"{stem}-{a.run_id}-explained.zip", mime="application/zip", key="diagnose_download",
-    )
+    cols[0].download_button("Download report (PDF)", data=result["pdf"], key="diagnose_pdf",
+                            file_name=f"{stem}-{a.run_id}-report.pdf", mime="application/pdf")
+    cols[1].download_button("Download the panels (PNG) and JSON", data=result["zip"], key="diagnose_download",
+                            file_name=f"{stem}-{a.run_id}-explained.zip", mime="application/zip")
 
 
 st.title("Diagnose")
