@@ -9,6 +9,7 @@ session only. Models are shared across sessions through st.cache_resource and ne
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -134,6 +135,8 @@ def explanations(key: tuple, model, a, options: dict, metrics: dict) -> None:
     """LIME and Grad-CAM of P(pneumonia), filled in after the verdict, with the downloads."""
     store = st.session_state.setdefault("diagnose_explained", {})
     if key not in store:
+        # A moment for the server's event loop to send the verdict before LIME takes the CPU.
+        time.sleep(0.15)
         with st.spinner("Explaining the probability of pneumonia (LIME and Grad-CAM)…"):
             result = view.explain_film(model, a.image, name=a.name, **options)
         store.clear()  # keep only the latest explanation in the session
