@@ -517,7 +517,9 @@ def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_score_and_dia
     private_tmp, home = tmp_path / "tmp", tmp_path / "home"
     private_tmp.mkdir()
     home.mkdir()
-    pixels = imaging.decode(sorted((synthetic_dataset / "val" / "PNEUMONIA").iterdir())[0])
+    # A film the input gate accepts (at least 96 px a side): a synthetic one, enlarged.
+    pixels = imaging.resize(imaging.decode(sorted((synthetic_dataset / "val" / "PNEUMONIA").iterdir())[0]),
+                            (256, 256))
     upload = tmp_path / "upload" / "scan.dcm"
     upload.parent.mkdir()
     upload.write_bytes(_patient_dicom(pixels))
