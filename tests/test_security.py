@@ -507,7 +507,7 @@ def _traces(folders: list[Path], since: float) -> list[str]:
     return hits
 
 
-def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_score_and_diagnose(
+def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_score_report_and_diagnose(
         monkeypatch, synthetic_dataset, tiny_run, tmp_path):
     runs_root, run_id = tiny_run
     models = tmp_path / "models"
@@ -542,6 +542,20 @@ def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_score_and_dia
     assert proc.returncode == 0, proc.stderr
     assert "scan.dcm" in (out / "scores.csv").read_text()  # the film was scored, its row is there
     assert not [v for v in PATIENT.values() if v in proc.stdout + proc.stderr]
+
+    # report: the one-page PDF (its text extracted: PDF streams are compressed).
+    proc = subprocess.run([sys.executable, "-m", "xray_core", "report", run_id, str(upload),
+                           "--out", str(out / "report.pdf"), "--samples", "100", "--show-anyway",
+                           "--runs-dir", str(models)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert not [v for v in PATIENT.values() if v in proc.stdout + proc.stderr]
+    from pypdf import PdfReader
+
+    pdf = PdfReader(out / "report.pdf")
+    text = " ".join(page.extract_text() for page in pdf.pages) + " " + str(dict(pdf.metadata or {}))
+    assert "scan" in text  # the text was extracted (the film's name is on the page)
+    assert not [v for v in [*PATIENT.values(), "Zqxname", "Privacytest"] if v in text]
 
     # Diagnose: the same file uploaded through the page, explained, its result zip built.
     for name in ("TMPDIR", "TEMP", "TMP"):
