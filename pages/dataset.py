@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from xray_core import data, download, fileio, imaging, ui
+from app import common, dataset_view
+from xray_core import data, download, fileio, imaging
 
 PER_PAGE = 12
 
@@ -30,7 +31,7 @@ def load_thumbnail(path: str, max_side: int) -> tuple:
         img = imaging.decode(path)
     except imaging.ImageDecodeError as exc:
         return None, str(exc)
-    return ui.thumbnail(img, max_side), img.shape
+    return dataset_view.thumbnail(img, max_side), img.shape
 
 
 def folder_stamp(root: Path) -> float:
@@ -106,11 +107,11 @@ def show_download(folder: Path) -> None:
 
 
 def show_counts(stats: dict) -> None:
-    counts = ui.stats_counts(stats)
-    patients = ui.stats_patients(stats)
+    counts = dataset_view.stats_counts(stats)
+    patients = dataset_view.stats_patients(stats)
     left, right = st.columns(2)
-    left.plotly_chart(ui.counts_figure(counts), key="dataset_counts_chart")
-    right.plotly_chart(ui.bar_figure(patients, "Patients per class", "patients"),
+    left.plotly_chart(dataset_view.counts_figure(counts), key="dataset_counts_chart")
+    right.plotly_chart(dataset_view.bar_figure(patients, "Patients per class", "patients"),
                        key="dataset_patients_chart")
     table = counts.copy()
     table["total"] = table.sum(axis=1)
@@ -120,7 +121,7 @@ def show_counts(stats: dict) -> None:
 def show_grid(index: pd.DataFrame) -> None:
     st.subheader("Sample images")
     cols = st.columns([1, 1, 1, 1, 1], vertical_alignment="bottom")
-    split = cols[0].selectbox("Split", ["all"] + ui.present(index["split"], ui.SPLIT_ORDER),
+    split = cols[0].selectbox("Split", ["all"] + common.present(index["split"], common.SPLIT_ORDER),
                               key="dataset_split")
     class_name = cols[1].selectbox("Class", ["all", *data.CLASSES], key="dataset_class")
     pathogen = cols[2].selectbox("Pathogen", ["all", "bacteria", "virus", "none"], key="dataset_pathogen")
@@ -128,14 +129,14 @@ def show_grid(index: pd.DataFrame) -> None:
     cols[3].number_input("Shuffle seed", min_value=0, step=1, key="dataset_seed")
     cols[4].button("Reshuffle", key="dataset_reshuffle", on_click=_reshuffle)
 
-    rows = ui.filter_index(index, split, class_name, pathogen)
+    rows = common.filter_index(index, split, class_name, pathogen)
     if rows.empty:
         st.info("No image matches these filters.")
         return
-    pages = ui.n_pages(len(rows), PER_PAGE)
+    pages = dataset_view.n_pages(len(rows), PER_PAGE)
     page = st.number_input(f"Page (of {pages}; {len(rows)} images)", min_value=1, max_value=pages,
                            value=1, step=1, key="dataset_page")
-    shown = ui.shuffled_page(rows, st.session_state["dataset_seed"], page - 1, PER_PAGE)
+    shown = dataset_view.shuffled_page(rows, st.session_state["dataset_seed"], page - 1, PER_PAGE)
     grid = st.columns(6)
     for i, (_, row) in enumerate(shown.iterrows()):
         with grid[i % 6]:
@@ -202,15 +203,15 @@ show_grid(index)
 show_selected(index)
 
 st.subheader("Image sizes")
-sizes = ui.stats_sizes(stats)
+sizes = dataset_view.stats_sizes(stats)
 left, right = st.columns([3, 1])
 if not sizes.empty:
-    left.plotly_chart(ui.sizes_figure(sizes, stats["image_sizes"].get("distinct")),
+    left.plotly_chart(dataset_view.sizes_figure(sizes, stats["image_sizes"].get("distinct")),
                       key="dataset_sizes_chart")
-right.dataframe(ui.stats_size_summary(stats), key="dataset_sizes_table")
+right.dataframe(dataset_view.stats_size_summary(stats), key="dataset_sizes_table")
 
 st.subheader("Files that could not be read")
-unreadable = ui.stats_unreadable(stats)
+unreadable = dataset_view.stats_unreadable(stats)
 if unreadable.empty:
     st.success("Every file could be read.")
 else:

@@ -12,10 +12,12 @@ import hashlib
 import time
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
+from app import common
 from app import diagnose_view as view
-from xray_core import case, data, explain, imaging, runs, ui
+from xray_core import case, data, explain, imaging, runs
 from xray_core.model import load_model
 
 
@@ -29,13 +31,13 @@ def get_model(path: str, stamp: float):
 
 
 @st.cache_data(show_spinner=False)
-def dataset_index(root: str) -> "ui.pd.DataFrame":
+def dataset_index(root: str) -> pd.DataFrame:
     return data.index_dataset(root)
 
 
 def pick_run(models: Path):
     """The run select: completed runs with a model; `default` first when present."""
-    usable = ui.usable_runs(runs.list_runs(models))
+    usable = common.usable_runs(runs.list_runs(models))
     if not usable:
         st.warning(
             f"There is no trained model in {models}. Train one on the Train page, or set the "
@@ -45,7 +47,7 @@ def pick_run(models: Path):
         return None
     ids = [r.run_id for r in usable]
     st.selectbox("Model (run)", ids, index=0, key="diagnose_run",
-                 format_func=lambda rid: ui.run_label(next(r for r in usable if r.run_id == rid)))
+                 format_func=lambda rid: common.run_label(next(r for r in usable if r.run_id == rid)))
     return next(r for r in usable if r.run_id == st.session_state["diagnose_run"])
 
 
@@ -69,7 +71,7 @@ def pick_image():
         if uploaded is None:
             return None
         return uploaded.name, uploaded.getvalue()
-    folder = ui.resolve_folder(st.session_state.get("data_dir", "data/chest_xray"))
+    folder = common.resolve_folder(st.session_state.get("data_dir", "data/chest_xray"))
     try:
         root = data.find_dataset(folder)
     except (data.DatasetLayoutError, FileNotFoundError) as exc:
@@ -77,9 +79,9 @@ def pick_image():
         return None
     index = dataset_index(str(root))
     cols = st.columns([1, 1, 3])
-    split = cols[0].selectbox("Split", ui.present(index["split"], ui.SPLIT_ORDER), key="diagnose_split")
+    split = cols[0].selectbox("Split", common.present(index["split"], common.SPLIT_ORDER), key="diagnose_split")
     class_name = cols[1].selectbox("Class", list(data.CLASSES), key="diagnose_class")
-    rows = ui.filter_index(index, split, class_name)
+    rows = common.filter_index(index, split, class_name)
     if rows.empty:
         st.info("No image in that split and class.")
         return None
@@ -168,7 +170,7 @@ def explanations(key: tuple, model, a, options: dict, metrics: dict) -> None:
 
 
 st.title("Diagnose")
-models = ui.resolve_folder(st.session_state.get("models_dir", "trained_models"))
+models = common.resolve_folder(st.session_state.get("models_dir", "trained_models"))
 run_info = pick_run(models)
 if run_info is None:
     st.stop()

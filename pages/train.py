@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import compare_view
-from xray_core import data, fileio, health, jobs, runs, ui
+from app import common, compare_view, train_view
+from xray_core import data, fileio, health, jobs, runs
 
 
 @st.cache_data(show_spinner="Building the layer table…")
@@ -70,10 +70,10 @@ def settings(specs: dict, models: Path) -> dict:
     with st.expander(f"Layers of {arch} at {size}×{size}×{channels}: "
                      f"{int(table['params'].sum()):,} parameters"):
         st.dataframe(table, hide_index=True, key="train_layers")
-    per_epoch = ui.seconds_per_epoch(runs.list_runs(models), arch, int(size), int(channels))
+    per_epoch = train_view.seconds_per_epoch(runs.list_runs(models), arch, int(size), int(channels))
     st.caption(f"Seed settings: {spec.epochs} epochs, batch {spec.batch_size}, "
                f"{spec.image_size}×{spec.image_size}×{spec.channels}. "
-               + (f"On this machine an epoch has taken about {ui.format_seconds(per_epoch)}."
+               + (f"On this machine an epoch has taken about {common.format_seconds(per_epoch)}."
                   if per_epoch else "No completed run of this setup yet, so no epoch time to show."))
     return {"arch": arch, "epochs": int(epochs), "batch_size": int(batch), "image_size": int(size),
             "channels": int(channels), "learning_rate": float(lr), "seed": int(seed), "split": split,
@@ -110,8 +110,8 @@ def show_run(info, key: str) -> None:
     st.progress(float(status.get("fraction") or 0.0),
                 text=f"Epoch {epoch} of {epochs} · batch {batch} of {batches or '?'}")
     cols = st.columns(3)
-    cols[0].metric("Images per second", ui.fmt(status.get("images_per_second"), 0))
-    cols[1].metric("Time left", ui.format_seconds(status.get("eta_seconds")))
+    cols[0].metric("Images per second", common.fmt(status.get("images_per_second"), 0))
+    cols[1].metric("Time left", common.format_seconds(status.get("eta_seconds")))
     cols[2].button("Cancel", key=f"train_cancel_{key}", on_click=jobs.request_stop, args=(info.path,),
                    help="Stops after the current batch; the model so far is kept.")
     if (Path(info.path) / runs.STOP_FILE).exists():
@@ -163,7 +163,7 @@ def live_panel(models: Path) -> None:
         st.markdown("**Recent runs**")
         rows = [{"run": r.run_id, "state": r.state, "architecture": (r.config or {}).get("arch"),
                  "epochs": f"{(r.metrics or {}).get('epochs_run', r.status.get('epoch', ''))}",
-                 "validation AUC": ui.fmt(((r.metrics or {}).get("validation") or {}).get("roc_auc")),
+                 "validation AUC": common.fmt(((r.metrics or {}).get("validation") or {}).get("roc_auc")),
                  "message": r.status.get("error") or " ".join(w.text for w in health.from_status(r.status))}
                 for r in finished]
         st.table(pd.DataFrame(rows).set_index("run"))

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from xray_core import fileio, imaging, jobs, runs, scoring, ui
+from app import common
+from xray_core import fileio, imaging, jobs, runs, scoring
 
 PAGE_ROWS = 100  # rows (and thumbnails) per page of the table
 ACTIVE = ("queued", "starting", "running")
@@ -53,7 +54,7 @@ def new_job(models: Path, usable) -> None:
     """The form that starts a job: model, then a server folder or uploads."""
     ids = [r.run_id for r in usable]
     run_id = st.selectbox("Model (run)", ids, key="worklist_run",
-                          format_func=lambda rid: ui.run_label(next(r for r in usable if r.run_id == rid)))
+                          format_func=lambda rid: common.run_label(next(r for r in usable if r.run_id == rid)))
     source = st.radio("Films", ["A folder on the server", "Upload films or a zip"], horizontal=True,
                       key="worklist_source")
     if source == "A folder on the server":
@@ -162,7 +163,7 @@ def show_job(models: Path, job_id: str, polling: bool) -> None:
         rate = job.get("images_per_second")
         eta = (total - done) / rate if rate and total > done else None
         text = (f"{state}: {done} of {total} films" if total else f"{state}…") + (
-            f" · {rate:.0f} films/s · about {ui.format_seconds(eta)} left" if eta else "")
+            f" · {rate:.0f} films/s · about {common.format_seconds(eta)} left" if eta else "")
         st.progress(min(done / total, 1.0) if total else 0.0, text=text)
     elif state == "completed":
         summary = job.get("summary") or {}
@@ -183,8 +184,8 @@ def show_job(models: Path, job_id: str, polling: bool) -> None:
 st.title("Worklist")
 st.caption("Score a whole worklist in the background and read the flagged films first. Research "
            "software, not a medical device: not for clinical decisions.")
-models_dir = ui.resolve_folder(st.session_state.get("models_dir", "trained_models"))
-usable_runs = ui.usable_runs(runs.list_runs(models_dir))
+models_dir = common.resolve_folder(st.session_state.get("models_dir", "trained_models"))
+usable_runs = common.usable_runs(runs.list_runs(models_dir))
 if not usable_runs:
     st.warning(f"There is no trained model in {models_dir}. Train one on the Train page, or set the sidebar's "
                "Models folder to a folder that holds one.")

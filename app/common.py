@@ -1,0 +1,83 @@
+"""What several pages share: the sidebar's folders, the dataset filters, run pickers, formats.
+
+Page-side code (the library, `xray_core`, returns data; this words and shapes it). No Streamlit here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from xray_core.runs import MODEL_FILE
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+CLASS_COLOURS = {"NORMAL": "#2E86AB", "PNEUMONIA": "#E4572E"}
+SPLIT_ORDER = ["train", "val", "test"]
+
+
+def resolve_folder(text: str | Path) -> Path:
+    """A folder typed in the sidebar: relative paths are taken from the project folder, so the
+    defaults work whatever directory `streamlit run` was started from."""
+    path = Path(str(text).strip()).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def filter_index(df: pd.DataFrame, split: str = "all", class_name: str = "all",
+                 pathogen: str = "all") -> pd.DataFrame:
+    """The rows of an index that match the sample grid's filters ("all" keeps everything)."""
+    keep = pd.Series(True, index=df.index)
+    if split != "all":
+        keep &= df["split"] == split
+    if class_name != "all":
+        keep &= df["class_name"] == class_name
+    if pathogen != "all":
+        keep &= df["pathogen"] == pathogen
+    return df[keep]
+
+
+def present(values: Iterable[str], order: Iterable[str]) -> list[str]:
+    """The items of order that occur in values, in order (e.g. the splits a dataset has)."""
+    seen = set(values)
+    return [v for v in order if v in seen]
+
+
+def format_seconds(seconds: float | None) -> str:
+    """12 s, 3 min 05 s, 1 h 02 min: how long, readably ("–" when unknown)."""
+    from xray_core.download import format_duration
+
+    if seconds is None or not np.isfinite(seconds):
+        return "–"
+    return format_duration(float(seconds))
+
+
+def usable_runs(infos: Iterable[Any]) -> list:
+    """Completed runs that have a model file: `default` first, then the newest first."""
+    done = [r for r in infos if r.state == "completed" and (Path(r.path) / MODEL_FILE).is_file()]
+    done.sort(key=lambda r: str((r.config or {}).get("created") or r.run_id), reverse=True)
+    done.sort(key=lambda r: r.run_id != "default")
+    return done
+
+
+def run_label(info: Any) -> str:
+    """`run id · architecture · validation AUC` for select boxes."""
+    parts = [info.run_id]
+    arch = (info.config or {}).get("arch")
+    if arch:
+        parts.append(str(arch))
+    auc = ((info.metrics or {}).get("validation") or {}).get("roc_auc")
+    if auc is not None:
+        parts.append(f"val AUC {auc:.3f}")
+    return " · ".join(parts)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(value)
