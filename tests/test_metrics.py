@@ -179,3 +179,13 @@ def test_metrics_module_does_not_import_tensorflow():
     code = "import sys, xray_core.metrics; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_roc_points_one_class_error_names_the_class():
+    """The sentence says which class is alone (found by mutation testing: the message was unchecked)."""
+    with pytest.raises(M.OneClassError, match=r"all 3 images are PNEUMONIA\.$"):
+        M.roc_points([1, 1, 1], [0.1, 0.2, 0.3])
+    with pytest.raises(M.OneClassError, match=r"all 2 images are NORMAL\.$"):
+        M.roc_points([0, 0], [0.1, 0.2])
+    with pytest.raises(M.OneClassError, match=r"all 1 images are PNEUMONIA\.$"):
+        M.roc_points([1], [0.5])
