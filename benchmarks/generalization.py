@@ -87,6 +87,9 @@ def main(argv=None) -> int:
                     help="the ensemble run folder (default: trained_models/default)")
     ap.add_argument("--first-default", default=FIRST_DEFAULT_COMMIT,
                     help=f"git commit holding the first default (default {FIRST_DEFAULT_COMMIT})")
+    ap.add_argument("--extra-run", type=Path, action="append", default=[],
+                    help="a single-network run folder trained on the same split, as one more row (e.g. one "
+                         "change of the recipe at a time); repeatable")
     ap.add_argument("--out", type=Path, default=REPORT, help="report path without extension")
     args = ap.parse_args(argv)
 
@@ -108,6 +111,15 @@ def main(argv=None) -> int:
         first_minutes = json.loads((first / "metrics.json").read_text()).get("train_seconds", 0) / 60
         for i, f in enumerate(files):
             _, _, raws[i] = evaluation.raw_stress_scores(_member_model(ens.path, [f], size, channels), paths, labels)
+        extras = []
+        for path in args.extra_run:
+            ecfg = json.loads((path / "config.json").read_text())
+            emodel = _member_model(path, ["model.keras"], int(ecfg["image_size"]), int(ecfg["channels"]))
+            _, _, raw = evaluation.raw_stress_scores(emodel, paths, labels)
+            emet = json.loads((path / "metrics.json").read_text())
+            recipe = (f"pneumonet {(ecfg.get('arch_options') or {}).get('widths') or 'default widths'}, "
+                      f"{ecfg['image_size']} px, {ecfg.get('augment')} augmentation, {ecfg.get('selection')} selection")
+            extras.append((path.name, recipe, raw, (emet.get("train_seconds") or 0) / 60))
 
     def mean_of(keys):
         return {c: np.mean([raws[k][c] for k in keys], axis=0) for c in raws[keys[0]]}
@@ -115,6 +127,7 @@ def main(argv=None) -> int:
     recipe_new = f"pneumonet {cfg.get('arch_options', {}).get('widths')}, {size} px, strong augmentation, stress selection"
     rows = [_row("first default", "pneumonet, 128 px, mild augmentation, plain-AUC selection", y, raws["first"],
                  first_minutes)]
+    rows += [_row(name, recipe, y, raw, minutes) for name, recipe, raw, minutes in extras]
     for i in range(len(files)):
         rows.append(_row(f"member {i} alone", recipe_new, y, raws[i],
                          member_minutes[i] if i < len(member_minutes) else None))
