@@ -187,6 +187,26 @@ def relative_paths(csv_file: Path, data_root: str | None) -> None:
     runs.atomic_write_text(csv_file, frame.to_csv(index=False))
 
 
+def add_seed_cut(path: Path) -> None:
+    """metrics.json "validation_at_0.5": the seed's 0.5 cut on the network's own (uncalibrated)
+    output, from the saved calibrated scores. Platt scaling sigmoid(logit(p) / T + b) is monotone,
+    so raw p >= 0.5 exactly when the calibrated score >= sigmoid(b)."""
+    import math
+
+    from xray_core import metrics as metrics_mod
+
+    m = runs.read_json(path / runs.METRICS_FILE)
+    scores = runs.read_predictions(path, "validation")
+    spec = runs.read_json(path / "model.json") if (path / "model.json").is_file() else {}
+    if "validation_at_0.5" in m or scores is None:
+        return
+    cut = 1 / (1 + math.exp(-float(spec.get("bias") or 0.0)))
+    entry = dict(metrics_mod.binary_metrics(scores[0], scores[1], threshold=cut), n=int(len(scores[0])))
+    entry.update(threshold=0.5, note="the seed's 0.5 cut on the uncalibrated output "
+                                     f"(calibrated score >= {cut:.4f})")
+    runs.atomic_write_json(path / runs.METRICS_FILE, dict(m, **{"validation_at_0.5": entry}))
+
+
 def strip_optimizer(path: Path) -> tuple[int, int]:
     """Re-save model.keras without optimizer state (loaded uncompiled, safe_mode on); the scores
     must not change. Returns (bytes before, bytes after)."""
@@ -274,7 +294,7 @@ def card(arch: str, path: Path, notes: dict[str, str]) -> str:
         f"{counts.get('train', {}).get('n', 'n/a')} training images, {counts.get('validation', {}).get('n', 'n/a')} "
         f"validation images ({counts.get('validation', {}).get('pneumonia', 'n/a')} PNEUMONIA), no patient on both "
         "sides. The official test split was never used.",
-        f"- Reproduce: `{' '.join(train_command(arch, cfg.get('data_root') or 'data/chest_xray', SEED_EPOCHS[arch], cfg['seed']))}`"
+        f"- Reproduce: `{' '.join(train_command(arch, cfg.get('data_root') or 'data/chest_xray', int(cfg['epochs']), cfg['seed']))}`"
         + (" then `python -m xray_core evaluate " + run_id(arch) + " --stress`" if stress else "") + ".",
     ]
     if notes.get(arch):
@@ -369,6 +389,7 @@ def ship(arch: str, runs_dir: Path, notes: dict[str, str]) -> dict:
     if status.get("state") != "completed":
         raise SystemExit(f"{run_id(arch)} is {status.get('state')!r}, not completed; finish it first.")
     before, after = strip_optimizer(path / runs.MODEL_FILE)
+    add_seed_cut(path)
     data_root = runs.read_json(path / runs.CONFIG_FILE).get("data_root")
     for name in (runs.CONFIG_FILE, runs.METRICS_FILE):
         runs.atomic_write_json(path / name, _scrub(runs.read_json(path / name)))
