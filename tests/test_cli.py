@@ -169,12 +169,16 @@ def test_predict_in_process_labels_and_bad_files(tiny_run, synthetic_dataset, tm
     assert refused["in_distribution"] is False and refused["label"] is None and "not" in refused["warnings"][0]
     from xray_core.model import load_model
 
+    from xray_core import imaging
+
     run = load_model(run_id, root=runs_root)
-    for r in results:
+    # What the CLI prints is what the model object computes for each file (and its label at the run's threshold).
+    expected = run.predict_proba(run.prepare_batch([imaging.decode(p) for p in images]))
+    for r, p in zip(results, expected):
         assert {"in_distribution", "ood_score", "warnings", "prediction_set"} <= set(r)
         assert r["in_distribution"] is False and "48 x 48 pixels" in r["warnings"][0]  # too small to read
-        assert 0.0 <= r["probability"] <= 1.0 and r["threshold"] == pytest.approx(run.threshold)
-        assert r["label"] == ("PNEUMONIA" if r["probability"] >= r["threshold"] else "NORMAL")
+        assert r["probability"] == pytest.approx(float(p), abs=1e-6) and r["threshold"] == pytest.approx(run.threshold)
+        assert r["label"] == ("PNEUMONIA" if p >= run.threshold else "NORMAL")
     assert err.startswith(f"error: {junk}") and err.count("\n") == 1
     # A run given as a folder path works too.
     code, out, _ = _main(capsys, "predict", runs_root / run_id, images[0])
@@ -190,7 +194,12 @@ def test_predict_as_a_real_subprocess(tiny_run, synthetic_dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     header, _, row = proc.stdout.splitlines()[:3]
     assert header.split()[:3] == ["image", "label", "pneumonia"]
-    assert row.split()[0] == str(image) and row.split()[1] in ("NORMAL", "PNEUMONIA")
+    from xray_core import imaging
+    from xray_core.model import load_model
+
+    model = load_model(run_id, root=runs_root)
+    p = float(model.predict_proba(model.prepare_batch([imaging.decode(image)]))[0])
+    assert row.split()[0] == str(image) and row.split()[1] == ("PNEUMONIA" if p >= model.threshold else "NORMAL")
     escape = subprocess.run([sys.executable, "-m", "xray_core", "predict", "../../etc", str(image)],
                             env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert escape.returncode == 1 and escape.stderr.startswith("error: ") and escape.stderr.count("\n") == 1

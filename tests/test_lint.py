@@ -57,3 +57,14 @@ def test_no_dead_code(tmp_path):
                           cwd=PROJECT, capture_output=True, text=True, timeout=300)
     assert proc.returncode in (0, 3), proc.stderr  # 3: dead code found
     assert proc.stdout == "", "dead code (remove it, or say what uses it in NOT_SEEN_BY_VULTURE):\n" + proc.stdout
+
+
+def test_run_all_runs_every_benchmark():
+    """benchmarks/run_all.py regenerates every report: each script in benchmarks/ is in its plan."""
+    spec = importlib.util.spec_from_file_location("run_all", PROJECT / "benchmarks" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    planned = {b.script for b in run_all.BENCHMARKS}
+    scripts = {p.name for p in (PROJECT / "benchmarks").glob("*.py")} - {"run_all.py"}
+    assert planned == scripts, f"not planned: {sorted(scripts - planned)}; missing: {sorted(planned - scripts)}"
+    assert all(w.startswith(("benchmarks/reports/", "trained_models/")) for b in run_all.BENCHMARKS for w in b.writes)
