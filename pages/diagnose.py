@@ -180,7 +180,7 @@ options = settings()
 if chosen is not None:
     name, raw = chosen
     try:
-        raw_, gray, coloured, facts = case.read(raw, name)
+        _raw, gray, coloured, facts = case.read(raw, name)
     except imaging.ImageDecodeError as exc:
         st.error(str(exc))
         st.stop()
