@@ -281,8 +281,8 @@ def health_rows(infos: Iterable[Any], scores: dict[str, tuple[np.ndarray, np.nda
         if not found:
             history = runs.Run(Path(info.path)).history
             pair = (scores or {}).get(info.run_id)
-            found = health.assess(history, val_scores=None if pair is None else pair[1], threshold=0.5) \
-                if not history.empty else []
+            found = health.assess(history, val_scores=None if pair is None else pair[1],
+                                  threshold=threshold_of(info)) if not history.empty else []
         for w in found:
             rows.append({"run": info.run_id, "epoch": w.epoch, "severity": w.severity,
                          "finding": w.message, "suggestion": w.suggestion})

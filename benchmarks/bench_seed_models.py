@@ -270,6 +270,13 @@ def card(arch: str, path: Path, notes: dict[str, str]) -> str:
     seed = SEED_FIGURES[arch]
     warnings = health.assess([{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in hist],
                              val_scores=None if scores is None else scores[1], threshold=float(m.get("threshold", 0.5)))
+    if at05.get("n") and at05.get("sensitivity") is not None:
+        # Collapse at the seed's own 0.5 cut on the uncalibrated output, too.
+        n_pos = int(at05.get("tp", 0) + at05.get("fn", 0))
+        warnings += [w for w in health.check_collapse(
+            [{"epoch": m.get("epochs_run"), "val_sensitivity": at05["sensitivity"],
+              "val_specificity": at05["specificity"], "val_auc": at05.get("roc_auc")}],
+            n_pneumonia=n_pos, n_normal=int(at05["n"]) - n_pos, threshold=0.5) if w.code not in {x.code for x in warnings}]
     size_kb = (path / runs.MODEL_FILE).stat().st_size / 1024
     lines = [
         f"# Model card: `{run_id(arch)}` (the seed study's `{arch}`)",
