@@ -420,7 +420,7 @@ def test_dashboard_lime_settings_on_a_real_film():
 
     model = load_model("default")
     settings = ex.DEFAULT_LIME
-    path = sorted((ROOT.parent / "shared" / "data" / "chest_xray" / "val" / "PNEUMONIA").glob("*.jpeg"))[0]
+    path = sorted((ROOT.parent / "shared" / "data" / "chest_xray" / "train" / "PNEUMONIA").glob("*.jpeg"))[0]
     gray = imaging.decode(path)
     assert gray.shape == (224, 224)
     common = dict(seeds=5, num_samples=settings["num_samples"], segmentation=settings["segmentation"],

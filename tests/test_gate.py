@@ -171,14 +171,14 @@ def test_default_gate_passes_originals_and_refuses_a_photo_and_an_inverted_film(
 
 @requires_real_data
 def test_default_knows_its_training_and_validation_files():
-    from xray_core import data
+    from xray_core import evaluation, runs
 
     model = load_model("default")
-    cfg = model.config
-    train_df, val_df = data.split_train(data.index_dataset(REAL_DATA), method=cfg["split"]["method"],
-                                        val_fraction=cfg["split"]["val_fraction"], seed=cfg["seed"])
-    assert gate.seen_in(model.path, Path(train_df["path"].iloc[0]).read_bytes()) == "training"
-    assert gate.seen_in(model.path, Path(val_df["path"].iloc[-1]).read_bytes()) == "validation"
+    val_paths, _ = evaluation.validation_rows(runs.Run(model.path), str(REAL_DATA))
+    held_out = {Path(p).name for p in val_paths}
+    train_file = next(p for p in sorted((REAL_DATA / "train" / "NORMAL").glob("*.jpeg")) if p.name not in held_out)
+    assert gate.seen_in(model.path, train_file.read_bytes()) == "training"
+    assert gate.seen_in(model.path, Path(val_paths[-1]).read_bytes()) == "validation"
     test_files = sorted((REAL_DATA / "test" / "NORMAL").glob("*.jpeg"))
     if test_files:
         assert gate.seen_in(model.path, test_files[0].read_bytes()) is None

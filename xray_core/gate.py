@@ -459,25 +459,28 @@ def write_seen_hashes(folder: str | os.PathLike, seen: dict[str, Iterable[str | 
 
 
 def fit_gate_for_run(run, data_root: str | os.PathLike, *, progress=None) -> FittedGate:
-    """Fit and save the gate of a run from its own training/validation split of `data_root`."""
-    from xray_core import data
+    """Fit and save the gate of a run from its own training/validation split of `data_root`.
+
+    The validation films are the run's stored list (evaluation.validation_rows: validation.csv,
+    or the split rebuilt from its config for older runs); the training films are the rest of the
+    train folder.
+    """
+    from xray_core import data, evaluation, runs
     from xray_core.model import load_model
 
     model = load_model(run)
-    cfg = model.config or {}
-    df = data.index_dataset(data.find_dataset(data_root))
-    split = cfg.get("split") or {}
-    seed = split.get("seed", cfg.get("seed", 0))
-    seed = int(seed[0] if isinstance(seed, list) else seed)  # an ensemble lists its members' seeds
-    train_df, val_df = data.split_train(df, method=split.get("method", "patient"),
-                                        val_fraction=split.get("val_fraction"), seed=seed)
+    root = data.find_dataset(data_root)
+    val_paths, _ = evaluation.validation_rows(runs.Run(model.path), str(root))
+    held_out = {str(Path(p).resolve()) for p in val_paths}
+    df = data.index_dataset(root)
+    train_paths = [p for p in df.loc[df["split"] == "train", "path"] if str(Path(p).resolve()) not in held_out]
     size = tuple(model.input_size)
     loaded = {}
-    for name, part in (("training", train_df), ("validation", val_df)):
-        res = data.load_images(part["path"].tolist(), size=size, channels=model.channels, progress=progress)
+    for name, paths in (("training", train_paths), ("validation", val_paths)):
+        res = data.load_images(paths, size=size, channels=model.channels, progress=progress)
         loaded[name] = res.images
-    seen = {"training": train_df["path"].tolist(), "validation": val_df["path"].tolist()}
-    return fit_gate(model, loaded["training"], loaded["validation"], seed=seed, seen=seen)
+    seen = {"training": train_paths, "validation": val_paths}
+    return fit_gate(model, loaded["training"], loaded["validation"], seed=0, seen=seen)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -188,7 +188,7 @@ def for_model(model, x: np.ndarray, conf: Conformal | None | str = "auto") -> li
     if conf == "auto":
         conf = load_conformal(model.path)
     raw = model.raw_member_proba(x)  # one forward pass for both
-    members = calibrate(raw, model.temperature)
-    p = calibrate(raw.mean(axis=1), model.temperature)
+    members = calibrate(raw, model.temperature, model.bias)
+    p = calibrate(raw.mean(axis=1), model.temperature, model.bias)
     return [describe(float(pi), model.threshold, conf, members[i] if members.shape[1] > 1 else None)
             for i, pi in enumerate(p)]

@@ -76,7 +76,8 @@ class ModelAdapter:
     @property
     def fast_ok(self) -> bool:
         """Whether LIME may score samples with the exact look-up (one uncalibrated network only)."""
-        return self.source is None or (self.source.n_members == 1 and self.source.temperature == 1.0)
+        return self.source is None or (self.source.n_members == 1 and self.source.temperature == 1.0
+                                       and self.source.bias == 0.0)
 
     def __post_init__(self):
         h, w = (int(v) for v in self.image_size)
