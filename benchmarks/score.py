@@ -119,10 +119,12 @@ def per_file_loop(model, files: list[Path]) -> dict:
     return {"n": len(files), "wall_s": round(wall, 2), "images_per_s": round(len(files) / wall, 1)}
 
 
-def score_cli(run: str, folder: Path, out: Path, workers: int | None = None) -> dict:
+def score_cli(run: str, folder: Path, out: Path, workers: int | None = None, ray: bool = False) -> dict:
     cmd = [sys.executable, "-m", "xray_core", "score", run, str(folder), "--out", str(out), "--json", "--quiet"]
     if workers is not None:
         cmd += ["--workers", str(workers)]
+    if ray:
+        cmd += ["--ray"]
     r = run_measured(cmd)
     summary = json.loads(r["stdout"])
     n = summary["scored"]
@@ -186,9 +188,19 @@ def main() -> int:
     if not originals or not small:
         print(f"no images under {args.data} (originals/, chest_xray/train/)", file=sys.stderr)
         return 2
-    model = load_model(args.run)
+    import shutil
+
+    from xray_core import runs
+
+    # A frozen copy: the registry's run may be retrained while the benchmark runs.
+    frozen = Path(tempfile.mkdtemp(prefix="bench_score_run_")) / args.run
+    shutil.copytree(runs.load_run(args.run).path, frozen,
+                    ignore=shutil.ignore_patterns("checkpoint*", "*.tmp", ".*"))
+    run_ref = str(frozen)
+    model = load_model(frozen)
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "versions": versions(), "run": args.run, "model_input": list(model.input_size),
+              "model_members": model.n_members,
               "command": "python benchmarks/score.py " + " ".join(sys.argv[1:]),
               "load_average_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bench_score_") as tmp:
@@ -200,13 +212,15 @@ def main() -> int:
             folder = link_farm(files, n_new, tmp / f"set{len(sets)}")
             old_files = sorted(folder.rglob("*.jpeg"))[:n_old]
             print(f"{name}: predict command on {len(old_files)} files", file=sys.stderr)
-            entry = {"files_score": n_new, "predict_command": predict_cli(args.run, old_files)}
+            entry = {"files_score": n_new, "predict_command": predict_cli(run_ref, old_files)}
             print(f"{name}: per-file loop", file=sys.stderr)
             entry["per_file_loop"] = per_file_loop(model, old_files)
             print(f"{name}: score command on {n_new} files", file=sys.stderr)
-            entry["score_command"] = score_cli(args.run, folder, tmp / f"cli{len(sets)}.csv")
+            entry["score_command"] = score_cli(run_ref, folder, tmp / f"cli{len(sets)}.csv")
             print(f"{name}: score in process", file=sys.stderr)
             entry["score_in_process"] = score_steady(model, folder, tmp / f"inproc{len(sets)}.csv")
+            print(f"{name}: score --ray (local Ray) on {n_new} files", file=sys.stderr)
+            entry["score_command_ray"] = score_cli(run_ref, folder, tmp / f"ray{len(sets)}.csv", ray=True)
             entry["ratio_score_command_vs_predict_command"] = round(
                 entry["score_command"]["images_per_s_wall"] / entry["predict_command"]["images_per_s"], 1)
             entry["ratio_steady_vs_per_file_loop"] = round(
@@ -219,7 +233,7 @@ def main() -> int:
         for n in [int(x) for x in args.growth.split(",") if x]:
             print(f"growth: {n} files", file=sys.stderr)
             folder = link_farm(small, n, tmp / f"growth{n}")
-            row = score_cli(args.run, folder, tmp / f"growth{n}.csv")
+            row = score_cli(run_ref, folder, tmp / f"growth{n}.csv")
             growth.append({"files": n, **{k: row[k] for k in ("wall_s", "images_per_s_wall", "images_per_s_reported",
                                                             "peak_rss_tree_mb", "peak_rss_main_mb")}})
         report["growth"] = growth
@@ -240,7 +254,8 @@ def markdown(r: dict) -> str:
         "",
         f"Date {r['date']}; machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']} GB, {m['platform']}; "
         f"Python {v['python']}, TensorFlow {v['tensorflow']}, NumPy {v['numpy']}, Pillow {v['pillow']}, Ray {v['ray']}.",
-        f"Model `{r['run']}` (input {r['model_input'][0]}x{r['model_input'][1]}). Command: `{r['command']}`.",
+        f"Model `{r['run']}` (input {r['model_input'][0]}x{r['model_input'][1]}, {r['model_members']} member(s), "
+        f"a frozen copy of the run folder). Command: `{r['command']}`.",
         f"Load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in r['load_average_start'])}, at end "
         f"{tuple(round(x, 2) for x in r['load_average_end'])}: the machine is shared, so figures are lower "
         "bounds of what it does when quiet.",
@@ -254,6 +269,7 @@ def markdown(r: dict) -> str:
             f"| | per-file loop in process (decode, preprocess, predict_proba; model warm) | {e['per_file_loop']['n']} | {e['per_file_loop']['images_per_s']} |",
             f"| | **`score` command** (wall, start-up included) | {e['score_command']['n']} | **{e['score_command']['images_per_s_wall']}** |",
             f"| | `score` in process, steady (first to last chunk; model warm) | {e['score_in_process']['n']} | {e['score_in_process']['steady_images_per_s']} |",
+            f"| | `score --ray` (local Ray started by the command; wall, start-up included) | {e['score_command_ray']['n']} | {e['score_command_ray']['images_per_s_wall']} |",
         ]
     lines += ["", "Ratios (like with like): " + "; ".join(
         f"{name}: `score` vs `predict` command {e['ratio_score_command_vs_predict_command']}x, steady `score` vs "

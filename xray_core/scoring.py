@@ -392,13 +392,14 @@ def rows_for_batch(model, chunk: DecodedChunk, hooks=(None, None), batch_size: i
     rows, k = [], 0
     for i, item in enumerate(chunk.items):
         row = {"path": item.path, "size": item.size, "mtime_ns": item.mtime_ns, "sha256": chunk.sha256[i],
-               "probability": "", "verdict": "", "threshold": f"{threshold:.6f}", "in_distribution": "",
+               "probability": "", "verdict": "", "threshold": repr(threshold), "in_distribution": "",
                "ood_score": "", "warnings": chunk.warnings[i], "prediction_set": "", "error": chunk.errors[i],
                "run_id": model.run_id}
         if not chunk.errors[i]:
             p = float(proba[k])
             ind, ood, notes = _gate_fields(gates[k])
-            row.update(probability=f"{p:.6f}", verdict=CLASSES[int(p >= threshold)], in_distribution=ind,
+            # repr: the exact float, so that probability >= threshold reads as the verdict did
+            row.update(probability=repr(p), verdict=CLASSES[int(p >= threshold)], in_distribution=ind,
                        ood_score=ood, prediction_set=sets[k],
                        warnings="; ".join(filter(None, [chunk.warnings[i], _one_line(notes)])))
             k += 1
