@@ -139,7 +139,9 @@ def metrics_table(infos: Iterable[Any], split: str = "validation",
         row["seed micro-averaged recall"] = micro
         row["training time (s)"] = saved.get("train_seconds")
         row["parameters"] = saved.get("params")
-        row["epochs"] = saved.get("epochs_run")
+        epochs = saved.get("epochs_run")  # a list for an ensemble: one count per member
+        row["epochs"] = ", ".join(str(e) for e in epochs) if isinstance(epochs, list) else (
+            None if epochs is None else str(epochs))
         row["images"] = part.get("n")
         rows.append(row)
     return pd.DataFrame(rows)

@@ -66,6 +66,7 @@ def test_compare_shows_metrics_on_validation_and_test_without_writing_the_runs(
         assert validation.loc[run_id, column] == pytest.approx(saved["validation"][key])
     assert validation.loc[run_id, "seed micro-averaged recall"] == pytest.approx(saved["seed_micro_recall"])
     assert validation.loc[run_id, "parameters"] == saved["params"]
+    assert validation.loc[run_id, "epochs"] == str(saved["epochs_run"])
     assert view.best_rows(validation.reset_index())["sensitivity"] == [list(validation.index).index(run_id)]
     assert view.best_rows(validation.reset_index())["training time (s)"] == [list(validation.index).index(run_id)]
 
@@ -187,7 +188,7 @@ def test_learning_curve_figure_has_dashed_train_and_solid_validation(tiny_run):
 def test_a_fresh_clone_shows_five_runs_on_compare_quickly(monkeypatch, tmp_path):
     # No dataset: what a fresh clone has. The shipped runs must show without training or scoring.
     monkeypatch.setenv("XRAY_CACHE_DIR", str(tmp_path / "cache"))
-    before = folder_digest(SHIPPED)
+    before = {r: folder_digest(SHIPPED / r) for r in SEED_RUNS}
     monkeypatch.setenv("XRAY_DATA_DIR", str(tmp_path / "no-data"))
     monkeypatch.setenv("XRAY_MODELS_DIR", str(SHIPPED))
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
@@ -202,4 +203,4 @@ def test_a_fresh_clone_shows_five_runs_on_compare_quickly(monkeypatch, tmp_path)
     # The seed runs are healthy (no collapse) and scored on the same patients: a paired table shows.
     health = [f.value for f in at.dataframe if "finding" in getattr(f.value, "columns", [])]
     assert not health or not set(health[0]["run"]) & set(SEED_RUNS), health
-    assert folder_digest(SHIPPED) == before
+    assert {r: folder_digest(SHIPPED / r) for r in SEED_RUNS} == before
