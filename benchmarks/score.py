@@ -178,6 +178,7 @@ def main() -> int:
     ap.add_argument("--baseline-n", type=int, default=236, help="files for the old paths, full resolution")
     ap.add_argument("--baseline-n224", type=int, default=1000, help="files for the old paths, 224 px")
     ap.add_argument("--growth", default="1000,10000,50000", help="file counts of the cost table")
+    ap.add_argument("--n224", type=int, default=0, help="224 px files for score (default: all of train)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "reports")
     args = ap.parse_args()
 
@@ -208,7 +209,7 @@ def main() -> int:
         sets = {}
         for name, files, n_new, n_old in (
                 ("full-resolution JPEG (originals)", originals, len(originals) * args.orig_repeat, args.baseline_n),
-                ("224 px JPEG (train)", small, len(small), args.baseline_n224)):
+                ("224 px JPEG (train)", small, args.n224 or len(small), args.baseline_n224)):
             folder = link_farm(files, n_new, tmp / f"set{len(sets)}")
             old_files = sorted(folder.rglob("*.jpeg"))[:n_old]
             print(f"{name}: predict command on {len(old_files)} files", file=sys.stderr)
@@ -226,9 +227,11 @@ def main() -> int:
             entry["ratio_steady_vs_per_file_loop"] = round(
                 entry["score_in_process"]["steady_images_per_s"] / entry["per_file_loop"]["images_per_s"], 1)
             sets[name] = entry
-        report["sets"] = sets
+            report["sets"] = sets
+            save(report, args.out)
         print("draft difference", file=sys.stderr)
         report["draft_difference_originals"] = draft_difference(model, args.data / "originals", tmp)
+        save(report, args.out)
         growth = []
         for n in [int(x) for x in args.growth.split(",") if x]:
             print(f"growth: {n} files", file=sys.stderr)
@@ -236,13 +239,20 @@ def main() -> int:
             row = score_cli(run_ref, folder, tmp / f"growth{n}.csv")
             growth.append({"files": n, **{k: row[k] for k in ("wall_s", "images_per_s_wall", "images_per_s_reported",
                                                             "peak_rss_tree_mb", "peak_rss_main_mb")}})
-        report["growth"] = growth
-    report["load_average_end"] = os.getloadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "score.json", report)
-    atomic_write_text(args.out / "score.md", markdown(report))
+            report["growth"] = growth
+            save(report, args.out)
+    report["complete"] = True
+    save(report, args.out)
     print(markdown(report))
     return 0
+
+
+def save(report: dict, out: Path) -> None:
+    """Write what is measured so far (a long run interrupted keeps its finished parts)."""
+    report["load_average_end"] = os.getloadavg()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "score.json", report)
+    atomic_write_text(out / "score.md", markdown(report))
 
 
 def markdown(r: dict) -> str:
@@ -263,7 +273,7 @@ def markdown(r: dict) -> str:
         "| files | path | files timed | images/s |",
         "|---|---|---:|---:|",
     ]
-    for name, e in r["sets"].items():
+    for name, e in r.get("sets", {}).items():
         lines += [
             f"| {name} | `predict` command (wall, start-up included) | {e['predict_command']['n']} | {e['predict_command']['images_per_s']} |",
             f"| | per-file loop in process (decode, preprocess, predict_proba; model warm) | {e['per_file_loop']['n']} | {e['per_file_loop']['images_per_s']} |",
@@ -273,8 +283,12 @@ def markdown(r: dict) -> str:
         ]
     lines += ["", "Ratios (like with like): " + "; ".join(
         f"{name}: `score` vs `predict` command {e['ratio_score_command_vs_predict_command']}x, steady `score` vs "
-        f"per-file loop {e['ratio_steady_vs_per_file_loop']}x" for name, e in r["sets"].items()) + "."]
-    d = r["draft_difference_originals"]
+        f"per-file loop {e['ratio_steady_vs_per_file_loop']}x" for name, e in r.get("sets", {}).items()) + "."]
+    if not r.get("complete"):
+        lines += ["", "**Partial report**: the run was stopped before every part below was measured."]
+    d = r.get("draft_difference_originals")
+    if d is None:
+        return "\n".join(lines) + "\n"
     lines += ["", "## Draft decoding", "",
               f"On the {d['n']} originals, probabilities with JPEG draft decoding (the default, as training loads "
               f"images) differ from a full decode then resize (`--no-draft`, as `predict`) by at most "
@@ -282,7 +296,7 @@ def markdown(r: dict) -> str:
               "", "## How cost grows (224 px files, `score` command)", "",
               "| files | wall s | images/s (wall) | peak memory, whole tree (MB) | peak memory, main process (MB) |",
               "|---:|---:|---:|---:|---:|"]
-    for g in r["growth"]:
+    for g in r.get("growth", []):
         lines.append(f"| {g['files']:,} | {g['wall_s']} | {g['images_per_s_wall']} | {g['peak_rss_tree_mb']} | "
                      f"{g['peak_rss_main_mb']} |")
     return "\n".join(lines) + "\n"

@@ -33,7 +33,7 @@ def worklist_app(tiny_run, tmp_path_factory):
     models = tmp_path_factory.mktemp("worklist_models")
     shutil.copytree(runs_root / run_id, models / run_id)
     films = tmp_path_factory.mktemp("worklist_data") / "night"
-    make_films(films, N_FILMS)
+    make_films(films, N_FILMS, size=128)  # large enough for the input gate's size check
     add_bad_files(films)
     port = free_port()
     log_path = tmp_path_factory.getbasetemp() / "streamlit_worklist.log"
@@ -93,7 +93,7 @@ def test_worklist_in_a_real_browser(worklist_app, browser):  # noqa: F811
     name = urgent["path"].rsplit("/", 1)[-1]
     page.get_by_role("button", name="Open in Diagnose").click()
     page.get_by_text(f"From the worklist: {name}").wait_for(timeout=120_000)
-    page.get_by_text("Grad-CAM", exact=True).wait_for(timeout=180_000)
+    page.locator('[data-testid="stMetric"]', has_text="Probability of pneumonia").wait_for(timeout=180_000)
     no_exception(page)
     run_id = job["run_id"]
     assert metric_value(page, "Probability of pneumonia") == probability_text(models, run_id, Path(urgent["path"]))
