@@ -154,14 +154,12 @@ def main(argv=None) -> int:
     if gate.load_gate(model.path) is None:
         raise SystemExit(f"run {model.run_id} has no fitted gate: python -m xray_core fit-gate {model.run_id} --data DIR")
     data_root = Path(args.data)
-    cfg = model.config
-    df = data.index_dataset(data.find_dataset(data_root / "chest_xray"))
-    split = cfg.get("split") or {}
-    _, val_df = data.split_train(df, method=split.get("method", "patient"),
-                                 val_fraction=split.get("val_fraction"), seed=int(cfg.get("seed", 0)))
+    from xray_core import evaluation, runs
+
+    val_paths, _ = evaluation.validation_rows(runs.Run(model.path), str(data.find_dataset(data_root / "chest_xray")))
     originals = sorted(p for p in (data_root / "originals").rglob("*") if p.is_file())
     sets = {
-        "real: validation split": {f"val:{p}": Path(p).read_bytes() for p in val_df["path"]},
+        "real: validation split": {f"val:{p}": Path(p).read_bytes() for p in val_paths},
         "real: full-resolution originals": {f"orig:{p.name}": p.read_bytes() for p in originals},
         "unsuitable: scikit-image samples": skimage_samples(),
         "unsuitable: pydicom samples": pydicom_samples(),
