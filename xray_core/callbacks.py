@@ -71,7 +71,6 @@ class RunCallback(keras.callbacks.Callback):
         self.cancelled = False
         self.completed_epochs = initial_epoch
         self._epoch_start = time.monotonic()
-        self._train_start = time.monotonic()
         self._epoch_seconds: list[float] = []
         self._batch_in_epoch = 0
         self._last_batch_end = self._epoch_start
@@ -82,7 +81,6 @@ class RunCallback(keras.callbacks.Callback):
             self.progress(dict(self.status.current, phase="training"))
 
     def on_train_begin(self, logs=None):
-        self._train_start = time.monotonic()
         self._report(True, state="running", epochs=self.epochs, batches=self.batches,
                      epoch=self.initial_epoch + 1, batch=0,
                      fraction=self.initial_epoch / self.epochs)

@@ -222,20 +222,6 @@ def _write_stress_predictions(run_dir: Path, paths, labels, scores: dict[str, np
     return runs.atomic_write_text(run_dir / STRESS_PREDICTIONS_FILE, out.getvalue())
 
 
-def read_stress_predictions(run_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
-    """{change: (labels, scores)} from predictions_stress.csv, or None when the run has none."""
-    path = Path(run_dir) / STRESS_PREDICTIONS_FILE
-    if not path.is_file():
-        return None
-    out: dict[str, tuple[list, list]] = {}
-    with open(path, encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
-            ys, ss = out.setdefault(row["change"], ([], []))
-            ys.append(int(row["label"]))
-            ss.append(float(row["score"]))
-    return {k: (np.array(v[0], int), np.array(v[1], np.float64)) for k, v in out.items()}
-
-
 # --------------------------------------------------------------------------- other splits
 
 

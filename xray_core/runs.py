@@ -396,11 +396,6 @@ class Run:
             return pd.DataFrame()
         return pd.read_csv(path)
 
-    @property
-    def skipped_files(self) -> list:
-        skipped, _ = _read_json_or_note(self.path / SKIPPED_FILE)
-        return skipped if isinstance(skipped, list) else []
-
 
 def load_model_file(path: str | Path):
     """keras.models.load_model with safe_mode=True, with a sentence when the file is missing."""

@@ -333,7 +333,7 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
                                         val_fraction=cfg["split"]["val_fraction"],
                                         seed=int(cfg["split"].get("seed", cfg["seed"])))
     x_train, y_train, failed_train, _ = _load_split(train_df, cfg, progress, "train")
-    x_val, y_val, failed_val, paths_val = _load_split(val_df, cfg, progress, "validation")
+    x_val, y_val, failed_val, _ = _load_split(val_df, cfg, progress, "validation")
     skipped = [{"path": p, "reason": r, "split": s} for s, fl in (("train", failed_train), ("validation", failed_val))
                for p, r in fl]
     if len(x_train) == 0 or len(x_val) == 0:
