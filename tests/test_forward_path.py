@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Places that call a network directly, and why they may.
 ALLOWED = {
     "xray_core/model.py": "the forward path itself",
-    "xray_core/training.py": "the network being trained, scored after each epoch for model selection",
+    "xray_core/callbacks.py": "the network being trained, scored after each epoch for model selection",
     "xray_core/distributed.py": "the network being trained across workers, scored for its validation AUC",
     "xray_core/explain/gradcam.py": "Grad-CAM needs the last convolution's activations and their gradients",
     "xray_core/explain/fastscore.py": "LIME's exact first-layer look-up for conv-first networks (checked "

@@ -393,13 +393,15 @@ def test_preset_trains_members_and_assembles_one_calibrated_ensemble(synthetic_d
     assert m.n_members == 2 and m.input_size == (32, 32)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["threshold"] == m.threshold and metrics["calibration"]["temperature"] == m.temperature
+    assert metrics["calibration"]["bias"] == m.bias
     assert set(metrics["stress"]["changes"]) >= {"plain", "crop_top_bottom_10", "zoom_out_10", "taller_15"}
     # The ensemble's probability is the calibrated mean of its members' probabilities.
     x = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 1)).astype(np.float32)
     singles = [load_model(p).raw_member_proba(x)[:, 0] for p in members]
     from xray_core.model import calibrate
 
-    np.testing.assert_allclose(m.predict_proba(x), calibrate(np.mean(singles, axis=0), m.temperature), atol=1e-6)
+    np.testing.assert_allclose(m.predict_proba(x), calibrate(np.mean(singles, axis=0), m.temperature, m.bias),
+                               atol=1e-6)
     before = (members[0] / "model.keras").stat().st_mtime_ns
     ensemble.train_preset("default", synthetic_dataset, run_id="ens", runs_root=tmp_path, members=2,
                           epochs=1, image_size=32, early_stopping=1, arch_options={"widths": [4, 8, 8, 8]})
