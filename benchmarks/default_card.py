@@ -110,7 +110,7 @@ def render(run_dir: Path, ablation: dict | None) -> str:
         "input gate; a GPU is used without change):",
         "",
         "```bash",
-        "python -m xray_core train --preset default --data data/chest_xray --run-id default",
+        "python -m xray_core train --preset default --data data/chest_xray --run-id my-default",
         "```",
         "",
         f"- Three members, `pneumonet` widened to widths {widths} (stem, blocks 1-3), "

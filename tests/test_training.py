@@ -406,3 +406,12 @@ def test_preset_trains_members_and_assembles_one_calibrated_ensemble(synthetic_d
     ensemble.train_preset("default", synthetic_dataset, run_id="ens", runs_root=tmp_path, members=2,
                           epochs=1, image_size=32, early_stopping=1, arch_options={"widths": [4, 8, 8, 8]})
     assert (members[0] / "model.keras").stat().st_mtime_ns == before  # reused, not retrained
+
+
+def test_an_ensemble_is_never_assembled_over_a_shipped_run(tmp_path):
+    shipped = tmp_path / "default"
+    shipped.mkdir()
+    runs.atomic_write_json(shipped / "model.json", {"members": ["model.keras"], "bundled": True})
+    with pytest.raises(ValueError, match="ships with the project"):
+        ensemble.assemble_ensemble([], run_id="default", runs_root=tmp_path)
+    assert sorted(p.name for p in shipped.iterdir()) == ["model.json"]

@@ -176,7 +176,8 @@ def _add_train(sub, common) -> None:
                    help="weight classes inversely to their frequency (default none)")
     p.add_argument("--preset", choices=("default",),
                    help="a named recipe: 'default' trains the bundled model's ensemble (3 members, then "
-                        "assembled into --run-id, default 'default'); run the same command again to continue")
+                        "assembled into --run-id, default 'default-retrain'; a shipped run is never replaced); "
+                        "run the same command again to continue")
     p.add_argument("--members", type=_positive_int, help="ensemble members of --preset (default: the preset's)")
     p.add_argument("--augment", nargs="?", const="mild", default="none", choices=("none", "mild", "strong"),
                    help="augmentation, never flips: mild (small rotations, shifts, zoom, brightness/contrast; "

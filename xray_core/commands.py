@@ -167,7 +167,7 @@ def _train_preset(args, preset: str) -> int:
     if args.data is None:
         raise ValueError("train --preset needs the dataset folder: add --data DIR.")
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size}
-    run_dir = ensemble.train_preset(preset, args.data, run_id=args.run_id or preset, runs_root=args.runs_dir,
+    run_dir = ensemble.train_preset(preset, args.data, run_id=args.run_id or f"{preset}-retrain", runs_root=args.runs_dir,
                                     progress=None if args.quiet else ProgressBar(),
                                     members=getattr(args, "members", None), seed=args.seed, **overrides)
     _print_run_summary(run_dir)

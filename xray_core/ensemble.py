@@ -79,13 +79,16 @@ def assemble_ensemble(member_dirs, *, run_id: str, runs_root: str | Path | None 
     from xray_core import evaluation
     from xray_core import model as model_mod
 
+    target = runs.run_path(run_id, runs_root)
+    if evaluation.is_bundled(target):
+        raise ValueError(f"The run {run_id!r} ships with the project and is not replaced; give the new ensemble "
+                         "another --run-id.")
     member_dirs = [Path(p) for p in member_dirs]
     configs = [runs.read_json(p / runs.CONFIG_FILE) for p in member_dirs]
     keys = [(c["image_size"], c["channels"], json_key(c.get("split")), c["data_root"]) for c in configs]
     if len(set(keys)) != 1:
         raise ValueError("Ensemble members must share image size, channels, validation split and dataset; "
                          f"got {keys}.")
-    target = runs.run_path(run_id, runs_root)
     staging = target.parent / f".assembling-{run_id}"
     if staging.exists():
         shutil.rmtree(staging)
