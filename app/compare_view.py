@@ -34,27 +34,6 @@ SEED_FIGURES = {
 }
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def resolve_folder(text: str | Path) -> Path:
-    """A sidebar folder: relative paths are taken from the project folder (as on every page)."""
-    path = Path(str(text).strip()).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
-
-
-def run_label(info: Any) -> str:
-    """`run id · architecture · validation AUC` for the run picker."""
-    parts = [info.run_id]
-    arch = (info.config or {}).get("arch")
-    if arch:
-        parts.append(str(arch))
-    auc = ((info.metrics or {}).get("validation") or {}).get("roc_auc")
-    if auc is not None:
-        parts.append(f"val AUC {auc:.3f}")
-    return " · ".join(parts)
-
-
 def _num(value: Any) -> float | None:
     try:
         value = float(value)

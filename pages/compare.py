@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app import common
 from app import compare_view as view
 from xray_core import comparison, data, runs
 
@@ -57,7 +58,7 @@ def paired(path_a: str, stamp_a: float, path_b: str, stamp_b: float) -> dict:
 
 def dataset_root() -> str | None:
     """The sidebar's dataset folder when it exists and has the expected layout."""
-    folder = view.resolve_folder(st.session_state.get("data_dir", "data/chest_xray"))
+    folder = common.resolve_folder(st.session_state.get("data_dir", "data/chest_xray"))
     try:
         return str(data.find_dataset(folder))
     except (data.DatasetLayoutError, FileNotFoundError):
@@ -99,13 +100,13 @@ def show_table(table: pd.DataFrame, split_name: str) -> None:
 st.title("Compare runs")
 st.caption("Research software, not a medical device. Figures are on this project's patient-level "
            "validation split of Kermany et al. 2018 (CC BY 4.0).")
-models = view.resolve_folder(st.session_state.get("models_dir", "trained_models"))
+models = common.resolve_folder(st.session_state.get("models_dir", "trained_models"))
 completed = [r for r in runs.list_runs(models) if r.state == "completed"]
 if not completed:
     st.info(f"No completed run in {models} yet. Start one on the Train page.")
     st.stop()
 
-labels = {r.run_id: view.run_label(r) for r in completed}
+labels = {r.run_id: common.run_label(r) for r in completed}
 ids = st.multiselect("Runs", list(labels), default=list(labels), format_func=labels.get,
                      key="compare_runs")
 chosen = [r for r in completed if r.run_id in ids]
