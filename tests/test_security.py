@@ -144,9 +144,10 @@ def test_check_allowed_refuses_escapes_and_touches_nothing(tmp_path, make, words
 
 
 def test_allowed_roots_defaults_and_what_the_administrator_adds(tmp_path, monkeypatch):
-    defaults = fileio.allowed_roots()
-    assert PROJECT / "data" in defaults and PROJECT / "trained_models" in defaults
-    assert (PROJECT.parent / "shared" / "data" in defaults) == (PROJECT.parent / "shared" / "data").is_dir()
+    defaults = [Path(p).resolve() for p in fileio.allowed_roots()]
+    assert (PROJECT / "data").resolve() in defaults and (PROJECT / "trained_models").resolve() in defaults
+    shared = PROJECT.parent / "shared" / "data"
+    assert (shared.resolve() in defaults) == shared.is_dir()
     with pytest.raises(fileio.PathNotAllowed):
         fileio.check_allowed(tmp_path / "a", what="dataset folder")
     monkeypatch.setenv("XRAY_ALLOWED_ROOTS", os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))

@@ -306,8 +306,10 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     data_root = make_synthetic_dataset(tmp_path / "data", n_train=(60, 90), n_val=(0, 0), n_test=(0, 0),
                                        size=32, images_per_patient=3)
     runs_dir = tmp_path / "runs"
+    # Epochs must last well over the status writer's 0.5 s throttle, or no mid-epoch status is ever
+    # written on a fast machine: 96 px keeps an epoch at a few seconds even on a quiet one.
     proc = subprocess.Popen(_train_cmd(data_root, runs_dir, "--epochs", "200", "--batch-size", "2",
-                                       "--image-size", "32", "--run-id", "victim"),
+                                       "--image-size", "96", "--run-id", "victim"),
                             env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run_dir = runs_dir / "victim"
     killed_at = None
