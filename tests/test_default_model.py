@@ -54,7 +54,7 @@ def test_run_folder_is_complete_small_and_portable():
     assert not list(DEFAULT.glob("checkpoint.*"))
     assert spec["bundled"] is True and len(spec["members"]) == 3
     config_text = (DEFAULT / "config.json").read_text()
-    assert str(Path.home()) + "/" not in config_text and "/work/" not in config_text  # no machine paths
+    assert str(Path.home()) + "/" not in config_text and str(ROOT.parent) + "/" not in config_text  # no machine paths
     with open(DEFAULT / "validation.csv", newline="") as fh:
         assert all(not Path(r["path"]).is_absolute() for r in csv.DictReader(fh))
 
