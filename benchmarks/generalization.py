@@ -12,8 +12,17 @@ sensitivity >= 0.95), exactly as a run is finalized. Rows:
 - the first two members averaged; all members averaged without calibration; all members with
   Platt scaling (the shipped model).
 
+The two single-change runs of the report (one change of the recipe at a time), trained first:
+    python -m xray_core train --arch pneumonet --data ../shared/data/chest_xray --image-size 192 \
+      --widths 24 64 128 256 --augment mild --epochs 14 --lr-schedule cosine --class-weight balanced \
+      --early-stopping 6 --run-id ablation-mild-192
+    python -m xray_core train --arch pneumonet --data ../shared/data/chest_xray --image-size 128 \
+      --augment strong --epochs 14 --lr-schedule cosine --class-weight balanced --early-stopping 6 \
+      --run-id ablation-strong-128
+
 Usage (a few minutes on 2 CPU cores):
-    python benchmarks/generalization.py --data ../shared/data/chest_xray
+    python benchmarks/generalization.py --data ../shared/data/chest_xray \
+      --extra-run trained_models/ablation-mild-192 --extra-run trained_models/ablation-strong-128
 Writes benchmarks/reports/generalization.md and .json. Nothing in trained_models/ is modified.
 """
 

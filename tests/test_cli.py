@@ -253,3 +253,13 @@ def test_every_library_error_class_is_a_user_error():
                 defined.add(cls)
     missing = {f"{c.__module__}.{c.__name__}" for c in defined if not any(issubclass(c, k) for k in listed)}
     assert not missing, f"add these to cli.USER_ERRORS: {sorted(missing)}"
+
+
+def test_train_records_widths_and_schedule(capsys, synthetic_dataset, tmp_path):
+    code, out, err = _main(capsys, "train", "--arch", "pneumonet", "--data", synthetic_dataset, "--epochs", "1",
+                           "--image-size", "16", "--widths", "4", "8", "8", "8", "--lr-schedule", "cosine",
+                           "--augment", "strong", "--runs-dir", tmp_path, "--run-id", "w", "--quiet")
+    assert code == 0, err
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert config["arch_options"] == {"widths": [4, 8, 8, 8]} and config["lr_schedule"] == "cosine"
+    assert config["augment"] == "strong"

@@ -179,6 +179,11 @@ def _add_train(sub, common) -> None:
                         "assembled into --run-id, default 'default-retrain'; a shipped run is never replaced); "
                         "run the same command again to continue")
     p.add_argument("--members", type=_positive_int, help="ensemble members of --preset (default: the preset's)")
+    p.add_argument("--widths", type=_positive_int, nargs=4, metavar="N",
+                   help="pneumonet's widths: stem and blocks 1-3 (default 16 48 96 192; the default model uses "
+                        "24 64 128 256)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning rate: constant (default) or cosine decay over the run's epochs")
     p.add_argument("--augment", nargs="?", const="mild", default="none", choices=("none", "mild", "strong"),
                    help="augmentation, never flips: mild (small rotations, shifts, zoom, brightness/contrast; "
                         "the bare flag) or strong (independent height/width zoom, shifts, rotation, gamma, "
@@ -200,6 +205,8 @@ def _add_train(sub, common) -> None:
 
 
 def _check_train(args: argparse.Namespace) -> None:
+    if args.widths and args.arch != "pneumonet":
+        raise UsageError(f"--widths sets pneumonet's widths; {args.arch} has the seed's fixed layers.")
     if args.preset and args.resume:
         raise UsageError("--preset continues by itself when run again; do not combine it with --resume.")
     if args.resume is None and args.data is None:

@@ -132,6 +132,8 @@ def _train(args) -> int:
         augment=args.augment,
         early_stopping=args.early_stopping,
         selection=getattr(args, "selection", "stress"),
+        arch_options={"widths": list(args.widths)} if getattr(args, "widths", None) else None,
+        lr_schedule=None if getattr(args, "lr_schedule", "constant") == "constant" else args.lr_schedule,
         threshold_method=args.threshold_method,
         runs_root=args.runs_dir,
         run_id=args.run_id,
