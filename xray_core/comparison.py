@@ -190,6 +190,20 @@ def _boot_auc(score: np.ndarray, pos_draws: np.ndarray, neg_draws: np.ndarray) -
     return wins / (pos_draws.shape[1] * neg_draws.shape[1])
 
 
+def _stratified_draws(y: np.ndarray, *, n_boot, level, seed: int):
+    """Check the bootstrap settings and draw n_boot resamples within each class (seeded):
+    (positive indices, negative indices, (n_boot, n_pos) draws, (n_boot, n_neg) draws)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
+        raise ValueError(f"n_boot must be a whole number >= 10; got {n_boot!r}.")
+    if not 0 < float(level) < 1:
+        raise ValueError(f"level must be a fraction in (0, 1); got {level!r}.")
+    rng = np.random.default_rng(seed)
+    pos_idx, neg_idx = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    pos_draws = pos_idx[rng.integers(0, pos_idx.size, (n_boot, pos_idx.size))]
+    neg_draws = neg_idx[rng.integers(0, neg_idx.size, (n_boot, neg_idx.size))]
+    return pos_idx, neg_idx, pos_draws, neg_draws
+
+
 def paired_bootstrap(y_true, score_a, score_b, *, threshold_a: float, threshold_b: float,
                      n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Percentile intervals for sensitivity, specificity and AUC of A, of B and of A - B.
@@ -201,14 +215,7 @@ def paired_bootstrap(y_true, score_a, score_b, *, threshold_a: float, threshold_
     y = _labels(y_true)
     sa = _scores(score_a, y.size, "score_a")
     sb = _scores(score_b, y.size, "score_b")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
-        raise ValueError(f"n_boot must be a whole number >= 10; got {n_boot!r}.")
-    if not 0 < float(level) < 1:
-        raise ValueError(f"level must be a fraction in (0, 1); got {level!r}.")
-    rng = np.random.default_rng(seed)
-    pos_idx, neg_idx = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    pos_draws = pos_idx[rng.integers(0, pos_idx.size, (n_boot, pos_idx.size))]
-    neg_draws = neg_idx[rng.integers(0, neg_idx.size, (n_boot, neg_idx.size))]
+    pos_idx, neg_idx, pos_draws, neg_draws = _stratified_draws(y, n_boot=n_boot, level=level, seed=seed)
 
     def figures(s, t):
         called = s >= t
@@ -242,14 +249,7 @@ def bootstrap_intervals(y_true, y_score, *, threshold: float, n_boot: int = 1000
     images within each class (as paired_bootstrap). {figure: {"estimate", "low", "high"}}."""
     y = _labels(y_true)
     s = _scores(y_score, y.size, "y_score")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
-        raise ValueError(f"n_boot must be a whole number >= 10; got {n_boot!r}.")
-    if not 0 < float(level) < 1:
-        raise ValueError(f"level must be a fraction in (0, 1); got {level!r}.")
-    rng = np.random.default_rng(seed)
-    pos_idx, neg_idx = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    pos_draws = pos_idx[rng.integers(0, pos_idx.size, (n_boot, pos_idx.size))]
-    neg_draws = neg_idx[rng.integers(0, neg_idx.size, (n_boot, neg_idx.size))]
+    pos_idx, neg_idx, pos_draws, neg_draws = _stratified_draws(y, n_boot=n_boot, level=level, seed=seed)
     called = s >= float(threshold)
     sens, spec = called[pos_draws].mean(axis=1), 1 - called[neg_draws].mean(axis=1)
     samples = {"sensitivity": sens, "specificity": spec,
