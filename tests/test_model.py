@@ -87,3 +87,31 @@ def test_a_run_without_a_network_says_so(tmp_path):
         model_mod.load_model(folder)
     with pytest.raises(ValueError, match="1 or 2 outputs"):
         model_mod.pneumonia_column(3)
+
+
+def test_one_pass_gives_the_member_probabilities_and_the_gate_features(tmp_path):
+    """raw_member_proba_and_features: each member's P(pneumonia) and the mean of the members'
+    penultimate activations, checked against the weights computed by hand."""
+    folder = tmp_path / "ens"
+    folder.mkdir()
+    nets = [_save_net(folder, "model.keras", 1, seed=5), _save_net(folder, "member-1.keras", 2, seed=6)]
+    model_mod.write_spec(folder, members=["model.keras", "member-1.keras"], input_size=(8, 6), channels=1,
+                         threshold=0.5)
+    m = model_mod.load_model(folder)
+    x = _x(70, seed=2)
+    hidden, probs = [], []
+    for net, col in zip(nets, (0, 1)):
+        w1, b1 = net.get_layer("hidden").get_weights()
+        w2, b2 = net.get_layer("head").get_weights()
+        h = np.maximum((x.reshape(len(x), -1) / 255.0) @ w1 + b1, 0.0)
+        hidden.append(h)
+        probs.append(1 / (1 + np.exp(-(h @ w2 + b2)[:, col])))
+    raw, feats = m.raw_member_proba_and_features(x, batch_size=32)  # three batches, one of 6
+    assert raw.shape == (70, 2) and feats.shape == (70, 4)
+    np.testing.assert_allclose(raw, np.column_stack(probs), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feats, (hidden[0] + hidden[1]) / 2, rtol=1e-5, atol=1e-5)
+    # The two halves are what raw_member_proba and features return on their own.
+    np.testing.assert_array_equal(raw, m.raw_member_proba(x))
+    np.testing.assert_array_equal(feats, m.features(x))
+    empty_raw, empty_feats = m.raw_member_proba_and_features(x[:0])
+    assert empty_raw.shape == (0, 2) and empty_feats.shape == (0, 0)

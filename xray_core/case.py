@@ -88,10 +88,10 @@ def assess_many(model, films: Sequence[tuple[str, bytes, np.ndarray, float | Non
         conformal = uncertainty.load_conformal(model.path)
     grays = [f[2] for f in films]
     x = model.prepare_batch(grays)
-    raw_members = model.raw_member_proba(x)
+    raw_members, features = model.raw_member_proba_and_features(x)  # one pass for both
     members = calibrate(raw_members, model.temperature, model.bias)
     probs = calibrate(raw_members.mean(axis=1), model.temperature, model.bias)
-    gates = gate_mod.check_batch(model, x=x, shapes=[g.shape for g in grays],
+    gates = gate_mod.check_batch(model, x=x, features=features, shapes=[g.shape for g in grays],
                                  saturations=[f[3] for f in films], dicoms=[f[4] for f in films], gate=gate)
     threshold = float(model.threshold)
     out = []

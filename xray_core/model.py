@@ -82,7 +82,6 @@ class Model:
             )
         self._members: list | None = None
         self._forward = None
-        self._features_fn = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -209,30 +208,50 @@ class Model:
         return x
 
     def _compiled_forward(self):
+        """The one compiled forward pass: (n, k) P(pneumonia) of each member and (n, d) penultimate
+        features averaged over members, from a single run of each network."""
         if self._forward is None:
+            import keras
             import tensorflow as tf
 
             members = self.members
             columns = [pneumonia_column(int(m.outputs[0].shape[-1])) for m in members]
+            # Each member as one network with two outputs: the input of its output layer (the
+            # features) and its output, so the gate's features cost no second pass.
+            nets = [keras.Model(m.inputs, [m.layers[-1].input, m.outputs[0]]) for m in members]
             h, w = self.input_size
             spec = tf.TensorSpec((None, h, w, self.channels), tf.float32)
 
             @tf.function(input_signature=[spec], reduce_retracing=True)
             def forward(batch):
-                outs = [m(batch, training=False)[:, col] for m, col in zip(members, columns)]
-                return tf.stack(outs, axis=1)
+                probs, feats = [], []
+                for net, col in zip(nets, columns):
+                    feat, out = net(batch, training=False)
+                    probs.append(out[:, col])
+                    feats.append(tf.reshape(feat, (tf.shape(batch)[0], -1)))
+                return tf.stack(probs, axis=1), tf.add_n(feats) / float(len(feats))
 
             self._forward = forward
         return self._forward
 
-    def raw_member_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
-        """(n, k) uncalibrated P(pneumonia) of each member: the one place networks are called."""
+    def raw_member_proba_and_features(self, x: Any, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """((n, k) uncalibrated P(pneumonia) of each member, (n, d) penultimate features averaged
+        over members) from one forward pass: what batch scoring and the input gate need together.
+        The one place networks are called; `raw_member_proba` and `features` are its two halves."""
         x = self._as_batch(x)
         if len(x) == 0:
-            return np.zeros((0, self.n_members), np.float64)
+            return np.zeros((0, self.n_members), np.float64), np.zeros((0, 0), np.float32)
         forward = self._compiled_forward()
-        parts = [np.asarray(forward(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-        return np.concatenate(parts, axis=0).astype(np.float64)
+        probs, feats = [], []
+        for i in range(0, len(x), batch_size):
+            p, f = forward(x[i : i + batch_size])
+            probs.append(np.asarray(p))
+            feats.append(np.asarray(f))
+        return np.concatenate(probs, axis=0).astype(np.float64), np.concatenate(feats, axis=0).astype(np.float32)
+
+    def raw_member_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
+        """(n, k) uncalibrated P(pneumonia) of each member."""
+        return self.raw_member_proba_and_features(x, batch_size=batch_size)[0]
 
     def head_outputs(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
         """(n, units) raw outputs of the first member's head (both columns of the seed's 2-unit
@@ -258,25 +277,7 @@ class Model:
     def features(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
         """(n, d) penultimate-layer activations (the input of each member's output layer),
         averaged over members: the space the input gate measures distance in."""
-        x = self._as_batch(x)
-        if self._features_fn is None:
-            import keras
-            import tensorflow as tf
-
-            extractors = [keras.Model(m.inputs, m.layers[-1].input) for m in self.members]
-            h, w = self.input_size
-            spec = tf.TensorSpec((None, h, w, self.channels), tf.float32)
-
-            @tf.function(input_signature=[spec], reduce_retracing=True)
-            def feats(batch):
-                outs = [tf.reshape(e(batch, training=False), (tf.shape(batch)[0], -1)) for e in extractors]
-                return tf.add_n(outs) / float(len(outs))
-
-            self._features_fn = feats
-        if len(x) == 0:
-            return np.zeros((0, 0), np.float32)
-        parts = [np.asarray(self._features_fn(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-        return np.concatenate(parts, axis=0).astype(np.float32)
+        return self.raw_member_proba_and_features(x, batch_size=batch_size)[1]
 
 
 _CACHE: dict[tuple[str, float], Model] = {}
