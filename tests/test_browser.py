@@ -10,31 +10,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.browser_helpers import (CHROMIUM_MISSING, chromium, have_chromium, metric_value, new_page,
+                                   no_exception, probability_text, shot, streamlit_server, wait_idle)
 from xray_core import imaging, runs
 
-PROJECT = Path(__file__).resolve().parents[1]
-ARTIFACTS = PROJECT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason=CHROMIUM_MISSING)]
 
 
 @pytest.fixture(scope="module")
@@ -43,99 +27,22 @@ def app(synthetic_dataset, tiny_run, tmp_path_factory):
     runs_root, run_id = tiny_run
     models = tmp_path_factory.mktemp("browser_models")
     shutil.copytree(runs_root / run_id, models / run_id)
-    port = free_port()
     env = dict(os.environ, XRAY_DATA_DIR=str(synthetic_dataset), XRAY_MODELS_DIR=str(models),
                XRAY_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "xray_cache"))
-    log = open(tmp_path_factory.getbasetemp() / "streamlit.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--browser.gatherUsageStats", "false"],
-        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("streamlit did not start: "
-                                         + (tmp_path_factory.getbasetemp() / "streamlit.log").read_text()[-2000:])
-                time.sleep(0.5)
+    with streamlit_server(env=env, log_path=tmp_path_factory.getbasetemp() / "streamlit.log") as base:
         yield base, models
-    finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        yield chromium
-        chromium.close()
-
-
-def new_page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(90_000)
-    return context, page
-
-
-def wait_idle(page) -> None:
-    """Until Streamlit has finished the current script run."""
-    page.wait_for_selector('[data-testid="stApp"]')
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
-
-
-def shot(page, name: str) -> None:
-    """Streamlit scrolls inside its own container, so a tall viewport shows the whole page."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    height = page.evaluate(
-        "() => Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], section.main')]"
-        ".map(e => e.scrollHeight), 1000)")
-    size = page.viewport_size
-    page.set_viewport_size({"width": size["width"], "height": min(int(height) + 50, 6000)})
-    page.wait_for_timeout(500)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    page.set_viewport_size(size)
-
-
-def no_exception(page) -> None:
-    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
-        '[data-testid="stException"]').first.inner_text()
-
-
-def probability_text(models: Path, run_id: str, path: Path) -> str:
-    from xray_core.model import load_model
-
-    return f"{float(load_model(run_id, root=models).predict_proba([imaging.decode(path)])[0]):.3f}"
+    with chromium() as b:
+        yield b
 
 
 def upload_and_wait(page, path: Path) -> None:
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(path))
     page.get_by_text(path.name, exact=False).last.wait_for()
     page.get_by_text("Grad-CAM", exact=True).wait_for(timeout=180_000)
-
-
-def metric_value(page, label: str) -> str:
-    box = page.locator('[data-testid="stMetric"]', has_text=label)
-    return box.locator('[data-testid="stMetricValue"]').inner_text().strip()
 
 
 def enlarged(path: Path, folder: Path) -> Path:

@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.test_browser import (CHROMIUM, PROJECT, browser, free_port, metric_value, new_page,  # noqa: F401
-                                no_exception, probability_text, shot, wait_idle)
+from tests.browser_helpers import (CHROMIUM_MISSING, chromium, have_chromium, metric_value, new_page, no_exception,
+                                   probability_text, shot, streamlit_server, wait_idle)
 from tests.test_scoring import add_bad_files, make_films
 from xray_core import scoring
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason=CHROMIUM_MISSING)]
 
 N_FILMS = 120
 
@@ -35,38 +28,19 @@ def worklist_app(tiny_run, tmp_path_factory):
     films = tmp_path_factory.mktemp("worklist_data") / "night"
     make_films(films, N_FILMS, size=128)  # large enough for the input gate's size check
     add_bad_files(films)
-    port = free_port()
-    log_path = tmp_path_factory.getbasetemp() / "streamlit_worklist.log"
     env = dict(os.environ, XRAY_DATA_DIR=str(films), XRAY_MODELS_DIR=str(models),
                XRAY_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "xray_cache"))
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-            cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("streamlit did not start: " + log_path.read_text()[-2000:])
-                time.sleep(0.5)
+    with streamlit_server(env=env, log_path=tmp_path_factory.getbasetemp() / "streamlit_worklist.log") as base:
         yield base, models, films
-    finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
-def test_worklist_in_a_real_browser(worklist_app, browser):  # noqa: F811
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
+def test_worklist_in_a_real_browser(worklist_app, browser):
     base, models, films = worklist_app
     context, page = new_page(browser)
     page.goto(base)  # the entry script registers the pages (st.navigation) on its first run

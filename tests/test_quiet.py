@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser_helpers import CHROMIUM_MISSING, chromium, have_chromium, streamlit_server
 from xray_core import quiet
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -85,64 +86,26 @@ def test_a_command_that_fails_says_only_its_sentence(tmp_path):
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
 
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _serve_and_open_train_page(tmp_path, env: dict) -> str:
+def _serve_and_open_train_page(tmp_path, env: dict, name: str) -> str:
     """Start `streamlit run`, open the Train page (it imports Keras for the layer table) in
     Chromium until its parameter count shows, stop the server; return the server's log."""
-    import socket
-    import time
-    import urllib.request
-
-    from playwright.sync_api import sync_playwright
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log_path = tmp_path / f"streamlit-{port}.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-            cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    with urllib.request.urlopen(base + "/_stcore/health", timeout=2):
-                        break
-                except OSError:
-                    assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
-                    time.sleep(0.5)
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync"])
-                page = browser.new_page()
-                page.goto(base + "/train", timeout=120_000)
-                page.get_by_text("parameters").first.wait_for(timeout=240_000)
-                browser.close()
-        finally:
-            server.terminate()
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+    log_path = tmp_path / f"streamlit-{name}.log"
+    with streamlit_server(env=env, log_path=log_path) as base, chromium() as browser:
+        page = browser.new_page()
+        page.goto(base + "/train", timeout=120_000)
+        page.get_by_text("parameters").first.wait_for(timeout=240_000)
     return log_path.read_text(errors="replace")
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+@pytest.mark.skipif(not have_chromium(), reason=CHROMIUM_MISSING)
 def test_the_app_log_is_quiet_unless_asked(synthetic_dataset, tiny_run, tmp_path):
     runs_root, _ = tiny_run
     env = _env(XRAY_DATA_DIR=str(synthetic_dataset), XRAY_MODELS_DIR=str(runs_root),
                XRAY_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("PYTHONPATH")
-    quiet_log = _serve_and_open_train_page(tmp_path, env)
+    quiet_log = _serve_and_open_train_page(tmp_path, env, "quiet")
     assert not GLOG_LINE.search(quiet_log) and not [m for m in NOISE_MARKERS if m in quiet_log], quiet_log[-3000:]
     # The same visit with TensorFlow's logging left on shows the lines: the page did load TensorFlow.
-    loud_log = _serve_and_open_train_page(tmp_path, dict(env, TF_CPP_MIN_LOG_LEVEL="0"))
+    loud_log = _serve_and_open_train_page(tmp_path, dict(env, TF_CPP_MIN_LOG_LEVEL="0"), "loud")
     assert GLOG_LINE.search(loud_log), loud_log[-3000:]
