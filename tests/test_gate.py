@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,7 +13,7 @@ from PIL import Image
 from tests.conftest import REAL_DATA, SHARED_DATA, requires_real_data
 from tests.synthetic import _image
 from xray_core import gate, imaging
-from xray_core.model import load_model
+from xray_core.model import load_model, write_spec
 
 
 def film(rng, label, size=128):
@@ -24,11 +25,26 @@ def film(rng, label, size=128):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def tiny_net_run(folder: Path, size: int = 32, seed: int = 0) -> Path:
+    """A run folder holding a small seeded, untrained network (size x size x 1 -> 16 features -> 1
+    output): the gate needs the model's penultimate features, not a good classifier."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(16, activation="tanh")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    keras.Model(inputs, outputs).save(folder / "model.keras")
+    write_spec(folder, members=["model.keras"], input_size=(size, size), channels=1, threshold=0.5)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def fitted(tiny_run, tmp_path_factory):
-    """The tiny run's model and a gate fitted on 300 synthetic films (thresholds on 100 others)."""
-    runs_root, run_id = tiny_run
-    model = load_model(runs_root / run_id)
+def fitted(tmp_path_factory):
+    """A tiny network's model and a gate fitted on 300 synthetic films (thresholds on 100 others)."""
+    model = load_model(tiny_net_run(tmp_path_factory.mktemp("gate") / "tiny-net"))
     rng = np.random.default_rng(1)
     films = [film(rng, i % 2) for i in range(400)]
     x = model.prepare_batch(films)
@@ -124,9 +140,8 @@ def test_dicom_facts_and_warnings_without_patient_data(tmp_path):
     assert imaging.dicom_facts(png(np.zeros((8, 8), np.uint8))) is None
 
 
-def test_no_fitted_gate_says_so(tiny_run):
-    runs_root, run_id = tiny_run
-    model = load_model(runs_root / run_id)
+def test_no_fitted_gate_says_so(tmp_path):
+    model = load_model(tiny_net_run(tmp_path / "no-gate"))
     res = gate.check(model, film(np.random.default_rng(0), 0))
     assert res.ood_score is None
     assert any("no fitted input gate" in w for w in res.warnings)
@@ -183,3 +198,421 @@ def test_default_knows_its_training_and_validation_files():
     if test_files:
         assert gate.seen_in(model.path, test_files[0].read_bytes()) is None
     assert gate.seen_in(model.path, b"not a film") is None
+
+
+# ----------------------------------------------------------------------------- measurements, by hand
+
+T = gate.THUMB * gate.THUMB
+
+
+def halves(left, right, size=64):
+    """A (1, size, size, 1) prepared batch: the left half at one gray level, the right at another."""
+    x = np.full((1, size, size, 1), float(left), np.float32)
+    x[:, :, size // 2:] = right
+    return x
+
+
+def test_thumbnails_are_box_averaged_and_standardised():
+    th = gate.thumbnails(halves(0, 200))  # 64 px -> 32 px: each box is 2 x 2 of one level
+    assert th.shape == (1, T)
+    img = th.reshape(gate.THUMB, gate.THUMB)
+    np.testing.assert_allclose(img[:, :16], -1.0)  # mean 100, standard deviation 100
+    np.testing.assert_allclose(img[:, 16:], 1.0)
+    # A single image without the batch axis, and a one-level step: divided by 1, not by its 0.5 spread.
+    low = gate.thumbnails(halves(100, 101)[0]).reshape(gate.THUMB, gate.THUMB)
+    np.testing.assert_allclose(low[:, :16], -0.5)
+    np.testing.assert_allclose(low[:, 16:], 0.5)
+    np.testing.assert_allclose(gate.thumbnails(np.full((1, 40, 40, 1), 77.0)), 0.0)
+
+
+def test_intensity_stats_by_hand():
+    levels = np.repeat([2.0, 3.0, 252.0, 253.0], 25).reshape(1, 10, 10, 1)  # sorted, 25 of each
+    stats = gate.intensity_stats(levels)
+    assert stats.shape == (1, 6)
+    mean, std, p5, p50, p95, extremes = stats[0]
+    assert mean == pytest.approx(127.5)
+    assert std == pytest.approx(np.sqrt((125.5**2 + 124.5**2) / 2))
+    assert (p5, p50, p95) == pytest.approx((2.0, 127.5, 253.0))
+    assert extremes == pytest.approx(0.5)  # 2 and 253 count as pure black / white, 3 and 252 do not
+    assert gate.intensity_stats(levels[0]).shape == (1, 6)  # one image without the batch axis
+
+
+def _asymmetric(size=64):
+    """An image no rotation or mirror maps onto itself: a bright top-left corner block and a ramp."""
+    img = np.tile(np.linspace(0, 120, size, dtype=np.float32), (size, 1))
+    img[: size // 4, : size // 3] = 250
+    return img
+
+
+def test_orientation_scores_find_the_turn_and_the_negative():
+    img = _asymmetric()
+    template = gate.thumbnails(img[None, :, :, None])[0]
+    for k in range(4):
+        turned = np.rot90(img, k)[None, :, :, None]
+        o = gate.orientation_scores(gate.thumbnails(turned), template)[0]
+        back = (4 - k) % 4  # turning back by `back` quarter turns gives the template again
+        assert o[back] == pytest.approx(1.0)
+        assert all(o[j] < 0.9 for j in range(4) if j != back)
+        assert o[4] == pytest.approx(-o[0])
+    negative = gate.orientation_scores(gate.thumbnails((255 - img)[None, :, :, None]), template)[0]
+    assert negative[0] == pytest.approx(-1.0) and negative[4] == pytest.approx(1.0)
+
+
+def hand_gate(**changes) -> gate.FittedGate:
+    """A gate with hand-set parameters: template = `_asymmetric`, pixel axes e0 and e1 with variances
+    4 and 1, residual variance 2, features centred on (1, 1) with precision diag(1, 4), every
+    intensity statistic allowed, all thresholds 1."""
+    comps = np.zeros((2, T))
+    comps[0, 0] = comps[1, 1] = 1.0
+    fields = dict(template=gate.thumbnails(_asymmetric()[None, :, :, None])[0], pix_mean=np.zeros(T),
+                  pix_components=comps, pix_var=np.array([4.0, 1.0]), pix_residual_var=2.0,
+                  feat_mean=np.array([1.0, 1.0]), feat_precision=np.diag([1.0, 4.0]),
+                  hist_low=np.full(6, -np.inf), hist_high=np.full(6, np.inf),
+                  thresholds={"feature": 1.0, "pixel": 1.0, "orientation": 1.0}, info={})
+    fields.update(changes)
+    return gate.FittedGate(**fields)
+
+
+def test_pixel_and_feature_distances_by_hand():
+    g = hand_gate(pix_mean=np.full(T, 1.0))
+    v = np.full((1, T), 1.0)
+    v[0, :3] += [2.0, 3.0, 4.0]  # 2 and 3 along the axes, 4 in the residual
+    # (2^2 / 4 + 3^2 / 1 + 4^2 / 2) / T
+    assert gate._pixel_distance(v, g)[0] == pytest.approx(np.sqrt(18.0 / T))
+    assert gate._feature_distance(np.array([[3.0, 1.5]]), g)[0] == pytest.approx(np.sqrt(5.0 / 2))
+    assert gate._feature_distance(np.array([[1.0, 1.0]]), g)[0] == 0.0
+    # A precision that is not positive (rounding) gives distance 0, never nan.
+    negative = hand_gate(feat_precision=-np.eye(2))
+    assert gate._feature_distance(np.array([[3.0, 1.5]]), negative)[0] == 0.0
+
+
+# ----------------------------------------------------------------------------- the decision, branch by branch
+
+
+def gray(std, size=128, mean=100.0):
+    """A (1, size, size, 1) batch with two gray levels mean -/+ std (so exactly that contrast)."""
+    return halves(mean - std, mean + std, size)
+
+
+def simple(x=None, **kw):
+    """check_batch with the simple checks only (no fitted gate: no network involved)."""
+    return gate.check_batch(None, x=gray(30) if x is None else x, gate=None, **kw)[0]
+
+
+def hard_only(res, word):
+    """The image is refused with exactly one sentence (besides the no-gate note), containing `word`."""
+    said = [w for w in res.warnings if "no fitted input gate" not in w]
+    return not res.in_distribution and len(said) == 1 and word in said[0]
+
+
+def test_size_and_shape_limits_are_inclusive():
+    ok = simple(shapes=[(gate.MIN_SIDE, gate.MIN_SIDE)])
+    assert ok.in_distribution and (ok.checks["height"], ok.checks["width"]) == (96, 96)
+    small = simple(shapes=[(95, 200)])
+    assert hard_only(small, "only 200 x 95 pixels") and "at least 96 pixels" in small.warnings[0]
+    wide = simple(shapes=[(100, 260)])  # 2.6 times wider: still allowed
+    assert wide.in_distribution and wide.checks["aspect_ratio"] == 2.6
+    assert hard_only(simple(shapes=[(100, 261)]), "2.6 times longer")
+    assert hard_only(simple(shapes=[(300, 110)]), "2.7 times longer")  # tall strips too
+    assert simple(shapes=[(300, 110)]).checks["aspect_ratio"] == pytest.approx(0.367)
+    assert "height" not in simple().checks  # no shape given (a prepared batch): no size check
+
+
+def test_colour_and_contrast_limits():
+    at_limit = simple(saturations=[gate.MAX_COLOURED])
+    assert at_limit.in_distribution and at_limit.checks["coloured_share"] == 0.02
+    assert hard_only(simple(saturations=[0.4]), "40% of the pixels are in colour")
+    assert hard_only(simple(saturations=[0.0201]), "in colour")
+    exactly = simple(gray(gate.MIN_STD))
+    assert exactly.in_distribution and exactly.checks["std"] == 6.0
+    assert hard_only(simple(gray(5.5)), "nearly uniform")
+    assert simple(gray(5.5)).checks["std"] == 5.5
+
+
+def test_dicom_modality_refuses_and_other_headers_only_warn():
+    ct = simple(dicoms=[{"Modality": "CT", "BodyPartExamined": "CHEST"}])
+    assert hard_only(ct, "modality is CT")
+    for modality in ("CR", "DX", None):
+        res = simple(dicoms=[{"Modality": modality, "ViewPosition": "PA"}])
+        assert res.in_distribution and not [w for w in res.warnings if "DICOM" in w]
+    lateral = simple(dicoms=[{"Modality": "DX", "BodyPartExamined": "KNEE", "ViewPosition": "LL"}])
+    assert lateral.in_distribution  # said, not refused: the header alone does not prove it unreadable
+    assert sum("DICOM" in w for w in lateral.warnings) == 2
+    assert simple(dicoms=[{}]).warnings == simple().warnings
+
+
+def test_dicom_warnings_each_header():
+    assert gate.dicom_warnings({"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "AP"}) == []
+    assert gate.dicom_warnings({}) == []
+    for view in ("LATERAL", "LL", "RL", "LAT"):
+        (only,) = gate.dicom_warnings({"ViewPosition": view})
+        assert "lateral view" in only
+    (mr,) = gate.dicom_warnings({"Modality": "MR"})
+    assert mr.startswith("The DICOM modality is MR, not a radiograph")
+    (body,) = gate.dicom_warnings({"BodyPartExamined": "ABDOMEN"})
+    assert body == "The DICOM says the body part examined is ABDOMEN, not CHEST."
+
+
+def test_without_a_gate_only_the_simple_checks_run():
+    res = simple()
+    assert res.in_distribution and res.ood_score is None
+    assert res.warnings == ["This model has no fitted input gate, so only the simple image checks ran; "
+                            "fit one with `python -m xray_core fit-gate RUN --data DATASET`."]
+    assert set(res.checks) == {"std"}
+
+
+def gated(x, features=((1.0, 1.0),), **changes):
+    """check_batch against hand_gate(**changes) with the given penultimate features."""
+    big = {"pixel": 1e6}  # the pixel distance out of the way unless a test sets it
+    thresholds = {"feature": 1.0, "orientation": 1.0, **big, **changes.pop("thresholds", {})}
+    return gate.check_batch(None, x=x, features=np.array(features, float), gate=hand_gate(
+        thresholds=thresholds, **changes))
+
+
+def test_learned_distance_at_its_threshold_passes_and_beyond_warns():
+    x = _asymmetric()[None, :, :, None]
+    # Feature distance sqrt(((2 - 1)^2 * 1 + 0) / 2) = sqrt(1/2): at a threshold of sqrt(1/2) the ratio is 1.
+    (at,) = gated(x, [(2.0, 1.0)], thresholds={"feature": np.sqrt(0.5)})
+    assert at.ood_score == pytest.approx(1.0) and at.in_distribution and at.warnings == []
+    assert at.checks["feature_distance_ratio"] == 1.0
+    (beyond,) = gated(x, [(2.0, 1.0)], thresholds={"feature": np.sqrt(0.5) / 1.25})
+    assert not beyond.in_distribution and beyond.ood_score == pytest.approx(1.25)
+    assert beyond.warnings == [
+        "The model's view of this image is further from its training films than any validation film it was "
+        "checked on (distance 1.25 x the threshold). It may not be a frontal chest X-ray of the kind it was "
+        "trained on."]
+    # The pixel distance counts too: the larger ratio is the score.
+    # With every variance 2, a standardised thumbnail (sum of squares T) lies at sqrt(T / 2 / T).
+    (pix,) = gated(x, [(1.0, 1.0)], thresholds={"pixel": 0.5 * np.sqrt(0.5)}, pix_var=np.array([2.0, 2.0]))
+    assert pix.ood_score == pytest.approx(2.0) and pix.checks["pixel_distance_ratio"] == 2.0
+    assert pix.checks["feature_distance_ratio"] == 0.0
+
+
+def test_intensity_out_of_range_one_is_noted_two_refuse():
+    x = _asymmetric()[None, :, :, None]
+    stats = gate.intensity_stats(x)[0]
+    one = stats.copy()
+    one[0] += 1  # the mean is below the allowed range
+    (noted,) = gated(x, hist_low=one, hist_high=np.full(6, np.inf))
+    assert noted.in_distribution and noted.checks["intensity_out_of_range"] == ["mean gray level"]
+    two = np.full(6, np.inf)
+    two[[1, 4]] = stats[[1, 4]] - 1  # contrast and 95th percentile above the range
+    (refused,) = gated(x, hist_low=np.full(6, -np.inf), hist_high=two)
+    assert hard_only(refused, "Its gray levels are unlike every training film (contrast (standard "
+                     "deviation), 95th percentile)")
+    (edges,) = gated(x, hist_low=stats, hist_high=stats)  # the bounds themselves are inside
+    assert edges.in_distribution and "intensity_out_of_range" not in edges.checks
+
+
+def test_turned_and_negative_films_are_named():
+    img = _asymmetric()
+    named = {}
+    for k, expected in ((1, "turned on its side"), (2, "upside down"), (3, "turned on its side")):
+        (res,) = gated(np.rot90(img, k)[None, :, :, None], thresholds={"orientation": 0.5})
+        assert hard_only(res, f"The film looks {expected}. Rotate it upright"), res.warnings
+        named[k] = res.checks["orientation_correlation"]
+    assert named[2][2] == 1.0
+    (neg,) = gated((255 - img)[None, :, :, None], thresholds={"orientation": 0.5})
+    assert hard_only(neg, "The film looks inverted")
+    assert neg.checks["orientation_correlation"][4] == 1.0
+    # Upright, or turned by less than the margin allows: nothing said.
+    (upright,) = gated(img[None, :, :, None], thresholds={"orientation": 0.5})
+    assert upright.in_distribution and upright.warnings == []
+    (within,) = gated(np.rot90(img, 2)[None, :, :, None], thresholds={"orientation": 5.0})
+    assert within.in_distribution
+
+
+def test_a_negative_must_also_beat_the_margin():
+    # A flat-ish film whose negative correlates only weakly with the template is not called inverted.
+    img = _asymmetric()
+    weak = 0.9 * np.full_like(img, img.mean()) + 0.1 * (255 - img)
+    x = weak[None, :, :, None]
+    (res,) = gated(x, thresholds={"orientation": 2.0})
+    o = res.checks["orientation_correlation"]
+    assert o[4] > max(o[:4]) and o[4] < 2.0
+    assert res.in_distribution
+
+
+def test_check_batch_refuses_what_it_cannot_gate(fitted):
+    model, g, films = fitted
+    with pytest.raises(gate.GateError, match="needs the decoded images or a prepared batch"):
+        gate.check_batch(model, gate=g)
+    with pytest.raises(gate.GateError, match=r"2-D uint8 gray images .*float64 \(8, 8\)"):
+        gate.check_batch(model, [np.zeros((8, 8))], gate=g)
+    with pytest.raises(gate.GateError, match=r"uint8 \(8, 8, 3\)"):
+        gate.check_batch(model, [np.zeros((8, 8, 3), np.uint8)], gate=g)
+    # Images and the prepared batch (with the shapes) give the same answers.
+    by_images = gate.check_batch(model, films[:3], gate=g)
+    x = model.prepare_batch(films[:3])
+    by_batch = gate.check_batch(model, x=x, shapes=[f.shape for f in films[:3]], gate=g)
+    by_features = gate.check_batch(model, x=x, features=model.features(x), shapes=[(128, 128)] * 3, gate=g)
+    assert [r.to_dict() for r in by_images] == [r.to_dict() for r in by_batch] == [r.to_dict() for r in by_features]
+    assert by_images[0].checks["height"] == 128
+
+
+def test_result_to_dict_is_plain_json():
+    res = gate.GateResult(in_distribution=np.bool_(False), ood_score=np.float64(1.5), warnings=["a"],
+                          checks={"std": 3.0})
+    d = res.to_dict()
+    assert d == {"in_distribution": False, "ood_score": 1.5, "warnings": ["a"], "checks": {"std": 3.0}}
+    assert type(d["in_distribution"]) is bool and type(d["ood_score"]) is float
+    assert gate.GateResult(True, None, [], {}).to_dict()["ood_score"] is None
+
+
+# ----------------------------------------------------------------------------- fitting, saving, seen files
+
+
+def test_fit_sets_thresholds_at_the_validation_quantile_with_the_margin(fitted):
+    model, g, films = fitted
+    x = model.prepare_batch(films)
+    train, val = x[:300], x[300:]
+    res = gate.check_batch(model, x=val, gate=g)
+    feat = np.array([r.checks["feature_distance_ratio"] for r in res])
+    pix = np.array([r.checks["pixel_distance_ratio"] for r in res])
+    # "thresholds at the 99.5 % quantile of the validation films, times 1.15 above it"
+    assert np.quantile(feat, gate.VAL_QUANTILE) == pytest.approx(1 / gate.MARGIN, abs=2e-4)
+    assert np.quantile(pix, gate.VAL_QUANTILE) == pytest.approx(1 / gate.MARGIN, abs=2e-4)
+    orient = np.array([r.checks["orientation_correlation"] for r in res])
+    gap = np.quantile(orient[:, 1:4].max(axis=1) - orient[:, 0], 0.999)
+    assert g.thresholds["orientation"] == pytest.approx(max(gap + 0.05, 0.1), abs=1e-3)
+    # The pixel model: principal axes (orthonormal) with the variance of the training films along
+    # each, and the variance left outside them, per remaining pixel.
+    thumbs = gate.thumbnails(train)
+    np.testing.assert_allclose(g.pix_mean, thumbs.mean(axis=0), atol=1e-9)
+    np.testing.assert_allclose(g.template, thumbs.mean(axis=0), atol=1e-9)
+    k = g.pix_components.shape[0]
+    assert k == gate.PIXEL_COMPONENTS
+    np.testing.assert_allclose(g.pix_components @ g.pix_components.T, np.eye(k), atol=1e-9)
+    np.testing.assert_allclose(g.pix_var, np.var((thumbs - g.pix_mean) @ g.pix_components.T, axis=0, ddof=1),
+                               rtol=1e-9)
+    total = np.var(thumbs, axis=0, ddof=1).sum()
+    assert g.pix_residual_var == pytest.approx((total - g.pix_var.sum()) / (T - k), rel=5e-3)
+    # Features: centred on the training films' mean.
+    np.testing.assert_allclose(g.feat_mean, model.features(train).mean(axis=0), rtol=1e-5, atol=1e-6)
+    # Intensity bounds: the training films' range (0.05 % .. 99.95 %) widened by 10 % of it each side.
+    stats = gate.intensity_stats(train)
+    lo, hi = stats.min(axis=0), stats.max(axis=0)
+    assert np.all(g.hist_low < lo) and np.all(g.hist_high > hi)
+    np.testing.assert_allclose(g.hist_high - g.hist_low, 1.2 * (hi - lo), rtol=0.05)
+    np.testing.assert_allclose((g.hist_high + g.hist_low) / 2, (hi + lo) / 2, atol=0.05 * (hi - lo).max())
+
+
+def test_fit_reports_what_it_saw_and_caught(fitted):
+    _, g, _ = fitted
+    info = g.info
+    assert (info["n_train"], info["n_validation"], info["n_corrupted_each"]) == (300, 100, 100)
+    assert (info["feature_dim"], info["pixel_components"]) == (16, gate.PIXEL_COMPONENTS)
+    assert (info["val_quantile"], info["margin"]) == (0.995, 1.15)
+    assert info["validation_flagged"] <= 0.02
+    assert set(info["corruptions_caught"]) == {"inverted", "rotated 90", "upside down", "corner crop", "noise",
+                                               "flat"}
+    assert all(v >= 0.9 for v in info["corruptions_caught"].values()), info["corruptions_caught"]
+    assert 0 < info["seconds"] < 120
+
+
+def test_fit_needs_50_training_and_20_validation_films(fitted):
+    model, _, films = fitted
+    x = model.prepare_batch(films[:70])
+    with pytest.raises(gate.GateError, match="got 49 and 20"):
+        gate.fit_gate(model, x[:49], x[50:], save=False)
+    with pytest.raises(gate.GateError, match="got 50 and 19"):
+        gate.fit_gate(model, x[:50], x[51:], save=False)
+    small = gate.fit_gate(model, x[:50], x[50:], save=False)
+    assert small.info["n_corrupted_each"] == 20 and small.info["pixel_components"] == gate.PIXEL_COMPONENTS
+
+
+def test_corruptions_are_the_named_transformations():
+    x = np.stack([_asymmetric()[:, :, None]] * 2).repeat(3, axis=3)  # (2, 64, 64, 3)
+    bad = gate.corruptions(x, seed=5)
+    np.testing.assert_array_equal(bad["inverted"], 255 - x)
+    np.testing.assert_array_equal(bad["rotated 90"], np.rot90(x, 1, axes=(1, 2)))
+    np.testing.assert_array_equal(bad["upside down"], x[:, ::-1, ::-1])
+    crop = bad["corner crop"]
+    assert crop.shape == x.shape and crop.dtype == np.float32
+    np.testing.assert_array_equal(crop[..., 0], crop[..., 2])
+    assert crop[0, :40, :30, 0].min() == pytest.approx(250, abs=1)  # the top-left third: the bright block
+    assert crop[0, -1, -1, 0] < 100
+    assert bad["noise"].shape == x.shape and 0 <= bad["noise"].min() and bad["noise"].max() <= 255
+    assert bad["noise"].std() > 60
+    assert abs(bad["flat"].mean() - 128) < 0.1 and 0.9 < bad["flat"].std() < 1.1
+    again = gate.corruptions(x, seed=5)
+    np.testing.assert_array_equal(again["noise"], bad["noise"])
+    assert not np.array_equal(gate.corruptions(x, seed=6)["noise"], bad["noise"])
+
+
+def test_saved_gate_round_trips_and_refuses_other_versions(fitted, tmp_path):
+    _, g, _ = fitted
+    g.save(tmp_path)
+    again = gate.load_gate(tmp_path)
+    for name in ("template", "pix_mean", "pix_components", "pix_var", "feat_mean", "feat_precision", "hist_low",
+                 "hist_high"):
+        np.testing.assert_allclose(getattr(again, name), getattr(g, name), rtol=1e-5, atol=1e-5)
+        assert getattr(again, name).dtype == np.float64
+    assert again.pix_residual_var == pytest.approx(g.pix_residual_var)
+    assert again.thresholds == pytest.approx(g.thresholds) and again.info["n_train"] == 300
+    (tmp_path / "gate.npz").rename(tmp_path / "moved.npz")
+    assert gate.load_gate(tmp_path) is None  # half a gate is no gate
+    (tmp_path / "moved.npz").rename(tmp_path / "gate.npz")
+    meta = (tmp_path / "gate.json").read_text()
+    (tmp_path / "gate.json").write_text(meta.replace('"version": 1', '"version": 2'))
+    with pytest.raises(gate.GateError, match=rf"not a gate of version 1; refit it with `python -m xray_core "
+                                             rf"fit-gate {tmp_path.name} --data DATASET`"):
+        gate.load_gate(tmp_path)
+    (tmp_path / "gate.json").write_text("[1]")
+    with pytest.raises(gate.GateError):
+        gate.load_gate(tmp_path)
+
+
+def test_file_hash_is_the_first_128_bits_of_sha256():
+    assert gate.file_hash(b"abc") == "ba7816bf8f01cfea414140de5dae2223"
+
+
+def test_seen_hashes_say_which_split_a_file_was_in(tmp_path):
+    files = {}
+    for name in ("a", "b", "c"):
+        files[name] = tmp_path / f"{name}.jpeg"
+        files[name].write_bytes(name.encode() * 10)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert gate.seen_in(run, b"aaaaaaaaaa") is None  # no list yet
+    written = gate.write_seen_hashes(run, {"training": [files["a"], files["b"]], "validation": [str(files["c"])]})
+    assert written == run / gate.SEEN_HASHES
+    lines = written.read_text().splitlines()
+    assert lines == sorted(lines) and len(lines) == 3
+    assert gate.seen_in(run, b"aaaaaaaaaa") == "training"
+    assert gate.seen_in(str(run), bytearray(b"bbbbbbbbbb")) == "training"
+    assert gate.seen_in(run, b"cccccccccc") == "validation"
+    assert gate.seen_in(run, b"dddddddddd") is None
+
+
+def test_fit_saves_into_the_run_and_auto_loads_it(tmp_path):
+    model = load_model(tiny_net_run(tmp_path / "saved-run"), cache=False)
+    rng = np.random.default_rng(4)
+    x = model.prepare_batch([film(rng, i % 2) for i in range(80)])
+    seen = tmp_path / "seen.jpeg"
+    seen.write_bytes(b"a training file")
+    g = gate.fit_gate(model, x[:55], x[55:], seen={"training": [seen]})
+    assert (model.path / gate.GATE_ARRAYS).is_file() and (model.path / gate.GATE_JSON).is_file()
+    assert gate.seen_in(model.path, b"a training file") == "training"
+    upright = film(np.random.default_rng(5), 0)
+    auto = gate.check(model, upright)  # gate="auto": the run's saved gate
+    assert auto.ood_score is not None
+    assert auto.ood_score == pytest.approx(gate.check(model, upright, gate=g).ood_score, rel=1e-4)
+    nothing = load_model(tiny_net_run(tmp_path / "unsaved-run"), cache=False)
+    gate.fit_gate(nothing, x[:55], x[55:], seen={"training": [seen]}, save=False)
+    assert sorted(p.name for p in nothing.path.iterdir()) == ["model.json", "model.keras"]
+
+
+def test_check_source_decodes_files_and_bytes(fitted, tmp_path):
+    model, g, films = fitted
+    path = tmp_path / "film.png"
+    path.write_bytes(png(films[0]))
+    img, res, facts = gate.check_source(model, path, gate=g)
+    np.testing.assert_array_equal(img, films[0])
+    assert facts is None and res.checks["coloured_share"] == 0.0 and res.in_distribution
+    img2, res2, _ = gate.check_source(model, path.read_bytes(), "film.png", gate=g)
+    assert res2.to_dict() == res.to_dict()
+    rgb = np.zeros((128, 128, 3), np.uint8)
+    rgb[..., 0] = films[0]
+    _, red, _ = gate.check_source(model, png(rgb), gate=g)
+    assert red.checks["coloured_share"] > 0.5 and not red.in_distribution

@@ -189,3 +189,122 @@ def test_roc_points_one_class_error_names_the_class():
         M.roc_points([0, 0], [0.1, 0.2])
     with pytest.raises(M.OneClassError, match=r"all 1 images are PNEUMONIA\.$"):
         M.roc_points([1], [0.5])
+
+
+# ----------------------------------------------------------------------------- edges found by mutation testing
+
+
+def test_one_pneumonia_image_is_enough_for_every_figure():
+    # A single PNEUMONIA image: sensitivity is 1/1 (not undefined) and both AUCs exist.
+    m = M.binary_metrics([1, 0, 0], [.9, .1, .2])
+    assert m["sensitivity"] == 1.0 and m["precision"] == 1.0 and m["npv"] == 1.0
+    assert m["roc_auc"] == 1.0 and m["pr_auc"] == 1.0
+    only_one_wrong = M.binary_metrics([1, 0, 0], [.3, .1, .6])
+    assert only_one_wrong["sensitivity"] == 0.0 and only_one_wrong["roc_auc"] == pytest.approx(0.5)
+
+
+def test_one_class_gives_nan_aucs_without_warnings(recwarn):
+    for y in ([0, 0, 0], [1, 1, 1]):
+        m = M.binary_metrics(y, [.1, .7, .2])
+        assert math.isnan(m["roc_auc"]) and math.isnan(m["pr_auc"]), y
+    assert not [w for w in recwarn if "sklearn" in str(w.filename) or "class" in str(w.message)]
+
+
+def test_metrics_are_plain_json_numbers():
+    import json
+
+    m = M.binary_metrics(LABELS, SCORES, threshold=0.5)
+    assert all(type(v) in (float, int) for v in m.values()), {k: type(v) for k, v in m.items()}
+    assert json.loads(json.dumps(m))["sensitivity"] == 0.75
+
+
+def test_scores_in_an_object_array_are_read_as_numbers():
+    # e.g. a pandas column of dtype object (Python floats after a None was dropped)
+    m = M.binary_metrics(LABELS, SCORES.astype(object), threshold=0.5)
+    assert (m["tp"], m["fp"]) == (3, 1) and m["roc_auc"] == pytest.approx(20 / 24)
+
+
+def test_nan_score_message():
+    with pytest.raises(M.MetricsInputError, match=r"^y_score contains NaN or infinite values; check the model "
+                                                  r"output\.$"):
+        M.binary_metrics([0, 1], [.1, float("inf")])
+
+
+def test_confusion_matrix_default_threshold_and_one_class():
+    assert M.confusion_matrix(LABELS, SCORES).tolist() == [[5, 1], [1, 3]]  # default 0.5
+    # Only NORMAL images, all called NORMAL: still a 2x2 table.
+    assert M.confusion_matrix([0, 0], [.1, .2]).tolist() == [[2, 0], [0, 0]]
+    assert M.confusion_matrix([1], [.9]).tolist() == [[0, 0], [0, 1]]
+
+
+def test_choose_threshold_target_bounds():
+    # min_sensitivity 1 is allowed (catch every pneumonia image); 0 and non-numbers are not.
+    assert M.choose_threshold(LABELS, SCORES, min_sensitivity=1) == pytest.approx(0.25)
+    for bad in (0, -0.5, 1.01, "high", None):
+        with pytest.raises(M.MetricsInputError, match=r"min_sensitivity must be a fraction in \(0, 1\]"):
+            M.choose_threshold(LABELS, SCORES, min_sensitivity=bad)
+
+
+def test_choose_threshold_one_class_message_names_the_class():
+    with pytest.raises(M.OneClassError, match=r"but all 2 validation images are PNEUMONIA\. Use a validation"):
+        M.choose_threshold([1, 1], [.2, .9])
+    with pytest.raises(M.OneClassError, match=r"all 1 validation images are PNEUMONIA"):
+        M.choose_threshold([1], [.2])
+
+
+def test_choose_threshold_prefers_the_higher_sensitivity_at_the_same_specificity():
+    # At no false positive, .9 catches half the pneumonia and .8 all of it: .8 is kept, halfway to .3.
+    assert M.choose_threshold([1, 1, 0, 0], [.9, .8, .3, .2], min_sensitivity=0.5) == pytest.approx(0.55)
+
+
+def test_choose_threshold_below_the_lowest_score():
+    # Every image must be called PNEUMONIA and the lowest score is a pneumonia one: half of it.
+    assert M.choose_threshold([1, 0, 1], [.9, .5, .2], min_sensitivity=1.0) == pytest.approx(0.1)
+
+
+def test_bootstrap_ci_defaults_and_threshold():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 60)
+    s = np.clip(y * 0.3 + rng.uniform(size=60) * 0.7, 0, 1)
+    # Defaults: 1000 resamples, seed 0.
+    assert M.bootstrap_ci(y, s, threshold=0.3) == M.bootstrap_ci(y, s, threshold=0.3, n_boot=1000, seed=0)
+    ci = M.bootstrap_ci(y, s, threshold=0.3, n_boot=50)
+    point = M.binary_metrics(y, s, threshold=0.3)
+    for name in ("sensitivity", "specificity", "accuracy"):
+        assert ci[name]["estimate"] == point[name]  # at the given threshold, not at 0.5
+
+
+def test_bootstrap_ci_threshold_is_inclusive_too():
+    y = np.array([1] * 10 + [0] * 10)
+    s = np.array([0.5] * 10 + [0.1] * 10)  # every pneumonia score sits exactly at the threshold
+    ci = M.bootstrap_ci(y, s, threshold=0.5, n_boot=50)
+    assert ci["sensitivity"] == {"estimate": 1.0, "low": 1.0, "high": 1.0}
+
+
+def test_bootstrap_ci_settings_are_checked():
+    y, s = LABELS, SCORES
+    assert M.bootstrap_ci(y, s, threshold=0.5, n_boot=10)["accuracy"]["estimate"] == 0.8
+    for bad in (9, 50.0, True, "100"):
+        with pytest.raises(M.MetricsInputError, match=r"n_boot must be a whole number >= 10; got "):
+            M.bootstrap_ci(y, s, threshold=0.5, n_boot=bad)
+    for bad in (0, 1, 1.5, -0.2):
+        with pytest.raises(M.MetricsInputError, match=rf"^level must be a fraction in \(0, 1\); got {bad}\.$"):
+            M.bootstrap_ci(y, s, threshold=0.5, level=bad)
+
+
+def test_bootstrap_ci_level_picks_the_percentiles():
+    # Two images, one right and one wrong: a resample's accuracy is 0, 1/2 or 1 with chances 1/4, 1/2, 1/4.
+    # The 95 % interval spans 0..1; the 40 % interval (30th..70th percentile) is the middle value only.
+    y, s = [1, 0], [0.9, 0.8]
+    wide = M.bootstrap_ci(y, s, threshold=0.5, n_boot=4000, level=0.95)["accuracy"]
+    assert (wide["low"], wide["high"]) == (0.0, 1.0)
+    narrow = M.bootstrap_ci(y, s, threshold=0.5, n_boot=4000, level=0.4)["accuracy"]
+    assert (narrow["low"], narrow["high"]) == (0.5, 0.5)
+
+
+def test_bootstrap_ci_figure_undefined_in_every_resample_is_nan():
+    ci = M.bootstrap_ci([0, 0, 0, 0], [.1, .6, .2, .3], threshold=0.5, n_boot=20)
+    sens = ci["sensitivity"]
+    assert math.isnan(sens["estimate"]) and math.isnan(sens["low"]) and math.isnan(sens["high"])
+    assert type(sens["low"]) is float
+    assert ci["specificity"]["estimate"] == 0.75
