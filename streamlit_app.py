@@ -11,6 +11,7 @@ import os
 import streamlit as st
 from streamlit.errors import StreamlitSecretNotFoundError
 
+from app.runtime import keep_models_between_runs
 from xray_core import fileio, settings
 
 st.set_page_config(
@@ -18,6 +19,9 @@ st.set_page_config(
     page_icon=":material/radiology:",
     layout="wide",
 )
+
+# The cached models stay warm between runs (Streamlit would clear Keras' session after each).
+keep_models_between_runs()
 
 try:
     viewer = settings.viewer_mode()
