@@ -60,8 +60,244 @@ MODULE_TESTS = {
 # report with their diff, so that a reader can disagree). Names are mutmut's, valid for the source
 # of the commit the report names; a name whose diff no longer matches `diff` is not excluded.
 EQUIVALENT: dict[str, dict[str, dict[str, str]]] = {
-    "metrics": {},
-    "gate": {},
+    "metrics": {
+        "xray_core.metrics.x__ratio__mutmut_3": {
+            "reason": "_ratio gets integer counts or float arrays; true division gives the same float64 either way",
+            "diff": "- num = np.asarray(num, dtype=np.float64) / + num = np.asarray(num, dtype=None)"},
+        "xray_core.metrics.x__ratio__mutmut_5": {
+            "reason": "same as x__ratio__mutmut_3 (dtype left out)",
+            "diff": "- num = np.asarray(num, dtype=np.float64) / + num = np.asarray(num, )"},
+        "xray_core.metrics.x__ratio__mutmut_8": {
+            "reason": "same as x__ratio__mutmut_3, for the denominator",
+            "diff": "- den = np.asarray(den, dtype=np.float64) / + den = np.asarray(den, dtype=None)"},
+        "xray_core.metrics.x__ratio__mutmut_10": {
+            "reason": "same as x__ratio__mutmut_3, for the denominator",
+            "diff": "- den = np.asarray(den, dtype=np.float64) / + den = np.asarray(den, )"},
+        "xray_core.metrics.x__ratio__mutmut_11": {
+            "reason": "nothing is ever divided by zero (zero denominators are replaced by 1 first), so there is no warning to silence",
+            "diff": "- with np.errstate(divide=\"ignore\", invalid=\"ignore\"): / + with np.errstate(divide=None, invalid=\"ignore\"):"},
+        "xray_core.metrics.x__ratio__mutmut_12": {
+            "reason": "as x__ratio__mutmut_11: no 0/0 is ever computed",
+            "diff": "- with np.errstate(divide=\"ignore\", invalid=\"ignore\"): / + with np.errstate(divide=\"ignore\", invalid=None):"},
+        "xray_core.metrics.x__ratio__mutmut_13": {
+            "reason": "as x__ratio__mutmut_11",
+            "diff": "- with np.errstate(divide=\"ignore\", invalid=\"ignore\"): / + with np.errstate(invalid=\"ignore\"):"},
+        "xray_core.metrics.x__ratio__mutmut_14": {
+            "reason": "as x__ratio__mutmut_11",
+            "diff": "- with np.errstate(divide=\"ignore\", invalid=\"ignore\"): / + with np.errstate(divide=\"ignore\", ):"},
+        "xray_core.metrics.x__ratio__mutmut_35": {
+            "reason": "the inner np.where only sets what masked-out entries (den <= 0) are divided by; the outer np.where replaces them by nan",
+            "diff": "- out = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan) / + out = np.where(den > 0, num / np.where(den >= 0, den, 1), np.nan)"},
+        "xray_core.metrics.x__ratio__mutmut_36": {
+            "reason": "a denominator of 1 is replaced by 1: the same division",
+            "diff": "- out = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan) / + out = np.where(den > 0, num / np.where(den > 1, den, 1), np.nan)"},
+        "xray_core.metrics.x__ratio__mutmut_37": {
+            "reason": "as x__ratio__mutmut_35: the masked-out entries become nan whatever they were divided by",
+            "diff": "- out = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan) / + out = np.where(den > 0, num / np.where(den > 0, den, 2), np.nan)"},
+        "xray_core.metrics.x_confusion_matrix__mutmut_17": {
+            "reason": "predictions 0.0/1.0 instead of 0/1: scikit-learn counts the same cells for labels [0, 1]",
+            "diff": "- return sk_confusion_matrix(y, (s >= t).astype(np.int64), labels=[0, 1]) / + return sk_confusion_matrix(y, (s >= t).astype(None), labels=[0, 1])"},
+        "xray_core.metrics.x_binary_metrics__mutmut_80": {
+            "reason": "float('NAN') is nan",
+            "diff": "- \"roc_auc\": float(roc_auc_score(y, s)) if both else float(\"nan\"), / + \"roc_auc\": float(roc_auc_score(y, s)) if both else float(\"NAN\"),"},
+        "xray_core.metrics.x_binary_metrics__mutmut_92": {
+            "reason": "float('NAN') is nan",
+            "diff": "- \"pr_auc\": float(average_precision_score(y, s)) if both else float(\"nan\"), / + \"pr_auc\": float(average_precision_score(y, s)) if both else float(\"NAN\"),"},
+        "xray_core.metrics.x_choose_threshold__mutmut_15": {
+            "reason": "float('NAN') is nan",
+            "diff": "- target = float(\"nan\") / + target = float(\"NAN\")"},
+        "xray_core.metrics.x_bootstrap_ci__mutmut_164": {
+            "reason": "float('NAN') is nan",
+            "diff": "- low = high = float(\"nan\") / + low = high = float(\"NAN\")"},
+        "xray_core.metrics.x_choose_threshold__mutmut_47": {
+            "reason": "the chosen point (lowest false-positive rate, then highest sensitivity; or highest J, then highest sensitivity) is always the end of a straight run of the ROC curve, which drop_intermediate keeps; the returned value is computed from the scores themselves",
+            "diff": "- fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False) / + fpr, tpr, thresholds = roc_curve(y, s, )"},
+        "xray_core.metrics.x_choose_threshold__mutmut_48": {
+            "reason": "as x_choose_threshold__mutmut_47 (True is roc_curve's default)",
+            "diff": "- fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False) / + fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=True)"},
+        "xray_core.metrics.x_choose_threshold__mutmut_57": {
+            "reason": "differs only when a sensitivity k/n equals target - 1e-12 to the last bit",
+            "diff": "- ok = tpr >= target - 1e-12 / + ok = tpr > target - 1e-12"},
+        "xray_core.metrics.x_choose_threshold__mutmut_71": {
+            "reason": "differs only when a Youden J equals max(J) - 1e-12 to the last bit",
+            "diff": "- candidates = np.flatnonzero(j >= j.max() - 1e-12) / + candidates = np.flatnonzero(j > j.max() - 1e-12)"},
+        "xray_core.metrics.x_choose_threshold__mutmut_88": {
+            "reason": "for chosen == 0 both branches return 0",
+            "diff": "- return chosen / 2 if chosen > 0 else chosen / + return chosen / 2 if chosen >= 0 else chosen"},
+        "xray_core.metrics.x_seed_micro_recall__mutmut_6": {
+            "reason": "outputs are only compared with > threshold: an integer or float array gives the same booleans",
+            "diff": "- scores = np.asarray(scores_2col, dtype=np.float64) / + scores = np.asarray(scores_2col, dtype=None)"},
+        "xray_core.metrics.x_seed_micro_recall__mutmut_8": {
+            "reason": "as x_seed_micro_recall__mutmut_6",
+            "diff": "- scores = np.asarray(scores_2col, dtype=np.float64) / + scores = np.asarray(scores_2col, )"},
+        "xray_core.metrics.x_bootstrap_ci__mutmut_33": {
+            "reason": "Generator.integers(n) is integers(0, n): the same draws from the same stream (checked)",
+            "diff": "- draws = rng.integers(0, n, size=(int(n_boot), n)) / + draws = rng.integers(n, size=(int(n_boot), n))"},
+        "xray_core.metrics.x_bootstrap_ci__mutmut_89": {
+            "reason": "NumPy reads any negative size in reshape as 'the rest' (checked: reshape(3, -2) of 12 items is 3 x 4)",
+            "diff": "- w_pos = np.bincount(flat, weights=yd.ravel(), minlength=size).reshape(int(n_boot), -1) / + w_pos = np.bincount(flat, weights=yd.ravel(), minlength=size).reshape(int(n_boot), -2)"},
+        "xray_core.metrics.x_bootstrap_ci__mutmut_105": {
+            "reason": "as x_bootstrap_ci__mutmut_89",
+            "diff": "- w_neg = np.bincount(flat, weights=1.0 - yd.ravel(), minlength=size).reshape(int(n_boot), -1) / + w_neg = np.bincount(flat, weights=1.0 - yd.ravel(), minlength=size).reshape(int(n_boot), -2)"},
+        "xray_core.metrics.x_bootstrap_ci__mutmut_149": {
+            "reason": "every resampled figure is already a float64 array",
+            "diff": "- values = np.asarray(values, dtype=np.float64) / + values = np.asarray(values, dtype=None)"},
+        "xray_core.metrics.x_bootstrap_ci__mutmut_151": {
+            "reason": "as x_bootstrap_ci__mutmut_149",
+            "diff": "- values = np.asarray(values, dtype=np.float64) / + values = np.asarray(values, )"},
+    },
+    "gate": {
+        "xray_core.gate.x__feature_distance__mutmut_4": {
+            "reason": "the features minus the float64 mean are float64 whatever the features' dtype",
+            "diff": "- centred = np.asarray(features, np.float64) - g.feat_mean / + centred = np.asarray(features, None) - g.feat_mean"},
+        "xray_core.gate.x__feature_distance__mutmut_6": {
+            "reason": "as x__feature_distance__mutmut_4",
+            "diff": "- centred = np.asarray(features, np.float64) - g.feat_mean / + centred = np.asarray(features, ) - g.feat_mean"},
+        "xray_core.gate.x__feature_distance__mutmut_17": {
+            "reason": "einsum subscripts are letters; upper case names the same axes",
+            "diff": "- d2 = np.einsum(\"ij,jk,ik->i\", centred, g.feat_precision, centred) / + d2 = np.einsum(\"IJ,JK,IK->I\", centred, g.feat_precision, centred)"},
+        "xray_core.gate.x_check_batch__mutmut_20": {
+            "reason": "every consumer of x (thumbnails, intensity_stats, Model.features) converts it to float32 itself",
+            "diff": "- x = np.asarray(x, np.float32) / + x = np.asarray(x, None)"},
+        "xray_core.gate.x_check_batch__mutmut_22": {
+            "reason": "as x_check_batch__mutmut_20",
+            "diff": "- x = np.asarray(x, np.float32) / + x = np.asarray(x, )"},
+        "xray_core.gate.x_check_batch__mutmut_82": {
+            "reason": "hard starts falsy either way: it is only set to True and read with `not`",
+            "diff": "- hard = False # a simple check that alone makes the image unreadable / + hard = None # a simple check that alone makes the image unreadable"},
+        "xray_core.gate.x_check_batch__mutmut_256": {
+            "reason": "differs only if o[0] is above every turned correlation while o[4] = -o[0] exceeds the margin, i.e. o[0] < 0 < margin: then both forms are positive (the fitted margin is at least 0.1)",
+            "diff": "- if o[4] - max(o[0], o[1:4].max()) > 0 and o[4] > margin: / + if o[4] - max(o[1], o[1:4].max()) > 0 and o[4] > margin:"},
+        "xray_core.gate.x_check_batch__mutmut_259": {
+            "reason": "differs only when o[4] equals max(o[0..3]) to the last bit",
+            "diff": "- if o[4] - max(o[0], o[1:4].max()) > 0 and o[4] > margin: / + if o[4] - max(o[0], o[1:4].max()) >= 0 and o[4] > margin:"},
+        "xray_core.gate.x_intensity_stats__mutmut_3": {
+            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
+            "diff": "- x = np.asarray(x, np.float32) / + x = np.asarray(x, None)"},
+        "xray_core.gate.x_intensity_stats__mutmut_5": {
+            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
+            "diff": "- x = np.asarray(x, np.float32) / + x = np.asarray(x, )"},
+        "xray_core.gate.x_intensity_stats__mutmut_16": {
+            "reason": "NumPy reads any negative size in reshape as 'the rest'",
+            "diff": "- flat = x[..., 0].reshape(len(x), -1) / + flat = x[..., 0].reshape(len(x), -2)"},
+        "xray_core.gate.x_load_gate__mutmut_22": {
+            "reason": "astype(None) is astype(float64)",
+            "diff": "- arrays = {k: z[k].astype(np.float64) for k in z.files} / + arrays = {k: z[k].astype(None) for k in z.files}"},
+        "xray_core.gate.x_orientation_scores__mutmut_24": {
+            "reason": "column 4 written by a fifth turn is overwritten by -out[i, 0] right after",
+            "diff": "- for k in range(4): / + for k in range(5):"},
+        "xray_core.gate.x_thumbnails__mutmut_11": {
+            "reason": "np.empty's default dtype is float64",
+            "diff": "- out = np.empty((len(x), THUMB * THUMB), np.float64) / + out = np.empty((len(x), THUMB * THUMB), None)"},
+        "xray_core.gate.x_thumbnails__mutmut_13": {
+            "reason": "as x_thumbnails__mutmut_11",
+            "diff": "- out = np.empty((len(x), THUMB * THUMB), np.float64) / + out = np.empty((len(x), THUMB * THUMB), )"},
+        "xray_core.gate.x_thumbnails__mutmut_18": {
+            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
+            "diff": "- np.float64).ravel() / + None).ravel()"},
+        "xray_core.gate.x_thumbnails__mutmut_20": {
+            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
+            "diff": "- np.float64).ravel() / + ).ravel()"},
+        "xray_core.gate.x_thumbnails__mutmut_26": {
+            "reason": "Image.fromarray infers mode F from a 2-D float32 array",
+            "diff": "- small = np.asarray(Image.fromarray(img[..., 0], mode=\"F\").resize((THUMB, THUMB), Image.BOX), / + small = np.asarray(Image.fromarray(img[..., 0], mode=None).resize((THUMB, THUMB), Image.BOX),"},
+        "xray_core.gate.x_thumbnails__mutmut_28": {
+            "reason": "as x_thumbnails__mutmut_26",
+            "diff": "- small = np.asarray(Image.fromarray(img[..., 0], mode=\"F\").resize((THUMB, THUMB), Image.BOX), / + small = np.asarray(Image.fromarray(img[..., 0], ).resize((THUMB, THUMB), Image.BOX),"},
+        "xray_core.gate.xǁFittedGateǁsave__mutmut_29": {
+            "reason": "gate.npz keeps float64 instead of float32; load_gate converts to float64 either way (answers equal to 1e-4, as the round-trip test checks)",
+            "diff": "- np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in arrays.items()}) / + np.savez_compressed(buf, **{k: np.asarray(v, None) for k, v in arrays.items()})"},
+        "xray_core.gate.xǁFittedGateǁsave__mutmut_31": {
+            "reason": "as xǁFittedGateǁsave__mutmut_29",
+            "diff": "- np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in arrays.items()}) / + np.savez_compressed(buf, **{k: np.asarray(v, ) for k, v in arrays.items()})"},
+        "xray_core.gate.x_seen_in__mutmut_9": {
+            "reason": "seen_hashes.txt holds only hex digits, split names and spaces: ASCII and the default UTF-8 read it alike",
+            "diff": "- with open(path, encoding=\"ascii\") as fh: / + with open(path, encoding=None) as fh:"},
+        "xray_core.gate.x_seen_in__mutmut_11": {
+            "reason": "as x_seen_in__mutmut_9",
+            "diff": "- with open(path, encoding=\"ascii\") as fh: / + with open(path, ) as fh:"},
+        "xray_core.gate.x_seen_in__mutmut_13": {
+            "reason": "'ASCII' and 'ascii' name the same codec",
+            "diff": "- with open(path, encoding=\"ascii\") as fh: / + with open(path, encoding=\"ASCII\") as fh:"},
+        "xray_core.gate.x__features__mutmut_1": {
+            "reason": "the batch size only splits the forward pass; each film's features are the same",
+            "diff": "-def _features(model, x: np.ndarray, batch: int = 256) -> np.ndarray: / +def _features(model, x: np.ndarray, batch: int = 257) -> np.ndarray:"},
+        "xray_core.gate.x__features__mutmut_11": {
+            "reason": "as x__features__mutmut_1 (batches of one film)",
+            "diff": "- return np.concatenate([np.asarray(model.features(x[i:i + batch])) for i in range(0, len(x), batch)]) / + return np.concatenate([np.asarray(model.features(x[i:i + batch])) for i in range(0, len(x), )])"},
+        "xray_core.gate.x_corruptions__mutmut_29": {
+            "reason": "Image.fromarray infers mode F from a 2-D float32 array",
+            "diff": "- cropped = np.stack([np.asarray(Image.fromarray(c[..., 0], mode=\"F\").resize((w, h), Image.BILINEAR)) / + cropped = np.stack([np.asarray(Image.fromarray(c[..., 0], mode=None).resize((w, h), Image.BILINEAR))"},
+        "xray_core.gate.x_corruptions__mutmut_31": {
+            "reason": "as x_corruptions__mutmut_29",
+            "diff": "- cropped = np.stack([np.asarray(Image.fromarray(c[..., 0], mode=\"F\").resize((w, h), Image.BILINEAR)) / + cropped = np.stack([np.asarray(Image.fromarray(c[..., 0], ).resize((w, h), Image.BILINEAR))"},
+        "xray_core.gate.x_corruptions__mutmut_47": {
+            "reason": "np.rot90's default is one quarter turn",
+            "diff": "- \"rotated 90\": np.rot90(x, 1, axes=(1, 2)).copy(), / + \"rotated 90\": np.rot90(x, axes=(1, 2)).copy(),"},
+        "xray_core.gate.x_corruptions__mutmut_79": {
+            "reason": "128 minus standard normal noise is the same flat-image distribution as 128 plus it",
+            "diff": "- \"flat\": np.full(x.shape, 128.0, np.float32) + rng.normal(0, 1, x.shape).astype(np.float32), / + \"flat\": np.full(x.shape, 128.0, np.float32) - rng.normal(0, 1, x.shape).astype(np.float32),"},
+        "xray_core.gate.x_fit_gate__mutmut_6": {
+            "reason": "every consumer of the films (thumbnails, intensity_stats, corruptions, Model.features) converts them to float32 itself",
+            "diff": "- train_x = np.asarray(train_x, np.float32) / + train_x = np.asarray(train_x, None)"},
+        "xray_core.gate.x_fit_gate__mutmut_8": {
+            "reason": "as x_fit_gate__mutmut_6",
+            "diff": "- train_x = np.asarray(train_x, np.float32) / + train_x = np.asarray(train_x, )"},
+        "xray_core.gate.x_fit_gate__mutmut_11": {
+            "reason": "as x_fit_gate__mutmut_6",
+            "diff": "- val_x = np.asarray(val_x, np.float32) / + val_x = np.asarray(val_x, None)"},
+        "xray_core.gate.x_fit_gate__mutmut_13": {
+            "reason": "as x_fit_gate__mutmut_6",
+            "diff": "- val_x = np.asarray(val_x, np.float32) / + val_x = np.asarray(val_x, )"},
+        "xray_core.gate.x_fit_gate__mutmut_33": {
+            "reason": "fit_gate refuses fewer than 50 training films, so min(48, n +/- 1) is 48 either way",
+            "diff": "- k = min(PIXEL_COMPONENTS, len(thumbs) - 1) / + k = min(PIXEL_COMPONENTS, len(thumbs) + 1)"},
+        "xray_core.gate.x_fit_gate__mutmut_34": {
+            "reason": "as x_fit_gate__mutmut_33 (n - 2 >= 48)",
+            "diff": "- k = min(PIXEL_COMPONENTS, len(thumbs) - 1) / + k = min(PIXEL_COMPONENTS, len(thumbs) - 2)"},
+        "xray_core.gate.x_fit_gate__mutmut_37": {
+            "reason": "the first k rows of vt are the same whether the SVD is full or reduced",
+            "diff": "- _, s, vt = np.linalg.svd(centred, full_matrices=False) / + _, s, vt = np.linalg.svd(centred, full_matrices=None)"},
+        "xray_core.gate.x_fit_gate__mutmut_39": {
+            "reason": "as x_fit_gate__mutmut_37",
+            "diff": "- _, s, vt = np.linalg.svd(centred, full_matrices=False) / + _, s, vt = np.linalg.svd(centred, )"},
+        "xray_core.gate.x_fit_gate__mutmut_40": {
+            "reason": "as x_fit_gate__mutmut_37",
+            "diff": "- _, s, vt = np.linalg.svd(centred, full_matrices=False) / + _, s, vt = np.linalg.svd(centred, full_matrices=True)"},
+        "xray_core.gate.x_fit_gate__mutmut_61": {
+            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
+            "diff": "- feats = np.asarray(_features(model, train_x), np.float64) / + feats = np.asarray(_features(model, train_x), None)"},
+        "xray_core.gate.x_fit_gate__mutmut_63": {
+            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
+            "diff": "- feats = np.asarray(_features(model, train_x), np.float64) / + feats = np.asarray(_features(model, train_x), )"},
+        "xray_core.gate.x_fit_gate__mutmut_129": {
+            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
+            "diff": "- val_feats = np.asarray(_features(model, val_x), np.float64) / + val_feats = np.asarray(_features(model, val_x), None)"},
+        "xray_core.gate.x_fit_gate__mutmut_131": {
+            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
+            "diff": "- val_feats = np.asarray(_features(model, val_x), np.float64) / + val_feats = np.asarray(_features(model, val_x), )"},
+        "xray_core.gate.x_fit_gate__mutmut_95": {
+            "reason": "g.info is replaced by the full report before fit_gate returns",
+            "diff": "- thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 1.0}, info={}) / + thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 1.0}, info=None)"},
+        "xray_core.gate.x_fit_gate__mutmut_120": {
+            "reason": "the provisional thresholds are overwritten before anything reads them",
+            "diff": "- thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 1.0}, info={}) / + thresholds={\"feature\": 2.0, \"pixel\": 1.0, \"orientation\": 1.0}, info={})"},
+        "xray_core.gate.x_fit_gate__mutmut_123": {
+            "reason": "as x_fit_gate__mutmut_120",
+            "diff": "- thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 1.0}, info={}) / + thresholds={\"feature\": 1.0, \"pixel\": 2.0, \"orientation\": 1.0}, info={})"},
+        "xray_core.gate.x_fit_gate__mutmut_126": {
+            "reason": "as x_fit_gate__mutmut_120",
+            "diff": "- thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 1.0}, info={}) / + thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 2.0}, info={})"},
+        "xray_core.gate.x_fit_gate__mutmut_195": {
+            "reason": "check_batch uses the model only for features or model.path; both the features and the gate are given",
+            "diff": "- val_results = check_batch(model, x=val_x, features=val_feats, gate=g) / + val_results = check_batch(None, x=val_x, features=val_feats, gate=g)"},
+        "xray_core.gate.x_fit_gate__mutmut_197": {
+            "reason": "check_batch then computes the same validation features again from the model",
+            "diff": "- val_results = check_batch(model, x=val_x, features=val_feats, gate=g) / + val_results = check_batch(model, x=val_x, features=None, gate=g)"},
+        "xray_core.gate.x_fit_gate__mutmut_201": {
+            "reason": "as x_fit_gate__mutmut_197",
+            "diff": "- val_results = check_batch(model, x=val_x, features=val_feats, gate=g) / + val_results = check_batch(model, x=val_x, gate=g)"},
+    },
     "model": {},
 }
 

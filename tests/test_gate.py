@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.covariance import LedoitWolf
 
 from tests.conftest import REAL_DATA, SHARED_DATA, requires_real_data
 from tests.synthetic import _image
@@ -345,10 +346,10 @@ def test_dicom_warnings_each_header():
     assert gate.dicom_warnings({"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "AP"}) == []
     assert gate.dicom_warnings({}) == []
     for view in ("LATERAL", "LL", "RL", "LAT"):
-        (only,) = gate.dicom_warnings({"ViewPosition": view})
-        assert "lateral view" in only
-    (mr,) = gate.dicom_warnings({"Modality": "MR"})
-    assert mr.startswith("The DICOM modality is MR, not a radiograph")
+        assert gate.dicom_warnings({"ViewPosition": view}) == [
+            "The DICOM says this is a lateral view; the model was trained on frontal (AP/PA) films only."]
+    assert gate.dicom_warnings({"Modality": "MR"}) == [
+        "The DICOM modality is MR, not a radiograph (CR or DX); this model reads chest radiographs only."]
     (body,) = gate.dicom_warnings({"BodyPartExamined": "ABDOMEN"})
     assert body == "The DICOM says the body part examined is ABDOMEN, not CHEST."
 
@@ -456,16 +457,20 @@ def test_result_to_dict_is_plain_json():
     d = res.to_dict()
     assert d == {"in_distribution": False, "ood_score": 1.5, "warnings": ["a"], "checks": {"std": 3.0}}
     assert type(d["in_distribution"]) is bool and type(d["ood_score"]) is float
-    assert gate.GateResult(True, None, [], {}).to_dict()["ood_score"] is None
+    passed = gate.GateResult(np.bool_(True), None, [], {}).to_dict()
+    assert passed["in_distribution"] is True and passed["ood_score"] is None
 
 
 # ----------------------------------------------------------------------------- fitting, saving, seen files
 
 
-def test_fit_sets_thresholds_at_the_validation_quantile_with_the_margin(fitted):
-    model, g, films = fitted
+def test_fit_figures_follow_the_documented_rules(fitted):
+    # Fits here rather than reading the fixture's gate, so that mutation testing links this test to fit_gate.
+    model, _, films = fitted
     x = model.prepare_batch(films)
     train, val = x[:300], x[300:]
+    g = gate.fit_gate(model, train, val, save=False)
+    assert set(g.thresholds) == {"feature", "pixel", "orientation"}
     res = gate.check_batch(model, x=val, gate=g)
     feat = np.array([r.checks["feature_distance_ratio"] for r in res])
     pix = np.array([r.checks["pixel_distance_ratio"] for r in res])
@@ -487,18 +492,18 @@ def test_fit_sets_thresholds_at_the_validation_quantile_with_the_margin(fitted):
                                rtol=1e-9)
     total = np.var(thumbs, axis=0, ddof=1).sum()
     assert g.pix_residual_var == pytest.approx((total - g.pix_var.sum()) / (T - k), rel=5e-3)
-    # Features: centred on the training films' mean.
-    np.testing.assert_allclose(g.feat_mean, model.features(train).mean(axis=0), rtol=1e-5, atol=1e-6)
+    # Features: centred on the training films' mean, with the inverse of a shrunk covariance.
+    feats = model.features(train).astype(np.float64)
+    np.testing.assert_allclose(g.feat_mean, feats.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g.feat_precision, LedoitWolf().fit(feats).precision_, rtol=1e-4, atol=1e-6)
     # Intensity bounds: the training films' range (0.05 % .. 99.95 %) widened by 10 % of it each side.
     stats = gate.intensity_stats(train)
     lo, hi = stats.min(axis=0), stats.max(axis=0)
+    assert g.hist_low.shape == g.hist_high.shape == (6,)
     assert np.all(g.hist_low < lo) and np.all(g.hist_high > hi)
     np.testing.assert_allclose(g.hist_high - g.hist_low, 1.2 * (hi - lo), rtol=0.05)
     np.testing.assert_allclose((g.hist_high + g.hist_low) / 2, (hi + lo) / 2, atol=0.05 * (hi - lo).max())
-
-
-def test_fit_reports_what_it_saw_and_caught(fitted):
-    _, g, _ = fitted
+    # What the fit reports.
     info = g.info
     assert (info["n_train"], info["n_validation"], info["n_corrupted_each"]) == (300, 100, 100)
     assert (info["feature_dim"], info["pixel_components"]) == (16, gate.PIXEL_COMPONENTS)
@@ -507,7 +512,7 @@ def test_fit_reports_what_it_saw_and_caught(fitted):
     assert set(info["corruptions_caught"]) == {"inverted", "rotated 90", "upside down", "corner crop", "noise",
                                                "flat"}
     assert all(v >= 0.9 for v in info["corruptions_caught"].values()), info["corruptions_caught"]
-    assert 0 < info["seconds"] < 120
+    assert type(info["seconds"]) is float and 0 < info["seconds"] < 120
 
 
 def test_fit_needs_50_training_and_20_validation_films(fitted):
@@ -528,16 +533,33 @@ def test_corruptions_are_the_named_transformations():
     np.testing.assert_array_equal(bad["rotated 90"], np.rot90(x, 1, axes=(1, 2)))
     np.testing.assert_array_equal(bad["upside down"], x[:, ::-1, ::-1])
     crop = bad["corner crop"]
-    assert crop.shape == x.shape and crop.dtype == np.float32
+    assert crop.shape == x.shape
     np.testing.assert_array_equal(crop[..., 0], crop[..., 2])
     assert crop[0, :40, :30, 0].min() == pytest.approx(250, abs=1)  # the top-left third: the bright block
     assert crop[0, -1, -1, 0] < 100
-    assert bad["noise"].shape == x.shape and 0 <= bad["noise"].min() and bad["noise"].max() <= 255
+    assert bad["noise"].shape == x.shape and 0 <= bad["noise"].min() < 0.5 and 254.5 < bad["noise"].max() <= 255
     assert bad["noise"].std() > 60
     assert abs(bad["flat"].mean() - 128) < 0.1 and 0.9 < bad["flat"].std() < 1.1
     again = gate.corruptions(x, seed=5)
     np.testing.assert_array_equal(again["noise"], bad["noise"])
     assert not np.array_equal(gate.corruptions(x, seed=6)["noise"], bad["noise"])
+    default = gate.corruptions(x)
+    np.testing.assert_array_equal(default["noise"], gate.corruptions(x, seed=0)["noise"])
+    # Prepared inputs are float32, whatever came in.
+    assert all(v.dtype == np.float32 for v in gate.corruptions(x.astype(np.float64)).values())
+
+
+def test_corner_crop_is_the_top_left_third_enlarged_without_ringing():
+    ramp = np.tile(np.arange(66, dtype=np.float32), (66, 1))  # gray level = column
+    ramp[:, 30:] = 200  # and a step outside the crop
+    crop = gate.corruptions(ramp[None, :, :, None])["corner crop"][0, :, :, 0]
+    # The top-left 22 x 22 px (columns 0..21) stretched over 66 px: the right edge reaches column 21's level.
+    assert crop[0, -1] == pytest.approx(21, abs=1) and crop[0, 0] == pytest.approx(0, abs=1)
+    np.testing.assert_allclose(crop[0], crop[-1])  # rows are alike: it is the same crop top to bottom
+    step = np.zeros((66, 66), np.float32)
+    step[:, 11:] = 200  # a step inside the crop: bilinear enlarging stays within 0..200 (no overshoot)
+    big = gate.corruptions(step[None, :, :, None])["corner crop"]
+    assert big.min() >= 0 and big.max() <= 200
 
 
 def test_saved_gate_round_trips_and_refuses_other_versions(fitted, tmp_path):
@@ -598,9 +620,34 @@ def test_fit_saves_into_the_run_and_auto_loads_it(tmp_path):
     auto = gate.check(model, upright)  # gate="auto": the run's saved gate
     assert auto.ood_score is not None
     assert auto.ood_score == pytest.approx(gate.check(model, upright, gate=g).ood_score, rel=1e-4)
+    _, from_file, _ = gate.check_source(model, png(upright))  # the same default for a file
+    assert from_file.ood_score == pytest.approx(auto.ood_score, rel=1e-4)
     nothing = load_model(tiny_net_run(tmp_path / "unsaved-run"), cache=False)
     gate.fit_gate(nothing, x[:55], x[55:], seen={"training": [seen]}, save=False)
     assert sorted(p.name for p in nothing.path.iterdir()) == ["model.json", "model.keras"]
+
+
+def test_fit_gate_command_fits_a_run_on_its_own_split(tmp_path, capsys):
+    from tests.synthetic import make_synthetic_dataset
+    from xray_core import cli
+
+    data = make_synthetic_dataset(tmp_path / "chest_xray", n_train=(40, 40), n_val=(2, 2), n_test=(2, 2), size=64)
+    runs_root = tmp_path / "runs"
+    run = tiny_net_run(runs_root / "gated")
+    train = sorted((data / "train").rglob("*.jpeg"))
+    held_out = train[::3]  # 27 films: the run's stored validation list; the other 53 are its training films
+    (run / "validation.csv").write_text("path,label\n" + "".join(
+        f"{p.relative_to(data).as_posix()},{int(p.parent.name == 'PNEUMONIA')}\n" for p in held_out))
+    assert cli.main(["fit-gate", "gated", "--data", str(data), "--runs-dir", str(runs_root)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gated: gate fitted on 53 training films in ")
+    assert " of 27 validation films flagged; corrupted validation copies caught: inverted " in out
+    assert "wrote gate.npz, gate.json and seen_hashes.txt to " in out and out.rstrip().endswith("gated")
+    g = gate.load_gate(run)
+    assert (g.info["n_train"], g.info["n_validation"]) == (53, 27)
+    assert gate.seen_in(run, held_out[0].read_bytes()) == "validation"
+    assert gate.seen_in(run, train[1].read_bytes()) == "training"
+    assert gate.seen_in(run, next((data / "test").rglob("*.jpeg")).read_bytes()) is None
 
 
 def test_check_source_decodes_files_and_bytes(fitted, tmp_path):
@@ -610,9 +657,171 @@ def test_check_source_decodes_files_and_bytes(fitted, tmp_path):
     img, res, facts = gate.check_source(model, path, gate=g)
     np.testing.assert_array_equal(img, films[0])
     assert facts is None and res.checks["coloured_share"] == 0.0 and res.in_distribution
+    assert res.ood_score is not None  # the gate given, not the run's (it has none)
     img2, res2, _ = gate.check_source(model, path.read_bytes(), "film.png", gate=g)
     assert res2.to_dict() == res.to_dict()
     rgb = np.zeros((128, 128, 3), np.uint8)
     rgb[..., 0] = films[0]
     _, red, _ = gate.check_source(model, png(rgb), gate=g)
     assert red.checks["coloured_share"] > 0.5 and not red.in_distribution
+
+
+def test_check_source_errors_name_the_file(fitted, tmp_path):
+    model, g, _ = fitted
+    pdf = tmp_path / "letter.pdf"
+    pdf.write_bytes(b"%PDF-1.4 not a film")
+    with pytest.raises(imaging.ImageDecodeError, match=r"^'[^']*letter\.pdf' is a PDF document"):
+        gate.check_source(model, pdf, gate=g)
+    with pytest.raises(imaging.ImageDecodeError, match=r"^'upload\.png' is a PDF document"):
+        gate.check_source(model, pdf.read_bytes(), "upload.png", gate=g)
+    with pytest.raises(imaging.ImageDecodeError, match=r"^The file is a PDF document"):
+        gate.check_source(model, pdf.read_bytes(), gate=g)
+
+
+def ct_dicom(tmp_path) -> Path:
+    """A small CT DICOM (lateral head) with patient data that must never be read out."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+
+    ds = pydicom.Dataset()
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "SECRET-ID-123"
+    ds.PatientBirthDate = "19800101"
+    ds.Modality = "CT"
+    ds.BodyPartExamined = "HEAD"
+    ds.ViewPosition = "LATERAL"
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.Rows, ds.Columns = 128, 128
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 8, 8, 7, 0
+    ds.PixelData = film(np.random.default_rng(3), 0).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX image
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_check_source_reads_the_dicom_header(fitted, tmp_path):
+    model, g, _ = fitted
+    _, res, facts = gate.check_source(model, ct_dicom(tmp_path), gate=g)
+    assert facts["Modality"] == "CT" and facts["ViewPosition"] == "LATERAL"
+    assert not res.in_distribution
+    assert [w for w in res.warnings if "DICOM" in w] == gate.dicom_warnings(facts)
+    assert len(gate.dicom_warnings(facts)) == 3
+
+
+# ----------------------------------------------------------------------------- sentences, rounding and edges
+
+
+def test_the_sentences_in_full():
+    assert simple(shapes=[(1, 4)]).warnings[1] == (
+        "The image is 4.0 times longer than it is wide; a chest film is close to square. Upload the whole film, "
+        "not a strip or a crop.")
+    assert simple(shapes=[(1, 4)]).checks["aspect_ratio"] == 4.0
+    assert simple(saturations=[0.5]).warnings[0] == (
+        "50% of the pixels are in colour; a radiograph is gray. This looks like a photograph, a screenshot or a "
+        "coloured map, not an X-ray.")
+    assert simple(gray(1.0)).warnings[0] == (
+        "The image is nearly uniform (almost no contrast): there is no film to read. Check the export or the "
+        "window settings.")
+    img = _asymmetric()
+    (neg,) = gated((255 - img)[None, :, :, None], thresholds={"orientation": 0.5})
+    assert neg.warnings == ["The film looks inverted (a negative: bones dark, lungs bright). Export it with the "
+                            "usual display (MONOCHROME2) and upload again."]
+    stats = gate.intensity_stats(img[None, :, :, None])[0]
+    (two,) = gated(img[None, :, :, None], hist_low=stats + 1, hist_high=np.full(6, np.inf))
+    assert two.warnings[0].endswith("). Check the export's windowing, or whether this is an X-ray at all.")
+    with pytest.raises(gate.GateError, match=r"^check_batch needs the decoded images or a prepared batch x\.$"):
+        gate.check_batch(None, gate=None)
+
+
+def test_checks_are_rounded_as_reported():
+    assert simple(saturations=[0.0123456]).checks["coloured_share"] == 0.0123
+    assert simple(gray(6.123456)).checks["std"] == 6.12
+    x = _asymmetric()[None, :, :, None]
+    (res,) = gated(x, [(2.0, 1.0)], thresholds={"feature": np.sqrt(0.5) / 1.23456789})
+    assert res.checks["feature_distance_ratio"] == 1.2346
+    assert res.checks["pixel_distance_ratio"] == round(res.checks["pixel_distance_ratio"], 4)
+    (turned,) = gated(np.rot90(_asymmetric(), 2)[None, :, :, None])
+    o = turned.checks["orientation_correlation"]
+    assert all(type(v) is float and v == round(v, 4) for v in o)
+    assert 0 < abs(o[0]) < 1  # a fraction, not rounded to a whole number
+
+
+def test_a_gate_with_a_film_at_the_contrast_limit_is_measured():
+    (res,) = gated(gray(gate.MIN_STD, size=64))
+    assert res.ood_score is not None and "feature_distance_ratio" in res.checks
+
+
+def test_dicom_and_size_warnings_add_up():
+    res = simple(shapes=[(50, 50)], dicoms=[{"Modality": "DX", "ViewPosition": "LAT"}])
+    assert any("50 x 50" in w for w in res.warnings) and any("lateral" in w for w in res.warnings)
+
+
+def test_orientation_margins_are_strict():
+    img = _asymmetric()
+    template = gate.thumbnails(img[None, :, :, None])[0]
+    for k, name in ((1, "turned on its side"), (2, "upside down"), (3, "turned on its side")):
+        (res,) = gated(np.rot90(img, k)[None, :, :, None], thresholds={"orientation": 0.1})
+        assert hard_only(res, f"The film looks {name}."), res.warnings
+    # Exactly at the margin: not refused.
+    upside = np.rot90(img, 2)[None, :, :, None]
+    o = gate.orientation_scores(gate.thumbnails(upside), template)[0]
+    (at,) = gated(upside, thresholds={"orientation": float(o[2] - o[0])})
+    assert at.in_distribution, at.warnings
+    negative = (255 - img)[None, :, :, None]
+    o = gate.orientation_scores(gate.thumbnails(negative), template)[0]
+    (at_neg,) = gated(negative, thresholds={"orientation": float(o[4])})
+    assert not any("inverted" in w for w in at_neg.warnings)
+
+
+def test_default_gate_is_the_runs_own_for_batches_too(fitted, tmp_path):
+    model = load_model(tiny_net_run(tmp_path / "auto-batch"), cache=False)
+    _, g, films = fitted
+    g.save(model.path)
+    (auto,) = gate.check_batch(model, [255 - films[0]])
+    assert auto.ood_score == pytest.approx(gate.check(model, 255 - films[0], gate=g).ood_score, rel=1e-4)
+    refused = gate.check(model, films[0], dicom={"Modality": "CT"}, gate=None)
+    assert not refused.in_distribution and any("modality is CT" in w for w in refused.warnings)
+
+
+def test_distances_are_per_film():
+    g = hand_gate()
+    v = np.zeros((2, T))
+    v[0, 2] = 4.0  # residual only: 16 / 2
+    v[1, 0] = 2.0  # along the first axis only: 4 / 4
+    np.testing.assert_allclose(gate._pixel_distance(v, g), np.sqrt(np.array([8.0, 1.0]) / T))
+    np.testing.assert_allclose(gate._feature_distance(np.array([[3.0, 1.0], [1.0, 1.5]]), g),
+                               np.sqrt(np.array([4.0, 1.0]) / 2))
+
+
+def test_intensity_percentiles_on_a_ramp():
+    ramp = np.arange(100, dtype=np.float32).reshape(1, 10, 10, 1)
+    stats = gate.intensity_stats(ramp)
+    assert stats.dtype == np.float64
+    assert tuple(stats[0, 2:5]) == pytest.approx((4.95, 49.5, 94.05))
+
+
+def test_orientation_does_not_depend_on_the_template_scale():
+    img = _asymmetric()
+    thumb = gate.thumbnails(img[None, :, :, None])
+    for template in (0.25 * thumb[0], 3 + 0.5 * thumb[0]):
+        o = gate.orientation_scores(thumb, template)
+        assert o.shape == (1, 5)
+        assert o[0, 0] == pytest.approx(1.0) and o[0, 4] == pytest.approx(-1.0)
+
+
+def test_gate_json_holds_what_it_says(fitted, tmp_path):
+    import json
+
+    _, g, _ = fitted
+    g.save(tmp_path)
+    meta = json.loads((tmp_path / "gate.json").read_text())
+    assert set(meta) == {"version", "thumb", "pix_residual_var", "thresholds", "info"}
+    assert (meta["version"], meta["thumb"]) == (1, 32)
+    del meta["info"]
+    (tmp_path / "gate.json").write_text(json.dumps(meta))
+    assert gate.load_gate(tmp_path).info == {}

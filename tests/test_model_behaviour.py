@@ -133,6 +133,13 @@ def test_an_ensemble_averages_members_then_calibrates(tmp_path, nets):
     np.testing.assert_allclose(m.features(x, batch_size=1), FEATURES, atol=1e-6)
     assert m.features(x).dtype == np.float32
     assert m.features(x[:0]).shape[0] == 0
+    # One forward pass gives both halves, in any batch size.
+    probs, feats = m.raw_member_proba_and_features(x, batch_size=3)
+    assert probs.dtype == np.float64 and feats.dtype == np.float32
+    np.testing.assert_allclose(probs, raw, atol=1e-7)
+    np.testing.assert_allclose(feats, FEATURES, atol=1e-6)
+    none_p, none_f = m.raw_member_proba_and_features(x[:0])
+    assert none_p.shape == (0, 2) and none_f.shape[0] == 0
     # The head's own outputs: the first member's (one column here).
     np.testing.assert_allclose(m.head_outputs(x, batch_size=3), P_A[:, None], atol=1e-6)
 
