@@ -158,81 +158,200 @@ def find_trained_runs() -> list:
     return found
 
 
-def faithfulness(run: str, n_images: int, samples: int, steps: int, stability_images: int, out: Path) -> int:
-    """Deletion areas of LIME, Grad-CAM and a random order of P(pneumonia) on validation films of
-    the trained run, like for like (same superpixels, same film, same probability), and LIME's
-    top-5 stability over 5 seeds. Writes explain_faithfulness.md and .json."""
+def validation_films(model, n: int) -> list[Path]:
+    """n films of the run's validation split (random_state 0; the first 10 are the stability films)."""
     from xray_core import data
-    from xray_core.model import load_model
 
-    model = load_model(run)
     cfg = model.config
     df = data.index_dataset(data.find_dataset(ROOT.parent / "shared" / "data" / "chest_xray"))
     _, val = data.split_train(df, method=cfg["split"]["method"], val_fraction=cfg["split"]["val_fraction"],
                               seed=cfg["seed"])
-    rows = val.sample(n=min(n_images, len(val)), random_state=0)
-    settings = ex.DEFAULT_LIME
+    return [Path(p) for p in val.sample(n=min(max(n, 50), len(val)), random_state=0)["path"][:n]]
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for name in ("tensorflow", "keras", "numpy", "scikit-image", "scikit-learn", "lime"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine(load_before) -> dict:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
+            "versions": versions()}
+
+
+def fill_name(hide_color) -> str:
+    return "each superpixel's mean" if hide_color is None else f"gray level {hide_color:g}" + (
+        " (black)" if hide_color == 0 else "")
+
+
+def lime_settings(samples: int | None) -> dict:
+    settings = dict(ex.DEFAULT_LIME)
+    if samples:
+        settings["num_samples"] = int(samples)
+    return settings
+
+
+def faithfulness(run: str, n_images: int, samples: int | None, steps: int, stability_images: int, out: Path) -> int:
+    """Deletion areas of LIME, Grad-CAM and a random order of P(pneumonia) on validation films of
+    the trained run, like for like (same superpixels, same film, same probability, same fill), with
+    hidden superpixels filled as LIME filled them and, for comparison, black; and LIME's top-5
+    stability over seeds 0-4 per film. Writes explain_faithfulness.md and .json."""
+    from xray_core.model import load_model
+
+    model = load_model(run)
+    settings = lime_settings(samples)
+    fills = {"lime_fill": settings["hide_color"], "black": 0.0}
+    films = validation_films(model, n_images)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     load_before = os.getloadavg()
-    per_image, seconds, n_sp, stab = [], [], [], []
-    for i, path in enumerate(rows["path"]):
-        gray = imaging.decode(Path(path))
-        t = time.perf_counter()
-        exp = ex.explain_lime(model, gray, num_samples=samples, segmentation=settings["segmentation"],
-                              segmentation_params=settings["segmentation_params"], seed=0, panels=False,
-                              hide_color=settings["hide_color"])
-        seconds.append(time.perf_counter() - t)
-        n_sp.append(exp.n_superpixels)
+    per_image, stab = [], []
+    for i, path in enumerate(films):
+        gray = imaging.decode(path)
+        exp = ex.explain_lime(model, gray, seed=0, panels=False, **settings)
         cam = ex.grad_cam(model, gray)
         orders = {"lime": ex.lime_order(exp.weights), "gradcam": ex.gradcam_order(cam.heatmap, exp.segments),
                   "random": ex.random_order(exp.n_superpixels, i)}
-        per_image.append({name: ex.deletion_curve(model, gray, exp.segments, order, ex.PNEUMONIA, steps).area
-                          for name, order in orders.items()})
+        row = {"film": path.name, "n_superpixels": exp.n_superpixels, "probability": exp.probability}
+        for fill_key, fill in fills.items():
+            row[fill_key] = {name: ex.deletion_curve(model, gray, exp.segments, order, ex.PNEUMONIA, steps, fill).area
+                             for name, order in orders.items()}
+        per_image.append(row)
         if i < stability_images:
-            st = ex.stability(model, gray, seeds=5, num_samples=samples, segmentation=settings["segmentation"],
-                              segmentation_params=settings["segmentation_params"],
-                              hide_color=settings["hide_color"], first=exp)
-            stab.append(st.jaccard_min)
-    areas = {k: float(np.mean([r[k] for r in per_image])) for k in ("lime", "gradcam", "random")}
-    lime_beats_random = float(np.mean([r["lime"] < r["random"] for r in per_image]))
+            st = ex.stability(model, gray, seeds=5, num_samples=settings["num_samples"],
+                              segmentation=settings["segmentation"], segmentation_params=settings["segmentation_params"],
+                              hide_color=settings["hide_color"], sampling=settings["sampling"],
+                              kernel_width=settings["kernel_width"], first=exp)
+            stab.append({"film": path.name, "n_superpixels": min(st.n_superpixels), "jaccard_min": st.jaccard_min,
+                         "jaccard_mean": st.jaccard_mean,
+                         "meets": bool(st.jaccard_min >= 0.8 and min(st.n_superpixels) >= 30)})
+        print(f"{i + 1}/{len(films)} {path.name}: {row}", flush=True)
+    areas = {fill_key: {k: float(np.mean([r[fill_key][k] for r in per_image])) for k in ("lime", "gradcam", "random")}
+             for fill_key in fills}
+    beats = {fill_key: {k: float(np.mean([r[fill_key]["lime"] < r[fill_key][k] for r in per_image]))
+                        for k in ("gradcam", "random")} for fill_key in fills}
+    n_sp = [r["n_superpixels"] for r in per_image]
+    command = f"python benchmarks/bench_explain.py --faithfulness {n_images}" + (f" --samples {samples}" if samples else "")
     result = {
-        "run": model.run_id, "n_images": len(per_image), "samples": samples, "deletion_steps": steps,
+        "run": model.run_id, "n_images": len(per_image), "lime_settings": settings, "deletion_steps": steps,
         "segmentation": settings["segmentation"], "segmentation_params": settings["segmentation_params"],
-        "hide_color": "superpixel mean" if settings["hide_color"] is None else settings["hide_color"],
-        "mean_deletion_area": areas, "lime_beats_random_share": lime_beats_random,
+        "samples": settings["num_samples"],
+        "deletion_fill": fill_name(settings["hide_color"]),
+        "mean_deletion_area": areas["lime_fill"],  # with the fill LIME used (what the dashboard's help shows)
+        "mean_deletion_area_black": areas["black"],
+        "lime_beats_share": beats,
         "superpixels": {"min": int(min(n_sp)), "median": float(np.median(n_sp))},
-        "lime_seconds": {"median": float(np.median(seconds)), "p90": float(np.quantile(seconds, 0.9))},
-        "stability_top5_jaccard_min": {"images": len(stab), "median": float(np.median(stab)) if stab else None,
-                                       "share_at_least_0.8": float(np.mean(np.array(stab) >= 0.8)) if stab else None},
+        "stability": {"films": stab, "share_meeting": float(np.mean([s["meets"] for s in stab])) if stab else None,
+                      "median_jaccard_min": float(np.median([s["jaccard_min"] for s in stab])) if stab else None},
         "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "command": f"python benchmarks/bench_explain.py --faithfulness {n_images} --samples {samples}",
-        "per_image": per_image,
+        "machine": machine(load_before), "command": command, "per_image": per_image,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "explain_faithfulness.json").write_text(json.dumps(result, indent=2) + "\n")
-    s = result["stability_top5_jaccard_min"]
-    md = [
+    runs.atomic_write_json(out / "explain_faithfulness.json", result)
+    runs.atomic_write_text(out / "explain_faithfulness.md", render_faithfulness(result))
+    print(render_faithfulness(result))
+    return 0
+
+
+def render_faithfulness(r: dict) -> str:
+    s = r["lime_settings"]
+    m = r["machine"]
+    fill = r["deletion_fill"]
+    lines = [
         "# Explanation faithfulness and stability on the trained default model", "",
-        f"Run `{model.run_id}`, {len(per_image)} films drawn (seed 0) from its validation split; LIME with "
-        f"{settings['segmentation']} {result['segmentation_params']}, hidden superpixels filled with "
-        f"{result['hide_color']}, {samples} samples. Every explanation is of "
-        "P(pneumonia). Deletion: superpixels hidden (black) in each order, most important first, in "
-        f"{steps} steps; the area under P(pneumonia) (lower = the order found what the model relies on). "
-        "Like for like: same film, same superpixels, same model for all three orders.", "",
-        "| order | mean deletion area |", "|---|---|",
-        *[f"| {k} | {v:.3f} |" for k, v in areas.items()], "",
-        f"LIME's order beats the random order on {lime_beats_random:.0%} of the films. Superpixels per film: "
-        f"min {result['superpixels']['min']}, median {result['superpixels']['median']:.0f}. LIME time per film: "
-        f"median {result['lime_seconds']['median']:.2f} s, 90th percentile {result['lime_seconds']['p90']:.2f} s "
-        f"(load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} shared cores).", "",
-        f"Top-5 stability over 5 seeds (minimum pairwise pixel Jaccard) on {s['images']} films: median "
-        f"{s['median']}, share >= 0.8: {s['share_at_least_0.8']}.", "",
-        f"Command: `{result['command']}`; {started} to {result['finished']}.", "",
-        "Images: Kermany, Zhang, Goldbaum (2018), CC BY 4.0. Research software, not a medical device.",
+        f"Run `{r['run']}`, {r['n_images']} films drawn (random_state 0) from its validation split. LIME with the "
+        f"dashboard's settings (`DEFAULT_LIME`): {s['segmentation']} {s['segmentation_params']}, {s['num_samples']} "
+        f"samples, sampling `{s['sampling']}`, kernel width {s['kernel_width'] if s['kernel_width'] is not None else 'uniform'}, "
+        f"hidden superpixels filled with {fill}. Every explanation is of P(pneumonia).", "",
+        f"Deletion: superpixels hidden in each order, most important first, in {r['deletion_steps']} steps; the "
+        "area under P(pneumonia) over the share hidden (lower = the order found what the model relies on). "
+        "Like for like: same film, same superpixels, same model and same fill for all three orders. The first "
+        f"column hides with the fill LIME was fitted with ({fill}); the second hides with black, as the "
+        "previous reports did, for comparison only.", "",
+        f"| order | mean deletion area, fill = LIME's ({fill}) | mean deletion area, black fill |", "|---|---|---|",
+        *[f"| {k} | {r['mean_deletion_area'][k]:.3f} | {r['mean_deletion_area_black'][k]:.3f} |"
+          for k in ("lime", "gradcam", "random")], "",
+        f"LIME's order has the lower area than random on {r['lime_beats_share']['lime_fill']['random']:.0%} of the films "
+        f"and than Grad-CAM on {r['lime_beats_share']['lime_fill']['gradcam']:.0%} (LIME's fill); with black: "
+        f"{r['lime_beats_share']['black']['random']:.0%} and {r['lime_beats_share']['black']['gradcam']:.0%}. "
+        f"Superpixels per film: min {r['superpixels']['min']}, median {r['superpixels']['median']:.0f}.", "",
     ]
-    (out / "explain_faithfulness.md").write_text("\n".join(md) + "\n")
+    st = r["stability"]
+    if st["films"]:
+        lines += [f"## Top-5 stability, seeds 0-4 (first {len(st['films'])} films)", "",
+                  "Smallest and mean pairwise pixel Jaccard of the top-5 superpixels (by |weight|) over the five "
+                  "seeds, everything else fixed. Goal: smallest >= 0.8 with >= 30 superpixels.", "",
+                  "| film | superpixels | smallest Jaccard | mean Jaccard | meets |", "|---|---|---|---|---|",
+                  *[f"| {f['film']} | {f['n_superpixels']} | {f['jaccard_min']:.2f} | {f['jaccard_mean']:.2f} | "
+                    f"{'yes' if f['meets'] else 'no'} |" for f in st["films"]], "",
+                  f"Films meeting the goal: {sum(f['meets'] for f in st['films'])} of {len(st['films'])}; median smallest "
+                  f"Jaccard {st['median_jaccard_min']:.2f}.", ""]
+    lines += [f"Command: `{r['command']}`; {r['started']} to {r['finished']}, on {m['cpus']} shared cores "
+              f"(load average {m['load_average_before'][0]:.1f} before, {m['load_average_after'][0]:.1f} after; "
+              f"{m['platform']}, Python {m['python']}; {m['versions']}). Speed is reported in explain_timing.md "
+              "(measured on a quiet machine), not here.", "",
+              "Images: Kermany, Zhang, Goldbaum (2018), CC BY 4.0. Research software, not a medical device."]
+    return "\n".join(lines) + "\n"
+
+
+def timing(run: str, n_images: int, samples: int | None, repeats: int, out: Path) -> int:
+    """Wall time of one dashboard explanation call (explain_lime with DEFAULT_LIME, panels drawn) on a
+    warm model, per film. Run it on a quiet machine (tools/quiet.sh). Writes explain_timing.md/.json."""
+    from xray_core.model import load_model
+
+    model = load_model(run)
+    settings = lime_settings(samples)
+    films = validation_films(model, n_images)
+    grays = [imaging.decode(p) for p in films]
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    load_before = os.getloadavg()
+    procs_before = other_processes()
+    warm = ex.explain_lime(model, grays[0], seed=0, **settings)  # traces the model and warms caches
+    rows = []
+    for path, gray in zip(films, grays):
+        calls = [ex.explain_lime(model, gray, seed=0, **settings) for _ in range(repeats)]
+        secs = [c.seconds for c in calls]
+        rows.append({"film": path.name, "seconds": secs, "median": float(np.median(secs)),
+                     "n_superpixels": calls[0].n_superpixels,
+                     "timings": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in calls[0].timings.items()}})
+        print(f"{path.name}: {rows[-1]['median']:.2f} s {rows[-1]['timings']}", flush=True)
+    medians = [r["median"] for r in rows]
+    every = [v for r in rows for v in r["seconds"]]
+    command = f"tools/quiet.sh python benchmarks/bench_explain.py --timing {n_images} --repeats {repeats}" + (
+        f" --samples {samples}" if samples else "")
+    result = {"run": model.run_id, "lime_settings": settings, "films": rows, "repeats": repeats,
+              "cold_seconds": warm.seconds, "median_seconds": float(np.median(every)),
+              "p90_seconds": float(np.quantile(every, 0.9)), "max_seconds": float(max(every)),
+              "films_median_within_2s": float(np.mean(np.array(medians) <= 2.0)),
+              "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "machine": machine(load_before), "other_processes_before": procs_before,
+              "other_processes_after": other_processes(), "command": command}
+    out.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_json(out / "explain_timing.json", result)
+    m = result["machine"]
+    md = ["# LIME time per explanation with the dashboard's settings", "",
+          f"Run `{model.run_id}` ({model.n_members} members, {model.input_size[0]} px, {model.channels} channel), "
+          f"`explain_lime(model, film, seed=0, **DEFAULT_LIME)` = {settings}, four panels drawn, as Diagnose calls it. "
+          f"Warm model (one untimed call first, {result['cold_seconds']:.2f} s); {repeats} calls per film on "
+          f"{len(rows)} validation films (the stability films of explain_faithfulness.md).", "",
+          "| film | superpixels | median (s) | calls (s) | stages of the first call (s) |", "|---|---|---|---|---|",
+          *[f"| {r['film']} | {r['n_superpixels']} | {r['median']:.2f} | {', '.join(f'{v:.2f}' for v in r['seconds'])} | "
+            f"{r['timings']} |" for r in rows], "",
+          f"All {len(every)} calls: median {result['median_seconds']:.2f} s, 90th percentile {result['p90_seconds']:.2f} s, "
+          f"max {result['max_seconds']:.2f} s; films with a median within 2 s: {result['films_median_within_2s']:.0%}.", "",
+          f"Command: `{command}` (quiet.sh waits for other heavy jobs and pauses the two background trainings); "
+          f"{started} to {result['finished']} on {m['cpus']} cores, load average {m['load_average_before'][0]:.1f} "
+          f"before, {m['load_average_after'][0]:.1f} after; {m['platform']}, Python {m['python']}; {m['versions']}.", "",
+          "Other processes above 5 % CPU at the start: " + ("; ".join(f"`{p}`" for p in procs_before) or "none") + ".", "",
+          "Images: Kermany, Zhang, Goldbaum (2018), CC BY 4.0. Research software, not a medical device."]
+    runs.atomic_write_text(out / "explain_timing.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 
@@ -241,19 +360,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faithfulness", type=int, metavar="N", default=0,
                         help="only the faithfulness figures on N validation films of --run")
+    parser.add_argument("--timing", type=int, metavar="N", default=0,
+                        help="only the time of the dashboard's LIME call on N validation films (run under quiet.sh)")
     parser.add_argument("--run", default="default")
     parser.add_argument("--stability-images", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--samples", type=int, default=None,
-                        help="LIME samples (default 1000; with --faithfulness the dashboard's DEFAULT_LIME)")
+                        help="LIME samples (default 1000; with --faithfulness/--timing the dashboard's DEFAULT_LIME)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image", default=None, help="image file (default: first val/PNEUMONIA image)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "reports")
     parser.add_argument("--skip-seed-style", action="store_true", help="only time our path")
     args = parser.parse_args(argv)
     if args.faithfulness:
-        samples = args.samples or ex.DEFAULT_LIME["num_samples"]
-        return faithfulness(args.run, args.faithfulness, samples, args.steps, args.stability_images, args.out)
+        return faithfulness(args.run, args.faithfulness, args.samples, args.steps, args.stability_images, args.out)
+    if args.timing:
+        return timing(args.run, args.timing, args.samples, args.repeats, args.out)
     args.samples = args.samples or 1000
 
     import keras

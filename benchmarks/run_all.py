@@ -38,6 +38,8 @@ BENCHMARKS = (
     Benchmark("seed_models", "bench_seed_models.py", ("--ship",),
               (f"{REPORTS}/seed_models.md", f"{REPORTS}/seed_models.json")),
     Benchmark("explain", "bench_explain.py", (), (f"{REPORTS}/explain.md", f"{REPORTS}/explain.json")),
+    Benchmark("explain_settings", "bench_lime_settings.py", (),
+              (f"{REPORTS}/explain_settings.md", f"{REPORTS}/explain_settings.json")),
     Benchmark("shortcut_check", "shortcut_check.py", ("--data", "{data}"),
               (f"{REPORTS}/shortcut_check.md", f"{REPORTS}/shortcut_check.json")),
     Benchmark("generalization", "generalization.py", ("--data", "{data}"),

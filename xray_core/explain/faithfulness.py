@@ -13,11 +13,11 @@ import time
 import numpy as np
 
 from xray_core.explain.adapter import (
-    HIDE_COLOR, CLASSES, ExplainError, TOP_PROS_CONS, _check_label, as_adapter, to_gray,
+    HIDE_COLOR, CLASSES, KERNEL_WIDTH, ExplainError, TOP_PROS_CONS, _check_label, as_adapter, to_gray,
 )
 from xray_core.explain.fastscore import _auto_batch_size, make_scorer
 from xray_core.explain.gradcam import GradCam, grad_cam
-from xray_core.explain.lime import LimeExplanation, explain_lime
+from xray_core.explain.lime import LimeExplanation, explain_lime, hidden_fill
 from xray_core.explain.panels import _resize_float
 
 
@@ -37,11 +37,13 @@ class DeletionCurve:
 
 
 def deletion_curve(run_or_model, image: np.ndarray, segments: np.ndarray, order, label,
-                   steps: int | None = None) -> DeletionCurve:
-    """Hide superpixels (set to HIDE_COLOR) in `order`, most important first, and score each step.
+                   steps: int | None = None, hide_color: float | None = HIDE_COLOR) -> DeletionCurve:
+    """Hide superpixels in `order`, most important first, and score each step.
 
     `segments` is (h, w) at model input size (e.g. LimeExplanation.segments); `steps` points
-    after the start (None: one per superpixel).
+    after the start (None: one per superpixel). `hide_color` is what a hidden superpixel shows,
+    as in explain_lime: a gray level (0, black, the default) or None for the superpixel's own
+    mean. Measure an explanation with the fill it was made with (LimeExplanation.hide_color).
     """
     adapter = as_adapter(run_or_model)
     label = _check_label(label)
@@ -58,7 +60,7 @@ def deletion_curve(run_or_model, image: np.ndarray, segments: np.ndarray, order,
     rows = np.ones((len(counts), n), dtype=np.int64)
     for i, c in enumerate(counts):
         rows[i, order[:c]] = 0
-    scorer = make_scorer(adapter, x, segments)
+    scorer = make_scorer(adapter, x, segments, fill=hidden_fill(x, segments, hide_color))
     probs = scorer(rows, _auto_batch_size(adapter, scorer))[:, label]
     fractions = counts / n
     area = float(np.sum((probs[1:] + probs[:-1]) / 2 * np.diff(fractions)))
@@ -107,7 +109,8 @@ class Stability:
 def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5, *,
               num_samples: int = 1000, segmentation: str = "quickshift",
               segmentation_params: dict | None = None, top_k: int = TOP_PROS_CONS,
-              hide_color: float | None = HIDE_COLOR,
+              hide_color: float | None = HIDE_COLOR, sampling: str = "lime",
+              kernel_width: float | None = KERNEL_WIDTH,
               first: LimeExplanation | None = None) -> Stability:
     """Mean pairwise Jaccard overlap of the top-k superpixels (by |weight|) over several seeds.
 
@@ -120,12 +123,14 @@ def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5
     masks, counts = [], []
     for s in seed_list:
         if first is not None and first.seed == s and first.num_samples == num_samples \
-                and first.segmentation == segmentation and first.hide_color == hide_color:
+                and first.segmentation == segmentation and first.hide_color == hide_color \
+                and first.sampling == sampling and first.kernel_width == kernel_width:
             exp = first
         else:
             exp = explain_lime(run_or_model, image, label=label, num_samples=num_samples,
                                segmentation=segmentation, segmentation_params=segmentation_params,
-                               seed=s, panels=False, hide_color=hide_color)
+                               seed=s, panels=False, hide_color=hide_color, sampling=sampling,
+                               kernel_width=kernel_width)
         label = exp.label  # every seed explains the same label
         top = sorted(range(exp.n_superpixels), key=lambda k: (-abs(exp.weights[k]), k))[:top_k]
         masks.append(np.isin(exp.segments, top))
@@ -156,17 +161,21 @@ def trust_figures(run_or_model, image: np.ndarray, explanation: LimeExplanation 
         "gradcam": gradcam_order(gradcam.heatmap, segments),
         "random": random_order(n, random_seed),
     }
-    deletion = {name: deletion_curve(adapter, image, segments, order, label, steps).to_dict()
+    fill = explanation.hide_color  # hidden regions look as they did when LIME was fitted
+    deletion = {name: deletion_curve(adapter, image, segments, order, label, steps, fill).to_dict()
                 for name, order in orders.items()}
     stab = stability(adapter, image, label=label, seeds=seeds,
                      num_samples=num_samples or explanation.num_samples,
                      segmentation=explanation.segmentation,
-                     segmentation_params=explanation.segmentation_params, first=explanation)
+                     segmentation_params=explanation.segmentation_params, hide_color=fill,
+                     sampling=explanation.sampling, kernel_width=explanation.kernel_width,
+                     first=explanation)
     return {
         "label": label,
         "label_name": CLASSES[label],
         "n_superpixels": n,
         "deletion_area": {name: curve["area"] for name, curve in deletion.items()},
+        "deletion_fill": "superpixel mean" if fill is None else fill,
         "deletion_curves": deletion,
         "random_seed": random_seed,
         "stability": stab.to_dict(),

@@ -6,6 +6,11 @@ perturbed images are built in a few vectorised steps and scored in large batches
 segments and seed it draws the same samples as lime and gives the same weights
 (tests/test_explain.py checks this against lime itself). By default it explains P(pneumonia),
 whatever the verdict.
+
+Beyond lime: `sampling="paired"` draws antithetic pairs (each sample and its complement) and
+`kernel_width=None` weighs every sample alike; together they cancel the even-order interactions
+between superpixels in the fit (tests/test_explain.py), which steadies the top superpixels across
+seeds. The dashboard's settings are adapter.DEFAULT_LIME.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 
 from xray_core.explain.adapter import (
     HIDE_COLOR, CLASSES, PNEUMONIA, DEFAULT_SEGMENTATION_PARAMS, DISPLAY_SIZE, ExplainError, HEATMAP_CMAP,
-    KERNEL_WIDTH, SEGMENTATIONS, TOP_PROS_CONS, TOP_SUPPORTING, _check_label, as_adapter, to_gray,
+    KERNEL_WIDTH, SAMPLINGS, SEGMENTATIONS, TOP_PROS_CONS, TOP_SUPPORTING, _check_label, as_adapter, to_gray,
 )
 from xray_core.explain.fastscore import _auto_batch_size, make_scorer
 from xray_core.explain.panels import HeatmapLegend, LimePanels, lime_panels
@@ -42,6 +47,8 @@ def segment(model_input: np.ndarray, method: str = "quickshift", params: dict | 
     settings.update(params or {})
     rgb = np.repeat(np.asarray(model_input, np.float64)[..., :1] / 255.0, 3, axis=2)
     try:
+        if method == "grid":
+            return _grid(np.shape(model_input)[:2], **settings)
         if method == "quickshift":
             labels = sks.quickshift(rgb, rng=int(seed), **settings)
         elif method == "slic":
@@ -55,6 +62,32 @@ def segment(model_input: np.ndarray, method: str = "quickshift", params: dict | 
         ) from None
     _, inverse = np.unique(labels, return_inverse=True)
     return inverse.reshape(labels.shape).astype(np.int32)
+
+
+def hidden_fill(x: np.ndarray, segments: np.ndarray, hide_color: float | None) -> np.ndarray | None:
+    """What a hidden superpixel shows, float32 (h, w, c), for make_scorer: None (the scorer's own
+    black) for HIDE_COLOR, a flat gray level, or with hide_color=None each superpixel's mean
+    (lime's hide_color=None)."""
+    if hide_color is None:
+        n = int(segments.max()) + 1
+        counts = np.maximum(np.bincount(segments.ravel(), minlength=n), 1)
+        means = np.stack([np.bincount(segments.ravel(), weights=x[..., c].ravel(), minlength=n) / counts
+                          for c in range(x.shape[-1])], axis=1)  # (n, c)
+        return means[segments].astype(np.float32)  # (h, w, c)
+    if float(hide_color) == HIDE_COLOR:
+        return None
+    return np.full(x.shape, float(hide_color), np.float32)
+
+
+def _grid(shape: tuple[int, int], rows: int, cols: int) -> np.ndarray:
+    """int32 (h, w) labels of a rows x cols grid of near-equal rectangles, row by row."""
+    h, w = (int(v) for v in shape)
+    rows, cols = int(rows), int(cols)
+    if not (1 <= rows <= h and 1 <= cols <= w):
+        raise ExplainError(f"A grid of {rows} x {cols} cells does not fit a {w}x{h} px image.")
+    r = np.arange(h) * rows // h
+    c = np.arange(w) * cols // w
+    return (r[:, None] * cols + c[None, :]).astype(np.int32)
 
 
 @dataclasses.dataclass
@@ -82,6 +115,8 @@ class LimeExplanation:
     legend: HeatmapLegend
     panels: LimePanels | None
     hide_color: float | None = HIDE_COLOR  # what a hidden superpixel showed (None: its own mean)
+    sampling: str = "lime"  # the on/off design (see _sample_masks)
+    kernel_width: float | None = KERNEL_WIDTH  # lime's kernel width (None: every sample weighs alike)
 
     @property
     def label_name(self) -> str:
@@ -120,24 +155,58 @@ class LimeExplanation:
             "seconds": self.seconds,
             "timings": self.timings,
             "hide_color": self.hide_color,
+            "sampling": self.sampling,
+            "kernel_width": self.kernel_width,
         }
 
 
-def _sample_masks(n_superpixels: int, num_samples: int, seed: int) -> np.ndarray:
-    """lime's samples: random on/off per superpixel, row 0 all on (same RNG stream as lime)."""
+def _sample_masks(n_superpixels: int, num_samples: int, seed: int, sampling: str = "lime") -> np.ndarray:
+    """The on/off design, int (num_samples, n): row 0 is the unperturbed image (all on).
+
+    "lime": lime's samples, each superpixel on or off with probability 1/2 (same RNG stream as
+    lime). "paired": the same draws, each followed by its complement (antithetic pairs; row 1 is
+    all off), so effects that are even in the switched superpixels cancel in the fit.
+    "paired_stratified": as paired, but the number switched off in each pair's first member is
+    drawn uniformly from 1..n-1 before the superpixels are chosen.
+    """
+    if sampling not in SAMPLINGS:
+        raise ExplainError(f"Unknown sampling {sampling!r}; choose one of: {', '.join(SAMPLINGS)}.")
     rs = np.random.RandomState(seed)
-    data = rs.randint(0, 2, num_samples * n_superpixels).reshape((num_samples, n_superpixels))
-    data[0, :] = 1
-    return data
+    n, m = int(n_superpixels), int(num_samples)
+    if sampling == "lime":
+        data = rs.randint(0, 2, m * n).reshape((m, n))
+        data[0, :] = 1
+        return data
+    half = (m + 1) // 2
+    if sampling == "paired":
+        first = rs.randint(0, 2, half * n).reshape((half, n))
+    else:
+        off = rs.randint(1, max(n, 2), half)  # switched off: 1..n-1
+        ranks = np.argsort(rs.random_sample((half, n)), axis=1)
+        first = (ranks >= off[:, None]).astype(np.int64)  # `off` random superpixels switched off
+    first[0, :] = 1
+    data = np.empty((2 * half, n), dtype=first.dtype)
+    data[0::2] = first
+    data[1::2] = 1 - first
+    return data[:m]
 
 
-def _fit_local_model(data: np.ndarray, targets: np.ndarray, kernel_width: float = KERNEL_WIDTH):
-    """lime_base.explain_instance_with_data with every feature kept: weighted Ridge(alpha=1)."""
-    from sklearn.linear_model import Ridge
+def _kernel_weights(data: np.ndarray, kernel_width: float | None = KERNEL_WIDTH) -> np.ndarray:
+    """lime's sample weights: sqrt(exp(-d^2 / width^2)), d the cosine distance to the unperturbed
+    row (sklearn puts an all-off row at distance 1); None weighs every sample alike."""
+    if kernel_width is None:
+        return np.ones(len(data))
     from sklearn.metrics import pairwise_distances
 
     distances = pairwise_distances(data, data[0].reshape(1, -1), metric="cosine").ravel()
-    sample_weight = np.sqrt(np.exp(-(distances**2) / kernel_width**2))
+    return np.sqrt(np.exp(-(distances**2) / float(kernel_width) ** 2))
+
+
+def _fit_local_model(data: np.ndarray, targets: np.ndarray, kernel_width: float | None = KERNEL_WIDTH):
+    """lime_base.explain_instance_with_data with every feature kept: weighted Ridge(alpha=1)."""
+    from sklearn.linear_model import Ridge
+
+    sample_weight = _kernel_weights(data, kernel_width)
     model = Ridge(alpha=1.0, fit_intercept=True)
     model.fit(data, targets, sample_weight=sample_weight)
     score = model.score(data, targets, sample_weight=sample_weight)
@@ -150,7 +219,8 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
                  seed: int = 0, progress: Callable[[int, int], None] | None = None, *,
                  batch_size: int | None = None, panels: bool = True,
                  display_size: int = DISPLAY_SIZE, fast: bool = True,
-                 hide_color: float | None = HIDE_COLOR) -> LimeExplanation:
+                 hide_color: float | None = HIDE_COLOR, sampling: str = "lime",
+                 kernel_width: float | None = KERNEL_WIDTH) -> LimeExplanation:
     """Explain one image with LIME; returns weights per superpixel and the four panels.
 
     Parameters
@@ -161,7 +231,8 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
     label : 0/1/"NORMAL"/"PNEUMONIA"; None (the default) explains P(pneumonia), whatever the verdict.
     num_samples : perturbed images scored by the model (row 0 is the unperturbed image).
     segmentation, segmentation_params : "quickshift" (the seed's kernel_size=4, max_dist=200,
-        ratio=0.2), "slic" or "felzenszwalb"; params override DEFAULT_SEGMENTATION_PARAMS.
+        ratio=0.2), "slic", "felzenszwalb" or "grid" (rows x cols rectangles); params override
+        DEFAULT_SEGMENTATION_PARAMS.
     seed : seeds the sampling (lime's random_state) and quickshift's tie-breaking.
     progress : called as progress(samples_scored, num_samples) after each model batch.
     batch_size : samples per model call; None picks the largest that fits about 1 GB of activations.
@@ -170,6 +241,10 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
         default), or None for the superpixel's own mean (lime's hide_color=None), which the
         dashboard uses (DEFAULT_LIME): steadier weights on radiographs, see
         benchmarks/reports/explain_faithfulness.md.
+    sampling : the on/off design, "lime" (lime's own draws, the default), "paired" or
+        "paired_stratified" (antithetic pairs; see _sample_masks).
+    kernel_width : lime's cosine-distance kernel width (0.25, lime's default); None weighs every
+        sample alike (with paired sampling, this keeps each pair's two halves balanced).
     fast : use the exact local-prefix shortcut where the architecture allows it (see above);
         False always scores whole perturbed images (the reference path).
     """
@@ -191,15 +266,8 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
     timings["segmentation"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    data = _sample_masks(n, num_samples, seed)
-    fill = None
-    if hide_color is None:  # lime's hide_color=None: a hidden superpixel shows its own mean
-        counts = np.maximum(np.bincount(segments.ravel(), minlength=n), 1)
-        means = np.stack([np.bincount(segments.ravel(), weights=x[..., c].ravel(), minlength=n) / counts
-                          for c in range(x.shape[-1])], axis=1)  # (n, c)
-        fill = means[segments].astype(np.float32)  # (h, w, c)
-    elif float(hide_color) != HIDE_COLOR:
-        fill = np.full(x.shape, float(hide_color), np.float32)
+    data = _sample_masks(n, num_samples, seed, sampling)
+    fill = hidden_fill(x, segments, hide_color)
     scorer = make_scorer(adapter, x, segments, fast=fast, fill=fill)
     batch = int(batch_size) if batch_size else _auto_batch_size(adapter, scorer)
     timings["setup"] = time.perf_counter() - t
@@ -219,7 +287,7 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
         label = PNEUMONIA
 
     t = time.perf_counter()
-    weights, intercept, r2, local_pred = _fit_local_model(data, scores[:, label])
+    weights, intercept, r2, local_pred = _fit_local_model(data, scores[:, label], kernel_width)
     timings["fit"] = time.perf_counter() - t
 
     order_abs = sorted(range(n), key=lambda k: (-abs(weights[k]), k))
@@ -242,4 +310,5 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
         seconds=time.perf_counter() - t_start, timings=timings, model_input=x,
         top_supporting=[int(k) for k in top_supporting], top_abs=[int(k) for k in top_abs],
         legend=legend, panels=drawn, hide_color=None if hide_color is None else float(hide_color),
+        sampling=sampling, kernel_width=None if kernel_width is None else float(kernel_width),
     )
