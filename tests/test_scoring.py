@@ -158,6 +158,32 @@ def test_folder_zip_and_list_give_the_same_scores(tiny_run, films, tmp_path):
     assert scoring.read_item_bytes(member) == (films / member.split("!", 1)[1]).read_bytes()
 
 
+def test_rows_carry_the_answer_of_the_gate_run_on_its_own(tiny_run, tmp_path):
+    """The rows take the gate's features from the scoring's own forward pass: the gate fields
+    equal those of gate.check_batch computing its features with a pass of its own."""
+    from xray_core import gate, imaging
+    from xray_core.model import load_model
+
+    runs_root, run_id = tiny_run
+    root = tmp_path / "models"
+    shutil.copytree(runs_root / run_id, root / run_id)  # the session's run stays without a gate
+    folder = tmp_path / "films"
+    paths = make_films(folder, 100, size=100)
+    model = load_model(root / run_id, cache=False)
+    images = [imaging.decode(p) for p in paths]
+    x = model.prepare_batch(images)
+    fitted = gate.fit_gate(model, x[:70], x[70:])
+    out = tmp_path / "scores.csv"
+    scoring.score(run_id, folder, out, root=root, workers=0, progress=False, draft=False, batch_size=32)
+    rows = {r["path"]: r for r in read_rows(out)}
+    expected = gate.check_batch(model, images, gate=fitted)
+    for path, result in zip(paths, expected):
+        row = rows[str(path)]
+        assert row["in_distribution"] == str(result.in_distribution), path
+        assert float(row["ood_score"]) == pytest.approx(result.ood_score, rel=1e-4), path
+    assert {r["in_distribution"] for r in rows.values()} >= {"True"}
+
+
 # ------------------------------------------------------------------------------ resume
 
 

@@ -5,16 +5,18 @@ the archive size), decoding in parallel worker processes straight to the model's
 (`imaging.decode_resized`: Pillow's JPEG draft mode, DICOM through pydicom), batched inference
 through the one model object (one forward pass gives the probabilities and the input gate's
 features), and resumable: rerunning the same command skips the files already in the output (same
-path, size and modification time), and a SIGKILL at any moment loses at most the chunk in flight,
-never duplicating or corrupting a row. A file that changed since it was scored is scored again
-and gets a new row; `read_scores` keeps the newest row per path. A bad file (unreadable, not an
-image, truncated, missing) gets its reason in the `error` column and never stops the run.
+path, size and modification time), and a SIGKILL at any moment loses only the chunks not yet
+written (scored again on the rerun), never duplicating or corrupting a row. A file that changed
+since it was scored is scored again and gets a new row; `read_scores` keeps the newest row per
+path. A bad file (unreadable, not an image, truncated, missing) gets its reason in the `error`
+column and never stops the run.
 
 One job per module:
 
 - `inputs`: the files of a folder, zip or list, and their bytes;
 - `decoding`: read, hash and decode chunks in worker processes, ahead of the network;
-- `rows`: a decoded chunk through the model, the input gate and the prediction sets to rows;
+- `rows`: a decoded chunk through the model, the input gate and the prediction sets to rows
+  (the network on the next chunk while the gate reads this one);
 - `output`: the resumable CSV / Parquet writer and `read_scores`;
 - `job`: what every job shares (summary, status, progress) and the local pipeline `score`;
 - `on_ray`: the same job on Ray Data (`score_ray`);

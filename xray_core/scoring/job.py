@@ -4,7 +4,8 @@
 model loads, the model, the output and the files it already holds, the summary, the status file
 (for the Worklist page) and the progress bar. `score` is the local pipeline: the input streamed
 in chunks, decoded ahead by worker processes (`decoding.decoded_chunks`) while the network
-scores the chunk before, each chunk written before the next is scored.
+scores the chunk before and the gate reads the one before that; each chunk is written as soon as
+its rows are made.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from xray_core import runs
 from xray_core.scoring.decoding import decoded_chunks, default_workers
 from xray_core.scoring.inputs import Item, ScoreError, check_paths, iter_items
 from xray_core.scoring.output import open_output
-from xray_core.scoring.rows import rows_for_batch, trust_hooks
+from xray_core.scoring.rows import overlapped_rows, trust_hooks
 
 DEFAULT_BATCH = 64
 STATUS_INTERVAL = 0.5  # seconds between status.json rewrites
@@ -161,12 +162,12 @@ def score(run, source: str | os.PathLike, out: str | os.PathLike, *, root: str |
     """Score every file of `source` with `run`'s model into `out`; return the summary.
 
     workers: decoding processes (default: the CPUs available; 0 decodes in this process).
-    batch_size: files per chunk, which is also the unit of writing (a kill loses at most one).
+    batch_size: files per chunk, which is also the unit of writing (a kill loses only the chunks
+    not yet written: the one being scored and the one whose rows are being made).
     """
     job = ScoreJob(run, source, out, root=root, batch_size=batch_size, progress=progress, status_path=status_path)
     model = job.model
     hooks = trust_hooks(model)
     workers = default_workers() if workers is None else int(workers)
     decoded = decoded_chunks(_chunks(job.pending(), batch_size), model.input_size, draft, workers)
-    return job.run((rows_for_batch(model, chunk, hooks) for chunk in decoded),
-                   desc=f"scoring with {model.run_id}", on_chunk=on_chunk)
+    return job.run(overlapped_rows(model, decoded, hooks), desc=f"scoring with {model.run_id}", on_chunk=on_chunk)

@@ -3,9 +3,13 @@ features; the gate and the prediction sets add their columns."""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Iterable, Iterator
 
 from xray_core.scoring.decoding import DecodedChunk, one_line
+
+#: Films per network call inside a chunk: the default 3-member 192 px model runs fastest at 16 on
+#: 2 cores (benchmarks/reports/score.md, "network alone by batch size").
+NETWORK_BATCH = 16
 
 
 def trust_hooks(model):
@@ -37,20 +41,27 @@ def _gate_fields(result) -> tuple[str, str, str]:
             "; ".join(map(str, result.warnings)))
 
 
-def rows_for_batch(model, chunk: DecodedChunk, hooks=(None, None), batch_size: int = 256) -> list[dict]:
-    """Score a decoded chunk and return its output rows (one forward pass for the probabilities
-    and the gate's features: `Model.raw_member_proba_and_features`)."""
-    from xray_core.data import CLASSES
+def forward(model, chunk: DecodedChunk, batch_size: int = NETWORK_BATCH):
+    """(prepared batch, calibrated probabilities, gate features) of a chunk's decoded images, from
+    one forward pass (`Model.raw_member_proba_and_features`); None when no file was readable."""
     from xray_core.model import calibrate
 
+    if not len(chunk.images):
+        return None
+    prepared = model.prepare_batch(list(chunk.images))
+    raw, features = model.raw_member_proba_and_features(prepared, batch_size=batch_size)
+    return prepared, calibrate(raw.mean(axis=1), model.temperature, model.bias), features  # = predict_proba
+
+
+def rows_of(model, chunk: DecodedChunk, forwarded, hooks=(None, None)) -> list[dict]:
+    """A chunk's output rows from its forward pass: the gate and the prediction sets added."""
+    from xray_core.data import CLASSES
+
     gate_fn, set_fn = hooks
-    ok = [i for i, e in enumerate(chunk.errors) if not e]
-    proba = np.zeros(0)
-    gates, sets = [None] * len(ok), [""] * len(ok)
-    if ok:
-        prepared = model.prepare_batch(list(chunk.images))
-        raw, features = model.raw_member_proba_and_features(prepared, batch_size=batch_size)
-        proba = calibrate(raw.mean(axis=1), model.temperature, model.bias)  # = model.predict_proba
+    n_ok = len(chunk.images)
+    gates, sets = [None] * n_ok, [""] * n_ok
+    if forwarded is not None:
+        prepared, proba, features = forwarded
         if gate_fn is not None:
             gates = gate_fn(chunk, prepared, features)
         if set_fn is not None:
@@ -63,7 +74,7 @@ def rows_for_batch(model, chunk: DecodedChunk, hooks=(None, None), batch_size: i
                "ood_score": "", "warnings": chunk.warnings[i], "prediction_set": "", "error": chunk.errors[i],
                "run_id": model.run_id}
         if not chunk.errors[i]:
-            p = float(proba[k])
+            p = float(forwarded[1][k])
             ind, ood, notes = _gate_fields(gates[k]) if gates[k] is not None else ("", "", "")
             # repr: the exact float, so that probability >= threshold reads as the verdict did
             row.update(probability=repr(p), verdict=CLASSES[int(p >= threshold)], in_distribution=ind,
@@ -72,3 +83,25 @@ def rows_for_batch(model, chunk: DecodedChunk, hooks=(None, None), batch_size: i
             k += 1
         rows.append(row)
     return rows
+
+
+def rows_for_batch(model, chunk: DecodedChunk, hooks=(None, None), batch_size: int = NETWORK_BATCH) -> list[dict]:
+    """Score a decoded chunk and return its output rows (one forward pass for the probabilities
+    and the gate's features)."""
+    return rows_of(model, chunk, forward(model, chunk, batch_size), hooks)
+
+
+def overlapped_rows(model, chunks: Iterable[DecodedChunk], hooks=(None, None)) -> Iterator[list[dict]]:
+    """rows_for_batch over a stream of chunks, the network running on the next chunk (in a thread:
+    TensorFlow releases the GIL) while the gate and the rows of this one are computed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="xray-forward") as pool:
+        previous = None
+        for chunk in chunks:
+            current = (chunk, pool.submit(forward, model, chunk))
+            if previous is not None:
+                yield rows_of(model, previous[0], previous[1].result(), hooks)
+            previous = current
+        if previous is not None:
+            yield rows_of(model, previous[0], previous[1].result(), hooks)
