@@ -8,6 +8,7 @@ second tab or a closed browser loses nothing, and an interrupted job resumes whe
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from pathlib import Path
 
@@ -15,18 +16,17 @@ import pandas as pd
 import streamlit as st
 
 from app import common
-from xray_core import fileio, imaging, jobs, runs, scoring
+from xray_core import fileio, imaging, jobs, runs, scoring, settings
 
 PAGE_ROWS = 100  # rows (and thumbnails) per page of the table
 ACTIVE = ("queued", "starting", "running")
 
 
-@st.cache_data(show_spinner=False, max_entries=5000)
-def thumbnail(path: str, sha256: str) -> str | None:
-    """A 64 px PNG of a scored film as a data URL (cached by content hash); None if unreadable."""
+def _thumbnail(raw: bytes, path: str) -> str | None:
+    """A 64 px PNG of a film as a data URL; None if unreadable."""
     try:
-        img = imaging.decode_resized(scoring.read_item_bytes(path), (64, 64))
-    except (ValueError, OSError, KeyError) as exc:
+        img = imaging.decode_resized(raw, (64, 64))
+    except (ValueError, OSError) as exc:
         st.session_state.setdefault("_worklist_thumb_errors", {})[path] = str(exc)
         return None
     from PIL import Image
@@ -34,6 +34,24 @@ def thumbnail(path: str, sha256: str) -> str | None:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@st.cache_data(show_spinner=False, max_entries=5000)
+def thumbnail(path: str, sha256: str) -> str | None:
+    """The thumbnail of a scored film read from the server (cached by path and content hash)."""
+    try:
+        raw = scoring.read_item_bytes(path)
+    except (ValueError, OSError, KeyError) as exc:
+        st.session_state.setdefault("_worklist_thumb_errors", {})[path] = str(exc)
+        return None
+    return _thumbnail(raw, path)
+
+
+@st.cache_data(show_spinner=False, max_entries=5000)
+def upload_thumbnail(sha256: str, _raw: bytes) -> str | None:
+    """The thumbnail of an uploaded film from this session's memory (the server removes its copy
+    when the job ends), cached by its content hash."""
+    return _thumbnail(_raw, sha256)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -67,8 +85,9 @@ def new_job(models: Path, usable) -> None:
         folder = None
         uploads = st.file_uploader("Films (PNG, JPEG, BMP, TIFF, DICOM) or one zip of them", accept_multiple_files=True,
                                    key="worklist_upload")
-        st.caption("Uploaded films are saved in the job's folder on the server so that the background "
-                   "job can read them.")
+        st.caption(f"At most {settings.limit('upload_files')} films (or one zip of at most that many). They are "
+                   "kept in a private temporary folder on the server only while their job runs, and removed "
+                   "when it ends.")
     if not st.button("Score the worklist", type="primary", key="worklist_start"):
         return
     try:
@@ -79,16 +98,14 @@ def new_job(models: Path, usable) -> None:
             job_id = scoring.submit_job(models, run_id, path, label=path.name)
         else:
             files = [(f.name, f.getvalue()) for f in uploads or []]
-            if not files:
-                raise scoring.ScoreError("No file was uploaded. Add films (or one zip of films) and press the "
-                                         "button again.")
-            running, queued = scoring._job_counts(models)
-            jobs.check_capacity("worklist", running=running, queued=queued)
-            job_dir = scoring.new_job_dir(models)
-            target = scoring.save_uploads(job_dir, files)
-            job_id = scoring.submit_job(models, run_id, target, job_dir=job_dir,
-                                        label=f"{len(files)} uploaded file{'s' if len(files) != 1 else ''}")
-    except (scoring.ScoreError, fileio.PathNotAllowed, jobs.CapacityError) as exc:
+            job_id = jobs.submit_worklist_uploads(models, run_id, files)
+            # Films (not a zip) stay in this session's memory, as the uploader holds them, for the
+            # thumbnails once the server's copies are removed; found by content hash, as the scores name them.
+            kept = st.session_state.setdefault("worklist_uploaded", {})
+            kept[job_id] = {hashlib.sha256(raw).hexdigest(): raw for _, raw in files if raw[:2] != b"PK"}
+            for old_job in list(kept)[:-2]:  # the last two upload jobs of this session
+                del kept[old_job]
+    except (scoring.ScoreError, fileio.PathNotAllowed, jobs.CapacityError, settings.SettingsError) as exc:
         st.error(str(exc))
         return
     st.session_state["worklist_job"] = job_id
@@ -101,8 +118,25 @@ def job_label(job: dict) -> str:
     return f"{job.get('label', job['job_id'])} · {job.get('run_id', '?')} · {job['state']}{count} · {job['job_id']}"
 
 
-def open_in_diagnose(row: pd.Series) -> None:
+def uploads_of(job: dict) -> dict | None:
+    """The job's upload record (None for a server folder); a damaged one is said, and counts as removed."""
+    try:
+        return jobs.upload_record(job["path"])
+    except jobs.UploadRecordError as exc:
+        st.warning(str(exc))
+        return {"removed": "an unknown time"}
+
+
+def open_in_diagnose(row: pd.Series, job: dict) -> None:
+    uploads = uploads_of(job)
+    if uploads is not None and uploads.get("removed"):
+        st.info(f"{row['file']} was uploaded for this worklist, and uploads are removed from the server when "
+                "their job ends, so it cannot be opened from here. Upload the file on the Diagnose page (it "
+                "stays in memory there).")
+        return
     st.session_state["diagnose_open"] = {"name": row["file"], "path": row["path"]}
+    # a new table key next time: its row selection would otherwise open the film again on return
+    st.session_state["worklist_opened"] = st.session_state.get("worklist_opened", 0) + 1
     st.switch_page("pages/diagnose.py")
 
 
@@ -124,11 +158,14 @@ def show_table(job: dict) -> None:
     if pages > 1:
         page = int(st.number_input(f"Page (of {pages}, {PAGE_ROWS} films each)", 1, pages, 1, key="worklist_page"))
     view = df.iloc[(page - 1) * PAGE_ROWS: page * PAGE_ROWS].copy()
-    view["thumbnail"] = [thumbnail(p, h) if not e else None for p, h, e in zip(view["path"], view["sha256"], view["error"])]
+    in_memory = st.session_state.get("worklist_uploaded", {}).get(job["job_id"], {})
+    view["thumbnail"] = [None if e else upload_thumbnail(h, in_memory[h]) if h in in_memory else thumbnail(p, h)
+                         for p, h, e in zip(view["path"], view["sha256"], view["error"])]
     shown = view[["thumbnail", "file", "probability", "verdict", "uncertain", "gate", "ood_score", "warnings",
                   "error", "path"]]
     event = st.dataframe(
-        shown, key=f"worklist_table_{job['job_id']}_{page}", hide_index=True, on_select="rerun",
+        shown, key=f"worklist_table_{job['job_id']}_{page}_{st.session_state.get('worklist_opened', 0)}",
+        hide_index=True, on_select="rerun",
         selection_mode="single-row", row_height=64,
         column_config={
             "thumbnail": st.column_config.ImageColumn("Film", width="small"),
@@ -138,17 +175,17 @@ def show_table(job: dict) -> None:
             "path": st.column_config.TextColumn("Path", width="small"),
         })
     st.caption("Sorted most urgent first (PNEUMONIA, uncertain or gate warning, then unreadable files); "
-               "click a column header to sort by it, or a row to open the film in Diagnose.")
+               "click a column header to sort by it, or a row's box (on the left) to open the film in Diagnose.")
     selected = event.selection.rows if event is not None else []
     if selected:
-        open_in_diagnose(view.iloc[selected[0]])
+        open_in_diagnose(view.iloc[selected[0]], job)
     readable = view[view["error"] == ""]
     if not readable.empty:
         cols = st.columns([3, 1])
         choice = cols[0].selectbox("Open a film in Diagnose", list(readable.index), key="worklist_open_choice",
                                    format_func=lambda i: f"{readable.at[i, 'file']} · {readable.at[i, 'probability']:.3f}")
         if cols[1].button("Open in Diagnose", key="worklist_open"):
-            open_in_diagnose(readable.loc[choice])
+            open_in_diagnose(readable.loc[choice], job)
     st.download_button("Download the scores (CSV)", data=path.read_bytes(), file_name=f"worklist-{job['job_id']}.csv",
                        mime="text/csv", key="worklist_download")
 
@@ -156,6 +193,7 @@ def show_table(job: dict) -> None:
 def show_job(models: Path, job_id: str, polling: bool) -> None:
     job = scoring.job_info(scoring.worklists_root(models) / job_id)
     state = job["state"]
+    uploads = uploads_of(job)
     if polling and state not in ACTIVE:
         st.rerun()  # the whole page: the job list's label, and no more polling
     done, total = int(job.get("done") or 0), int(job.get("total") or 0)
@@ -171,11 +209,19 @@ def show_job(models: Path, job_id: str, polling: bool) -> None:
                    f"{summary.get('images_per_second') or 0:.0f} films/s.")
     elif state in ("interrupted", "failed", "cancelled"):
         why = job.get("error") or ("its process stopped before the end" if state == "interrupted" else "")
-        st.warning(f"This job is {state}{': ' + why if why else ''}. {done} of {total or '?'} films are scored; "
-                   "resume to score the rest (nothing is scored twice).")
-        if st.button("Resume", key=f"worklist_resume_{job_id}"):
-            scoring.resume_job(models, job_id)
-            st.rerun()
+        if uploads is not None and uploads.get("removed"):
+            st.warning(f"This job is {state}{': ' + why if why else ''}. {done} of {total or '?'} films are scored. "
+                       "Its uploaded films were removed from the server when it ended, so it cannot be resumed: "
+                       "upload the films again in a new worklist.")
+        else:
+            st.warning(f"This job is {state}{': ' + why if why else ''}. {done} of {total or '?'} films are "
+                       "scored; resume to score the rest (nothing is scored twice).")
+            if st.button("Resume", key=f"worklist_resume_{job_id}"):
+                scoring.resume_job(models, job_id)
+                st.rerun()
+    if uploads is not None:
+        st.caption(f"Its uploaded films were removed from the server at {uploads['removed']}." if uploads.get("removed")
+                   else "Its uploaded films stay in a private temporary folder on the server until the job ends.")
     show_table(job)
     if state in ACTIVE:
         scoring.advance_jobs(models)  # a queued job whose slot freed while no process handed it on
@@ -190,6 +236,8 @@ if not usable_runs:
     st.warning(f"There is no trained model in {models_dir}. Train one on the Train page, or set the sidebar's "
                "Models folder to a folder that holds one.")
     st.stop()
+for problem in jobs.sweep_uploads(models_dir):  # uploads of ended jobs whose watcher did not survive a restart
+    st.warning(problem)
 with st.expander("New worklist", expanded=not scoring.list_jobs(models_dir)):
     new_job(models_dir, usable_runs)
 all_jobs = scoring.list_jobs(models_dir)

@@ -578,6 +578,223 @@ def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_score_report_
     assert _traces(folders, start) == []
 
 
+# ---------------------------------------------------------------- worklist uploads: privacy, cap
+
+
+def _private_tmp(monkeypatch, tmp_path: Path) -> Path:
+    """The server's temporary folder, for this test alone (TMPDIR, also for the processes started)."""
+    import tempfile
+
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.setenv(name, str(private_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    return private_tmp
+
+
+def _models_copy(tiny_run, tmp_path: Path) -> tuple[Path, str]:
+    import shutil
+
+    runs_root, run_id = tiny_run
+    models = tmp_path / "models"
+    shutil.copytree(runs_root / run_id, models / run_id)
+    return models, run_id
+
+
+def _wait(predicate, timeout: float = 240.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.25)
+
+
+def _zip_of(files: list[tuple[str, bytes]]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, raw in files:
+            zf.writestr(name, raw)
+    return buf.getvalue()
+
+
+def test_worklist_uploads_wait_in_a_private_temporary_folder_and_the_cap_refuses_one_more(
+        monkeypatch, tiny_run, tmp_path):
+    import stat
+
+    from tests.test_scoring import make_films
+    from xray_core import scoring
+
+    models, run_id = _models_copy(tiny_run, tmp_path)
+    private_tmp = _private_tmp(monkeypatch, tmp_path)
+    films = [(p.name, p.read_bytes()) for p in make_films(tmp_path / "src", 4, size=64, nested=False)]
+    monkeypatch.setenv("XRAY_MAX_UPLOAD_FILES", "3")
+    for files in (films, [("night.zip", _zip_of(films))]):  # 4 files, or one zip of 4 films
+        with pytest.raises(jobs.CapacityError, match="This upload holds 4 films; this server scores at most 3 "
+                                                     "uploaded films per worklist"):
+            jobs.submit_worklist_uploads(models, run_id, files, start=False)
+    assert list(private_tmp.iterdir()) == []  # nothing of the refused uploads is left
+    assert scoring.list_jobs(models) == [] and not any((models / scoring.WORKLISTS_DIR).glob("*/"))
+
+    job_id = jobs.submit_worklist_uploads(models, run_id, films[:3], start=False)
+    job_dir = models / scoring.WORKLISTS_DIR / job_id
+    folder = Path(jobs.upload_record(job_dir)["folder"])
+    assert folder.parent == private_tmp and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == sorted(n for n, _ in films[:3])
+    assert scoring.job_info(job_dir)["input"].startswith(str(folder))
+    held = [p for p in models.rglob("*") if p.is_file() and any(raw in p.read_bytes() for _, raw in films)]
+    assert held == []  # no uploaded film under the models folder
+
+    monkeypatch.setenv("XRAY_MAX_UPLOAD_FILES", "0")
+    with pytest.raises(jobs.CapacityError, match="switched off"):
+        jobs.submit_worklist_uploads(models, run_id, films[:1], start=False)
+    monkeypatch.setenv("XRAY_MAX_UPLOAD_FILES", "3")
+    monkeypatch.setenv("XRAY_MAX_QUEUED_WORKLISTS", "0")  # the job above holds the one free slot
+    with pytest.raises(jobs.CapacityError, match="at most 1 worklist at a time with 0 waiting"):
+        jobs.submit_worklist_uploads(models, run_id, films[:1], start=False)
+    monkeypatch.setenv("XRAY_MODE", "viewer")
+    with pytest.raises(settings.ViewerModeError):
+        jobs.submit_worklist_uploads(models, run_id, films[:1], start=False)
+    assert len(list(private_tmp.iterdir())) == 1
+
+
+def test_the_worklist_page_refuses_more_files_than_the_cap_with_a_sentence(monkeypatch, tiny_run, tmp_path):
+    from tests.test_scoring import make_films
+    from xray_core import scoring
+
+    models, _ = _models_copy(tiny_run, tmp_path)
+    private_tmp = _private_tmp(monkeypatch, tmp_path)
+    films = make_films(tmp_path / "src", 3, size=64, nested=False)
+    at = _app(monkeypatch, "pages/worklist.py", XRAY_DATA_DIR=tmp_path / "src", XRAY_MODELS_DIR=models,
+              XRAY_MAX_UPLOAD_FILES=2)
+    at.radio(key="worklist_source").set_value("Upload films or a zip").run()
+    assert any("At most 2 films" in c.value for c in at.caption)
+    at.file_uploader(key="worklist_upload").set_value([(p.name, p.read_bytes(), "image/png") for p in films])
+    at.button(key="worklist_start").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "This upload holds 3 films; this server scores at most 2 uploaded films per worklist. Upload at most 2 "
+        "(in several worklists if need be), or ask the administrator to put the films in a folder on the server "
+        "and score that folder."]
+    assert scoring.list_jobs(models) == [] and list(private_tmp.iterdir()) == []
+
+
+def test_a_worklist_upload_with_patient_fields_leaves_nothing_on_disk_after_its_job(
+        monkeypatch, synthetic_dataset, tiny_run, tmp_path):
+    from tests.test_scoring import make_films
+    from xray_core import scoring
+
+    models, run_id = _models_copy(tiny_run, tmp_path)
+    private_tmp = _private_tmp(monkeypatch, tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    pixels = imaging.resize(imaging.decode(sorted((synthetic_dataset / "val" / "PNEUMONIA").iterdir())[0]),
+                            (256, 256))
+    files = [(p.name, p.read_bytes(), "image/png") for p in make_films(tmp_path / "src", 3, size=64, nested=False)]
+    files.append(("scan.dcm", _patient_dicom(pixels), "application/dicom"))
+    start = time.time() - 1
+    at = _app(monkeypatch, "pages/worklist.py", XRAY_DATA_DIR=synthetic_dataset, XRAY_MODELS_DIR=models,
+              XRAY_CACHE_DIR=tmp_path / "cache", HOME=home)
+    at.radio(key="worklist_source").set_value("Upload films or a zip").run()
+    at.file_uploader(key="worklist_upload").set_value(files)
+    at.button(key="worklist_start").click().run()
+    assert not at.exception and not at.error
+    (job,) = scoring.list_jobs(models)
+    folder = Path(jobs.upload_record(job["path"])["folder"])
+    assert folder.parent == private_tmp
+    _wait(lambda: scoring.job_info(job["path"])["state"] not in ("queued", "starting", "running"))
+    assert scoring.job_info(job["path"])["state"] == "completed"
+    _wait(lambda: jobs.upload_record(job["path"])["removed"], timeout=30)  # the watcher, when the job ends
+    assert not folder.exists() and list(private_tmp.iterdir()) == []
+    rows = (Path(job["path"]) / scoring.JOB_SCORES).read_text()
+    assert "scan.dcm" in rows and rows.count("\n") == 5  # header and 4 films: the DICOM was scored
+
+    at.run()
+    assert not at.exception
+    assert any("Completed: 4 films" in s.value for s in at.success)
+    assert any("uploaded films were removed from the server" in c.value for c in at.caption)
+    table = at.dataframe[0].value
+    assert table["thumbnail"].str.startswith("data:image/png;base64,").all()  # from this session's memory
+    at.button(key="worklist_open").click().run()  # the film is gone from the server: said, not crashed
+    assert not at.exception
+    assert any("uploads are removed from the server when their job ends" in i.value for i in at.info)
+    assert "diagnose_open" not in at.session_state
+
+    assert _traces([models, private_tmp, home, tmp_path / "cache", PROJECT], start) == []
+    log = (Path(job["path"]) / scoring.JOB_LOG).read_text()
+    assert "uploaded films were removed (job completed)" in log and "scan.dcm" not in log
+
+
+def test_a_failed_worklist_upload_job_has_its_uploads_removed(monkeypatch, tiny_run, tmp_path):
+    from tests.test_scoring import make_films
+    from xray_core import scoring
+
+    models, _ = _models_copy(tiny_run, tmp_path)
+    private_tmp = _private_tmp(monkeypatch, tmp_path)
+    films = [(p.name, p.read_bytes()) for p in make_films(tmp_path / "src", 2, size=64, nested=False)]
+    job_id = jobs.submit_worklist_uploads(models, "no-such-run", films)  # its process fails: no such model
+    job_dir = models / scoring.WORKLISTS_DIR / job_id
+    _wait(lambda: scoring.job_info(job_dir)["state"] == "failed")
+    _wait(lambda: jobs.upload_record(job_dir)["removed"] is not None, timeout=30)
+    assert list(private_tmp.iterdir()) == []
+    assert jobs.upload_record(job_dir)["reason"] == "job failed"
+
+
+def _job_with_uploads(models: Path, status: dict) -> tuple[Path, Path]:
+    """A job folder as the page leaves it, with the given status, and its upload folder."""
+    import tempfile
+
+    from xray_core import scoring
+
+    job_dir = scoring.new_job_dir(models)
+    folder = Path(tempfile.mkdtemp(prefix=jobs.UPLOAD_PREFIX))
+    (folder / "input").mkdir()
+    (folder / "input" / "a.png").write_bytes(b"film")
+    fileio.atomic_write_json(job_dir / jobs.UPLOADS_FILE, {"folder": str(folder), "files": 1, "removed": None})
+    scoring.submit_job(models, "some-run", folder / "input", job_dir=job_dir, start=False)
+    fileio.atomic_write_json(job_dir / scoring.JOB_STATUS, status)
+    return job_dir, folder
+
+
+def test_uploads_go_when_a_job_is_cancelled_and_wait_a_while_when_it_was_interrupted(monkeypatch, tmp_path):
+    _private_tmp(monkeypatch, tmp_path)
+    models = tmp_path / "models"
+    job_dir, folder = _job_with_uploads(models, {"state": "cancelled"})
+    assert jobs.discard_when_ended(job_dir, poll=0.01) == 0
+    assert not folder.exists() and jobs.upload_record(job_dir)["reason"] == "job cancelled"
+
+    # a running job whose process died: kept for a resume, removed after keep_interrupted seconds
+    job_dir, folder = _job_with_uploads(models, {"state": "running", "pid": 999_999_999})
+    assert jobs._discard_reason(job_dir, None, jobs.INTERRUPTED_KEEP)[0] is None
+    started = time.monotonic()
+    assert jobs.discard_when_ended(job_dir, poll=0.05, keep_interrupted=0.5) == 0
+    assert time.monotonic() - started >= 0.5 and not folder.exists()
+
+    # still running: nothing goes; the page's sweep removes only what ended
+    job_dir, folder = _job_with_uploads(models, {"state": "running", "pid": os.getpid()})
+    done_dir, done_folder = _job_with_uploads(models, {"state": "completed"})
+    assert jobs.sweep_uploads(models) == []
+    assert folder.exists() and not done_folder.exists()
+
+
+def test_an_edited_uploads_record_cannot_make_the_server_remove_another_folder(monkeypatch, tmp_path):
+    _private_tmp(monkeypatch, tmp_path)
+    models = tmp_path / "models"
+    job_dir, _ = _job_with_uploads(models, {"state": "completed"})
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("keep")
+    fileio.atomic_write_json(job_dir / jobs.UPLOADS_FILE, {"folder": str(precious), "files": 1, "removed": None})
+    problems = jobs.sweep_uploads(models)
+    assert len(problems) == 1 and "not a folder the dashboard made for uploads, so nothing was removed" in problems[0]
+    assert (precious / "keep.txt").read_text() == "keep"
+    (job_dir / jobs.UPLOADS_FILE).write_text("{broken")
+    (problem,) = jobs.sweep_uploads(models)
+    assert "cannot be read" in problem
+
+
 def test_a_signed_in_user_who_queues_a_training_is_recorded(busy_slot, monkeypatch, synthetic_dataset):
     models = busy_slot
     monkeypatch.setenv("XRAY_DATA_DIR", str(synthetic_dataset))

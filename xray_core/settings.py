@@ -16,6 +16,7 @@ small file), so a change applies without a restart.
     queued_trainings = 3
     running_worklists = 1
     queued_worklists = 3
+    upload_files = 500                           # films in one Worklist upload (or in its zip)
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODES = ("full", "viewer")
 DEFAULT_LIMITS = {"running_trainings": 1, "queued_trainings": 3,
-                  "running_worklists": 1, "queued_worklists": 3}
+                  "running_worklists": 1, "queued_worklists": 3,
+                  "upload_files": 500}
 
 
 class SettingsError(ValueError):
