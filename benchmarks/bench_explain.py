@@ -282,6 +282,9 @@ def render_faithfulness(r: dict) -> str:
         f"and than Grad-CAM on {r['lime_beats_share']['lime_fill']['gradcam']:.0%} (LIME's fill); with black: "
         f"{r['lime_beats_share']['black']['random']:.0%} and {r['lime_beats_share']['black']['gradcam']:.0%}. "
         f"Superpixels per film: min {r['superpixels']['min']}, median {r['superpixels']['median']:.0f}.", "",
+        "Read the first column with care: LIME was fitted to the model's answers on images hidden with that very "
+        "fill, so hiding with it favours LIME's order, while Grad-CAM never hides anything; the black column is a "
+        "fill neither method saw.", "",
     ]
     st = r["stability"]
     if st["films"]:
@@ -360,6 +363,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faithfulness", type=int, metavar="N", default=0,
                         help="only the faithfulness figures on N validation films of --run")
+    parser.add_argument("--render-faithfulness", type=Path, default=None, metavar="JSON",
+                        help="only redraw explain_faithfulness.md from its .json")
     parser.add_argument("--timing", type=int, metavar="N", default=0,
                         help="only the time of the dashboard's LIME call on N validation films (run under quiet.sh)")
     parser.add_argument("--run", default="default")
@@ -372,6 +377,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "reports")
     parser.add_argument("--skip-seed-style", action="store_true", help="only time our path")
     args = parser.parse_args(argv)
+    if args.render_faithfulness:
+        runs.atomic_write_text(args.out / "explain_faithfulness.md",
+                               render_faithfulness(json.loads(args.render_faithfulness.read_text())))
+        return 0
     if args.faithfulness:
         return faithfulness(args.run, args.faithfulness, args.samples, args.steps, args.stability_images, args.out)
     if args.timing:

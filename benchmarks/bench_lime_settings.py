@@ -206,14 +206,20 @@ def render(result: dict) -> str:
                      f"{s['jaccard_min_median']:.2f} | {s['jaccard_min_worst']:.2f} | {s['r2_median']:.2f} |")
     best = max(result["summary"], key=lambda s: (s["share_meeting_and_30"], s["jaccard_min_median"], -s["samples"]))
     key = ("segmentation", "sampling", "samples", "kernel_width")
-    films = [r for r in result["per_film"] if all(r[k] == best[k] for k in key)]
-    lines += ["", f"Per film for the row with the most films meeting the goal ({best['segmentation']}, {best['sampling']}, "
-              f"{best['samples']} samples, kernel width {width(best['kernel_width'])}; ties broken by the median, then "
-              "by fewer samples):", "",
+    lines += ["", f"Most films meeting the goal: {best['share_meeting_and_30']:.0%}, first reached by {best['segmentation']}, "
+              f"{best['sampling']}, {best['samples']} samples, kernel width {width(best['kernel_width'])} (ties broken by "
+              "the median, then by fewer samples)."]
+    chosen = result.get("chosen") or best
+    films = [r for r in result["per_film"] if all(r[k] == chosen[k] for k in key)]
+    lines += ["", f"Per film for {'the dashboard' + chr(39) + 's setting' if result.get('chosen') else 'that row'} "
+              f"({chosen['segmentation']}, {chosen['sampling']}, {chosen['samples']} samples, kernel width "
+              f"{width(chosen['kernel_width'])}):", "",
               "| film | P(pneumonia) | superpixels | smallest Jaccard | mean Jaccard |", "|---|---|---|---|---|",
               *[f"| {r['film']} | {r['p']:.4f} | {r['n_superpixels']} | {r['jaccard_min']:.2f} | {r['jaccard_mean']:.2f} |"
                 for r in films]]
     m = result["machine"]
+    if result.get("note"):
+        lines += ["", result["note"]]
     lines += ["", f"Command: `{result['command']}`; {result['started']} to {result['finished']} on {m['cpus']} shared "
               f"cores ({m['platform']}, Python {m['python']}); versions {result['versions']}.", "",
               "Images: Kermany, Zhang, Goldbaum (2018), CC BY 4.0. Research software, not a medical device."]
