@@ -391,6 +391,7 @@ def test_preset_trains_members_and_assembles_one_calibrated_ensemble(synthetic_d
     splits = [json.loads((p / "config.json").read_text())["split"] for p in members]
     assert splits[0] == splits[1] and [json.loads((p / "config.json").read_text())["seed"] for p in members] == [0, 1]
     assert (members[0] / "validation.csv").read_text() == (out / "validation.csv").read_text()
+    assert json.loads((out / "config.json").read_text())["epochs"] == [1, 1]  # each member's, not member 0's
     m = load_model(out)
     assert m.n_members == 2 and m.input_size == (32, 32)
     metrics = json.loads((out / "metrics.json").read_text())

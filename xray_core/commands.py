@@ -210,7 +210,11 @@ def _runs(args) -> int:
     for r in items:
         val = (r.metrics or {}).get("validation") or {}
         st = r.status
-        progress = f"{st.get('epoch') or 0}/{st.get('epochs') or r.config.get('epochs') or '?'}"
+        planned = st.get("epochs") or r.config.get("epochs")
+        if isinstance(planned, list):  # an ensemble: its members' epochs
+            progress = "+".join(str(e) for e in planned)
+        else:
+            progress = f"{st.get('epoch') or 0}/{planned or '?'}"
         rows.append([r.run_id, r.config.get("arch", "-"), r.state, progress,
                      _fmt(val.get("roc_auc")), _fmt(val.get("sensitivity")), _fmt(val.get("specificity")),
                      _fmt((r.metrics or {}).get("threshold")), (r.config.get("created") or "")[:19]])

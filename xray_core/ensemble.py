@@ -103,6 +103,7 @@ def assemble_ensemble(member_dirs, *, run_id: str, runs_root: str | Path | None 
             shutil.copy2(member_dirs[0] / f, staging / f)
     cfg = dict(configs[0])
     cfg.update(run_id=run_id, preset=preset, seed=[c["seed"] for c in configs],
+               epochs=[c["epochs"] for c in configs],  # each member's own (they may differ)
                members=[{"run_id": p.name, "seed": c["seed"],
                          "best_epoch": (runs.read_json(p / runs.METRICS_FILE) or {}).get("best_epoch"),
                          "epochs_run": (runs.read_json(p / runs.METRICS_FILE) or {}).get("epochs_run"),
