@@ -34,12 +34,14 @@ P_B = sig(3 * A)  # member B: hidden (3a, 0), head columns (sigmoid(-h0), sigmoi
 FEATURES = np.stack([(A + 3 * A) / 2, (2 * A + 1 + 0) / 2], axis=1)  # the members' hidden layers, averaged
 
 
-def _net(units, hidden_w, hidden_b, head_w, head_b):
+def _net(units, hidden_w, hidden_b, head_w, head_b, dropout=0.0):
     inputs = keras.Input((H, W, 1), name="image")
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     hidden = keras.layers.Dense(2, name="hidden")
     x = hidden(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)  # active only when training
     head = keras.layers.Dense(units, activation="sigmoid", name="head")
     outputs = head(x)
     net = keras.Model(inputs, outputs)
@@ -54,6 +56,7 @@ def nets(tmp_path_factory):
     folder = tmp_path_factory.mktemp("nets")
     _net(1, [[1, 2]], [0, 1], [[2], [0]], [-1]).save(folder / "model.keras")
     _net(2, [[3, 0]], [0, 0], [[-1, 1], [0, 0]], [0, 0]).save(folder / "member-1.keras")
+    _net(1, [[1, 2]], [0, 1], [[2], [0]], [-1], dropout=0.9).save(folder / "dropout.keras")  # A with dropout
     return folder
 
 
@@ -207,6 +210,18 @@ def test_card_and_repr_say_what_the_model_is(tmp_path, nets):
     }
     assert repr(m) == ("Model('carded', members=2, input=(4, 5)x1, threshold=0.2500, temperature=2.000, "
                        "bias=0.125)")
+
+
+def test_every_forward_path_runs_the_network_in_inference_mode(tmp_path, nets):
+    # Member A with 90 % dropout after its hidden layer: any path that ran it in training mode would
+    # drop most features at random.
+    folder = run_folder(tmp_path, nets, files=("dropout.keras",), spec={"members": ["dropout.keras"]})
+    m = model_mod.Model(folder)
+    x = batch()
+    for _ in range(2):
+        np.testing.assert_allclose(m.predict_proba(x), P_A, atol=1e-6)
+        np.testing.assert_allclose(m.head_outputs(x), P_A[:, None], atol=1e-6)
+        np.testing.assert_allclose(m.features(x), np.stack([A, 2 * A + 1], axis=1), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- inputs
