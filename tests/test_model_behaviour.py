@@ -101,6 +101,9 @@ def test_calibrate_by_hand():
     same = model_mod.calibrate(p.tolist(), 1.0)
     assert isinstance(same, np.ndarray) and same.dtype == np.float64
     np.testing.assert_array_equal(same, p)
+    # No calibration leaves even certain scores alone (no clipping at 1e-7) and returns float64.
+    np.testing.assert_array_equal(model_mod.calibrate([0.0, 1.0], 1.0), [0.0, 1.0])
+    assert model_mod.calibrate(np.array([0.3], np.float32), 1.0).dtype == np.float64
     # Temperature 2: sigmoid(log(4) / 2) = sigmoid(log 2) = 2/3.
     np.testing.assert_allclose(model_mod.calibrate(p, 2.0), [1 / 3, 0.5, 2 / 3], atol=1e-12)
     # A bias alone moves every score: sigmoid(0 + log 3) = 3/4, sigmoid(log 4 + log 3) = 12/13.
@@ -131,6 +134,8 @@ def test_an_ensemble_averages_members_then_calibrates(tmp_path, nets):
     expected = platt((P_A + P_B) / 2)  # mean of the members, then calibration (not the other way round)
     np.testing.assert_allclose(m.predict_proba(x), expected, atol=1e-6)
     np.testing.assert_array_equal(m.predict(x), (expected >= 0.4).astype(int))
+    assert m.predict(x).dtype.kind == "i"
+    np.testing.assert_allclose(m.predict_proba(x.astype(np.float64)), expected, atol=1e-6)  # any float dtype
     assert m.predict(x).tolist() == [1, 1, 1, 1] and expected[0] == pytest.approx(0.5658, abs=1e-4)
     np.testing.assert_allclose(m.features(x), FEATURES, atol=1e-6)
     np.testing.assert_allclose(m.features(x, batch_size=1), FEATURES, atol=1e-6)
@@ -142,7 +147,7 @@ def test_an_ensemble_averages_members_then_calibrates(tmp_path, nets):
     np.testing.assert_allclose(probs, raw, atol=1e-7)
     np.testing.assert_allclose(feats, FEATURES, atol=1e-6)
     none_p, none_f = m.raw_member_proba_and_features(x[:0])
-    assert none_p.shape == (0, 2) and none_f.shape[0] == 0
+    assert none_p.shape == (0, 2) and none_f.shape[0] == 0 and none_f.dtype == np.float32
     # The head's own outputs: the first member's (one column here).
     np.testing.assert_allclose(m.head_outputs(x, batch_size=3), P_A[:, None], atol=1e-6)
 
@@ -238,7 +243,10 @@ def test_inputs_the_model_takes_and_refuses(tmp_path, nets):
     np.testing.assert_allclose(prepared[..., 0], [np.full((H, W), 51.0), np.full((H, W), 255.0)], atol=1e-3)
     np.testing.assert_allclose(m.predict_proba(decoded), P_A[[1, 3]], atol=1e-5)
     np.testing.assert_allclose(m.predict_proba(tuple(decoded)), P_A[[1, 3]], atol=1e-5)
-    assert m.prepare_batch([]).shape == (0, H, W, 1)
+    assert m.prepare_batch([]).shape == (0, H, W, 1) and m.prepare_batch([]).dtype == np.float32
+    rgb_model = model_mod.Model(m.path, spec={"input_size": [H, W], "channels": 3})
+    three = rgb_model.preprocess(decoded[0])
+    assert three.shape == (H, W, 3) and np.array_equal(three[..., 0], three[..., 2])
     assert m.preprocess(decoded[0]).shape == (H, W, 1)
     for bad in (np.zeros((2, H, W)), np.zeros((2, W, H, 1)), np.zeros((H, W)), np.zeros((2, H, W, 3))):
         with pytest.raises(model_mod.ModelError, match=rf"takes prepared images of shape \(N, {H}, {W}, 1\).*"
@@ -247,8 +255,10 @@ def test_inputs_the_model_takes_and_refuses(tmp_path, nets):
 
 
 def test_a_missing_member_is_named(tmp_path, nets):
-    folder = run_folder(tmp_path, nets, "half", spec={"members": ["model.keras", "member-9.keras"]})
-    with pytest.raises(runs.RunNotFound, match=r"The run 'half' has no model file member-9\.keras in "):
+    folder = run_folder(tmp_path, nets, "half", spec={"members": ["model.keras", "member-8.keras", "member-9.keras"]})
+    with pytest.raises(runs.RunNotFound, match=r"^The run 'half' has no model file member-8\.keras, member-9\.keras in "
+                                               r".*half\. It may still be training, or it failed before saving; check "
+                                               r"`python -m xray_core runs`\.$"):
         model_mod.Model(folder)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -289,6 +299,11 @@ def test_load_model_caches_per_folder_until_the_model_changes(tmp_path, nets):
     assert model_mod.load_model(bare) is not first
     with pytest.raises(runs.RunNotFound):
         model_mod.load_model("no-such-run", root=tmp_path)
+    # Two folders whose files carry the same time are two models.
+    twin = run_folder(tmp_path, nets, "twin")
+    os.utime(twin / "model.keras", (stamp, stamp))
+    assert model_mod.load_model(twin) is not model_mod.load_model(bare)
+    assert model_mod.load_model(twin).path == twin
 
 
 def test_write_spec_writes_what_load_model_reads(tmp_path):
