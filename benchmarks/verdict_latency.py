@@ -19,26 +19,20 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.browser_helpers import chromium, streamlit_server  # noqa: E402  (after the path fix)
+
 REPORTS = ROOT / "benchmarks" / "reports"
-CHROMIUM = "/usr/bin/chromium"
 DATA = ROOT.parent / "shared" / "data" / "chest_xray"
 SETTLE_MS = 4000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # The floor: the same uploader and the same two locators on a page that does no work at all
@@ -57,61 +51,30 @@ if uploaded is not None:
 def time_uploads(script: Path, files: list[Path], *, all_panels: bool) -> list[dict]:
     """Serve `script` with the project's config, upload `files` one after another in Chromium
     and time each (the first is a warm-up and is not returned)."""
-    from playwright.sync_api import sync_playwright
-
-    port = free_port()
-    log = tempfile.TemporaryFile()
     env = dict(os.environ, XRAY_MODELS_DIR=str(ROOT / "trained_models"), XRAY_DATA_DIR=str(DATA))
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
-                               "--server.address", "127.0.0.1", "--server.port", str(port),
-                               "--browser.gatherUsageStats", "false"],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     rows = []
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise SystemExit("streamlit did not start: " + log.read().decode()[-2000:])
-                time.sleep(0.5)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(180_000)
-            page.goto(base)
-            uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
-            for i, path in enumerate(files):
-                uploader.wait_for(state="attached")
-                t0 = time.perf_counter()
-                uploader.set_input_files(str(path))
-                page.locator('[data-testid="stCaptionContainer"]', has_text=f"{path.name} · run ").first.wait_for()
-                page.locator('[data-testid="stMetric"]', has_text="Probability of pneumonia").first.wait_for()
-                t_verdict = time.perf_counter() - t0
-                row = {"file": path.name, "verdict_seconds": t_verdict}
-                if all_panels:
-                    # the notes under the panels name the film and are drawn after all five panels
-                    page.locator('[data-testid="stCaptionContainer"]', has_text=f"{path.name} · LIME:").first.wait_for()
-                    row["all_panels_seconds"] = time.perf_counter() - t0
-                page.wait_for_timeout(SETTLE_MS)  # let the run finish (downloads) before the next upload
-                if i:
-                    rows.append(row)
-                print(f"{script.name}: {path.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k != "file")
-                      + (" (warm-up)" if not i else ""), flush=True)
-            browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    with streamlit_server(script, env=env) as base, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(180_000)
+        page.goto(base)
+        uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+        for i, path in enumerate(files):
+            uploader.wait_for(state="attached")
+            t0 = time.perf_counter()
+            uploader.set_input_files(str(path))
+            page.locator('[data-testid="stCaptionContainer"]', has_text=f"{path.name} · run ").first.wait_for()
+            page.locator('[data-testid="stMetric"]', has_text="Probability of pneumonia").first.wait_for()
+            t_verdict = time.perf_counter() - t0
+            row = {"file": path.name, "verdict_seconds": t_verdict}
+            if all_panels:
+                # the notes under the panels name the film and are drawn after all five panels
+                page.locator('[data-testid="stCaptionContainer"]', has_text=f"{path.name} · LIME:").first.wait_for()
+                row["all_panels_seconds"] = time.perf_counter() - t0
+            page.wait_for_timeout(SETTLE_MS)  # let the run finish (downloads) before the next upload
+            if i:
+                rows.append(row)
+            print(f"{script.name}: {path.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k != "file")
+                  + (" (warm-up)" if not i else ""), flush=True)
     return rows
 
 
