@@ -51,6 +51,35 @@ def other_processes() -> list[str]:
     return lines[:8]
 
 
+def busy_processes(seconds: float = 1.0) -> list[str]:
+    """Other processes using >= 5 % of a core over the next `seconds` (ps's %CPU is a lifetime
+    average, which hides a job that has just started or was paused)."""
+    def ticks() -> dict[int, int]:
+        out = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                out[int(stat.parent.name)] = int(fields[11]) + int(fields[12])  # utime + stime
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    before = ticks()
+    time.sleep(seconds)
+    after = ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, t in after.items():
+        share = (t - before.get(pid, t)) / hz / seconds
+        if pid != os.getpid() and share >= 0.05:
+            try:
+                cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            busy.append(f"{share:.0%} {cmd.strip()[:110]}")
+    return sorted(busy, key=lambda line: -float(line.split("%")[0]))
+
+
 def pick_image(path: str | None) -> tuple[np.ndarray, str]:
     if path:
         return imaging.decode(Path(path)), path
@@ -315,7 +344,7 @@ def timing(run: str, n_images: int, samples: int | None, repeats: int, out: Path
     grays = [imaging.decode(p) for p in films]
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     load_before = os.getloadavg()
-    procs_before = other_processes()
+    procs_before = busy_processes()
     warm = ex.explain_lime(model, grays[0], seed=0, **settings)  # traces the model and warms caches
     rows = []
     for path, gray in zip(films, grays):
@@ -335,7 +364,7 @@ def timing(run: str, n_images: int, samples: int | None, repeats: int, out: Path
               "films_median_within_2s": float(np.mean(np.array(medians) <= 2.0)),
               "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "machine": machine(load_before), "other_processes_before": procs_before,
-              "other_processes_after": other_processes(), "command": command}
+              "other_processes_after": busy_processes(), "command": command}
     out.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_json(out / "explain_timing.json", result)
     m = result["machine"]
@@ -352,7 +381,12 @@ def timing(run: str, n_images: int, samples: int | None, repeats: int, out: Path
           f"Command: `{command}` (quiet.sh waits for other heavy jobs and pauses the two background trainings); "
           f"{started} to {result['finished']} on {m['cpus']} cores, load average {m['load_average_before'][0]:.1f} "
           f"before, {m['load_average_after'][0]:.1f} after; {m['platform']}, Python {m['python']}; {m['versions']}.", "",
-          "Other processes above 5 % CPU at the start: " + ("; ".join(f"`{p}`" for p in procs_before) or "none") + ".", "",
+          ("The machine was NOT quiet: other processes used CPU during the run (below), so these times are "
+           "upper bounds." if procs_before or result["other_processes_after"] else
+           "No other process used >= 5 % of a core at the start or the end."), "",
+          "Other processes using >= 5 % of a core (sampled over 1 s) at the start: "
+          + ("; ".join(f"`{p}`" for p in procs_before) or "none") + "; at the end: "
+          + ("; ".join(f"`{p}`" for p in result["other_processes_after"]) or "none") + ".", "",
           "Images: Kermany, Zhang, Goldbaum (2018), CC BY 4.0. Research software, not a medical device."]
     runs.atomic_write_text(out / "explain_timing.md", "\n".join(md) + "\n")
     print("\n".join(md))
