@@ -1,8 +1,9 @@
 """The Worklist page's jobs: each scoring job as its own detached process, queued and resumable.
 
 A folder per job under <models>/.worklists/<job id>/ holds job.json (run, input, state queued
-until launched), status.json (written by the scoring process), scores.csv, log.txt and, for
-uploads, input/. Each job runs as its own detached process (never in the Streamlit server), so a
+until launched), status.json (written by the scoring process), scores.csv and log.txt. Uploaded
+films go to a private temporary folder that `jobs` creates and removes when the job ends (see
+SECURITY.md), never into the job's folder. Each job runs as its own detached process (never in the Streamlit server), so a
 reload or a closed browser loses nothing; when it ends it launches the next queued job. A job
 whose process died is "interrupted" and resumes from its scores.csv. How many run and wait at
 once is the administrator's (jobs.check_capacity).
@@ -46,8 +47,8 @@ def new_job_dir(models_root: str | os.PathLike) -> Path:
 
 
 def save_uploads(job_dir: str | os.PathLike, files: list[tuple[str, bytes]]) -> Path:
-    """Write uploaded films into the job's input/ folder (a single zip is kept as input.zip) and
-    return what to score. File names are reduced to their base name; duplicates get a suffix."""
+    """Write uploaded films into `job_dir` (the private upload folder `jobs` made for the job; a
+    single zip is kept as input.zip) and return what to score. File names are reduced to their base name; duplicates get a suffix."""
     job_dir = Path(job_dir)
     if not files:
         raise ScoreError("No file was uploaded. Add films (or one zip of films) and start again.")
