@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "benchmarks" / "reports"
 NOTICED = ("killed", "timeout")  # the tests did not pass with the mutant in place
-NOT_RUN = ("not checked", "skipped", "no tests", "check was interrupted by user")
+NOT_RUN = ("not checked", "skipped", "check was interrupted by user")  # "no tests" counts as not killed
 MODULES = ("metrics", "gate", "model")
 
 # The tests that cover each module (mutmut runs, for each mutant, those of them that call the mutated
@@ -298,7 +298,83 @@ EQUIVALENT: dict[str, dict[str, dict[str, str]]] = {
             "reason": "as x_fit_gate__mutmut_197",
             "diff": "- val_results = check_batch(model, x=val_x, features=val_feats, gate=g) / + val_results = check_batch(model, x=val_x, gate=g)"},
     },
-    "model": {},
+    "model": {
+        "xray_core.model.x_load_model__mutmut_14": {
+            "reason": "the default applies only when the folder has neither model.json nor model.keras, and then Model() refuses the folder either way",
+            "diff": "- stamp = max((p.stat().st_mtime for p in (spec, path / runs.MODEL_FILE) if p.is_file()), default=0.0) / + stamp = max((p.stat().st_mtime for p in (spec, path / runs.MODEL_FILE) if p.is_file()), default=None)"},
+        "xray_core.model.x_load_model__mutmut_18": {
+            "reason": "as x_load_model__mutmut_14",
+            "diff": "- stamp = max((p.stat().st_mtime for p in (spec, path / runs.MODEL_FILE) if p.is_file()), default=0.0) / + stamp = max((p.stat().st_mtime for p in (spec, path / runs.MODEL_FILE) if p.is_file()), default=1.0)"},
+        "xray_core.model.xǁModelǁ_compiled_forward__mutmut_22": {
+            "reason": "tf.TensorSpec's default dtype is float32",
+            "diff": "- spec = tf.TensorSpec((None, h, w, self.channels), tf.float32) / + spec = tf.TensorSpec((None, h, w, self.channels), )"},
+        "xray_core.model.xǁModelǁ_compiled_forward__mutmut_7": {
+            "reason": "a head's output is (batch, units): shape[1] is shape[-1]",
+            "diff": "- columns = [pneumonia_column(int(m.outputs[0].shape[-1])) for m in members] / + columns = [pneumonia_column(int(m.outputs[0].shape[+1])) for m in members]"},
+        "xray_core.model.xǁModelǁfeatures__mutmut_1": {
+            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
+            "diff": "-def features(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def features(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
+        "xray_core.model.xǁModelǁhead_outputs__mutmut_1": {
+            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
+            "diff": "-def head_outputs(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def head_outputs(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
+        "xray_core.model.xǁModelǁmember_proba__mutmut_1": {
+            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
+            "diff": "-def member_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def member_proba(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
+        "xray_core.model.xǁModelǁpredict__mutmut_1": {
+            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
+            "diff": "-def predict(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def predict(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
+        "xray_core.model.xǁModelǁpredict_proba__mutmut_1": {
+            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
+            "diff": "-def predict_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def predict_proba(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
+        "xray_core.model.xǁModelǁraw_member_proba__mutmut_1": {
+            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
+            "diff": "-def raw_member_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def raw_member_proba(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
+        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_1": {
+            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
+            "diff": "-def raw_member_proba_and_features(self, x: Any, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]: / +def raw_member_proba_and_features(self, x: Any, *, batch_size: int = 257) -> tuple[np.ndarray, np.ndarray]:"},
+        "xray_core.model.xǁModelǁfeatures__mutmut_5": {
+            "reason": "the batch size is not passed on, so the default is used: it only splits the forward pass; outputs are the same",
+            "diff": "- return self.raw_member_proba_and_features(x, batch_size=batch_size)[1] / + return self.raw_member_proba_and_features(x, )[1]"},
+        "xray_core.model.xǁModelǁmember_proba__mutmut_11": {
+            "reason": "the batch size is not passed on, so the default is used: it only splits the forward pass; outputs are the same",
+            "diff": "- return calibrate(self.raw_member_proba(x, batch_size=batch_size), self.temperature, self.bias) / + return calibrate(self.raw_member_proba(x, ), self.temperature, self.bias)"},
+        "xray_core.model.xǁModelǁpredict__mutmut_6": {
+            "reason": "the batch size is not passed on, so the default is used: it only splits the forward pass; outputs are the same",
+            "diff": "- return (self.predict_proba(x, batch_size=batch_size) >= self.threshold).astype(int) / + return (self.predict_proba(x, ) >= self.threshold).astype(int)"},
+        "xray_core.model.xǁModelǁpredict_proba__mutmut_6": {
+            "reason": "the batch size is not passed on, so the default is used: it only splits the forward pass; outputs are the same",
+            "diff": "- raw = self.raw_member_proba(x, batch_size=batch_size) / + raw = self.raw_member_proba(x, )"},
+        "xray_core.model.xǁModelǁraw_member_proba__mutmut_5": {
+            "reason": "the batch size is not passed on, so the default is used: it only splits the forward pass; outputs are the same",
+            "diff": "- return self.raw_member_proba_and_features(x, batch_size=batch_size)[0] / + return self.raw_member_proba_and_features(x, )[0]"},
+        "xray_core.model.xǁModelǁhead_outputs__mutmut_9": {
+            "reason": "Keras runs a network called outside training in inference mode when training is None",
+            "diff": "- parts = [np.asarray(net(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)] / + parts = [np.asarray(net(x[i : i + batch_size], training=None)) for i in range(0, len(x), batch_size)]"},
+        "xray_core.model.xǁModelǁhead_outputs__mutmut_11": {
+            "reason": "as xǁModelǁhead_outputs__mutmut_9 (training left out)",
+            "diff": "- parts = [np.asarray(net(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)] / + parts = [np.asarray(net(x[i : i + batch_size], )) for i in range(0, len(x), batch_size)]"},
+        "xray_core.model.xǁModelǁhead_outputs__mutmut_23": {
+            "reason": "astype(None) is astype(float64)",
+            "diff": "- return np.concatenate(parts, axis=0).astype(np.float64) if parts else np.zeros((0, self.output_units)) / + return np.concatenate(parts, axis=0).astype(None) if parts else np.zeros((0, self.output_units))"},
+        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_33": {
+            "reason": "astype(None) is astype(float64)",
+            "diff": "- return np.concatenate(probs, axis=0).astype(np.float64), np.concatenate(feats, axis=0).astype(np.float32) / + return np.concatenate(probs, axis=0).astype(None), np.concatenate(feats, axis=0).astype(np.float32)"},
+        "xray_core.model.xǁModelǁhead_outputs__mutmut_27": {
+            "reason": "np.concatenate's default axis is 0",
+            "diff": "- return np.concatenate(parts, axis=0).astype(np.float64) if parts else np.zeros((0, self.output_units)) / + return np.concatenate(parts, ).astype(np.float64) if parts else np.zeros((0, self.output_units))"},
+        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_37": {
+            "reason": "np.concatenate's default axis is 0",
+            "diff": "- return np.concatenate(probs, axis=0).astype(np.float64), np.concatenate(feats, axis=0).astype(np.float32) / + return np.concatenate(probs, ).astype(np.float64), np.concatenate(feats, axis=0).astype(np.float32)"},
+        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_43": {
+            "reason": "np.concatenate's default axis is 0",
+            "diff": "- return np.concatenate(probs, axis=0).astype(np.float64), np.concatenate(feats, axis=0).astype(np.float32) / + return np.concatenate(probs, axis=0).astype(np.float64), np.concatenate(feats, ).astype(np.float32)"},
+        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_7": {
+            "reason": "np.zeros' default dtype is float64",
+            "diff": "- return np.zeros((0, self.n_members), np.float64), np.zeros((0, 0), np.float32) / + return np.zeros((0, self.n_members), None), np.zeros((0, 0), np.float32)"},
+        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_9": {
+            "reason": "np.zeros' default dtype is float64",
+            "diff": "- return np.zeros((0, self.n_members), np.float64), np.zeros((0, 0), np.float32) / + return np.zeros((0, self.n_members), ), np.zeros((0, 0), np.float32)"},
+    },
 }
 
 
@@ -320,6 +396,21 @@ def copy_source(dest: Path, *, worktree: bool) -> str:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
     return f"work tree on {head} (uncommitted changes included)"
+
+
+def refresh_tests(dest: Path, *, worktree: bool) -> str:
+    """tests/ of the last commit (or of the work tree) into dest; returns a label."""
+    fresh = Path(tempfile.mkdtemp(prefix="xray-mutation-tests-"))
+    label = copy_source(fresh, worktree=worktree)
+    shutil.rmtree(dest / "tests")
+    shutil.copytree(fresh / "tests", dest / "tests")
+    shutil.rmtree(fresh)
+    return label
+
+
+def read_record(mod_dir: Path) -> dict:
+    path = mod_dir / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def toml_value(value) -> str:
@@ -396,22 +487,25 @@ def write_report(per_module: dict, meta: dict) -> None:
         "",
         "Research software, not a medical device.",
         "",
-        f"{meta['created']}: {meta['source']}; mutmut {meta['mutmut']} (process_isolation "
+        f"{meta['created']}: mutmut {meta['mutmut']} (process_isolation "
         f"{meta['process_isolation']}, {meta['max_children']} test processes at a time), pytest {meta['pytest']}, "
         f"TensorFlow {meta['tensorflow']}, Python {meta['python']}, {meta['machine']}, {meta['cores']} cores "
-        f"(shared with other work; load average {meta['load_average']} at the end). Wall time: "
-        + ", ".join(f"{m} {s / 60:.1f} min" for m, s in meta["seconds"].items()) + ".",
+        f"(shared with other work; load average {meta['load_average']} at the end).",
+        "",
+    ] + [f"- xray_core/{m}.py: the {r.get('source', '?')}"
+         + (f"; {r['rechecked']}" if r.get("rechecked") else "")
+         + f"; wall time {r.get('seconds', 0) / 60:.1f} min." for m, r in meta["sources"].items()] + [
         "",
         f"Command: `{meta['command']}` (mutmut itself, per module in its own copy: `{meta['mutmut_command']}`; "
         "settings in pyproject.toml, [tool.mutmut], with only_mutate and the test selection set per module).",
         "",
-        "Score: killed / checked, where checked leaves out mutants no selected test reaches and the equivalent "
-        "mutants listed below. Goal: at least 80 % per module. Timed-out mutants are not counted as killed; "
-        "the last column counts them too.",
+        "Score: killed / checked, where checked is every mutant but the equivalent ones listed below (a mutant "
+        "no selected test reaches counts as not killed). Goal: at least 80 % per module. Timed-out mutants are "
+        "not counted as killed; the last column counts them too.",
         "",
-        "| module | tests | mutants | equivalent | checked | killed | timeout | survived | score (killed) "
+        "| module | tests | mutants | equivalent | checked | killed | timeout | survived | no tests | score (killed) "
         "| killed or timed out |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for module, m in per_module.items():
         c = m["counts"]
@@ -419,12 +513,12 @@ def write_report(per_module: dict, meta: dict) -> None:
         lenient = "-" if m["noticed_score"] is None else f"{100 * m['noticed_score']:.1f} %"
         tests = ", ".join(t.removeprefix("tests/") for t in m["tests"])
         lines.append(f"| xray_core/{module}.py | {tests} | {m['mutants']} | {m['equivalent']} | {m['checked']} | "
-                     f"{c.get('killed', 0)} | {c.get('timeout', 0)} | {c.get('survived', 0)} | {score} | {lenient} |")
+                     f"{c.get('killed', 0)} | {c.get('timeout', 0)} | {c.get('survived', 0)} | {c.get('no tests', 0)} | {score} | {lenient} |")
     lines += [f"\nNote: {note}" for note in meta.get("notes", [])]
     unchecked = [f"xray_core/{mod}.py: {m['mutants'] - m['equivalent'] - m['checked']} of {m['mutants']}"
                  for mod, m in per_module.items() if m["mutants"] - m["equivalent"] > m["checked"]]
     if unchecked:
-        lines += ["", "Not checked (no selected test calls the mutated function, or the run was cut short): "
+        lines += ["", "Not checked (the run was cut short): "
                   + "; ".join(unchecked) + "."]
     for module, m in per_module.items():
         if m["equivalent_mutants"]:
@@ -458,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="mutate the work tree with its uncommitted changes instead of the last commit")
     parser.add_argument("--max-children", type=int, default=2, help="test processes at a time (default: 2)")
     parser.add_argument("--report-only", action="store_true", help="write the report from --workdir's last run")
+    parser.add_argument("--recheck", action="store_true",
+                        help="in an earlier --workdir: take the tests from the source again and check the mutants "
+                             "they did not kill")
     parser.add_argument("--note", action="append", default=[], help="a sentence for the report (repeatable)")
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
@@ -466,31 +563,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown modules {unknown}; choose from {', '.join(MODULES)}")
     mutmut_command = f"nice -n 10 mutmut run --max-children {args.max_children}"
 
-    seconds: dict[str, float] = {}
     if args.report_only:
-        if args.workdir is None or not any((args.workdir / m / "mutants").is_dir() for m in modules):
+        if args.workdir is None or not all((args.workdir / m / "mutants").is_dir() for m in modules):
             parser.error("--report-only needs the --workdir of an earlier run (it holds MODULE/mutants/)")
         workdir = args.workdir
-        source = json.loads((workdir / "source.json").read_text())["source"]
-        seconds = json.loads((workdir / "source.json").read_text()).get("seconds", {})
     else:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="xray-mutation-"))
-        source = ""
         for module in modules:
             mod_dir = workdir / module
+            record = read_record(mod_dir)
+            names: list[str] = []
             if not (mod_dir / "pyproject.toml").is_file():
-                source = copy_source(mod_dir, worktree=args.worktree)
+                record = {"source": copy_source(mod_dir, worktree=args.worktree), "seconds": 0.0}
+            elif args.recheck:
+                # New tests since the first run: refresh tests/ from the source, collect mutmut's
+                # test-to-function map again, and check every mutant the old tests did not kill.
+                label = refresh_tests(mod_dir, worktree=args.worktree)
+                (mod_dir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+                names = sorted(n for n, s in statuses(mod_dir, module).items() if s != "killed")
+                record["rechecked"] = f"{len(names)} mutants not killed re-checked with the tests of the {label}"
             configure(mod_dir, module)
-            print(f"mutmut in {mod_dir}: {mutmut_command}", flush=True)
+            print(f"mutmut in {mod_dir}: {mutmut_command}" + (f" ({len(names)} named mutants)" if names else ""),
+                  flush=True)
             t0 = time.perf_counter()
-            # No mutant names: mutmut then checks every mutant of only_mutate not checked yet (named mutants are
-            # all checked again), so an interrupted run resumes where it stopped.
-            subprocess.run(["nice", "-n", "10", mutmut_executable(), "run", "--max-children", str(args.max_children)],
-                           cwd=mod_dir, check=False, env=child_env())
-            seconds[module] = round(time.perf_counter() - t0, 1)
-        if not source and (workdir / "source.json").is_file():
-            source = json.loads((workdir / "source.json").read_text())["source"]
-        (workdir / "source.json").write_text(json.dumps({"source": source, "seconds": seconds}))
+            # Without names mutmut checks every mutant of only_mutate not checked yet, so an interrupted
+            # run resumes where it stopped; named mutants are all checked again.
+            if not args.recheck or names:
+                subprocess.run(["nice", "-n", "10", mutmut_executable(), "run", "--max-children",
+                                str(args.max_children), *names], cwd=mod_dir, check=False, env=child_env())
+            record["seconds"] = round(record.get("seconds", 0.0) + time.perf_counter() - t0, 1)
+            (mod_dir / "run.json").write_text(json.dumps(record))
 
     per_module = summarise(workdir, modules)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
@@ -503,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": source,
+        "sources": {m: read_record(workdir / m) for m in modules},
         "command": "python benchmarks/mutation.py" + (f" --modules {args.modules}" if modules != list(MODULES)
                                                      else ""),
         "mutmut_command": mutmut_command,
@@ -516,7 +618,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.system()} {platform.machine()}",
         "cores": os.cpu_count(),
         "load_average": round(os.getloadavg()[0], 2),
-        "seconds": seconds,
         "notes": args.note,
     }
     write_report(per_module, meta)
