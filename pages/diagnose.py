@@ -57,6 +57,8 @@ def pick_image():
     if opened:
         st.info(f"From the worklist: {opened['name']}")
         if not st.button("Choose another image", key="diagnose_close_worklist"):
+            if "data" in opened:  # an uploaded film this session still holds (the server's copy is removed)
+                return opened["name"], opened["data"]
             from xray_core import scoring
 
             return opened["name"], scoring.read_item_bytes(opened["path"])

@@ -717,10 +717,22 @@ def test_a_worklist_upload_with_patient_fields_leaves_nothing_on_disk_after_its_
     assert any("uploaded films were removed from the server" in c.value for c in at.caption)
     table = at.dataframe[0].value
     assert table["thumbnail"].str.startswith("data:image/png;base64,").all()  # from this session's memory
-    at.button(key="worklist_open").click().run()  # the film is gone from the server: said, not crashed
+    held = dict(at.session_state["worklist_uploaded"])
+    at.session_state["worklist_uploaded"] = {}  # another session: the film is gone from the server
+    at.button(key="worklist_open").click().run()  # said, not crashed
     assert not at.exception
     assert any("uploads are removed from the server when their job ends" in i.value for i in at.info)
     assert "diagnose_open" not in at.session_state
+    at.session_state["worklist_uploaded"] = held  # the uploading session still holds its films
+    at.button(key="worklist_open").click().run()
+    assert not at.exception
+    opened = at.session_state["diagnose_open"]
+    sent = {name: raw for name, raw, _ in files}
+    assert opened["data"] == sent[opened["name"]] and "path" not in opened
+    assert any(f"From the worklist: {opened['name']}" in i.value for i in at.info)
+    # Diagnose read the film from memory and judged it (a 64 px film: too small for the gate)
+    assert any("Not a chest X-ray this model can read" in e.value and "64 x 64 pixels" in e.value for e in at.error), \
+        [e.value for e in at.error]
 
     assert _traces([models, private_tmp, home, tmp_path / "cache", PROJECT], start) == []
     log = (Path(job["path"]) / scoring.JOB_LOG).read_text()
