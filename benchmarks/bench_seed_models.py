@@ -46,7 +46,7 @@ CLASS_WEIGHT = {"model3": "balanced"}
 REPORT = ROOT / "benchmarks" / "reports" / "seed_models.md"
 PROBE_REPORT = ROOT / "benchmarks" / "reports" / "seed_model3_probe.json"
 SHIPPED_FILES = ("config.json", "status.json", "history.csv", "metrics.json", "model.keras", "model.json",
-                 "MODEL_CARD.md")
+                 "MODEL_CARD.md", "gate.json", "gate.npz", "conformal.json", "seen_hashes.txt", "validation.csv")
 
 # The seed notebook's printed figures (shared/seed/NOTES.md sections 2 and 4). "val recall" is
 # Keras' micro recall over both one-hot columns on the seed's image-level 25 % split; model 3's
@@ -250,8 +250,6 @@ def _ci(point, ci: dict | None) -> str:
 
 def card(arch: str, path: Path, notes: dict[str, str]) -> str:
     """The model card of a shipped seed run, from its files."""
-    import numpy as np
-
     from xray_core import health
 
     cfg = runs.read_json(path / runs.CONFIG_FILE)
@@ -337,9 +335,12 @@ def card(arch: str, path: Path, notes: dict[str, str]) -> str:
             for name, c in changes.items():
                 lines.append(f"| {name} | {_f(c.get('roc_auc'))} | {_f(c.get('sensitivity'))} | {_f(c.get('specificity'))} |")
     if cal:
-        lines += ["", f"Calibration: temperature {_f(cal.get('temperature'))} fitted on "
-                  f"{cal.get('fitted_on', 'validation')}; ECE (15 bins) {_f(cal.get('ece'))} after, "
-                  f"{_f(cal.get('ece_uncalibrated'))} before."]
+        fitted = (f"Platt scaling (temperature {_f(cal.get('temperature'))}, bias {_f(cal.get('bias'))})"
+                  if cal.get("bias") is not None else f"temperature {_f(cal.get('temperature'))}")
+        lines += ["", f"Calibration: {fitted} fitted on {cal.get('fitted_on', 'validation')}; ECE (15 bins) "
+                  f"{_f(cal.get('ece'))} after, {_f(cal.get('ece_uncalibrated'))} before"
+                  + (f", {_f(cal.get('ece_plain'))} on the plain validation films." if cal.get("ece_plain") is not None
+                     else ".")]
     lines += [
         "",
         "At the seed's 0.5 cut on the pneumonia output (plain validation): "
