@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 
 _HOOK = "_clean_problem_modules"
+streamlit_hook = None  # Streamlit's own hook, kept when it is replaced (tests compare against it)
 
 
 class StreamlitHookMissing(RuntimeError):
@@ -40,4 +41,8 @@ def keep_models_between_runs() -> None:
             "streamlit.runtime.scriptrunner.script_runner has no _clean_problem_modules in this "
             "Streamlit version; check whether it still clears the Keras session after each run "
             "and update app/runtime.py.")
+    global streamlit_hook
+    current = getattr(script_runner, _HOOK)
+    if current is not _close_matplotlib_figures:
+        streamlit_hook = current
     setattr(script_runner, _HOOK, _close_matplotlib_figures)

@@ -15,8 +15,10 @@ from app import runtime  # noqa: E402
 
 @pytest.fixture
 def restored_hook(monkeypatch):
-    """Streamlit's own hook, put back after the test whatever the test changes."""
-    original = script_runner._clean_problem_modules
+    """Streamlit's own hook (also when an earlier test's app run already replaced it), put back
+    after the test whatever the test changes."""
+    original = runtime.streamlit_hook or script_runner._clean_problem_modules
+    assert original is not runtime._close_matplotlib_figures
     monkeypatch.setattr(script_runner, "_clean_problem_modules", original)
     return original
 

@@ -283,6 +283,7 @@ def test_viewer_mode_refuses_job_submission_in_the_library(monkeypatch, tmp_path
 @pytest.mark.parametrize("argv", [
     ["train", "--arch", "baseline", "--epochs", "1", "--data", "{data}", "--runs-dir", "{runs}"],
     ["download", "--dest", "{runs}", "--url", "http://127.0.0.1:9/x.zip"],
+    ["fit-gate", "{runs}/some-run", "--data", "{data}"],
 ])
 def test_the_cli_refuses_writing_commands_in_viewer_mode(tmp_path, synthetic_dataset, argv):
     runs_dir = tmp_path / "runs"

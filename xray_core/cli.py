@@ -34,7 +34,7 @@ USER_ERRORS = {
     "xray_core.fileio": ("PathNotAllowed",),
     "xray_core.gate": ("GateError",),
     "xray_core.imaging": ("ImageDecodeError",),
-    "xray_core.jobs": ("CapacityError",),
+    "xray_core.jobs": ("CapacityError", "UploadRecordError"),
     "xray_core.metrics": ("MetricsInputError",),
     "xray_core.model": ("ModelError",),
     "xray_core.report": ("ReportError",),
@@ -272,7 +272,7 @@ def _add_explain(sub, common) -> None:
     p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF or DICOM file")
     p.add_argument("--out", required=True, help="folder to write the PNGs and explanation.json into")
     p.add_argument("--samples", type=_positive_int, default=1000, help="LIME samples (default 1000)")
-    p.add_argument("--segmentation", choices=("quickshift", "slic", "felzenszwalb"), default="quickshift",
+    p.add_argument("--segmentation", choices=("quickshift", "slic", "felzenszwalb", "grid"), default="quickshift",
                    help="superpixel method (default quickshift, the seed's)")
     p.add_argument("--seed", type=int, default=0, help="seed for LIME sampling and segmentation")
     p.add_argument("--label", choices=("NORMAL", "PNEUMONIA"), default=None,

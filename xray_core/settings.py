@@ -140,6 +140,7 @@ WRITING_COMMANDS = {
     "train": "trains a model into the runs folder",
     "download": "downloads and unpacks a dataset",
     "evaluate": "writes metrics and per-image scores into the run folder",
+    "fit-gate": "writes the input gate and the seen-file list into the run folder",
     "score": "writes a table of scores",
     "report": "writes a PDF report",
     "explain": "writes explanation images",
