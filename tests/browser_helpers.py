@@ -64,9 +64,10 @@ def _healthy(base: str) -> bool:
 @contextmanager
 def streamlit_server(script: str | os.PathLike = "streamlit_app.py", *, env: dict | None = None,
                      log_path: str | os.PathLike | None = None, start_timeout: float = 90,
-                     cwd: str | os.PathLike = PROJECT) -> Iterator[str]:
+                     cwd: str | os.PathLike = PROJECT, address: str | None = "127.0.0.1") -> Iterator[str]:
     """Serve `script` (relative to `cwd`, the project by default, so its .streamlit/config.toml
-    applies) with `streamlit run` on 127.0.0.1 and a free port; yield the base URL once
+    applies) with `streamlit run` on `address` (None: whatever the config says) and a free port,
+    reached through 127.0.0.1; yield the base URL once
     /_stcore/health answers 200; stop the server on exit.
 
     env: the server's whole environment (default: this process's). log_path: where its output
@@ -77,7 +78,8 @@ def streamlit_server(script: str | os.PathLike = "streamlit_app.py", *, env: dic
     log = open(log_path, "w+b") if log_path is not None else tempfile.TemporaryFile()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+         *(["--server.address", address] if address is not None else []),
+         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
         cwd=cwd, env=dict(os.environ) if env is None else env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
     base = f"http://127.0.0.1:{port}"

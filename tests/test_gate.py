@@ -108,27 +108,7 @@ def test_colour_is_measured_before_the_gray_conversion():
 
 
 def test_dicom_facts_and_warnings_without_patient_data(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-
-    ds = pydicom.Dataset()
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "SECRET-ID-123"
-    ds.PatientBirthDate = "19800101"
-    ds.Modality = "CT"
-    ds.BodyPartExamined = "HEAD"
-    ds.ViewPosition = "LATERAL"
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.Rows, ds.Columns = 32, 32
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 8, 8, 7, 0
-    ds.PixelData = (np.arange(32 * 32) % 256).astype(np.uint8).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX image
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    path = tmp_path / "ct.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path = ct_dicom(tmp_path, (np.arange(32 * 32) % 256).astype(np.uint8).reshape(32, 32))
     facts = imaging.dicom_facts(path.read_bytes())
     assert facts["Modality"] == "CT" and facts["ViewPosition"] == "LATERAL"
     assert facts["PixelSpacing"] == [0.5, 0.5]
@@ -678,8 +658,10 @@ def test_check_source_errors_name_the_file(fitted, tmp_path):
         gate.check_source(model, pdf.read_bytes(), gate=g)
 
 
-def ct_dicom(tmp_path) -> Path:
-    """A small CT DICOM (lateral head) with patient data that must never be read out."""
+def ct_dicom(tmp_path, pixels: np.ndarray | None = None) -> Path:
+    """A small CT DICOM (lateral head) with patient data that must never be read out; `pixels`
+    (2-D uint8) default to a 128 px synthetic film."""
+    pixels = film(np.random.default_rng(3), 0) if pixels is None else pixels
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import FileMetaDataset
 
@@ -692,9 +674,9 @@ def ct_dicom(tmp_path) -> Path:
     ds.ViewPosition = "LATERAL"
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.PixelSpacing = [0.5, 0.5]
-    ds.Rows, ds.Columns = 128, 128
+    ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 8, 8, 7, 0
-    ds.PixelData = film(np.random.default_rng(3), 0).tobytes()
+    ds.PixelData = np.ascontiguousarray(pixels, np.uint8).tobytes()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX image

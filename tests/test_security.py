@@ -21,7 +21,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.apptest_helpers import APP
-from tests.synthetic import make_synthetic_dataset
+from tests.browser_helpers import streamlit_server
 from xray_core import fileio, imaging, jobs, settings
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -75,22 +75,10 @@ def _non_loopback_address() -> str | None:
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc/net/tcp")
 def test_streamlit_run_with_the_project_config_listens_on_loopback_only(tmp_path):
-    port = _free_port()
     env = dict(os.environ, HOME=str(tmp_path))  # no user-level config.toml interferes
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
-                             "--server.headless", "true", "--server.port", str(port)],
-                            cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    assert r.status == 200
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
-                assert time.monotonic() < deadline, "streamlit did not start"
-                time.sleep(0.5)
+    # no --server.address: the project's .streamlit/config.toml decides where it listens
+    with streamlit_server(env=env, address=None) as base:
+        port = int(base.rsplit(":", 1)[1])
         listeners = _listeners(port)
         assert listeners and set(listeners) == {"0100007F"}, listeners  # 127.0.0.1, no 0.0.0.0/::
         other = _non_loopback_address()
@@ -98,18 +86,9 @@ def test_streamlit_run_with_the_project_config_listens_on_loopback_only(tmp_path
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection((other, port), timeout=5).close()
         # CORS protection on: a foreign origin gets no Access-Control-Allow-Origin.
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/_stcore/health",
-                                         headers={"Origin": "http://evil.example"})
+        request = urllib.request.Request(f"{base}/_stcore/health", headers={"Origin": "http://evil.example"})
         with urllib.request.urlopen(request, timeout=5) as r:
             assert r.headers.get("Access-Control-Allow-Origin") is None
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        proc.stdout.close()
 
 
 # ----------------------------------------------------------------------------- allowed roots
