@@ -36,6 +36,10 @@ from xray_core import imaging  # noqa: E402
 from xray_core.explain.fastscore import make_scorer  # noqa: E402
 from xray_core.explain.lime import _fit_local_model, _sample_masks, segment  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the same film draw (the first n of bench_explain's) and version list as bench_explain
+from bench_explain import validation_films, versions  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "chest_xray"
 SEGMENTATIONS = {
     "slic n40 c20 (previous default)": ("slic", {"n_segments": 40, "compactness": 20.0, "sigma": 1.0}),
@@ -45,16 +49,6 @@ SEGMENTATIONS = {
 SAMPLINGS = ("lime", "paired", "paired_stratified")
 KERNEL_WIDTHS = (0.25, 1.0, None)
 TOP_K = ex.TOP_PROS_CONS
-
-
-def validation_films(model, n: int) -> list[Path]:
-    from xray_core import data
-
-    cfg = model.config
-    df = data.index_dataset(data.find_dataset(DATA))
-    _, val = data.split_train(df, method=cfg["split"]["method"], val_fraction=cfg["split"]["val_fraction"],
-                              seed=cfg["seed"])
-    return [Path(p) for p in val.sample(n=min(50, len(val)), random_state=0)["path"][:n]]
 
 
 def fill_of(x: np.ndarray, segments: np.ndarray, hide_color) -> np.ndarray | None:
@@ -172,18 +166,6 @@ def main(argv=None) -> int:
     (args.out / "explain_settings.md").write_text(render(result))
     print(render(result))
     return 0
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for name in ("tensorflow", "keras", "numpy", "scikit-image", "scikit-learn", "lime"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def render(result: dict) -> str:
