@@ -130,16 +130,15 @@ def uploads_of(job: dict) -> dict | None:
 def open_in_diagnose(row: pd.Series, job: dict) -> None:
     uploads = uploads_of(job)
     kept = st.session_state.get("worklist_uploaded", {}).get(job["job_id"], {})
-    if uploads is not None and uploads.get("removed") and row["sha256"] in kept:
-        # the server's copy is gone; this session still holds the film it uploaded
+    if uploads is None or not uploads.get("removed"):
+        st.session_state["diagnose_open"] = {"name": row["file"], "path": row["path"]}
+    elif row["sha256"] in kept:  # the server's copy is gone; this session still holds the film it uploaded
         st.session_state["diagnose_open"] = {"name": row["file"], "data": kept[row["sha256"]]}
-    elif uploads is not None and uploads.get("removed"):
+    else:
         st.info(f"{row['file']} was uploaded for this worklist, and uploads are removed from the server when "
                 "their job ends; only the browser session that uploaded it (films, not a zip) can still open it. "
                 "Upload the file on the Diagnose page (it stays in memory there).")
         return
-    else:
-        st.session_state["diagnose_open"] = {"name": row["file"], "path": row["path"]}
     # a new table key next time: its row selection would otherwise open the film again on return
     st.session_state["worklist_opened"] = st.session_state.get("worklist_opened", 0) + 1
     st.switch_page("pages/diagnose.py")
