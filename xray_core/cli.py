@@ -272,8 +272,10 @@ def _add_explain(sub, common) -> None:
     p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF or DICOM file")
     p.add_argument("--out", required=True, help="folder to write the PNGs and explanation.json into")
     p.add_argument("--samples", type=_positive_int, default=1000, help="LIME samples (default 1000)")
-    p.add_argument("--segmentation", choices=("quickshift", "slic", "felzenszwalb", "grid"), default="quickshift",
-                   help="superpixel method (default quickshift, the seed's)")
+    from xray_core.explain import adapter  # its constants only (no TensorFlow, no scikit-image)
+
+    p.add_argument("--segmentation", choices=adapter.SEGMENTATIONS, default=adapter.SEGMENTATIONS[0],
+                   help=f"superpixel method (default {adapter.SEGMENTATIONS[0]}, the seed's)")
     p.add_argument("--seed", type=int, default=0, help="seed for LIME sampling and segmentation")
     p.add_argument("--label", choices=("NORMAL", "PNEUMONIA"), default=None,
                    help="class to explain (default: the predicted one)")
