@@ -46,6 +46,7 @@ BENCHMARKS = (
               (f"{REPORTS}/generalization.md", f"{REPORTS}/generalization.json")),
     Benchmark("default_card", "default_card.py", (), ("trained_models/default/MODEL_CARD.md",)),
     Benchmark("gate", "gate.py", ("--data", "{data_parent}"), (f"{REPORTS}/gate.md", f"{REPORTS}/gate.json")),
+    Benchmark("forward", "forward.py", (), (f"{REPORTS}/forward.md", f"{REPORTS}/forward.json")),
     Benchmark("score", "score.py", ("--data", "{data_parent}"), (f"{REPORTS}/score.md", f"{REPORTS}/score.json")),
     Benchmark("verdict_latency", "verdict_latency.py", (),
               (f"{REPORTS}/verdict_latency.md", f"{REPORTS}/verdict_latency.json")),

@@ -15,9 +15,10 @@ from xray_core import quiet
 
 PROJECT = Path(__file__).resolve().parents[1]
 
-# What TensorFlow prints at start-up on a CPU-only machine (any of these is a failure).
+# What TensorFlow (and LiteRT, at its first interpreter) prints on a CPU-only machine (any of
+# these is a failure).
 NOISE_MARKERS = ("absl::InitializeLog", "oneDNN custom operations", "cuda drivers", "cuInit",
-                 "cpu_feature_guard", "This TensorFlow binary is optimized")
+                 "cpu_feature_guard", "This TensorFlow binary is optimized", "XNNPACK delegate")
 GLOG_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] ", re.M)
 
 REAL_LINES = [
@@ -27,6 +28,7 @@ REAL_LINES = [
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
     "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
     "appropriate compiler flags.",
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
 ]
 
 

@@ -28,6 +28,7 @@ NOISE = re.compile(
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] .*"  # absl/glog INFO and WARNING lines
     r"|E\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] .*(?:cuInit|CUDA|cuda).*"  # no GPU on this machine
     r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\."
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."  # LiteRT, once per process
     r")$"
 )
 

@@ -1,0 +1,94 @@
+"""The CPU backend: a Model run by LiteRT gives TensorFlow's outputs, and is chosen as documented.
+
+The shipped networks (the default ensemble and the seed's four architectures, two-output heads
+included) are run on the same inputs by both backends; probabilities must agree within 1e-5, the gate's features within 1e-5
+of their scale. Conversion is cached under XRAY_CACHE_DIR by the hash of the network files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xray_core import litert
+from xray_core.model import Model
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not litert.litert_available(), reason="ai_edge_litert is not installed")
+
+
+def _inputs(model: Model, n: int) -> np.ndarray:
+    """Film-like inputs: smooth gray gradients plus noise, prepared as the model prepares films."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:256, 0:256]
+    images = [np.clip(90 + 0.4 * yy + 30 * np.sin(xx / (9 + k)) + rng.normal(0, 12, yy.shape), 0, 255).astype(np.uint8)
+              for k in range(n)]
+    return model.prepare_batch(images)
+
+
+def _both(run: str, monkeypatch, n: int = 37):
+    out = {}
+    for backend in ("tensorflow", "litert"):
+        monkeypatch.setenv(litert.ENV, backend)
+        model = Model(ROOT / "trained_models" / run)
+        x = _inputs(model, n)
+        out[backend] = model.raw_member_proba_and_features(x, batch_size=20)
+        assert model.backend == backend
+    return out
+
+
+@pytest.mark.parametrize("run", ["default", "seed-baseline", "seed-model2", "seed-model3", "seed-model4"])
+def test_litert_gives_tensorflows_outputs(run, monkeypatch):
+    """Every shipped architecture converts, and gives the same numbers."""
+    out = _both(run, monkeypatch, n=37 if run == "default" else 11)
+    (p_tf, f_tf), (p_lite, f_lite) = out["tensorflow"], out["litert"]
+    assert p_lite.shape == p_tf.shape and f_lite.shape == f_tf.shape
+    assert np.abs(p_lite - p_tf).max() <= 1e-5
+    assert np.abs(f_lite - f_tf).max() <= 1e-5 * max(1.0, float(np.abs(f_tf).max()))
+    # the inputs are not all alike to the model, so agreement is not agreement on a constant
+    assert np.ptp(p_tf[:, 0]) > 1e-3
+
+
+def test_program_is_cached_by_the_network_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("XRAY_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(litert.ENV, "litert")
+    model = Model(ROOT / "trained_models" / "seed-model4")
+    model.predict_proba(_inputs(model, 2))
+    cached = list((tmp_path / "litert").glob("*.tflite"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    again = Model(ROOT / "trained_models" / "seed-model4")
+    again.predict_proba(_inputs(again, 3))
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "litert").glob("*.tflite")] == [stamp]
+
+
+def test_batches_split_into_chunks_keep_their_order(monkeypatch):
+    """A batch larger than the program's chunk, with a tail, comes back row for row."""
+    monkeypatch.setenv(litert.ENV, "litert")
+    model = Model(ROOT / "trained_models" / "default")
+    x = _inputs(model, litert.CHUNK + 5)
+    whole = model.raw_member_proba_and_features(x, batch_size=len(x))[0]
+    one_by_one = np.concatenate([model.raw_member_proba_and_features(x[i : i + 1])[0] for i in range(len(x))])
+    assert np.abs(whole - one_by_one).max() <= 1e-6
+
+
+def test_an_unknown_backend_is_refused_with_the_choices(monkeypatch):
+    monkeypatch.setenv(litert.ENV, "onnx")
+    with pytest.raises(litert.BackendError, match="auto, litert, tensorflow"):
+        litert.chosen_backend()
+
+
+def test_tensorflow_can_be_asked_for(monkeypatch):
+    monkeypatch.setenv(litert.ENV, "TensorFlow")
+    assert litert.chosen_backend() == "tensorflow"
+
+
+def test_auto_runs_litert_on_a_machine_without_a_gpu(monkeypatch):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU: auto keeps TensorFlow there")
+    monkeypatch.delenv(litert.ENV, raising=False)
+    assert litert.chosen_backend() == "litert"
