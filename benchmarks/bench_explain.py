@@ -202,7 +202,7 @@ def versions() -> dict:
     from importlib import metadata
 
     out = {}
-    for name in ("tensorflow", "keras", "numpy", "scikit-image", "scikit-learn", "lime"):
+    for name in ("tensorflow", "keras", "ai-edge-litert", "numpy", "scikit-image", "scikit-learn", "lime"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -335,7 +335,7 @@ def render_faithfulness(r: dict) -> str:
 
 def timing(run: str, n_images: int, samples: int | None, repeats: int, out: Path) -> int:
     """Wall time of one dashboard explanation call (explain_lime with DEFAULT_LIME, panels drawn) on a
-    warm model, per film. Run it on a quiet machine (tools/quiet.sh). Writes explain_timing.md/.json."""
+    warm model, per film. Run it on a quiet machine (nothing else busy). Writes explain_timing.md/.json."""
     from xray_core.model import load_model
 
     model = load_model(run)
@@ -356,7 +356,7 @@ def timing(run: str, n_images: int, samples: int | None, repeats: int, out: Path
         print(f"{path.name}: {rows[-1]['median']:.2f} s {rows[-1]['timings']}", flush=True)
     medians = [r["median"] for r in rows]
     every = [v for r in rows for v in r["seconds"]]
-    command = f"tools/quiet.sh python benchmarks/bench_explain.py --timing {n_images} --repeats {repeats}" + (
+    command = f"python benchmarks/bench_explain.py --timing {n_images} --repeats {repeats}" + (
         f" --samples {samples}" if samples else "")
     result = {"run": model.run_id, "lime_settings": settings, "films": rows, "repeats": repeats,
               "cold_seconds": warm.seconds, "median_seconds": float(np.median(every)),
@@ -378,7 +378,7 @@ def timing(run: str, n_images: int, samples: int | None, repeats: int, out: Path
             f"{r['timings']} |" for r in rows], "",
           f"All {len(every)} calls: median {result['median_seconds']:.2f} s, 90th percentile {result['p90_seconds']:.2f} s, "
           f"max {result['max_seconds']:.2f} s; films with a median within 2 s: {result['films_median_within_2s']:.0%}.", "",
-          f"Command: `{command}` (quiet.sh waits for other heavy jobs and pauses the two background trainings); "
+          f"Command: `{command}`; "
           f"{started} to {result['finished']} on {m['cpus']} cores, load average {m['load_average_before'][0]:.1f} "
           f"before, {m['load_average_after'][0]:.1f} after; {m['platform']}, Python {m['python']}; {m['versions']}.", "",
           ("The machine was NOT quiet: other processes used CPU during the run (below), so these times are "
@@ -400,7 +400,7 @@ def main(argv=None) -> int:
     parser.add_argument("--render-faithfulness", type=Path, default=None, metavar="JSON",
                         help="only redraw explain_faithfulness.md from its .json")
     parser.add_argument("--timing", type=int, metavar="N", default=0,
-                        help="only the time of the dashboard's LIME call on N validation films (run under quiet.sh)")
+                        help="only the time of the dashboard's LIME call on N validation films (run it on a quiet machine)")
     parser.add_argument("--run", default="default")
     parser.add_argument("--stability-images", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)

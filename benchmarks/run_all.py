@@ -40,6 +40,8 @@ BENCHMARKS = (
     Benchmark("explain", "bench_explain.py", (), (f"{REPORTS}/explain.md", f"{REPORTS}/explain.json")),
     Benchmark("explain_settings", "bench_lime_settings.py", (),
               (f"{REPORTS}/explain_settings.md", f"{REPORTS}/explain_settings.json")),
+    Benchmark("explain_design", "bench_lime_design.py", (),
+              (f"{REPORTS}/explain_design.md", f"{REPORTS}/explain_design.json")),
     Benchmark("shortcut_check", "shortcut_check.py", ("--data", "{data}"),
               (f"{REPORTS}/shortcut_check.md", f"{REPORTS}/shortcut_check.json")),
     Benchmark("generalization", "generalization.py", ("--data", "{data}"),

@@ -94,7 +94,7 @@ def pick_image():
 def settings() -> dict:
     with st.expander("Explanation settings"):
         cols = st.columns(3)
-        samples = cols[0].select_slider("LIME samples", [100, 250, 500, 1000, 2000, 5000, 10000],
+        samples = cols[0].select_slider("LIME samples", list(explain.LIME_SAMPLE_CHOICES),
                                         value=explain.DEFAULT_LIME["num_samples"], key="diagnose_samples",
                                         help="More samples: steadier weights, slower.")
         segmentation = cols[1].selectbox("Segmentation", list(explain.SEGMENTATIONS),
@@ -142,7 +142,11 @@ def explanations(key: tuple, model, a, options: dict, metrics: dict) -> None:
         # A moment for the server's event loop to send the verdict before LIME takes the CPU.
         time.sleep(0.15)
         with st.spinner("Explaining the probability of pneumonia (LIME and Grad-CAM)…"):
-            result = view.explain_film(model, a.image, name=a.name, **options)
+            try:
+                result = view.explain_film(model, a.image, name=a.name, **options)
+            except explain.ExplainError as exc:  # settings this film cannot take, e.g. too few samples
+                st.error(f"No explanation with these settings: {exc}")
+                return
         store.clear()  # keep only the latest explanation in the session
         store[key] = result
     result = store[key]

@@ -66,7 +66,7 @@ def enlarged(raw: bytes, size: int = 160) -> bytes:
 def diagnose(monkeypatch, synthetic_dataset, tiny_run):
     runs_root, _ = tiny_run
     at = open_page(monkeypatch, synthetic_dataset, runs_root, timeout=180)  # Diagnose: the default page
-    at.select_slider(key="diagnose_samples").set_value(250)  # enough for tiny images, and quick
+    at.select_slider(key="diagnose_samples").set_value(256)  # enough for tiny images, and quick
     return at
 
 
@@ -170,13 +170,13 @@ def test_result_zip_holds_the_panels_and_json(synthetic_dataset, tiny_run):
     model = load_model(run_id, root=runs_root)
     raw = enlarged(image_bytes(synthetic_dataset, "test", "PNEUMONIA")[1])
     a = case.assess(model, raw, "film.png")
-    result = view.explain_film(model, a.image, num_samples=100, segmentation="slic", seed=1)
+    result = view.explain_film(model, a.image, num_samples=128, segmentation="slic", seed=1)
     archive = zipfile.ZipFile(io.BytesIO(view.result_zip(result["panels"], {**view.summary(a), **result["summary"]})))
     names = sorted(archive.namelist())
     assert names == sorted(f"{k}.png" for k in ("full", "partial", "pros_cons", "heatmap", "gradcam")) + ["result.json"]
     summary = json.loads(archive.read("result.json"))
     assert summary["label"] == a.verdict and summary["run"] == run_id
-    assert summary["lime"]["num_samples"] == 100 and summary["lime"]["seed"] == 1
+    assert summary["lime"]["num_samples"] == 128 and summary["lime"]["seed"] == 1
     assert summary["lime"]["label_name"] == "PNEUMONIA"  # P(pneumonia) is explained, whatever the verdict
     assert archive.read("full.png").startswith(b"\x89PNG")
 
@@ -206,7 +206,7 @@ def test_diagnose_writes_nothing_to_disk(monkeypatch, synthetic_dataset, tiny_ru
 
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()
-    at.select_slider(key="diagnose_samples").set_value(250)
+    at.select_slider(key="diagnose_samples").set_value(256)
     at.file_uploader(key="diagnose_upload").set_value((name, raw, "image/jpeg")).run()
     assert not at.exception and not at.error and len(at.image) == 5
     at.file_uploader(key="diagnose_upload").set_value(("cut.jpg", raw[:200], "image/jpeg")).run()

@@ -511,6 +511,27 @@ def test_paired_designs_are_complementary_pairs(sampling):
         _sample_masks(36, 10, 0, "sobol")
 
 
+def test_orthogonal_design_is_balanced_orthogonal_and_folded_over():
+    from itertools import combinations
+
+    from xray_core.explain.lime import _sample_masks
+
+    data = _sample_masks(36, 1024, seed=3, sampling="orthogonal")
+    assert data.shape == (1024, 36) and set(np.unique(data)) == {0, 1}
+    assert data[0].all() and not data[-1].any()  # the image; everything hidden
+    assert (data.mean(axis=0) == 0.5).all()  # each superpixel hidden in exactly half the samples
+    s = 2.0 * data - 1
+    np.testing.assert_array_equal(s.T @ s, 1024 * np.eye(36))  # no two superpixels correlated
+    rows = {tuple(r) for r in data}
+    assert len(rows) == 1024 and all(tuple(1 - r) in rows for r in data)  # every complement is there
+    pairs = np.stack([s[:, i] * s[:, j] for i, j in combinations(range(36), 2)], axis=1)
+    assert not np.abs(s.T @ pairs).any()  # weights clear of every two-superpixel interaction
+    assert not np.array_equal(data, _sample_masks(36, 1024, seed=4, sampling="orthogonal"))
+    for bad in (1000, 64):  # not a power of two; fewer than twice the superpixels
+        with pytest.raises(ex.ExplainError, match="power of two"):
+            _sample_masks(36, bad, 0, "orthogonal")
+
+
 def test_paired_uniform_fit_cancels_even_interactions():
     """A score = linear part + a pairwise interaction (even under switching every superpixel):
     paired samples with uniform weights recover the linear part; lime's draws with its kernel do not."""

@@ -41,7 +41,7 @@ def test_report_holds_verdict_run_and_images(tiny_run, synthetic_dataset, tmp_pa
     runs_root, run_id = tiny_run
     model = load_model(runs_root / run_id)
     path = film_file(synthetic_dataset, tmp_path)
-    data = report.report_for_file(model, path, num_samples=200)
+    data = report.report_for_file(model, path, num_samples=256)
     assert data.startswith(b"%PDF")
     text, pages, images = pdf_text(data)
     a = case.assess(model, path)
@@ -63,11 +63,11 @@ def test_refused_image_has_no_verdict_unless_asked(tiny_run, tmp_path):
     rgb[..., 1] = np.arange(200, dtype=np.uint8)[None, :]  # green: a photograph, not a film
     path = tmp_path / "photo.png"
     Image.fromarray(rgb).save(path)
-    text, _, images = pdf_text(report.report_for_file(model, path, num_samples=100))
+    text, _, images = pdf_text(report.report_for_file(model, path, num_samples=128))
     assert "NOT a chest X-ray this model can read" in text
     assert "Verdict:" not in text and "No verdict is given" in text
     assert images == 1  # the image only, no explanation panels
-    text, _, images = pdf_text(report.report_for_file(model, path, num_samples=100, show_anyway=True))
+    text, _, images = pdf_text(report.report_for_file(model, path, num_samples=128, show_anyway=True))
     assert "Verdict:" in text and "Shown anyway on request" in text and images == 4
 
 
@@ -93,7 +93,7 @@ def test_dicom_facts_in_the_report_and_no_patient_data(tiny_run, tmp_path):
     ds.PixelData = (60 + 80 * np.exp(-((x - 80) ** 2) / 800)).astype(np.uint8).tobytes()
     path = tmp_path / "scan.dcm"
     ds.save_as(path, enforce_file_format=True)
-    text, _, _ = pdf_text(report.report_for_file(load_model(runs_root / run_id), path, num_samples=100,
+    text, _, _ = pdf_text(report.report_for_file(load_model(runs_root / run_id), path, num_samples=128,
                                                  show_anyway=True))
     assert "ViewPosition LATERAL" in text and "lateral view" in text
     for secret in ("Roe", "Richard", "MRN-998877", "20190305"):
@@ -106,7 +106,7 @@ def test_cli_report_writes_the_pdf(tiny_run, synthetic_dataset, tmp_path):
     out = tmp_path / "case.pdf"
     env = dict(os.environ, PYTHONPATH=str(PROJECT), XRAY_MODELS_DIR=str(runs_root))
     proc = subprocess.run([sys.executable, "-m", "xray_core", "report", run_id, str(path), "--out", str(out),
-                           "--samples", "100"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                           "--samples", "128"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text, pages, images = pdf_text(out.read_bytes())
     assert f"Run {run_id}" in text and "Verdict:" in text and pages == 1 and images == 4
@@ -114,3 +114,9 @@ def test_cli_report_writes_the_pdf(tiny_run, synthetic_dataset, tmp_path):
                           "--out", str(tmp_path / "x.pdf")], env=env, capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and not (tmp_path / "x.pdf").exists()
+    # the dashboard's design takes powers of two: another count is a sentence, not a traceback
+    odd = subprocess.run([sys.executable, "-m", "xray_core", "report", run_id, str(path), "--out",
+                          str(tmp_path / "y.pdf"), "--samples", "100"], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert odd.returncode == 1 and "power of two" in odd.stderr and "Traceback" not in odd.stderr
+    assert not (tmp_path / "y.pdf").exists()

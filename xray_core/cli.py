@@ -308,7 +308,8 @@ def _add_report(sub, common) -> None:
     p.add_argument("run", metavar="RUN", help="run id (e.g. default) or a path to a run folder")
     p.add_argument("image", metavar="IMAGE", type=Path, help="PNG, JPEG, BMP, TIFF or DICOM file")
     p.add_argument("--out", required=True, type=Path, help="the PDF file to write")
-    p.add_argument("--samples", type=_positive_int, default=1000, help="LIME samples (default 1000)")
+    p.add_argument("--samples", type=_positive_int, default=None,
+                   help="LIME samples, a power of two (default: the dashboard's, 1024)")
     p.add_argument("--seed", type=int, default=0, help="seed for LIME")
     p.add_argument("--show-anyway", action="store_true",
                    help="include the verdict and explanations even when the gate refuses the image")

@@ -168,11 +168,14 @@ def _sample_masks(n_superpixels: int, num_samples: int, seed: int, sampling: str
     all off), so effects that are even in the switched superpixels cancel in the fit.
     "paired_stratified": as paired, but the number switched off in each pair's first member is
     drawn uniformly from 1..n-1 before the superpixels are chosen.
+    "orthogonal": see _orthogonal_masks.
     """
     if sampling not in SAMPLINGS:
         raise ExplainError(f"Unknown sampling {sampling!r}; choose one of: {', '.join(SAMPLINGS)}.")
     rs = np.random.RandomState(seed)
     n, m = int(n_superpixels), int(num_samples)
+    if sampling == "orthogonal":
+        return _orthogonal_masks(n, m, rs)
     if sampling == "lime":
         data = rs.randint(0, 2, m * n).reshape((m, n))
         data[0, :] = 1
@@ -189,6 +192,25 @@ def _sample_masks(n_superpixels: int, num_samples: int, seed: int, sampling: str
     data[0::2] = first
     data[1::2] = 1 - first
     return data[:m]
+
+
+def _orthogonal_masks(n: int, m: int, rs: np.random.RandomState) -> np.ndarray:
+    """A two-level orthogonal design: the m rows of the Sylvester-Hadamard matrix of order m, on n
+    of its columns of odd weight drawn by the seed (row r, column c: on unless r & c has an odd
+    number of bits). Every superpixel is hidden in exactly half the samples, every two are
+    uncorrelated, and each row's complement is in the design (a fold-over: row 0 is all on, row
+    m - 1 all off), so a superpixel's weight is clear of every two-superpixel interaction instead
+    of only on average, as with random pairs. The seed picks the columns."""
+    if m < 2 * n or m & (m - 1):
+        raise ExplainError(
+            f"Orthogonal sampling needs a power of two of at least twice the superpixels ({2 * n}) as the "
+            f"number of samples; got {m}. Choose a power of two that large (1024, 2048, 4096, ...), a "
+            "segmentation with fewer superpixels, or sampling='paired' for any count.")
+    columns = np.arange(1, m)
+    odd = columns[np.bitwise_count(columns) % 2 == 1]
+    chosen = rs.choice(odd, size=n, replace=False)
+    parity = np.bitwise_count(np.arange(m)[:, None] & chosen[None, :]) % 2
+    return (1 - parity).astype(np.int64)
 
 
 def _kernel_weights(data: np.ndarray, kernel_width: float | None = KERNEL_WIDTH) -> np.ndarray:
@@ -242,7 +264,8 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
         dashboard uses (DEFAULT_LIME): steadier weights on radiographs, see
         benchmarks/reports/explain_faithfulness.md.
     sampling : the on/off design, "lime" (lime's own draws, the default), "paired" or
-        "paired_stratified" (antithetic pairs; see _sample_masks).
+        "paired_stratified" (antithetic pairs), or "orthogonal" (a fold-over orthogonal design,
+        the dashboard's; num_samples a power of two); see _sample_masks.
     kernel_width : lime's cosine-distance kernel width (0.25, lime's default); None weighs every
         sample alike (with paired sampling, this keeps each pair's two halves balanced).
     fast : use the exact local-prefix shortcut where the architecture allows it (see above);

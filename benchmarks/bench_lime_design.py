@@ -1,0 +1,111 @@
+"""Benchmark: LIME's on/off design, random antithetic pairs against an orthogonal fold-over design.
+
+Run by hand (about ten minutes on 2 cores):
+
+    python benchmarks/bench_lime_design.py [--films 30] [--seeds 5]
+
+On the first --films validation films of the trained default (bench_explain's draw), with the
+dashboard's segmentation and fill, LIME is fitted with seeds 0..4 under each design at about the
+same cost: 1,000 random antithetic pairs' samples ("paired") and the 1,024 rows of an orthogonal
+fold-over design ("orthogonal", see xray_core.explain.lime._orthogonal_masks). Per film: the
+smallest and mean pairwise pixel Jaccard of the top-5 superpixels over the seeds (issue 11's
+criterion: smallest >= 0.8). Speed is measured by bench_explain.py --timing, not here.
+Writes benchmarks/reports/explain_design.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_explain import validation_films, versions  # noqa: E402
+from bench_lime_settings import fill_of, top_mask  # noqa: E402
+
+from xray_core import explain as ex  # noqa: E402
+from xray_core import imaging  # noqa: E402
+from xray_core.explain.fastscore import make_scorer  # noqa: E402
+from xray_core.explain.lime import _fit_local_model, _sample_masks, segment  # noqa: E402
+
+DESIGNS = {"paired, 1,000 samples": ("paired", 1000), "orthogonal, 1,024 samples": ("orthogonal", 1024)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--films", type=int, default=30)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "reports")
+    args = ap.parse_args(argv)
+
+    from xray_core.model import load_model
+
+    model = load_model("default")
+    adapter = ex.as_adapter(model)
+    settings = ex.DEFAULT_LIME
+    started, load_before = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), os.getloadavg()
+    rows = []
+    for path in validation_films(model, args.films):
+        x = adapter.prepare(imaging.decode(path))
+        segments = segment(x, settings["segmentation"], settings["segmentation_params"], 0)
+        n = int(segments.max()) + 1
+        scorer = make_scorer(adapter, x, segments, fill=fill_of(x, segments, settings["hide_color"]))
+        row = {"film": path.name, "n_superpixels": n}
+        for name, (sampling, samples) in DESIGNS.items():
+            tops = []
+            for seed in range(args.seeds):
+                data = _sample_masks(n, samples, seed, sampling)
+                p = scorer(data, 128)[:, ex.PNEUMONIA]
+                weights = _fit_local_model(data, p, settings["kernel_width"])[0]
+                tops.append(top_mask(segments, weights))
+            js = [ex.jaccard(a, b) for a, b in itertools.combinations(tops, 2)]
+            row[name] = {"jaccard_min": float(min(js)), "jaccard_mean": float(np.mean(js))}
+        rows.append(row)
+        print(row, flush=True)
+    summary = {name: {"films_min_ge_0.8": int(sum(r[name]["jaccard_min"] >= 0.8 for r in rows)),
+                      "films_mean_ge_0.8": int(sum(r[name]["jaccard_mean"] >= 0.8 for r in rows)),
+                      "median_min": float(np.median([r[name]["jaccard_min"] for r in rows])),
+                      "median_mean": float(np.median([r[name]["jaccard_mean"] for r in rows]))} for name in DESIGNS}
+    command = "python benchmarks/bench_lime_design.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result = {"run": model.run_id, "settings": {k: v for k, v in settings.items() if k not in ("sampling", "num_samples")},
+              "designs": {k: {"sampling": s, "num_samples": m} for k, (s, m) in DESIGNS.items()},
+              "films": rows, "summary": summary, "seeds": args.seeds, "command": command.strip(),
+              "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "load_before": load_before, "load_after": os.getloadavg(), "platform": platform.platform(),
+              "versions": versions()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "explain_design.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    names = list(DESIGNS)
+    md = ["# LIME's on/off design: random pairs against an orthogonal fold-over", "",
+          f"Run `{model.run_id}`; segmentation, fill and fit as the dashboard's (`DEFAULT_LIME`: "
+          f"{result['settings']}); seeds 0-{args.seeds - 1}; the first {len(rows)} validation films of "
+          "bench_explain's draw. Per film, the smallest and mean pairwise pixel Jaccard of the top-5 "
+          "superpixels (by |weight|) over the seeds. Goal (issue 11): smallest >= 0.8.", "",
+          "| film | superpixels | " + " | ".join(f"{n}: smallest / mean" for n in names) + " |",
+          "|---|---|" + "---|" * len(names),
+          *[f"| {r['film']} | {r['n_superpixels']} | " + " | ".join(
+              f"{r[n]['jaccard_min']:.2f} / {r[n]['jaccard_mean']:.2f}" for n in names) + " |" for r in rows], "",
+          "| design | films with smallest >= 0.8 | films with mean >= 0.8 | median smallest | median mean |",
+          "|---|---|---|---|---|",
+          *[f"| {n} | {s['films_min_ge_0.8']} of {len(rows)} | {s['films_mean_ge_0.8']} of {len(rows)} | "
+            f"{s['median_min']:.2f} | {s['median_mean']:.2f} |" for n, s in summary.items()], "",
+          f"Command: `{result['command']}`; {started} to {result['finished']}; load average "
+          f"{load_before[0]:.1f} before, {result['load_after'][0]:.1f} after; {result['platform']}; {result['versions']}.", "",
+          "Images: Kermany, Zhang, Goldbaum (2018), CC BY 4.0. Research software, not a medical device.", ""]
+    (args.out / "explain_design.md").write_text("\n".join(md), encoding="utf-8")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
