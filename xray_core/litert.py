@@ -160,5 +160,5 @@ class Program:
                 it = self._interpreter(len(piece))
                 it.set_tensor(self._input, piece)
                 it.invoke()
-                parts.append([np.array(it.get_tensor(i)) for i in self._outputs])
+                parts.append([it.get_tensor(i) for i in self._outputs])  # get_tensor copies
         return tuple(np.concatenate(column, axis=0) for column in zip(*parts))
