@@ -2,7 +2,7 @@
 
 Run by hand (it takes a few minutes on 2 cores):
 
-    python benchmarks/bench_explain.py [--samples 1000] [--repeats 3]
+    python benchmarks/bench_explain.py [--samples 1024] [--repeats 3]
 
 Seed-style means what the seed notebook did: `LimeImageExplainer()` with its defaults (no
 random_state, quickshift, batch_size=10, top_labels=5), `model.predict` as the classifier,

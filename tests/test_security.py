@@ -526,7 +526,7 @@ def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_score_report_
 
     # report: the one-page PDF (its text extracted: PDF streams are compressed).
     proc = subprocess.run([sys.executable, "-m", "xray_core", "report", run_id, str(upload),
-                           "--out", str(out / "report.pdf"), "--samples", "100", "--show-anyway",
+                           "--out", str(out / "report.pdf"), "--samples", "128", "--show-anyway",
                            "--runs-dir", str(models)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 from xray_core.scoring.decoding import DecodedChunk, one_line
 
 #: Films per network call inside a chunk: the default 3-member 192 px model runs fastest at 16 on
-#: 2 cores (benchmarks/reports/score.md, "network alone by batch size").
+#: 2 cores with TensorFlow; on LiteRT any batch runs alike (benchmarks/reports/forward.md).
 NETWORK_BATCH = 16
 
 
@@ -93,7 +93,8 @@ def rows_for_batch(model, chunk: DecodedChunk, hooks=(None, None), batch_size: i
 
 def overlapped_rows(model, chunks: Iterable[DecodedChunk], hooks=(None, None)) -> Iterator[list[dict]]:
     """rows_for_batch over a stream of chunks, the network running on the next chunk (in a thread:
-    TensorFlow releases the GIL) while the gate and the rows of this one are computed."""
+    TensorFlow and LiteRT release the GIL while they compute) while the gate and the rows of this
+    one are computed."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="xray-forward") as pool:
