@@ -7,6 +7,7 @@ of their scale. Conversion is cached under XRAY_CACHE_DIR by the hash of the net
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,12 @@ def test_auto_runs_litert_on_a_machine_without_a_gpu(monkeypatch):
         pytest.skip("this machine has a GPU: auto keeps TensorFlow there")
     monkeypatch.delenv(litert.ENV, raising=False)
     assert litert.chosen_backend() == "litert"
+
+
+def test_threads_follow_omp_num_threads_as_ray_sets_it(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert litert.default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert litert.default_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert litert.default_threads() == len(os.sched_getaffinity(0))

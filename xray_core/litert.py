@@ -104,6 +104,15 @@ def load_or_convert(forward, files: Sequence[Path], signature: str, cache_dir: P
     return program
 
 
+def default_threads() -> int:
+    """Threads for one interpreter: OMP_NUM_THREADS when set (Ray sets it to an actor's CPUs, so
+    actors sharing a node do not oversubscribe it), else the CPUs this process may run on."""
+    asked = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if asked.isdigit() and int(asked) > 0:
+        return int(asked)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 _announced = False  # LiteRT says it created its XNNPACK delegate once per process, on stderr
 
 
@@ -130,7 +139,7 @@ class Program:
         from ai_edge_litert.interpreter import Interpreter
 
         self.chunk = int(chunk)
-        self._make = lambda: Interpreter(model_content=flatbuffer, num_threads=threads or os.cpu_count() or 1)
+        self._make = lambda: Interpreter(model_content=flatbuffer, num_threads=threads or default_threads())
         self._ready: OrderedDict[int, object] = OrderedDict()
         self._lock = threading.Lock()
         probe = self._make()
