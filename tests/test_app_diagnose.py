@@ -215,3 +215,22 @@ def test_diagnose_writes_nothing_to_disk(monkeypatch, synthetic_dataset, tiny_ru
     assert _files(models) == before_models
     assert sorted(p.name for p in private_tmp.rglob("*")) == []
     assert _files(PROJECT) - before_project == set()
+
+
+def test_settings_the_lime_design_cannot_take_are_said_in_place_of_the_panels(diagnose, synthetic_dataset,
+                                                                              monkeypatch):
+    """More superpixels than half the samples: the orthogonal design cannot be built. The verdict
+    stays; the explanation fragment says why there are no panels and what to change."""
+    from xray_core.explain import adapter
+
+    monkeypatch.setitem(adapter.DEFAULT_SEGMENTATION_PARAMS, "grid", {"rows": 12, "cols": 12})  # 144 superpixels
+    at = diagnose
+    at.select_slider(key="diagnose_samples").set_value(128)
+    at.selectbox(key="diagnose_segmentation").set_value("grid")
+    _, raw = image_bytes(synthetic_dataset, "test", "PNEUMONIA")
+    at.file_uploader(key="diagnose_upload").set_value(("film.png", enlarged(raw), "image/png")).run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("No explanation with these settings") and "power of two" in e for e in errors), errors
+    assert "Probability of pneumonia" in [m.label for m in at.metric]  # the verdict is still shown
+    assert len(at.image) == 0  # no panels
