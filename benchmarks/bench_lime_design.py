@@ -16,7 +16,6 @@ Writes benchmarks/reports/explain_design.md and .json.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -31,12 +30,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_explain import validation_films, versions  # noqa: E402
-from bench_lime_settings import fill_of, top_mask  # noqa: E402
 
 from xray_core import explain as ex  # noqa: E402
 from xray_core import imaging  # noqa: E402
-from xray_core.explain.fastscore import make_scorer  # noqa: E402
-from xray_core.explain.lime import _fit_local_model, _sample_masks, segment  # noqa: E402
 
 DESIGNS = {"paired, 1,000 samples": ("paired", 1000), "orthogonal, 1,024 samples": ("orthogonal", 1024)}
 
@@ -51,25 +47,16 @@ def main(argv=None) -> int:
     from xray_core.model import load_model
 
     model = load_model("default")
-    adapter = ex.as_adapter(model)
     settings = ex.DEFAULT_LIME
     started, load_before = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), os.getloadavg()
     rows = []
     for path in validation_films(model, args.films):
-        x = adapter.prepare(imaging.decode(path))
-        segments = segment(x, settings["segmentation"], settings["segmentation_params"], 0)
-        n = int(segments.max()) + 1
-        scorer = make_scorer(adapter, x, segments, fill=fill_of(x, segments, settings["hide_color"]))
-        row = {"film": path.name, "n_superpixels": n}
+        gray = imaging.decode(path)
+        row = {"film": path.name}
         for name, (sampling, samples) in DESIGNS.items():
-            tops = []
-            for seed in range(args.seeds):
-                data = _sample_masks(n, samples, seed, sampling)
-                p = scorer(data, 128)[:, ex.PNEUMONIA]
-                weights = _fit_local_model(data, p, settings["kernel_width"])[0]
-                tops.append(top_mask(segments, weights))
-            js = [ex.jaccard(a, b) for a, b in itertools.combinations(tops, 2)]
-            row[name] = {"jaccard_min": float(min(js)), "jaccard_mean": float(np.mean(js))}
+            st = ex.stability(model, gray, seeds=args.seeds, **dict(settings, sampling=sampling, num_samples=samples))
+            row["n_superpixels"] = min(st.n_superpixels)
+            row[name] = {"jaccard_min": st.jaccard_min, "jaccard_mean": st.jaccard_mean}
         rows.append(row)
         print(row, flush=True)
     summary = {name: {"films_min_ge_0.8": int(sum(r[name]["jaccard_min"] >= 0.8 for r in rows)),

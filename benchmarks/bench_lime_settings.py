@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from xray_core import explain as ex  # noqa: E402
 from xray_core import imaging  # noqa: E402
 from xray_core.explain.fastscore import make_scorer  # noqa: E402
-from xray_core.explain.lime import _fit_local_model, _sample_masks, segment  # noqa: E402
+from xray_core.explain.lime import _fit_local_model, _sample_masks, hidden_fill, segment  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the same film draw (the first n of bench_explain's) and version list as bench_explain
@@ -51,17 +51,6 @@ KERNEL_WIDTHS = (0.25, 1.0, None)
 TOP_K = ex.TOP_PROS_CONS
 
 
-def fill_of(x: np.ndarray, segments: np.ndarray, hide_color) -> np.ndarray | None:
-    """What explain_lime shows in a hidden superpixel (None: black, the scorer's own)."""
-    if hide_color is not None:
-        return None if float(hide_color) == 0.0 else np.full(x.shape, float(hide_color), np.float32)
-    n = int(segments.max()) + 1
-    counts = np.maximum(np.bincount(segments.ravel(), minlength=n), 1)
-    means = np.stack([np.bincount(segments.ravel(), weights=x[..., c].ravel(), minlength=n) / counts
-                      for c in range(x.shape[-1])], axis=1)
-    return means[segments].astype(np.float32)
-
-
 def scored(model, adapter, x, segments, sampling, seed, samples, hide_color, cache: Path):
     key = f"{cache.name}-{sampling}-{seed}-{samples}-{hide_color}.npz"
     path = cache.parent / key
@@ -69,7 +58,7 @@ def scored(model, adapter, x, segments, sampling, seed, samples, hide_color, cac
         with np.load(path) as z:
             return z["data"], z["p"]
     data = _sample_masks(int(segments.max()) + 1, samples, seed, sampling)
-    scorer = make_scorer(adapter, x, segments, fill=fill_of(x, segments, hide_color))
+    scorer = make_scorer(adapter, x, segments, fill=hidden_fill(x, segments, hide_color))
     p = scorer(data, 128)[:, ex.PNEUMONIA]
     np.savez(path, data=data, p=p)
     return data, p

@@ -308,8 +308,10 @@ def _add_report(sub, common) -> None:
     p.add_argument("run", metavar="RUN", help="run id (e.g. default) or a path to a run folder")
     p.add_argument("image", metavar="IMAGE", type=Path, help="PNG, JPEG, BMP, TIFF or DICOM file")
     p.add_argument("--out", required=True, type=Path, help="the PDF file to write")
+    from xray_core.explain import adapter  # its constants only (no TensorFlow, no scikit-image)
+
     p.add_argument("--samples", type=_positive_int, default=None,
-                   help="LIME samples, a power of two (default: the dashboard's, 1024)")
+                   help=f"LIME samples, a power of two (default: the dashboard's, {adapter.DEFAULT_LIME['num_samples']})")
     p.add_argument("--seed", type=int, default=0, help="seed for LIME")
     p.add_argument("--show-anyway", action="store_true",
                    help="include the verdict and explanations even when the gate refuses the image")
