@@ -543,7 +543,8 @@ def dicom_facts(data: bytes | str | Path | BinaryIO, filename: str | None = None
 
 def colour_saturation(data: bytes | str | Path | BinaryIO, filename: str | None = None, *,
                       max_bytes: int = MAX_UPLOAD_BYTES, side: int = 128) -> float:
-    """Share of pixels with visible colour (chroma > 0.12), in 0..1, from a small RGB copy.
+    """Share of pixels with visible colour (chroma > 0.12), in 0..1, from a small RGB copy (at most
+    `side` pixels a side; a JPEG decoded at a reduced DCT scale).
 
     `decode` returns gray, so a colour photograph looks like any gray image afterwards: this is
     the check to run before that conversion. Gray modes and DICOM (monochrome) give 0.0;
@@ -565,24 +566,36 @@ def colour_saturation(data: bytes | str | Path | BinaryIO, filename: str | None 
                 return 0.0
             try:
                 if im.format == "JPEG":
-                    im.draft("RGB", (side, side))
+                    # the smallest DCT scale with a side of at least side / 2: a 224 px film decodes
+                    # at 112 px and needs no resampling (the resampling cost 3x the decode)
+                    im.draft("RGB", (side // 2, side // 2))
                 im.load()
                 small = im.convert("RGB")
                 small.thumbnail((side, side))
             except (OSError, SyntaxError, ValueError, EOFError) as exc:
                 raise _damaged(filename, exc) from None
-            rgb = np.asarray(small, dtype=np.float32)
+            rgb = np.asarray(small)
     return _coloured_share(rgb)
 
 
+#: Chroma (max - min of R, G, B, in 0..255) above which a pixel counts as coloured: > 0.12 * 255.
+_CHROMA_MIN = 0.12 * 255.0
+
+
 def _coloured_share(rgb: np.ndarray) -> float:
-    rgb = np.asarray(rgb, np.float32)
-    chroma = (rgb.max(axis=2) - rgb.min(axis=2)) / 255.0
-    return float(np.mean(chroma > 0.12))
+    """Share of pixels whose chroma exceeds 0.12 of full scale. For 8-bit pixels the channels are
+    compared as uint8 (a max and a min over three slices: ~40x faster than reducing a float copy
+    over its last axis, and exact, since an integer chroma c exceeds 30.6 when c >= 31)."""
+    rgb = np.asarray(rgb)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    chroma = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    if rgb.dtype != np.uint8:
+        chroma = chroma.astype(np.float64)
+    return float(np.count_nonzero(chroma > _CHROMA_MIN) / max(chroma.size, 1))
 
 
 def _dicom_rgb(raw: bytes) -> np.ndarray | None:
-    """A colour DICOM's first frame as RGB float32 (subsampled), None for a monochrome one."""
+    """A colour DICOM's first frame as RGB (subsampled, its own dtype), None for a monochrome one."""
     import pydicom
 
     ds = pydicom.dcmread(io.BytesIO(raw), force=True)
@@ -596,4 +609,4 @@ def _dicom_rgb(raw: bytes) -> np.ndarray | None:
     if arr.ndim == 4:
         arr = arr[0]
     step = max(1, max(arr.shape[:2]) // 128)
-    return arr[::step, ::step, :3].astype(np.float32)
+    return arr[::step, ::step, :3]
