@@ -107,6 +107,21 @@ def test_colour_is_measured_before_the_gray_conversion():
     assert imaging.decode(png(rgb)).ndim == 2
 
 
+def test_colour_share_counts_chroma_above_twelve_percent():
+    # chroma = max - min of R, G, B: 31 of 255 is above 0.12, 30 is not; half the pixels each way
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[:4, :, 1] = 31
+    rgb[4:, :, 2] = 30
+    assert imaging._coloured_share(rgb) == 0.5
+    rgb[4:, :, 0] = 255  # chroma 255 - 0 everywhere below
+    assert imaging._coloured_share(rgb) == 1.0
+    # 16-bit colour (a secondary-capture DICOM): the same scale, no uint8 wrap-around
+    wide = np.zeros((2, 2, 3), np.uint16)
+    wide[0, :, 0] = 300
+    wide[1, :, 2] = 30
+    assert imaging._coloured_share(wide) == 0.5
+
+
 def test_dicom_facts_and_warnings_without_patient_data(tmp_path):
     path = ct_dicom(tmp_path, (np.arange(32 * 32) % 256).astype(np.uint8).reshape(32, 32))
     facts = imaging.dicom_facts(path.read_bytes())
@@ -216,6 +231,26 @@ def test_intensity_stats_by_hand():
     assert (p5, p50, p95) == pytest.approx((2.0, 127.5, 253.0))
     assert extremes == pytest.approx(0.5)  # 2 and 253 count as pure black / white, 3 and 252 do not
     assert gate.intensity_stats(levels[0]).shape == (1, 6)  # one image without the batch axis
+
+
+def test_intensity_stats_percentiles_equal_numpy_bit_for_bit():
+    # Whole gray levels take the histogram path; it must give np.percentile's values exactly
+    # (the gate's fitted ranges were read with np.percentile).
+    rng = np.random.default_rng(3)
+    films = [rng.integers(0, 256, (5, 48, 40, 1)),
+             np.clip(np.round(rng.normal(90, 40, (5, 37, 29, 1))), 0, 255),
+             np.repeat(rng.integers(0, 256, (5, 1, 1, 1)), 9, axis=1).repeat(9, axis=2),  # constant images
+             rng.integers(250, 256, (3, 1, 7, 1))]  # 7 pixels: every quantile falls between two
+    for x in films:
+        x = x.astype(np.float32)
+        flat = x[..., 0].reshape(len(x), -1)
+        stats = gate.intensity_stats(x)
+        np.testing.assert_array_equal(stats[:, 2:5], np.percentile(flat, [5, 50, 95], axis=1).T)
+        np.testing.assert_array_equal(stats[:, 5], np.mean((flat <= 2) | (flat >= 253), axis=1))
+    # Values that are not whole levels 0..255 go through np.percentile itself.
+    odd = np.array([[-3.0, 0.5, 10.0, 300.0]], np.float32).reshape(1, 2, 2, 1)
+    np.testing.assert_array_equal(gate.intensity_stats(odd)[0, 2:5], np.percentile(odd.ravel(), [5, 50, 95]))
+    assert gate.intensity_stats(odd)[0, 5] == 0.75  # -3 and 0.5 count as black, 300 as white, 10 as neither
 
 
 def _asymmetric(size=64):
