@@ -128,13 +128,25 @@ def decoded_chunks(chunks: Iterator[list], size: tuple[int, int], draft: bool, w
         for chunk in chunks:
             yield decode_items(chunk, size, draft)
         return
-    # spawn: the parent may hold TensorFlow's threads, which a fork would copy half-alive.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers) as pool:
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn: the parent may hold TensorFlow's threads, which a fork would copy half-alive. An
+    # executor, not multiprocessing.Pool: a worker that dies (killed for memory, say) breaks it
+    # and the job ends with a sentence, where a Pool would wait for its result forever.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         inflight: deque = deque()
-        for chunk in chunks:
-            inflight.append(pool.apply_async(decode_items, (chunk, size, draft)))
-            if len(inflight) >= IN_FLIGHT_PER_WORKER * workers:
-                yield inflight.popleft().get()
-        while inflight:
-            yield inflight.popleft().get()
+        try:
+            for chunk in chunks:
+                inflight.append(pool.submit(decode_items, chunk, size, draft))
+                if len(inflight) >= IN_FLIGHT_PER_WORKER * workers:
+                    yield inflight.popleft().result()
+            while inflight:
+                yield inflight.popleft().result()
+        except BrokenProcessPool:
+            from xray_core.scoring.inputs import ScoreError
+
+            raise ScoreError(
+                "A decoding worker process died (the system may have stopped it for lack of memory). "
+                "The rows written so far are kept: run the same command again to go on, with fewer "
+                "--workers or a smaller --batch-size if it happens again.") from None
