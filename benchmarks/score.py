@@ -210,30 +210,14 @@ def score_cli(run: str, folder: Path, out: Path, workers: int | None = None, ray
             "peak_rss_tree_mb": r["peak_rss_tree_mb"], "peak_rss_main_mb": r["peak_rss_main_mb"]}
 
 
-def score_steady(model, folder: Path, out: Path, draft: bool = True, threads: int | None = None) -> dict:
+def score_steady(model, folder: Path, out: Path, draft: bool = True) -> dict:
     """In process, model loaded and traced: the rate from the first written chunk to the last."""
     marks = []
-    summary = scoring.score(model, folder, out, progress=False, draft=draft, threads=threads,
+    summary = scoring.score(model, folder, out, progress=False, draft=draft,
                             on_chunk=lambda s: marks.append((time.perf_counter(), s["scored"])))
     (t0, n0), (t1, n1) = marks[0], marks[-1]
     return {"n": summary["scored"], "seconds": summary["seconds"], "images_per_s": summary["images_per_second"],
             "steady_images_per_s": round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else None}
-
-
-def network_threads_ab(model, folder: Path, tmp: Path, rounds: int = 2) -> dict:
-    """Steady `score` (draft) with the network on its default threads while the decoders run
-    (scoring.job.network_threads) against the network on every core, alternating A B A B so that
-    a busy moment of a shared machine falls on both."""
-    from xray_core.scoring.job import network_threads
-
-    cores = default_workers()
-    runs = {"default": [], "all_cores": []}
-    for r in range(rounds):
-        for key, threads in (("default", None), ("all_cores", cores)):
-            runs[key].append(score_steady(model, folder, tmp / f"{key}{r}.csv", threads=threads)["steady_images_per_s"])
-    return {"default_threads": network_threads(cores), "all_cores_threads": cores, **runs,
-            "mean_default": round(float(np.mean(runs["default"])), 1),
-            "mean_all_cores": round(float(np.mean(runs["all_cores"])), 1)}
 
 
 def draft_difference(model, folder: Path, tmp: Path) -> dict:
@@ -324,8 +308,6 @@ def main() -> int:
             print(f"{name}: score in process (full decode, then draft)", file=sys.stderr)
             entry["score_in_process_full"] = score_steady(model, folder, tmp / f"full{len(sets)}.csv", draft=False)
             entry["score_in_process"] = score_steady(model, folder, tmp / f"inproc{len(sets)}.csv")
-            print(f"{name}: network threads, the default against all cores (twice each, alternating)", file=sys.stderr)
-            entry["network_threads"] = network_threads_ab(model, folder, tmp / f"threads{len(sets)}")
             if not args.no_ray:
                 print(f"{name}: score --ray (local Ray) on {n_new} files", file=sys.stderr)
                 entry["score_command_ray"] = score_cli(run_ref, folder, tmp / f"ray{len(sets)}.csv", ray=True)
@@ -431,18 +413,6 @@ def markdown(r: dict) -> str:
                   + ", ".join(f"{k}: {v}" for k, v in lim["network_by_batch"].items())
                   + f". {lim['cores']} cores; decoding in {lim['workers']} worker processes, chunks of "
                   f"{lim['batch']} files; limits measured on the first {lim['files']} files of each set."]
-    ab = {name: e["network_threads"] for name, e in r.get("sets", {}).items() if "network_threads" in e}
-    if ab:
-        first = next(iter(ab.values()))
-        lines += ["", "## Network threads while the decoders run", "",
-                  f"`score` steady, draft, in process: the network on {first['default_threads']} thread(s) (the default "
-                  f"while decoding runs in worker processes, `scoring.job.network_threads`) against all "
-                  f"{first['all_cores_threads']} cores, alternating A B A B (images/s).", "",
-                  "| files | default threads: each run | mean | all cores: each run | mean | default / all cores |",
-                  "|---|---|---:|---|---:|---:|"]
-        lines += [f"| {name} | {', '.join(map(str, t['default']))} | {t['mean_default']} | "
-                  f"{', '.join(map(str, t['all_cores']))} | {t['mean_all_cores']} | "
-                  f"{t['mean_default'] / t['mean_all_cores']:.2f}x |" for name, t in ab.items()]
     if not r.get("complete"):
         lines += ["", "**Partial report**: the run was stopped before every part below was measured."]
     d = r.get("draft_difference_originals")

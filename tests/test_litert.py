@@ -102,18 +102,3 @@ def test_threads_follow_omp_num_threads_as_ray_sets_it(monkeypatch):
     assert litert.default_threads() == len(os.sched_getaffinity(0))
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert litert.default_threads() == len(os.sched_getaffinity(0))
-
-
-def test_a_call_can_cap_the_threads_and_gets_the_same_outputs(monkeypatch):
-    """Batch scoring runs the network on fewer threads than cores while its decoders work: each
-    thread count gets its own interpreter, and the outputs do not depend on it."""
-    monkeypatch.setenv(litert.ENV, "litert")
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    model = Model(ROOT / "trained_models" / "default")
-    x = _inputs(model, 3)
-    one = model.raw_member_proba_and_features(x, threads=1)
-    two = model.raw_member_proba_and_features(x, threads=2)
-    plain = model.raw_member_proba_and_features(x)
-    assert set(model._runner._ready) == {(3, 1), (3, 2), (3, litert.default_threads())}
-    for a, b in ((one, two), (one, plain)):
-        assert np.abs(a[0] - b[0]).max() <= 1e-6 and np.abs(a[1] - b[1]).max() <= 1e-5

@@ -248,45 +248,6 @@ def test_sigkill_mid_run_then_rerun_has_every_file_exactly_once(tiny_run, tmp_pa
     assert summary["images_per_second"] > 0
 
 
-def _decoding_workers(pid: int) -> list[int]:
-    """The decoding processes a `score` process started (its spawned children, not the resource
-    tracker), from /proc."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the worker processes through /proc (Linux)")
-def test_a_decoding_worker_killed_mid_run_ends_the_job_with_a_sentence_and_a_rerun_completes(tiny_run, tmp_path):
-    folder = tmp_path / "archive"
-    files = make_films(folder, 400, size=32)
-    out = tmp_path / "scores.csv"
-    cmd = _cli(tiny_run, folder, "--out", out, "--batch-size", "4", "--workers", "2", "--quiet")
-    proc = subprocess.Popen(cmd, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.read_bytes().count(b"\n") > 20:
-                break
-            time.sleep(0.02)
-        workers = _decoding_workers(proc.pid)
-        assert proc.poll() is None and workers, "the scoring ended before a worker could be killed"
-        os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
-        stderr = proc.communicate(timeout=120)[1]  # a hang here is the bug this test is about
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-    assert proc.returncode != 0
-    assert "A decoding worker process died" in stderr and "run the same command again" in stderr
-    assert "Traceback" not in stderr
-    kept = read_rows(out)
-    assert 0 < len(kept) < len(files) and len({r["path"] for r in kept}) == len(kept)
-    done = subprocess.run(cmd + ["--json"], cwd=PROJECT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["already_scored"] == len(kept)
-    assert sorted(r["path"] for r in read_rows(out)) == sorted(str(p) for p in files)  # every file, once
-
-
 def test_parquet_output_resumes_from_parts(tiny_run, films, tmp_path):
     out = tmp_path / "scores.parquet"
 
@@ -341,12 +302,3 @@ def test_cli_error_is_one_line_without_traceback(tiny_run, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_the_network_leaves_half_the_cores_to_the_decoders(monkeypatch):
-    from xray_core.scoring import job
-
-    for cores, threads in ((1, 1), (2, 1), (3, 1), (8, 4)):
-        monkeypatch.setattr(job, "default_workers", lambda cores=cores: cores)
-        assert job.network_threads(workers=cores) == threads
-    assert job.network_threads(workers=0) is None  # decoding in this process: the network takes its default

@@ -139,38 +139,34 @@ class Program:
         from ai_edge_litert.interpreter import Interpreter
 
         self.chunk = int(chunk)
-        self.threads = threads
-        self._make = lambda n_threads: Interpreter(model_content=flatbuffer, num_threads=n_threads)
-        self._ready: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self._make = lambda: Interpreter(model_content=flatbuffer, num_threads=threads or default_threads())
+        self._ready: OrderedDict[int, object] = OrderedDict()
         self._lock = threading.Lock()
-        probe = self._make(1)
+        probe = self._make()
         self._input = probe.get_input_details()[0]["index"]
         # outputs come back in the function's order: the converter names them ...:0, ...:1
         outputs = probe.get_output_details()
         self._outputs = [o["index"] for o in sorted(outputs, key=lambda o: int(o["name"].rsplit(":", 1)[-1]))]
         self._shape = [int(v) for v in probe.get_input_details()[0]["shape_signature"]]
 
-    def _interpreter(self, n: int, threads: int):
-        it = self._ready.pop((n, threads), None)
+    def _interpreter(self, n: int):
+        it = self._ready.pop(n, None)
         if it is None:
-            it = self._make(threads)
+            it = self._make()
             it.resize_tensor_input(self._input, [n, *self._shape[1:]], strict=True)
             _allocate(it)
-        self._ready[(n, threads)] = it
+        self._ready[n] = it
         while len(self._ready) > _INTERPRETERS_KEPT:
             self._ready.popitem(last=False)
         return it
 
-    def __call__(self, batch: np.ndarray, *, threads: int | None = None) -> tuple[np.ndarray, ...]:
-        """Outputs for `batch`, run on `threads` threads (default: the program's own setting, else
-        default_threads())."""
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        threads = int(threads or self.threads or default_threads())
         parts = []
         with self._lock:
             for start in range(0, len(batch), self.chunk):
                 piece = batch[start : start + self.chunk]
-                it = self._interpreter(len(piece), threads)
+                it = self._interpreter(len(piece))
                 it.set_tensor(self._input, piece)
                 it.invoke()
                 parts.append([it.get_tensor(i) for i in self._outputs])  # get_tensor copies

@@ -256,21 +256,17 @@ class Model:
                     self._runner, self.backend = forward, "tensorflow"
             return self._runner
 
-    def raw_member_proba_and_features(self, x: Any, *, batch_size: int = 256,
-                                      threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def raw_member_proba_and_features(self, x: Any, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """((n, k) uncalibrated P(pneumonia) of each member, (n, d) penultimate features averaged
         over members) from one forward pass: what batch scoring and the input gate need together.
-        The one place networks are called; `raw_member_proba` and `features` are its two halves.
-        `threads` caps the CPU threads of a LiteRT network (batch scoring leaves cores to its
-        decoders); TensorFlow and GPU runs ignore it."""
+        The one place networks are called; `raw_member_proba` and `features` are its two halves."""
         x = self._as_batch(x)
         if len(x) == 0:
             return np.zeros((0, self.n_members), np.float64), np.zeros((0, 0), np.float32)
         forward = self._run_forward()
-        options = {"threads": threads} if threads and self.backend == "litert" else {}
         probs, feats = [], []
         for i in range(0, len(x), batch_size):
-            p, f = forward(x[i : i + batch_size], **options)
+            p, f = forward(x[i : i + batch_size])
             probs.append(np.asarray(p))
             feats.append(np.asarray(f))
         return np.concatenate(probs, axis=0).astype(np.float64), np.concatenate(feats, axis=0).astype(np.float32)

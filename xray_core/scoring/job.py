@@ -158,11 +158,10 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
 def score(run, source: str | os.PathLike, out: str | os.PathLike, *, root: str | os.PathLike | None = None,
           workers: int | None = None, batch_size: int = DEFAULT_BATCH, draft: bool = True,
           progress: bool = True, status_path: str | os.PathLike | None = None,
-          on_chunk: Callable[[dict], None] | None = None, threads: int | None = None) -> dict:
+          on_chunk: Callable[[dict], None] | None = None) -> dict:
     """Score every file of `source` with `run`'s model into `out`; return the summary.
 
     workers: decoding processes (default: the CPUs available; 0 decodes in this process).
-    threads: the network's CPU threads (default: network_threads(workers)).
     batch_size: files per chunk, which is also the unit of writing (a kill loses only the chunks
     not yet written: the one being scored and the one whose rows are being made).
     """
@@ -171,12 +170,4 @@ def score(run, source: str | os.PathLike, out: str | os.PathLike, *, root: str |
     hooks = trust_hooks(model)
     workers = default_workers() if workers is None else int(workers)
     decoded = decoded_chunks(_chunks(job.pending(), batch_size), model.input_size, draft, workers)
-    rows = overlapped_rows(model, decoded, hooks, threads=threads or network_threads(workers))
-    return job.run(rows, desc=f"scoring with {model.run_id}", on_chunk=on_chunk)
-
-
-def network_threads(workers: int) -> int | None:
-    """CPU threads for the network while `workers` processes decode: half the CPUs (at least one),
-    so that the two sides do not fight over every core; None (all of them) when this process
-    decodes too. On 2 cores one thread beats two by 5-25 % (benchmarks/reports/score.md)."""
-    return max(1, default_workers() // 2) if workers > 0 else None
+    return job.run(overlapped_rows(model, decoded, hooks), desc=f"scoring with {model.run_id}", on_chunk=on_chunk)

@@ -41,16 +41,15 @@ def _gate_fields(result) -> tuple[str, str, str]:
             "; ".join(map(str, result.warnings)))
 
 
-def forward(model, chunk: DecodedChunk, batch_size: int = NETWORK_BATCH, threads: int | None = None):
+def forward(model, chunk: DecodedChunk, batch_size: int = NETWORK_BATCH):
     """(prepared batch, calibrated probabilities, gate features) of a chunk's decoded images, from
-    one forward pass (`Model.raw_member_proba_and_features`, on `threads` CPU threads); None when
-    no file was readable."""
+    one forward pass (`Model.raw_member_proba_and_features`); None when no file was readable."""
     from xray_core.model import calibrate
 
     if not len(chunk.images):
         return None
     prepared = model.prepare_batch(list(chunk.images))
-    raw, features = model.raw_member_proba_and_features(prepared, batch_size=batch_size, threads=threads)
+    raw, features = model.raw_member_proba_and_features(prepared, batch_size=batch_size)
     return prepared, calibrate(raw.mean(axis=1), model.temperature, model.bias), features  # = predict_proba
 
 
@@ -92,17 +91,16 @@ def rows_for_batch(model, chunk: DecodedChunk, hooks=(None, None), batch_size: i
     return rows_of(model, chunk, forward(model, chunk, batch_size), hooks)
 
 
-def overlapped_rows(model, chunks: Iterable[DecodedChunk], hooks=(None, None), *,
-                    threads: int | None = None) -> Iterator[list[dict]]:
+def overlapped_rows(model, chunks: Iterable[DecodedChunk], hooks=(None, None)) -> Iterator[list[dict]]:
     """rows_for_batch over a stream of chunks, the network running on the next chunk (in a thread:
     TensorFlow and LiteRT release the GIL while they compute) while the gate and the rows of this
-    one are computed. `threads`: the network's CPU threads (None: its default)."""
+    one are computed."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="xray-forward") as pool:
         previous = None
         for chunk in chunks:
-            current = (chunk, pool.submit(forward, model, chunk, NETWORK_BATCH, threads))
+            current = (chunk, pool.submit(forward, model, chunk))
             if previous is not None:
                 yield rows_of(model, previous[0], previous[1].result(), hooks)
             previous = current
