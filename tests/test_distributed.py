@@ -75,3 +75,72 @@ def test_chief_is_worker_zero_unless_a_chief_is_named():
     assert not distributed.is_chief(with_chief)
     assert distributed.is_chief({**with_chief, "task": {"type": "chief", "index": 0}})
     assert distributed.n_workers(with_chief) == 2
+
+
+def test_a_worker_without_the_run_to_resume_is_told_how_to_give_it_one(tmp_path):
+    second = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
+    with pytest.raises(runs.RunNotFound, match="worker 1: .* holds no checkpoint.*copy the chief's run folder"):
+        distributed.worker_runs_root(second, tmp_path, resume="gone")
+    first = {**second, "task": {"type": "worker", "index": 0}}
+    assert distributed.worker_runs_root(first, tmp_path, resume="gone") == tmp_path  # the chief checks in _resolve
+
+
+def _workers(configs, args, tmp_path, models):
+    procs = []
+    for i, tf_config in enumerate(configs):
+        env = dict(os.environ, TF_CONFIG=tf_config, XRAY_CACHE_DIR=str(tmp_path / f"cache{i}"))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "xray_core", "train", *args, "--runs-dir", str(models), "--distributed", "--quiet"],
+            cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(procs, timeout=900):
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return outputs
+
+
+def test_stop_on_the_chief_stops_every_worker_and_the_run_resumes_across_workers(synthetic_dataset, tmp_path):
+    """STOP in the chief's run folder (the dashboard's Cancel) ends both workers after the batch,
+    with a resumable run; `--resume` with the same workers continues it from its last epoch."""
+    import time
+
+    models = tmp_path / "models"
+    run_dir = models / "stopped"
+    procs = _workers(distributed.local_tf_configs(2),
+                     ["--arch", "baseline", "--data", str(synthetic_dataset), "--epochs", "40", "--batch-size", "16",
+                      "--image-size", "16", "--seed", "0", "--run-id", "stopped"], tmp_path, models)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+            if (run_dir / runs.CHECKPOINT_META_FILE).is_file():
+                break
+            time.sleep(0.1)
+        assert all(p.poll() is None for p in procs), "a worker ended before the first epoch was saved"
+        (run_dir / runs.STOP_FILE).write_text("stop\n")
+        outputs = _finish(procs, timeout=300)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    run = runs.load_run("stopped", root=models)
+    stopped_at = len(run.history)
+    assert run.status["state"] == "cancelled" and 1 <= stopped_at < 40  # Cancel: a run that can resume
+
+    procs = _workers(distributed.local_tf_configs(2), ["--resume", "stopped", "--epochs", str(stopped_at + 1)],
+                     tmp_path, models)
+    for proc, (out, err) in zip(procs, _finish(procs)):
+        assert proc.returncode == 0, err[-3000:]
+    run = runs.load_run("stopped", root=models)
+    assert run.status["state"] == "completed"
+    assert list(run.history["epoch"]) == list(range(1, stopped_at + 2))
+    assert run.config["resumed"][0]["from_epoch"] == stopped_at

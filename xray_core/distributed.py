@@ -91,14 +91,27 @@ def strategy():
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def worker_runs_root(config: dict, runs_root):
+def worker_runs_root(config: dict, runs_root, resume: str | None = None):
     """Where this worker writes its run: the registry for the chief; for the others a temporary
-    folder, removed when the process exits (their copy of the run is identical and not kept)."""
+    folder, removed when the process exits (their copy of the run is identical and not kept).
+    To `resume`, a worker other than the chief starts from a copy of the run in its own
+    `runs_root` (a shared filesystem, or the chief's folder copied there beforehand)."""
     if is_chief(config):
         return runs_root
-    tmp = tempfile.mkdtemp(prefix="xray-worker-")
+    tmp = Path(tempfile.mkdtemp(prefix="xray-worker-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    return Path(tmp)
+    if resume:
+        from xray_core import runs
+
+        source = runs.run_path(resume, runs_root)
+        if not (source / runs.CHECKPOINT_FILE).is_file():
+            raise runs.RunNotFound(
+                f"Cannot resume {resume!r} on worker {config['task']['index']}: {source} holds no checkpoint. "
+                "Every worker needs the run to continue it: keep --runs-dir on a filesystem all workers "
+                "share, or copy the chief's run folder into each worker's --runs-dir first.")
+        # its status names the chief's process, which would make this copy look busy
+        shutil.copytree(source, tmp / source.name, ignore=shutil.ignore_patterns(runs.STATUS_FILE, runs.STOP_FILE))
+    return tmp
 
 
 def free_ports(n: int) -> list[int]:

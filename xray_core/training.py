@@ -290,7 +290,7 @@ def _train_distributed(config: TrainConfig, progress: Progress | None) -> Path:
 
     cluster = distributed.cluster_spec()
     strategy = distributed.strategy()
-    root = distributed.worker_runs_root(cluster, config.runs_root)
+    root = distributed.worker_runs_root(cluster, config.runs_root, resume=config.resume)
     return _train_one(dataclasses.replace(config, runs_root=root), progress, strategy=strategy)
 
 
