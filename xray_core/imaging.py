@@ -567,7 +567,8 @@ def colour_saturation(data: bytes | str | Path | BinaryIO, filename: str | None 
             try:
                 if im.format == "JPEG":
                     # the smallest DCT scale with a side of at least side / 2: a 224 px film decodes
-                    # at 112 px and needs no resampling (the resampling cost 3x the decode)
+                    # at 112 px and needs no resampling, which cost more than the decode itself
+                    # (0.8-1.3 ms against 0.55 ms per 224 px film on the development machine)
                     im.draft("RGB", (side // 2, side // 2))
                 im.load()
                 small = im.convert("RGB")
@@ -584,8 +585,9 @@ _CHROMA_MIN = 0.12 * 255.0
 
 def _coloured_share(rgb: np.ndarray) -> float:
     """Share of pixels whose chroma exceeds 0.12 of full scale. For 8-bit pixels the channels are
-    compared as uint8 (a max and a min over three slices: ~40x faster than reducing a float copy
-    over its last axis, and exact, since an integer chroma c exceeds 30.6 when c >= 31)."""
+    compared as uint8 (a max and a min over three slices: 0.05 ms for a 128 px copy, where reducing a
+    float copy over its last axis took 1.9 ms;
+    and exact, since an integer chroma c exceeds 30.6 when c >= 31)."""
     rgb = np.asarray(rgb)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     chroma = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
