@@ -150,3 +150,5 @@ def decoded_chunks(chunks: Iterator[list], size: tuple[int, int], draft: bool, w
                 "A decoding worker process died (the system may have stopped it for lack of memory). "
                 "The rows written so far are kept: run the same command again to go on, with fewer "
                 "--workers or a smaller --batch-size if it happens again.") from None
+        finally:  # stopped early (a cancel, an error in the caller): drop the chunks not started
+            pool.shutdown(wait=False, cancel_futures=True)
