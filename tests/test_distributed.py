@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,31 @@ from xray_core import distributed, runs
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _workers(args, tmp_path, models) -> list[subprocess.Popen]:
+    """Two `train --distributed` workers on 127.0.0.1 with `args`, each with its own cache."""
+    procs = []
+    for i, tf_config in enumerate(distributed.local_tf_configs(2)):
+        env = dict(os.environ, TF_CONFIG=tf_config, XRAY_CACHE_DIR=str(tmp_path / f"cache{i}"))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "xray_core", "train", *args, "--runs-dir", str(models), "--distributed", "--quiet"],
+            cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(procs, timeout=900) -> None:
+    """Wait for every worker (a worker still running after `timeout` is killed); each must succeed."""
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+
+
 def test_two_workers_make_one_run_that_loads_and_beats_chance(synthetic_dataset, tmp_path):
     from sklearn.metrics import roc_auc_score
 
@@ -22,25 +48,8 @@ def test_two_workers_make_one_run_that_loads_and_beats_chance(synthetic_dataset,
     from xray_core.model import load_model
 
     models = tmp_path / "models"
-    configs = distributed.local_tf_configs(2)
-    procs = []
-    for i, tf_config in enumerate(configs):
-        env = dict(os.environ, TF_CONFIG=tf_config, XRAY_CACHE_DIR=str(tmp_path / f"cache{i}"))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "xray_core", "train", "--arch", "baseline", "--data", str(synthetic_dataset),
-             "--epochs", "1", "--batch-size", "16", "--image-size", "16", "--seed", "0", "--run-id", "two-workers",
-             "--runs-dir", str(models), "--distributed", "--quiet"],
-            cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=900))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for proc, (out, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err[-3000:]
+    _finish(_workers(["--arch", "baseline", "--data", str(synthetic_dataset), "--epochs", "1", "--batch-size", "16",
+                      "--image-size", "16", "--seed", "0", "--run-id", "two-workers"], tmp_path, models))
 
     # one run folder, written by the chief alone; the other worker left nothing behind
     assert [p.name for p in models.iterdir() if not p.name.startswith(".")] == ["two-workers"]
@@ -85,37 +94,12 @@ def test_a_worker_without_the_run_to_resume_is_told_how_to_give_it_one(tmp_path)
     assert distributed.worker_runs_root(first, tmp_path, resume="gone") == tmp_path  # the chief checks in _resolve
 
 
-def _workers(configs, args, tmp_path, models):
-    procs = []
-    for i, tf_config in enumerate(configs):
-        env = dict(os.environ, TF_CONFIG=tf_config, XRAY_CACHE_DIR=str(tmp_path / f"cache{i}"))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "xray_core", "train", *args, "--runs-dir", str(models), "--distributed", "--quiet"],
-            cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    return procs
-
-
-def _finish(procs, timeout=900):
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=timeout))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    return outputs
-
-
 def test_stop_on_the_chief_stops_every_worker_and_the_run_resumes_across_workers(synthetic_dataset, tmp_path):
     """STOP in the chief's run folder (the dashboard's Cancel) ends both workers after the batch,
     with a resumable run; `--resume` with the same workers continues it from its last epoch."""
-    import time
-
     models = tmp_path / "models"
     run_dir = models / "stopped"
-    procs = _workers(distributed.local_tf_configs(2),
-                     ["--arch", "baseline", "--data", str(synthetic_dataset), "--epochs", "40", "--batch-size", "16",
+    procs = _workers(["--arch", "baseline", "--data", str(synthetic_dataset), "--epochs", "40", "--batch-size", "16",
                       "--image-size", "16", "--seed", "0", "--run-id", "stopped"], tmp_path, models)
     try:
         deadline = time.monotonic() + 600
@@ -125,21 +109,16 @@ def test_stop_on_the_chief_stops_every_worker_and_the_run_resumes_across_workers
             time.sleep(0.1)
         assert all(p.poll() is None for p in procs), "a worker ended before the first epoch was saved"
         (run_dir / runs.STOP_FILE).write_text("stop\n")
-        outputs = _finish(procs, timeout=300)
-    finally:
+    except BaseException:
         for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for proc, (out, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err[-3000:]
+            proc.kill()
+        raise
+    _finish(procs, timeout=300)
     run = runs.load_run("stopped", root=models)
     stopped_at = len(run.history)
     assert run.status["state"] == "cancelled" and 1 <= stopped_at < 40  # Cancel: a run that can resume
 
-    procs = _workers(distributed.local_tf_configs(2), ["--resume", "stopped", "--epochs", str(stopped_at + 1)],
-                     tmp_path, models)
-    for proc, (out, err) in zip(procs, _finish(procs)):
-        assert proc.returncode == 0, err[-3000:]
+    _finish(_workers(["--resume", "stopped", "--epochs", str(stopped_at + 1)], tmp_path, models))
     run = runs.load_run("stopped", root=models)
     assert run.status["state"] == "completed"
     assert list(run.history["epoch"]) == list(range(1, stopped_at + 2))
