@@ -160,9 +160,9 @@ def _level_percentiles(cumulative: np.ndarray, q: Sequence[float]) -> np.ndarray
     below = np.floor(virtual).astype(np.int64)
     gamma = virtual - below
     # the k-th smallest pixel (0-based) is the first level whose cumulative count exceeds k
-    lo = np.stack([np.searchsorted(c, below, side="right") for c in cumulative]).astype(np.float32)
-    hi = np.stack([np.searchsorted(c, np.minimum(below + 1, m - 1), side="right")
-                   for c in cumulative]).astype(np.float32)
+    ranks = np.concatenate([below, np.minimum(below + 1, m - 1)])
+    levels = np.stack([np.searchsorted(c, ranks, side="right") for c in cumulative]).astype(np.float32)
+    lo, hi = levels[:, : len(below)], levels[:, len(below) :]
     step = hi - lo
     return np.where(gamma >= 0.5, hi - step * (1 - gamma), lo + step * gamma)
 

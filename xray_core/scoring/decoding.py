@@ -18,13 +18,15 @@ import traceback
 import warnings
 import zipfile
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
 from xray_core import imaging
-from xray_core.scoring.inputs import ZIP_SEP, read_item_bytes
+from xray_core.scoring.inputs import ZIP_SEP, ScoreError, read_item_bytes
 
 #: Chunks in flight per worker: one being decoded and one waiting, ready for the network.
 IN_FLIGHT_PER_WORKER = 2
@@ -128,9 +130,6 @@ def decoded_chunks(chunks: Iterator[list], size: tuple[int, int], draft: bool, w
         for chunk in chunks:
             yield decode_items(chunk, size, draft)
         return
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
     # spawn: the parent may hold TensorFlow's threads, which a fork would copy half-alive. An
     # executor, not multiprocessing.Pool: a worker that dies (killed for memory, say) breaks it
     # and the job ends with a sentence, where a Pool would wait for its result forever.
@@ -144,8 +143,6 @@ def decoded_chunks(chunks: Iterator[list], size: tuple[int, int], draft: bool, w
             while inflight:
                 yield inflight.popleft().result()
         except BrokenProcessPool:
-            from xray_core.scoring.inputs import ScoreError
-
             raise ScoreError(
                 "A decoding worker process died (the system may have stopped it for lack of memory). "
                 "The rows written so far are kept: run the same command again to go on, with fewer "
