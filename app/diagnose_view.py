@@ -54,15 +54,17 @@ def faithfulness_line() -> str:
     return line
 
 
-def panel_help(vmax: float | None = None) -> dict[str, str]:
-    """One line per panel on how to read it. Every panel explains P(pneumonia), whatever the verdict."""
-    scale = f" (scale ±{vmax:.3g})" if vmax else ""
+def panel_help(vmax: float | None = None, scale: str = "probability") -> dict[str, str]:
+    """One line per panel on how to read it. Every panel explains P(pneumonia), whatever the verdict;
+    `scale` is what LIME fitted (LimeExplanation.scale), the unit of the heatmap's weights."""
+    unit = "log-odds" if scale == "logit" else "probability"
+    scale = f" (scale ±{vmax:.3g} in {unit})" if vmax else ""
     faith = faithfulness_line()
     return {
         "full": "Yellow outlines: the 2 regions that most raise the probability of pneumonia." + faith,
         "partial": "Only those 2 regions, the rest blacked out: is the evidence for pneumonia in the lungs?",
         "pros_cons": "The 5 strongest regions: green raises the probability of pneumonia, red lowers it." + faith,
-        "heatmap": f"Every region coloured by its weight on the probability of pneumonia: blue raises it, "
+        "heatmap": f"Every region coloured by its weight on the {unit} of pneumonia: blue raises it, "
                    f"red lowers it{scale}.",
         "gradcam": "Grad-CAM of the probability of pneumonia: warm colours where the last convolutional "
                    "layer saw evidence for pneumonia." + faith,
@@ -169,5 +171,5 @@ def explain_film(model: Any, img: np.ndarray, *, num_samples: int, segmentation:
     panels = dict(lime.panels.as_dict())
     panels["gradcam"] = explain.make_overlay(img, cam.heatmap)
     return {"lime": lime, "gradcam_overlay": panels["gradcam"], "panels": panels,
-            "panel_help": panel_help(lime.legend.vmax), "notes": explanation_notes(lime, cam.layer, name),
+            "panel_help": panel_help(lime.legend.vmax, lime.scale), "notes": explanation_notes(lime, cam.layer, name),
             "summary": {"lime": lime.to_dict(), "gradcam": {"layer": cam.layer, "seconds": cam.seconds}}}

@@ -257,7 +257,7 @@ def faithfulness(run: str, n_images: int, samples: int | None, steps: int, stabi
             st = ex.stability(model, gray, seeds=5, num_samples=settings["num_samples"],
                               segmentation=settings["segmentation"], segmentation_params=settings["segmentation_params"],
                               hide_color=settings["hide_color"], sampling=settings["sampling"],
-                              kernel_width=settings["kernel_width"], first=exp)
+                              kernel_width=settings["kernel_width"], scale=settings["scale"], first=exp)
             stab.append({"film": path.name, "n_superpixels": min(st.n_superpixels), "jaccard_min": st.jaccard_min,
                          "jaccard_mean": st.jaccard_mean,
                          "meets": bool(st.jaccard_min >= 0.8 and min(st.n_superpixels) >= 30)})
@@ -298,7 +298,8 @@ def render_faithfulness(r: dict) -> str:
         f"Run `{r['run']}`, {r['n_images']} films drawn (random_state 0) from its validation split. LIME with the "
         f"dashboard's settings (`DEFAULT_LIME`): {s['segmentation']} {s['segmentation_params']}, {s['num_samples']} "
         f"samples, sampling `{s['sampling']}`, kernel width {s['kernel_width'] if s['kernel_width'] is not None else 'uniform'}, "
-        f"hidden superpixels filled with {fill}. Every explanation is of P(pneumonia).", "",
+        f"hidden superpixels filled with {fill}. Every explanation is of P(pneumonia), fitted on its "
+        f"{'log-odds' if s.get('scale') == 'logit' else 'probability'}.", "",
         f"Deletion: superpixels hidden in each order, most important first, in {r['deletion_steps']} steps; the "
         "area under P(pneumonia) over the share hidden (lower = the order found what the model relies on). "
         "Like for like: same film, same superpixels, same model and same fill for all three orders. The first "

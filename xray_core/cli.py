@@ -278,7 +278,7 @@ def _add_explain(sub, common) -> None:
                    help=f"superpixel method (default {adapter.SEGMENTATIONS[0]}, the seed's)")
     p.add_argument("--seed", type=int, default=0, help="seed for LIME sampling and segmentation")
     p.add_argument("--label", choices=("NORMAL", "PNEUMONIA"), default=None,
-                   help="class to explain (default: the predicted one)")
+                   help="class to explain (default: PNEUMONIA, whatever the verdict)")
     p.add_argument("--stability-seeds", type=_positive_int, default=5,
                    help="LIME runs for the stability figure (default 5)")
     _add_runs_dir(p)

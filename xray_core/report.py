@@ -167,7 +167,8 @@ def build_pdf(assessment, *, lime=None, gradcam_overlay: np.ndarray | None = Non
         y = pdf.get_y()
         w = (epw - 8) / 3
         images = [("LIME pros and cons: green raises P(pneumonia), red lowers it", lime.panels.pros_cons),
-                  (f"LIME weight heatmap (blue raises P(pneumonia); scale +-{lime.legend.vmax:.3g})", lime.panels.heatmap)]
+                  (f"LIME weight heatmap (blue raises P(pneumonia); scale +-{lime.legend.vmax:.3g}"
+                   f"{' in log-odds' if lime.scale == 'logit' else ''})", lime.panels.heatmap)]
         if gradcam_overlay is not None:
             images.append(("Grad-CAM: warm where the last conv layer saw evidence for pneumonia", gradcam_overlay))
         for i, (caption, arr) in enumerate(images):

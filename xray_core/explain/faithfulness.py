@@ -110,7 +110,7 @@ def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5
               num_samples: int = 1000, segmentation: str = "quickshift",
               segmentation_params: dict | None = None, top_k: int = TOP_PROS_CONS,
               hide_color: float | None = HIDE_COLOR, sampling: str = "lime",
-              kernel_width: float | None = KERNEL_WIDTH,
+              kernel_width: float | None = KERNEL_WIDTH, scale: str = "probability",
               first: LimeExplanation | None = None) -> Stability:
     """Mean pairwise Jaccard overlap of the top-k superpixels (by |weight|) over several seeds.
 
@@ -124,13 +124,13 @@ def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5
     for s in seed_list:
         if first is not None and first.seed == s and first.num_samples == num_samples \
                 and first.segmentation == segmentation and first.hide_color == hide_color \
-                and first.sampling == sampling and first.kernel_width == kernel_width:
+                and first.sampling == sampling and first.kernel_width == kernel_width and first.scale == scale:
             exp = first
         else:
             exp = explain_lime(run_or_model, image, label=label, num_samples=num_samples,
                                segmentation=segmentation, segmentation_params=segmentation_params,
                                seed=s, panels=False, hide_color=hide_color, sampling=sampling,
-                               kernel_width=kernel_width)
+                               kernel_width=kernel_width, scale=scale)
         label = exp.label  # every seed explains the same label
         top = sorted(range(exp.n_superpixels), key=lambda k: (-abs(exp.weights[k]), k))[:top_k]
         masks.append(np.isin(exp.segments, top))
@@ -168,7 +168,7 @@ def trust_figures(run_or_model, image: np.ndarray, explanation: LimeExplanation 
                      num_samples=num_samples or explanation.num_samples,
                      segmentation=explanation.segmentation,
                      segmentation_params=explanation.segmentation_params, hide_color=fill,
-                     sampling=explanation.sampling, kernel_width=explanation.kernel_width,
+                     sampling=explanation.sampling, kernel_width=explanation.kernel_width, scale=explanation.scale,
                      first=explanation)
     return {
         "label": label,

@@ -10,7 +10,11 @@ whatever the verdict.
 Beyond lime: `sampling="paired"` draws antithetic pairs (each sample and its complement) and
 `kernel_width=None` weighs every sample alike; together they cancel the even-order interactions
 between superpixels in the fit (tests/test_explain.py), which steadies the top superpixels across
-seeds. The dashboard's settings are adapter.DEFAULT_LIME.
+seeds. `scale="logit"` fits the log-odds of the explained probability instead of the probability:
+a network's answer is far closer to additive in its superpixels on that scale (a sigmoid flattens
+differences near 0 and 1), so less of it is left to alias into the weights, and the top superpixels
+of a confident film agree across seeds far more often (benchmarks/reports/explain_design.md).
+The dashboard's settings are adapter.DEFAULT_LIME.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import numpy as np
 
 from xray_core.explain.adapter import (
     HIDE_COLOR, CLASSES, PNEUMONIA, DEFAULT_SEGMENTATION_PARAMS, DISPLAY_SIZE, ExplainError, HEATMAP_CMAP,
-    KERNEL_WIDTH, SAMPLINGS, SEGMENTATIONS, TOP_PROS_CONS, TOP_SUPPORTING, _check_label, as_adapter, to_gray,
+    KERNEL_WIDTH, SAMPLINGS, SCALES, SEGMENTATIONS, TOP_PROS_CONS, TOP_SUPPORTING, _check_label, as_adapter, to_gray,
 )
 from xray_core.explain.fastscore import _auto_batch_size, make_scorer
 from xray_core.explain.panels import HeatmapLegend, LimePanels, lime_panels
+from xray_core.model import logit
 
 
 def segment(model_input: np.ndarray, method: str = "quickshift", params: dict | None = None,
@@ -97,12 +102,12 @@ class LimeExplanation:
     label: int  # the explained class (0 NORMAL, 1 PNEUMONIA)
     predicted_label: int  # the model's label at its operating threshold
     probability: float  # pneumonia probability of the unperturbed image
-    label_score: float  # the model's score for the explained label (the quantity LIME fits)
+    label_score: float  # the model's probability for the explained label (LIME fits it, or its log-odds)
     segments: np.ndarray  # int32 (h, w) at model input size, labels 0..n-1
     weights: np.ndarray  # float64 (n,): weight of superpixel k for `label`
     intercept: float
     score: float  # weighted R^2 of the local linear fit
-    local_prediction: float  # the linear fit's value at the unperturbed image
+    local_prediction: float  # the linear fit's value at the unperturbed image (on `scale`)
     num_samples: int
     segmentation: str
     segmentation_params: dict
@@ -117,6 +122,7 @@ class LimeExplanation:
     hide_color: float | None = HIDE_COLOR  # what a hidden superpixel showed (None: its own mean)
     sampling: str = "lime"  # the on/off design (see _sample_masks)
     kernel_width: float | None = KERNEL_WIDTH  # lime's kernel width (None: every sample weighs alike)
+    scale: str = "probability"  # what was fitted: the label's probability or its log-odds ("logit")
 
     @property
     def label_name(self) -> str:
@@ -157,6 +163,7 @@ class LimeExplanation:
             "hide_color": self.hide_color,
             "sampling": self.sampling,
             "kernel_width": self.kernel_width,
+            "scale": self.scale,
         }
 
 
@@ -242,7 +249,7 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
                  batch_size: int | None = None, panels: bool = True,
                  display_size: int = DISPLAY_SIZE, fast: bool = True,
                  hide_color: float | None = HIDE_COLOR, sampling: str = "lime",
-                 kernel_width: float | None = KERNEL_WIDTH) -> LimeExplanation:
+                 kernel_width: float | None = KERNEL_WIDTH, scale: str = "probability") -> LimeExplanation:
     """Explain one image with LIME; returns weights per superpixel and the four panels.
 
     Parameters
@@ -268,6 +275,9 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
         the dashboard's; num_samples a power of two); see _sample_masks.
     kernel_width : lime's cosine-distance kernel width (0.25, lime's default); None weighs every
         sample alike (with paired sampling, this keeps each pair's two halves balanced).
+    scale : "probability" (lime's) fits the label's probability; "logit" fits its log-odds
+        (probabilities clipped to [1e-7, 1 - 1e-7]), the dashboard's: the weights are then in
+        log-odds, and the top superpixels steadier across seeds.
     fast : use the exact local-prefix shortcut where the architecture allows it (see above);
         False always scores whole perturbed images (the reference path).
     """
@@ -275,6 +285,8 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
     adapter = as_adapter(run_or_model)
     label = _check_label(label)
     num_samples = int(num_samples)
+    if scale not in SCALES:
+        raise ExplainError(f"Unknown scale {scale!r}; choose one of: {', '.join(SCALES)}.")
     if num_samples < 2:
         raise ExplainError(f"num_samples must be at least 2 (1,000 is a good start), got {num_samples}.")
     gray = to_gray(image)
@@ -310,7 +322,8 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
         label = PNEUMONIA
 
     t = time.perf_counter()
-    weights, intercept, r2, local_pred = _fit_local_model(data, scores[:, label], kernel_width)
+    targets = scores[:, label] if scale == "probability" else logit(scores[:, label])
+    weights, intercept, r2, local_pred = _fit_local_model(data, targets, kernel_width)
     timings["fit"] = time.perf_counter() - t
 
     order_abs = sorted(range(n), key=lambda k: (-abs(weights[k]), k))
@@ -333,5 +346,5 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
         seconds=time.perf_counter() - t_start, timings=timings, model_input=x,
         top_supporting=[int(k) for k in top_supporting], top_abs=[int(k) for k in top_abs],
         legend=legend, panels=drawn, hide_color=None if hide_color is None else float(hide_color),
-        sampling=sampling, kernel_width=None if kernel_width is None else float(kernel_width),
+        sampling=sampling, kernel_width=None if kernel_width is None else float(kernel_width), scale=scale,
     )
