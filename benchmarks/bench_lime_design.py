@@ -1,6 +1,6 @@
 """Benchmark: what LIME fits on its orthogonal fold-over design, the probability or its log-odds.
 
-Run by hand (about ten minutes on 2 cores):
+Run by hand (about 13 minutes on 2 cores):
 
     python benchmarks/bench_lime_design.py [--films 30] [--seeds 5]
 
