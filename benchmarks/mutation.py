@@ -17,6 +17,9 @@ Run by hand (CPU-heavy: it runs under `nice -n 10`, at most --max-children test 
     python benchmarks/mutation.py [--modules metrics,gate,model] [--workdir DIR] [--max-children 2]
     python benchmarks/mutation.py --report-only --workdir DIR    # report an earlier run again
 
+With --modules a subset, the other modules keep their results from the report being replaced,
+marked with that report's date.
+
 The work happens in DIR/<module> (DIR default: a new temporary folder), never in the repository.
 Writes benchmarks/reports/mutation.md and mutation.json. Research software, not a medical device.
 """
@@ -479,6 +482,23 @@ def summarise(workdir: Path, modules: list[str]) -> dict:
     return per_module
 
 
+def keep_earlier(per_module: dict, sources: dict) -> tuple[dict, dict]:
+    """With --modules a subset, the other modules' results of the report being replaced, each with
+    the source it measured and the date of that report (kept_from), in MODULES order."""
+    earlier_path = REPORTS / "mutation.json"
+    earlier = json.loads(earlier_path.read_text()) if earlier_path.is_file() else {"modules": {}, "meta": {}}
+    merged, merged_sources = {}, {}
+    for module in MODULES:
+        if module in per_module:
+            merged[module], merged_sources[module] = per_module[module], sources[module]
+        elif module in earlier["modules"]:
+            merged[module] = earlier["modules"][module]
+            merged_sources[module] = dict(earlier["meta"]["sources"][module],
+                                          kept_from=earlier["meta"]["sources"][module].get("kept_from")
+                                          or earlier["meta"]["created"])
+    return merged, merged_sources
+
+
 def write_report(per_module: dict, meta: dict) -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / "mutation.json").write_text(json.dumps({"meta": meta, "modules": per_module}, indent=2) + "\n")
@@ -494,7 +514,9 @@ def write_report(per_module: dict, meta: dict) -> None:
         "",
     ] + [f"- xray_core/{m}.py: the {r.get('source', '?')}"
          + (f"; {r['rechecked']}" if r.get("rechecked") else "")
-         + f"; wall time {r.get('seconds', 0) / 60:.1f} min." for m, r in meta["sources"].items()] + [
+         + f"; wall time {r.get('seconds', 0) / 60:.1f} min"
+         + (f" (not run this time: kept from the report of {r['kept_from']})." if r.get("kept_from") else ".")
+         for m, r in meta["sources"].items()] + [
         "",
         f"Command: `{meta['command']}` (mutmut itself, per module in its own copy: `{meta['mutmut_command']}`; "
         "settings in pyproject.toml, [tool.mutmut], with only_mutate and the test selection set per module).",
@@ -620,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": round(os.getloadavg()[0], 2),
         "notes": args.note,
     }
+    per_module, meta["sources"] = keep_earlier(per_module, meta["sources"])
     write_report(per_module, meta)
     for module, m in per_module.items():
         score = "-" if m["score"] is None else f"{100 * m['score']:.1f} %"
