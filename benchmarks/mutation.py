@@ -41,7 +41,7 @@ import time
 import tomllib
 from collections import Counter
 from datetime import datetime, timezone
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -583,6 +583,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(modules) - set(MODULES))
     if unknown:
         parser.error(f"unknown modules {unknown}; choose from {', '.join(MODULES)}")
+    try:
+        version("mutmut")
+    except PackageNotFoundError:
+        parser.error("mutmut is not installed here: `python -m pip install mutmut==3.8.1` (the version of the "
+                     "report), then run this again.")
     mutmut_command = f"nice -n 10 mutmut run --max-children {args.max_children}"
 
     if args.report_only:
@@ -622,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     def installed(name: str) -> str:
         try:
             return version(name)
-        except Exception:
+        except PackageNotFoundError:
             return "absent"
 
     meta = {
