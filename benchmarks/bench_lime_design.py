@@ -9,9 +9,10 @@ dashboard's segmentation, fill and design (the 1,024 rows of an orthogonal fold-
 xray_core.explain.lime._orthogonal_masks), LIME is fitted with seeds 0..4 to P(pneumonia) and to
 its log-odds, at the same cost (the same model calls). Per film: the smallest and mean pairwise
 pixel Jaccard of the top-5 superpixels over the seeds (issue 11's criterion: smallest >= 0.8).
-An earlier version of this report compared random antithetic pairs with the orthogonal design
-(both fitted to the probability: orthogonal 13 of 30 films, random pairs 10); the orthogonal
-design was kept.
+Earlier versions of this report (in git history) compared random antithetic pairs with the
+orthogonal design (both fitted to the probability: orthogonal 13 of 30 films, random pairs 10),
+then the two scales on an orthogonal design whose columns were drawn at random (log-odds 21 of
+30, probability 13); the design now uses low-aberration columns (lime._low_aberration_columns).
 Speed is measured by bench_explain.py --timing, not here.
 Writes benchmarks/reports/explain_design.md and .json.
 """

@@ -526,6 +526,10 @@ def test_orthogonal_design_is_balanced_orthogonal_and_folded_over():
     assert len(rows) == 1024 and all(tuple(1 - r) in rows for r in data)  # every complement is there
     pairs = np.stack([s[:, i] * s[:, j] for i, j in combinations(range(36), 2)], axis=1)
     assert not np.abs(s.T @ pairs).any()  # weights clear of every two-superpixel interaction
+    # Few four-superpixel words (two pairs with the same product): each aliases a three-superpixel
+    # interaction into a weight. 36 random odd columns of 1,024 form about 115.
+    _, repeats = np.unique(pairs.T, axis=0, return_counts=True)
+    assert (repeats * (repeats - 1) // 2).sum() // 3 <= 60
     assert not np.array_equal(data, _sample_masks(36, 1024, seed=4, sampling="orthogonal"))
     for bad in (1000, 64):  # not a power of two; fewer than twice the superpixels
         with pytest.raises(ex.ExplainError, match="power of two"):
