@@ -24,9 +24,10 @@ SAMPLINGS = ("lime", "paired", "paired_stratified", "orthogonal")  # on/off desi
 SCALES = ("probability", "logit")  # what LIME fits: the label's probability (lime's) or its log-odds
 # What the dashboard, the report and the faithfulness benchmark use: a deterministic, near-regular
 # segmentation (SLIC with a fixed compactness: 35-36 superpixels on the 192 px input of a 224 px
-# film), the 1,024 samples of an orthogonal fold-over design fitted with every sample weighing
-# alike, each hidden superpixel shown as its own mean, the log-odds of P(pneumonia) fitted. Chosen on validation films of the trained
-# default for top-5 stability over seeds 0-4 within the time budget:
+# film), the 1,024 samples of an orthogonal fold-over design with low-aberration columns, every
+# sample weighing alike, each hidden superpixel shown as its own mean, the log-odds of P(pneumonia)
+# fitted. Chosen on validation films of the trained default for top-5 stability over seeds 0-4
+# within the time budget:
 # benchmarks/reports/explain_settings.md (segmentation, fill, weights) and explain_design.md (design, scale).
 DEFAULT_LIME = {"segmentation": "slic", "segmentation_params": {"n_segments": 40, "compactness": 40.0, "sigma": 1.0},
                 "num_samples": 1024, "hide_color": None, "sampling": "orthogonal", "kernel_width": None,
