@@ -37,8 +37,9 @@ def _finish(procs, timeout=900) -> None:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    for proc, (out, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err[-3000:]
+    failed = [f"worker {i} exited {proc.returncode}:\n{err[-2000:]}"
+              for i, (proc, (_out, err)) in enumerate(zip(procs, outputs)) if proc.returncode != 0]
+    assert not failed, "\n\n".join(failed)  # every worker's own error: the first to fail may be either
 
 
 def test_two_workers_make_one_run_that_loads_and_beats_chance(synthetic_dataset, tmp_path):
@@ -92,6 +93,22 @@ def test_a_worker_without_the_run_to_resume_is_told_how_to_give_it_one(tmp_path)
         distributed.worker_runs_root(second, tmp_path, resume="gone")
     first = {**second, "task": {"type": "worker", "index": 0}}
     assert distributed.worker_runs_root(first, tmp_path, resume="gone") == tmp_path  # the chief checks in _resolve
+
+
+def test_a_resuming_worker_copies_the_run_without_the_chiefs_writes_in_progress(tmp_path):
+    """The chief resumes the shared folder while the others copy it: its status, STOP and the
+    temporary files of its atomic writes (which vanish when renamed) stay out of the copy."""
+    source = tmp_path / "shared-run"
+    for name in (runs.CHECKPOINT_FILE, runs.CONFIG_FILE, runs.STATUS_FILE, runs.STOP_FILE,
+                 f".{runs.STATUS_FILE}.k2j4.tmp", f".{runs.CONFIG_FILE}.x9.tmp"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(name)
+    second = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
+    root = distributed.worker_runs_root(second, tmp_path, resume="shared-run")
+    assert root != tmp_path
+    copied = sorted(p.name for p in (root / "shared-run").iterdir())
+    assert copied == sorted([runs.CHECKPOINT_FILE, runs.CONFIG_FILE])
+    assert (root / "shared-run" / runs.CONFIG_FILE).read_text() == runs.CONFIG_FILE
 
 
 def test_stop_on_the_chief_stops_every_worker_and_the_run_resumes_across_workers(synthetic_dataset, tmp_path):

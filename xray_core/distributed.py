@@ -109,8 +109,11 @@ def worker_runs_root(config: dict, runs_root, resume: str | None = None):
                 f"Cannot resume {resume!r} on worker {config['task']['index']}: {source} holds no checkpoint. "
                 "Every worker needs the run to continue it: keep --runs-dir on a filesystem all workers "
                 "share, or copy the chief's run folder into each worker's --runs-dir first.")
-        # its status names the chief's process, which would make this copy look busy
-        shutil.copytree(source, tmp / source.name, ignore=shutil.ignore_patterns(runs.STATUS_FILE, runs.STOP_FILE))
+        # Its status names the chief's process, which would make this copy look busy; the chief may
+        # be resuming the same folder meanwhile, so the temporary files of its writes in progress
+        # (fileio's ".NAME.*.tmp", gone once renamed) are left out too.
+        shutil.copytree(source, tmp / source.name,
+                        ignore=shutil.ignore_patterns(runs.STATUS_FILE, runs.STOP_FILE, ".*.tmp*"))
     return tmp
 
 
