@@ -33,7 +33,7 @@ from xray_core import explain as ex  # noqa: E402
 from xray_core import imaging, runs  # noqa: E402
 
 VAL_DIR = ROOT.parent / "shared" / "data" / "chest_xray" / "val"
-REAL_RUN_DIRS = (Path("/tmp/realruns"), runs.DEFAULT_RUNS_DIR)
+REAL_RUN_DIRS = (runs.DEFAULT_RUNS_DIR,)  # the registry: trained_models/, or $XRAY_MODELS_DIR
 
 
 def other_processes() -> list[str]:
