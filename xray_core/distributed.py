@@ -101,7 +101,7 @@ def worker_runs_root(config: dict, runs_root, resume: str | None = None):
     tmp = Path(tempfile.mkdtemp(prefix="xray-worker-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     if resume:
-        from xray_core import runs
+        from xray_core import fileio, runs
 
         source = runs.run_path(resume, runs_root)
         if not (source / runs.CHECKPOINT_FILE).is_file():
@@ -111,9 +111,9 @@ def worker_runs_root(config: dict, runs_root, resume: str | None = None):
                 "share, or copy the chief's run folder into each worker's --runs-dir first.")
         # Its status names the chief's process, which would make this copy look busy; the chief may
         # be resuming the same folder meanwhile, so the temporary files of its writes in progress
-        # (fileio's ".NAME.*.tmp", gone once renamed) are left out too.
+        # (fileio.TEMP_GLOB, gone once renamed) are left out too.
         shutil.copytree(source, tmp / source.name,
-                        ignore=shutil.ignore_patterns(runs.STATUS_FILE, runs.STOP_FILE, ".*.tmp*"))
+                        ignore=shutil.ignore_patterns(runs.STATUS_FILE, runs.STOP_FILE, fileio.TEMP_GLOB))
     return tmp
 
 

@@ -29,6 +29,11 @@ PROJECT_ROOT = settings.PROJECT_ROOT
 # --------------------------------------------------------------------------- atomic writes
 
 
+#: Names of the temporary files of writes in progress (atomic_writer's ".NAME.*.tmp", the
+#: checkpoint callback's ".NAME.PID.tmp.keras"): left over by a killed writer, never the real file.
+TEMP_GLOB = ".*.tmp*"
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """A binary file handle whose content replaces `path` only if the block ends without error.

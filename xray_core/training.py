@@ -26,7 +26,7 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
-from xray_core import health, runs
+from xray_core import fileio, health, runs
 from xray_core.callbacks import HISTORY_COLUMNS, RunCallback, StressSelection, save_model_atomically  # noqa: F401 (HISTORY_COLUMNS: the file's columns, re-exported)
 
 Progress = Callable[[dict], None]
@@ -187,7 +187,7 @@ def _resolve(config: TrainConfig) -> tuple[Path, dict, int]:
             cfg["data_root"] = str(config.data_root)
         cfg.setdefault("resumed", []).append({"from_epoch": start, "at": runs.now_iso()})
         (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-        for leftover in run_dir.glob(".*.tmp*"):
+        for leftover in run_dir.glob(fileio.TEMP_GLOB):
             leftover.unlink()  # temporary files of writes the killed process never finished
         return run_dir, cfg, start
 
