@@ -51,6 +51,11 @@ def faithfulness_line() -> str:
     if films:
         line += (f" The top 5 regions stayed the same across 5 random seeds (overlap >= 0.8) on "
                  f"{sum(bool(f.get('meets')) for f in films)} of {len(films)} films.")
+        moved = [f for f in films if not f.get("meets")]
+        tied = sum(bool(f.get("near_tie")) for f in moved)
+        if tied:
+            line += (f" Where they moved ({tied} of {len(moved)} such films), the 5th and 6th regions weighed "
+                     "the same within LIME's precision: either could be shown.")
     return line
 
 

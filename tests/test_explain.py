@@ -550,6 +550,17 @@ def linear_logit_model(weights: np.ndarray, bias: float):
     return model
 
 
+def test_a_top5_edge_is_a_near_tie_within_two_seed_spreads():
+    """The 5th and 6th superpixels tie when their gap is within NEAR_TIE (2) seed-to-seed deviations;
+    with no second segmentation to compare (quickshift differs by seed) there is no edge to judge."""
+    base = dict(seeds=[0, 1, 2, 3, 4], jaccard_mean=0.9, jaccard_min=0.67, top_k=5, n_superpixels=[36] * 5)
+    assert ex.Stability(**base, cut_margin=0.019, cut_spread=0.01).near_tie
+    assert ex.Stability(**base, cut_margin=0.02, cut_spread=0.01).near_tie
+    assert not ex.Stability(**base, cut_margin=0.021, cut_spread=0.01).near_tie
+    assert not ex.Stability(**base).near_tie and ex.Stability(**base).to_dict()["near_tie"] is False
+    assert ex.Stability(**base, cut_margin=0.0, cut_spread=0.01).to_dict()["near_tie"] is True
+
+
 def test_logit_scale_recovers_additive_log_odds_exactly_and_the_probability_scale_does_not(image):
     """A model whose log-odds are a sum over pixels: with the orthogonal design, uniform weights and
     black fill, LIME on the log-odds gives each superpixel its own summed contribution (times ridge's
@@ -570,6 +581,10 @@ def test_logit_scale_recovers_additive_log_odds_exactly_and_the_probability_scal
     assert exp.local_prediction == pytest.approx(np.log(exp.probability / (1 - exp.probability)), abs=0.1)
     steady = ex.stability(model, image, seeds=5, scale="logit", **{k: v for k, v in settings.items() if k != "panels"})
     assert steady.jaccard_min == 1.0
+    # the edge of the top 5: the known gap between the 5th and 6th contributions, no seed spread
+    edge = np.sort(np.abs(truth))[::-1][4:6]
+    assert steady.cut_margin == pytest.approx(shrink * (edge[0] - edge[1]), rel=1e-2)
+    assert steady.cut_spread < 1e-4 and not steady.near_tie
 
     prob = ex.explain_lime(model, image, seed=0, scale="probability", **settings)
     ratio = prob.weights / truth
@@ -638,5 +653,9 @@ def test_panel_help_shows_the_measured_faithfulness_with_its_fill(tmp_path, monk
     monkeypatch.setattr(view, "FAITHFULNESS_REPORT", path)
     text = view.panel_help()["gradcam"]
     assert "0.432" in text and "each superpixel's mean" in text and "2 of 3 films" in text
+    assert "within LIME's precision" not in text  # the film that moved was not a near-tie
+    report["stability"]["films"] += [{"meets": False, "near_tie": True}]
+    path.write_text(json.dumps(report))
+    assert "2 of 4 films" in view.panel_help()["full"] and "(1 of 2 such films)" in view.panel_help()["full"]
     monkeypatch.setattr(view, "FAITHFULNESS_REPORT", tmp_path / "absent.json")
     assert "deletion area" not in view.panel_help()["full"]

@@ -92,6 +92,9 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+NEAR_TIE = 2.0  # a top-k edge whose gap is within this many seed-to-seed deviations is a near-tie
+
+
 @dataclasses.dataclass
 class Stability:
     """How much the top superpixels move when only the seed changes."""
@@ -101,9 +104,20 @@ class Stability:
     jaccard_min: float
     top_k: int
     n_superpixels: list  # per seed (quickshift's tie-breaking is seeded too)
+    # Is the top-k's edge a near-tie? With the superpixels ranked by their |weight| averaged over the
+    # seeds: the gap between the k-th and the (k+1)-th, and the larger seed-to-seed standard
+    # deviation of those two |weights|. A gap within about two spreads means either may be shown.
+    # None when the seeds segment differently (quickshift) or there are no more than k superpixels.
+    cut_margin: float | None = None
+    cut_spread: float | None = None
+
+    @property
+    def near_tie(self) -> bool:
+        """Whether the k-th and (k+1)-th superpixels are within NEAR_TIE spreads of each other."""
+        return self.cut_margin is not None and self.cut_margin <= NEAR_TIE * self.cut_spread
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), near_tie=self.near_tie)
 
 
 def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5, *,
@@ -120,7 +134,7 @@ def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if len(seed_list) < 2:
         raise ExplainError("stability needs at least two seeds.")
-    masks, counts = [], []
+    masks, counts, weights = [], [], []
     for s in seed_list:
         if first is not None and first.seed == s and first.num_samples == num_samples \
                 and first.segmentation == segmentation and first.hide_color == hide_color \
@@ -135,9 +149,18 @@ def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5
         top = sorted(range(exp.n_superpixels), key=lambda k: (-abs(exp.weights[k]), k))[:top_k]
         masks.append(np.isin(exp.segments, top))
         counts.append(exp.n_superpixels)
+        weights.append(np.abs(exp.weights))
     pairs = [jaccard(a, b) for a, b in itertools.combinations(masks, 2)]
+    margin = spread = None
+    if len(set(counts)) == 1 and counts[0] > top_k:
+        a = np.array(weights)
+        rank = sorted(range(counts[0]), key=lambda k: (-a[:, k].mean(), k))
+        inside, outside = rank[top_k - 1], rank[top_k]
+        margin = float(a[:, inside].mean() - a[:, outside].mean())
+        spread = float(max(a[:, inside].std(ddof=1), a[:, outside].std(ddof=1)))
     return Stability(seeds=seed_list, jaccard_mean=float(np.mean(pairs)),
-                     jaccard_min=float(np.min(pairs)), top_k=top_k, n_superpixels=counts)
+                     jaccard_min=float(np.min(pairs)), top_k=top_k, n_superpixels=counts,
+                     cut_margin=margin, cut_spread=spread)
 
 
 def trust_figures(run_or_model, image: np.ndarray, explanation: LimeExplanation | None = None,
