@@ -42,6 +42,12 @@ BENCHMARKS = (
               (f"{REPORTS}/explain_settings.md", f"{REPORTS}/explain_settings.json")),
     Benchmark("explain_design", "bench_lime_design.py", (),
               (f"{REPORTS}/explain_design.md", f"{REPORTS}/explain_design.json")),
+    Benchmark("explain_samples", "bench_lime_samples.py", (),
+              (f"{REPORTS}/explain_samples.md", f"{REPORTS}/explain_samples.json")),
+    Benchmark("explain_faithfulness", "bench_explain.py", ("--faithfulness", "50"),
+              (f"{REPORTS}/explain_faithfulness.md", f"{REPORTS}/explain_faithfulness.json")),
+    Benchmark("explain_timing", "bench_explain.py", ("--timing", "10", "--repeats", "3"),
+              (f"{REPORTS}/explain_timing.md", f"{REPORTS}/explain_timing.json")),
     Benchmark("shortcut_check", "shortcut_check.py", ("--data", "{data}"),
               (f"{REPORTS}/shortcut_check.md", f"{REPORTS}/shortcut_check.json")),
     Benchmark("generalization", "generalization.py", ("--data", "{data}"),
@@ -54,6 +60,14 @@ BENCHMARKS = (
               (f"{REPORTS}/verdict_latency.md", f"{REPORTS}/verdict_latency.json")),
     Benchmark("mutation", "mutation.py", (), (f"{REPORTS}/mutation.md", f"{REPORTS}/mutation.json")),
 )
+
+# Reports in benchmarks/reports/ that the plan does not rewrite, and why they are kept.
+KEPT = {
+    f"{REPORTS}/epochs-ablation.md": "the epoch ablation measured under load, kept beside epochs.md for the record",
+    f"{REPORTS}/epochs-ablation.json": "its figures",
+    f"{REPORTS}/seed_model3_probe.json": "model3's learning-rate probe (bench_seed_models.py --probe-model3, hours "
+                                         "of training), an input of seed_models.md",
+}
 
 
 def default_data() -> Path:
@@ -98,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for b in plan:
             print(f"{b.name:16s} {' '.join(command(b, args.data)[1:])}  ->  {', '.join(b.writes)}")
+        for path, why in KEPT.items():
+            print(f"kept, not rerun: {path} ({why})")
         return 0
     if not args.data.is_dir():
         parser.error(f"{args.data} is not a folder: give the dataset with --data (see README, Get the data)")

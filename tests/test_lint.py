@@ -68,3 +68,7 @@ def test_run_all_runs_every_benchmark():
     scripts = {p.name for p in (PROJECT / "benchmarks").glob("*.py")} - {"run_all.py"}
     assert planned == scripts, f"not planned: {sorted(scripts - planned)}; missing: {sorted(planned - scripts)}"
     assert all(w.startswith(("benchmarks/reports/", "trained_models/")) for b in run_all.BENCHMARKS for w in b.writes)
+    # and every report there is one the plan rewrites, or one it says it keeps (and why)
+    written = {w for b in run_all.BENCHMARKS for w in b.writes}
+    reports = {str(p.relative_to(PROJECT)) for p in (PROJECT / "benchmarks" / "reports").iterdir()}
+    assert reports - written == set(run_all.KEPT), f"not rewritten by run_all.py: {sorted(reports - written - set(run_all.KEPT))}"
