@@ -5,9 +5,10 @@ Run by hand (about 13 minutes on 2 cores):
     python benchmarks/bench_lime_design.py [--films 30] [--seeds 5]
 
 On the first --films validation films of the trained default (bench_explain's draw), with the
-dashboard's segmentation, fill and design (the 1,024 rows of an orthogonal fold-over design, see
-xray_core.explain.lime._orthogonal_masks), LIME is fitted with seeds 0..4 to P(pneumonia) and to
-its log-odds, at the same cost (the same model calls). Per film: the smallest and mean pairwise
+dashboard's segmentation, fill and design (an orthogonal fold-over design, see
+xray_core.explain.lime._orthogonal_masks, here with 1,024 rows; how many rows the dashboard uses
+is chosen in bench_lime_samples.py), LIME is fitted with seeds 0..4 to P(pneumonia) and to its
+log-odds, at the same cost (the same model calls). Per film: the smallest and mean pairwise
 pixel Jaccard of the top-5 superpixels over the seeds (issue 11's criterion: smallest >= 0.8).
 Earlier versions of this report (in git history) compared random antithetic pairs with the
 orthogonal design (both fitted to the probability: orthogonal 13 of 30 films, random pairs 10),

@@ -416,8 +416,8 @@ def test_dashboard_lime_settings_on_a_real_film():
     """DEFAULT_LIME on the trained default and two 224 px validation films: >= 30 superpixels, and
     the top 5 by |weight| agree across seeds 0-4 (smallest pairwise pixel Jaccard >= 0.8, the
     issue's goal). IM-0323-0001 missed it (0.48) when LIME fitted the probability instead of its
-    log-odds. Not every film reaches it: the share over 30 films is in
-    benchmarks/reports/explain_design.md."""
+    log-odds. Not every film reaches it: the share over 30 films, and the near-ties at rank 5/6
+    where it is missed, are in benchmarks/reports/explain_samples.md."""
     from xray_core import imaging
     from xray_core.model import load_model
 

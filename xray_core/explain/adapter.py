@@ -24,13 +24,13 @@ SAMPLINGS = ("lime", "paired", "paired_stratified", "orthogonal")  # on/off desi
 SCALES = ("probability", "logit")  # what LIME fits: the label's probability (lime's) or its log-odds
 # What the dashboard, the report and the faithfulness benchmark use: a deterministic, near-regular
 # segmentation (SLIC with a fixed compactness: 35-36 superpixels on the 192 px input of a 224 px
-# film), the 1,024 samples of an orthogonal fold-over design with low-aberration columns, every
+# film), the 512 samples of an orthogonal fold-over design with low-aberration columns, every
 # sample weighing alike, each hidden superpixel shown as its own mean, the log-odds of P(pneumonia)
 # fitted. Chosen on validation films of the trained default for top-5 stability over seeds 0-4
-# within the time budget:
-# benchmarks/reports/explain_settings.md (segmentation, fill, weights) and explain_design.md (design, scale).
+# within the time budget (2 s a call on 2 CPU cores): benchmarks/reports/explain_settings.md
+# (segmentation, fill, weights), explain_design.md (design, scale), explain_samples.md (samples).
 DEFAULT_LIME = {"segmentation": "slic", "segmentation_params": {"n_segments": 40, "compactness": 40.0, "sigma": 1.0},
-                "num_samples": 1024, "hide_color": None, "sampling": "orthogonal", "kernel_width": None,
+                "num_samples": 512, "hide_color": None, "sampling": "orthogonal", "kernel_width": None,
                 "scale": "logit"}
 LIME_SAMPLE_CHOICES = (128, 256, 512, 1024, 2048, 4096, 8192)  # powers of two: the orthogonal design's sizes
 DEFAULT_SEGMENTATION = "slic"  # see DEFAULT_SEGMENTATION_PARAMS and benchmarks/reports/explain_faithfulness.md
