@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -600,6 +601,19 @@ def test_saved_gate_round_trips_and_refuses_other_versions(fitted, tmp_path):
         gate.load_gate(tmp_path)
 
 
+def test_a_gate_is_parsed_once_and_again_when_its_file_changes(fitted, tmp_path):
+    """load_gate parses gate.npz once per content: the same read-only arrays come back, and a
+    file rewritten in place (however soon) gives the new arrays."""
+    _, g, _ = fitted
+    g.save(tmp_path)
+    first, second = gate.load_gate(tmp_path), gate.load_gate(tmp_path)
+    assert first.template is second.template
+    with pytest.raises(ValueError, match="read-only"):
+        first.template[0] = 0.0
+    dataclasses.replace(g, template=g.template + 1.0).save(tmp_path)
+    np.testing.assert_allclose(gate.load_gate(tmp_path).template, first.template + 1.0, rtol=1e-5, atol=1e-5)
+
+
 def test_file_hash_is_the_first_128_bits_of_sha256():
     assert gate.file_hash(b"abc") == "ba7816bf8f01cfea414140de5dae2223"
 
@@ -620,6 +634,9 @@ def test_seen_hashes_say_which_split_a_file_was_in(tmp_path):
     assert gate.seen_in(str(run), bytearray(b"bbbbbbbbbb")) == "training"
     assert gate.seen_in(run, b"cccccccccc") == "validation"
     assert gate.seen_in(run, b"dddddddddd") is None
+    with open(written, "a", encoding="ascii") as fh:  # the list grows in place: seen at once
+        fh.write(f"{gate.file_hash(b'dddddddddd')} validation\n")
+    assert gate.seen_in(run, b"dddddddddd") == "validation"
 
 
 def test_fit_saves_into_the_run_and_auto_loads_it(tmp_path):
