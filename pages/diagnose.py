@@ -96,7 +96,7 @@ def settings() -> dict:
         cols = st.columns(3)
         samples = cols[0].select_slider("LIME samples", list(explain.LIME_SAMPLE_CHOICES),
                                         value=explain.DEFAULT_LIME["num_samples"], key="diagnose_samples",
-                                        help="More samples: steadier weights, slower.")
+                                        help="More samples: steadier weights (fewer near-ties at rank 5), slower.")
         segmentation = cols[1].selectbox("Segmentation", list(explain.SEGMENTATIONS),
                                          index=list(explain.SEGMENTATIONS).index(explain.DEFAULT_LIME["segmentation"]),
                                          key="diagnose_segmentation",
