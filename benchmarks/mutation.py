@@ -183,9 +183,21 @@ EQUIVALENT: dict[str, dict[str, dict[str, str]]] = {
         "xray_core.gate.x_intensity_stats__mutmut_16": {
             "reason": "NumPy reads any negative size in reshape as 'the rest'",
             "diff": "- flat = x[..., 0].reshape(len(x), -1) / + flat = x[..., 0].reshape(len(x), -2)"},
-        "xray_core.gate.x_load_gate__mutmut_22": {
+        "xray_core.gate.x__gate_arrays__mutmut_4": {
             "reason": "astype(None) is astype(float64)",
             "diff": "- arrays = {k: z[k].astype(np.float64) for k in z.files} / + arrays = {k: z[k].astype(None) for k in z.files}"},
+        "xray_core.gate.x__by_content__mutmut_5": {
+            "reason": "the hash only names a parsed file in the cache; blake2b's default 64-byte digest names it as uniquely",
+            "diff": "- key = (parse.__name__, hashlib.blake2b(raw, digest_size=16).digest()) / + key = (parse.__name__, hashlib.blake2b(raw, ).digest())"},
+        "xray_core.gate.x__by_content__mutmut_6": {
+            "reason": "as x__by_content__mutmut_5: a 17-byte digest names the content as uniquely",
+            "diff": "- key = (parse.__name__, hashlib.blake2b(raw, digest_size=16).digest()) / + key = (parse.__name__, hashlib.blake2b(raw, digest_size=17).digest())"},
+        "xray_core.gate.x__by_content__mutmut_13": {
+            "reason": "popitem reads last for its truth: None is False, the oldest entry goes as before",
+            "diff": "- _PARSED.popitem(last=False) / + _PARSED.popitem(last=None)"},
+        "xray_core.gate.x__seen_table__mutmut_4": {
+            "reason": "Python's codec names are case-insensitive: 'ASCII' is 'ascii'",
+            "diff": "- for line in raw.decode(\"ascii\").splitlines(): / + for line in raw.decode(\"ASCII\").splitlines():"},
         "xray_core.gate.x_orientation_scores__mutmut_24": {
             "reason": "column 4 written by a fifth turn is overwritten by -out[i, 0] right after",
             "diff": "- for k in range(4): / + for k in range(5):"},

@@ -614,6 +614,26 @@ def test_a_gate_is_parsed_once_and_again_when_its_file_changes(fitted, tmp_path)
     np.testing.assert_allclose(gate.load_gate(tmp_path).template, first.template + 1.0, rtol=1e-5, atol=1e-5)
 
 
+def test_parsed_files_are_kept_for_the_16_most_recently_used_contents():
+    """The cache of parsed run files holds the 16 most recently used contents: a 17th pushes out
+    the least recently used one, which is parsed again when it comes back."""
+    parsed = []
+
+    def parse_kept(raw):
+        parsed.append(raw)
+        return object()
+
+    first = gate._by_content(b"content 0", parse_kept)
+    for i in range(1, 16):
+        gate._by_content(f"content {i}".encode(), parse_kept)
+    assert gate._by_content(b"content 0", parse_kept) is first and len(parsed) == 16  # 16 fit
+    newest = gate._by_content(b"content 16", parse_kept)  # pushes out content 1, the least recent
+    assert gate._by_content(b"content 16", parse_kept) is newest
+    assert gate._by_content(b"content 0", parse_kept) is first and len(parsed) == 17
+    gate._by_content(b"content 1", parse_kept)
+    assert len(parsed) == 18 and parsed[-1] == b"content 1"
+
+
 def test_file_hash_is_the_first_128_bits_of_sha256():
     assert gate.file_hash(b"abc") == "ba7816bf8f01cfea414140de5dae2223"
 
