@@ -17,6 +17,7 @@ import streamlit as st
 
 from app import common
 from xray_core import fileio, imaging, jobs, runs, scoring, settings
+from xray_core.scoring import uploads as worklist_uploads
 
 PAGE_ROWS = 100  # rows (and thumbnails) per page of the table
 ACTIVE = ("queued", "starting", "running")
@@ -98,7 +99,7 @@ def new_job(models: Path, usable) -> None:
             job_id = scoring.submit_job(models, run_id, path, label=path.name)
         else:
             files = [(f.name, f.getvalue()) for f in uploads or []]
-            job_id = jobs.submit_worklist_uploads(models, run_id, files)
+            job_id = worklist_uploads.submit_worklist_uploads(models, run_id, files)
             # Films (not a zip) stay in this session's memory, as the uploader holds them, for the
             # thumbnails once the server's copies are removed; found by content hash, as the scores name them.
             kept = st.session_state.setdefault("worklist_uploaded", {})
@@ -121,8 +122,8 @@ def job_label(job: dict) -> str:
 def uploads_of(job: dict) -> dict | None:
     """The job's upload record (None for a server folder); a damaged one is said, and counts as removed."""
     try:
-        return jobs.upload_record(job["path"])
-    except jobs.UploadRecordError as exc:
+        return worklist_uploads.upload_record(job["path"])
+    except worklist_uploads.UploadRecordError as exc:
         st.warning(str(exc))
         return {"removed": "an unknown time"}
 
@@ -240,7 +241,7 @@ if not usable_runs:
     st.warning(f"There is no trained model in {models_dir}. Train one on the Train page, or set the sidebar's "
                "Models folder to a folder that holds one.")
     st.stop()
-for problem in jobs.sweep_uploads(models_dir):  # uploads of ended jobs whose watcher did not survive a restart
+for problem in worklist_uploads.sweep_uploads(models_dir):  # uploads of ended jobs whose watcher did not survive a restart
     st.warning(problem)
 with st.expander("New worklist", expanded=not scoring.list_jobs(models_dir)):
     new_job(models_dir, usable_runs)

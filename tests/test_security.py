@@ -23,6 +23,7 @@ from streamlit.testing.v1 import AppTest
 from tests.apptest_helpers import APP
 from tests.browser_helpers import streamlit_server
 from xray_core import fileio, imaging, jobs, settings
+from xray_core.scoring import uploads
 
 PROJECT = Path(__file__).resolve().parents[1]
 TRAIN_OPTIONS = {"arch": "baseline", "data": "/nowhere", "epochs": 1, "batch_size": 8,
@@ -614,13 +615,13 @@ def test_worklist_uploads_wait_in_a_private_temporary_folder_and_the_cap_refuses
     for files in (films, [("night.zip", _zip_of(films))]):  # 4 files, or one zip of 4 films
         with pytest.raises(jobs.CapacityError, match="This upload holds 4 films; this server scores at most 3 "
                                                      "uploaded films per worklist"):
-            jobs.submit_worklist_uploads(models, run_id, files, start=False)
+            uploads.submit_worklist_uploads(models, run_id, files, start=False)
     assert list(private_tmp.iterdir()) == []  # nothing of the refused uploads is left
     assert scoring.list_jobs(models) == [] and not any((models / scoring.WORKLISTS_DIR).glob("*/"))
 
-    job_id = jobs.submit_worklist_uploads(models, run_id, films[:3], start=False)
+    job_id = uploads.submit_worklist_uploads(models, run_id, films[:3], start=False)
     job_dir = models / scoring.WORKLISTS_DIR / job_id
-    folder = Path(jobs.upload_record(job_dir)["folder"])
+    folder = Path(uploads.upload_record(job_dir)["folder"])
     assert folder.parent == private_tmp and stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == sorted(n for n, _ in films[:3])
     assert scoring.job_info(job_dir)["input"].startswith(str(folder))
@@ -629,14 +630,14 @@ def test_worklist_uploads_wait_in_a_private_temporary_folder_and_the_cap_refuses
 
     monkeypatch.setenv("XRAY_MAX_UPLOAD_FILES", "0")
     with pytest.raises(jobs.CapacityError, match="switched off"):
-        jobs.submit_worklist_uploads(models, run_id, films[:1], start=False)
+        uploads.submit_worklist_uploads(models, run_id, films[:1], start=False)
     monkeypatch.setenv("XRAY_MAX_UPLOAD_FILES", "3")
     monkeypatch.setenv("XRAY_MAX_QUEUED_WORKLISTS", "0")  # the job above holds the one free slot
     with pytest.raises(jobs.CapacityError, match="at most 1 worklist at a time with 0 waiting"):
-        jobs.submit_worklist_uploads(models, run_id, films[:1], start=False)
+        uploads.submit_worklist_uploads(models, run_id, films[:1], start=False)
     monkeypatch.setenv("XRAY_MODE", "viewer")
     with pytest.raises(settings.ViewerModeError):
-        jobs.submit_worklist_uploads(models, run_id, films[:1], start=False)
+        uploads.submit_worklist_uploads(models, run_id, films[:1], start=False)
     assert len(list(private_tmp.iterdir())) == 1
 
 
@@ -682,11 +683,11 @@ def test_a_worklist_upload_with_patient_fields_leaves_nothing_on_disk_after_its_
     at.button(key="worklist_start").click().run()
     assert not at.exception and not at.error
     (job,) = scoring.list_jobs(models)
-    folder = Path(jobs.upload_record(job["path"])["folder"])
+    folder = Path(uploads.upload_record(job["path"])["folder"])
     assert folder.parent == private_tmp
     _wait(lambda: scoring.job_info(job["path"])["state"] not in ("queued", "starting", "running"))
     assert scoring.job_info(job["path"])["state"] == "completed"
-    _wait(lambda: jobs.upload_record(job["path"])["removed"], timeout=30)  # the watcher, when the job ends
+    _wait(lambda: uploads.upload_record(job["path"])["removed"], timeout=30)  # the watcher, when the job ends
     assert not folder.exists() and list(private_tmp.iterdir()) == []
     rows = (Path(job["path"]) / scoring.JOB_SCORES).read_text()
     assert "scan.dcm" in rows and rows.count("\n") == 5  # header and 4 films: the DICOM was scored
@@ -726,12 +727,12 @@ def test_a_failed_worklist_upload_job_has_its_uploads_removed(monkeypatch, tiny_
     models, _ = _models_copy(tiny_run, tmp_path)
     private_tmp = _private_tmp(monkeypatch, tmp_path)
     films = [(p.name, p.read_bytes()) for p in make_films(tmp_path / "src", 2, size=64, nested=False)]
-    job_id = jobs.submit_worklist_uploads(models, "no-such-run", films)  # its process fails: no such model
+    job_id = uploads.submit_worklist_uploads(models, "no-such-run", films)  # its process fails: no such model
     job_dir = models / scoring.WORKLISTS_DIR / job_id
     _wait(lambda: scoring.job_info(job_dir)["state"] == "failed")
-    _wait(lambda: jobs.upload_record(job_dir)["removed"] is not None, timeout=30)
+    _wait(lambda: uploads.upload_record(job_dir)["removed"] is not None, timeout=30)
     assert list(private_tmp.iterdir()) == []
-    assert jobs.upload_record(job_dir)["reason"] == "job failed"
+    assert uploads.upload_record(job_dir)["reason"] == "job failed"
 
 
 def _job_with_uploads(models: Path, status: dict) -> tuple[Path, Path]:
@@ -741,10 +742,10 @@ def _job_with_uploads(models: Path, status: dict) -> tuple[Path, Path]:
     from xray_core import scoring
 
     job_dir = scoring.new_job_dir(models)
-    folder = Path(tempfile.mkdtemp(prefix=jobs.UPLOAD_PREFIX))
+    folder = Path(tempfile.mkdtemp(prefix=uploads.UPLOAD_PREFIX))
     (folder / "input").mkdir()
     (folder / "input" / "a.png").write_bytes(b"film")
-    fileio.atomic_write_json(job_dir / jobs.UPLOADS_FILE, {"folder": str(folder), "files": 1, "removed": None})
+    fileio.atomic_write_json(job_dir / uploads.UPLOADS_FILE, {"folder": str(folder), "files": 1, "removed": None})
     scoring.submit_job(models, "some-run", folder / "input", job_dir=job_dir, start=False)
     fileio.atomic_write_json(job_dir / scoring.JOB_STATUS, status)
     return job_dir, folder
@@ -754,20 +755,20 @@ def test_uploads_go_when_a_job_is_cancelled_and_wait_a_while_when_it_was_interru
     _private_tmp(monkeypatch, tmp_path)
     models = tmp_path / "models"
     job_dir, folder = _job_with_uploads(models, {"state": "cancelled"})
-    assert jobs.discard_when_ended(job_dir, poll=0.01) == 0
-    assert not folder.exists() and jobs.upload_record(job_dir)["reason"] == "job cancelled"
+    assert uploads.discard_when_ended(job_dir, poll=0.01) == 0
+    assert not folder.exists() and uploads.upload_record(job_dir)["reason"] == "job cancelled"
 
     # a running job whose process died: kept for a resume, removed after keep_interrupted seconds
     job_dir, folder = _job_with_uploads(models, {"state": "running", "pid": 999_999_999})
-    assert jobs._discard_reason(job_dir, None, jobs.INTERRUPTED_KEEP)[0] is None
+    assert uploads._discard_reason(job_dir, None, uploads.INTERRUPTED_KEEP)[0] is None
     started = time.monotonic()
-    assert jobs.discard_when_ended(job_dir, poll=0.05, keep_interrupted=0.5) == 0
+    assert uploads.discard_when_ended(job_dir, poll=0.05, keep_interrupted=0.5) == 0
     assert time.monotonic() - started >= 0.5 and not folder.exists()
 
     # still running: nothing goes; the page's sweep removes only what ended
     job_dir, folder = _job_with_uploads(models, {"state": "running", "pid": os.getpid()})
     done_dir, done_folder = _job_with_uploads(models, {"state": "completed"})
-    assert jobs.sweep_uploads(models) == []
+    assert uploads.sweep_uploads(models) == []
     assert folder.exists() and not done_folder.exists()
 
 
@@ -778,12 +779,12 @@ def test_an_edited_uploads_record_cannot_make_the_server_remove_another_folder(m
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "keep.txt").write_text("keep")
-    fileio.atomic_write_json(job_dir / jobs.UPLOADS_FILE, {"folder": str(precious), "files": 1, "removed": None})
-    problems = jobs.sweep_uploads(models)
+    fileio.atomic_write_json(job_dir / uploads.UPLOADS_FILE, {"folder": str(precious), "files": 1, "removed": None})
+    problems = uploads.sweep_uploads(models)
     assert len(problems) == 1 and "not a folder the dashboard made for uploads, so nothing was removed" in problems[0]
     assert (precious / "keep.txt").read_text() == "keep"
-    (job_dir / jobs.UPLOADS_FILE).write_text("{broken")
-    (problem,) = jobs.sweep_uploads(models)
+    (job_dir / uploads.UPLOADS_FILE).write_text("{broken")
+    (problem,) = uploads.sweep_uploads(models)
     assert "cannot be read" in problem
 
 

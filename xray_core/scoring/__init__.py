@@ -21,6 +21,7 @@ One job per module:
 - `job`: what every job shares (summary, status, progress) and the local pipeline `score`;
 - `on_ray`: the same job on Ray Data (`score_ray`);
 - `worklist`: the Worklist page's detached, queued, resumable jobs.
+- `uploads`: the Worklist's uploaded films, kept privately only while their job runs.
 
 Research software, not a medical device.
 """

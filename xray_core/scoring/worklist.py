@@ -2,11 +2,11 @@
 
 A folder per job under <models>/.worklists/<job id>/ holds job.json (run, input, state queued
 until launched), status.json (written by the scoring process), scores.csv and log.txt. Uploaded
-films go to a private temporary folder that `jobs` creates and removes when the job ends (see
-SECURITY.md), never into the job's folder. Each job runs as its own detached process (never in the Streamlit server), so a
-reload or a closed browser loses nothing; when it ends it launches the next queued job. A job
-whose process died is "interrupted" and resumes from its scores.csv. How many run and wait at
-once is the administrator's (jobs.check_capacity).
+films go to a private temporary folder that `uploads` creates and removes when the job ends (see
+SECURITY.md), never into the job's folder. Each job runs as its own detached process (never in
+the Streamlit server), so a reload or a closed browser loses nothing; when it ends it launches
+the next queued job. A job whose process died is "interrupted" and resumes from its scores.csv.
+How many run and wait at once is the administrator's (jobs.check_capacity).
 """
 
 from __future__ import annotations
