@@ -72,3 +72,30 @@ def test_run_all_runs_every_benchmark():
     written = {w for b in run_all.BENCHMARKS for w in b.writes}
     reports = {str(p.relative_to(PROJECT)) for p in (PROJECT / "benchmarks" / "reports").iterdir()}
     assert reports - written == set(run_all.KEPT), f"not rewritten by run_all.py: {sorted(reports - written - set(run_all.KEPT))}"
+
+
+# Rooms with one job: a module over MODULE_LINES lines is split, unless it is named here with the
+# one job its length serves, and even then it stays under MODULE_LINES_MOST.
+MODULE_LINES = 500
+MODULE_LINES_MOST = 600
+LONG_BUT_ONE_JOB = {
+    "xray_core/gate.py": "the input gate: its checks and the fitting of their thresholds, one set of arrays",
+    "xray_core/runs.py": "the run folder: ids, status, liveness of its process, its files",
+    "xray_core/data.py": "the dataset on disk: layout, index, patient split, cached loading",
+}
+
+
+def _module_lengths() -> dict[str, int]:
+    files = [PROJECT / "streamlit_app.py"] + [p for d in SCANNED[:-1] for p in sorted((PROJECT / d).rglob("*.py"))]
+    return {p.relative_to(PROJECT).as_posix(): len(p.read_text(encoding="utf-8").splitlines()) for p in files}
+
+
+def test_every_module_is_a_room_of_about_500_lines_at_most():
+    lengths = _module_lengths()
+    assert len(lengths) > 40  # the scan found the package
+    too_long = {name: n for name, n in lengths.items()
+                if n > (MODULE_LINES_MOST if name in LONG_BUT_ONE_JOB else MODULE_LINES)}
+    assert not too_long, (f"over {MODULE_LINES} lines (split the module by job, or name its one job in "
+                          f"LONG_BUT_ONE_JOB, up to {MODULE_LINES_MOST}): {too_long}")
+    stale = [name for name in LONG_BUT_ONE_JOB if lengths.get(name, 0) <= MODULE_LINES]
+    assert not stale, f"named in LONG_BUT_ONE_JOB but no longer over {MODULE_LINES} lines: {stale}"
