@@ -6,6 +6,7 @@ it into the sentences and tables the page shows. No Streamlit here, so it is tes
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import zipfile
@@ -35,10 +36,18 @@ PANEL_TITLES = {
 
 
 def faithfulness_line() -> str:
-    """The measured deletion-curve figure for the panels' help (empty when never measured)."""
-    if not FAITHFULNESS_REPORT.is_file():
+    """The measured deletion-curve figure for the panels' help (empty when never measured); the
+    report is read again only when its file changes."""
+    try:
+        stamp = FAITHFULNESS_REPORT.stat()
+    except FileNotFoundError:
         return ""
-    d = json.loads(FAITHFULNESS_REPORT.read_text())
+    return _faithfulness_line(FAITHFULNESS_REPORT, stamp.st_mtime_ns, stamp.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _faithfulness_line(path: Path, _mtime_ns: int, _size: int) -> str:
+    d = json.loads(path.read_text())
     areas = d.get("mean_deletion_area") or {}
     if not {"lime", "gradcam", "random"} <= set(areas):
         return ""

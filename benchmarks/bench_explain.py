@@ -216,6 +216,14 @@ def machine(load_before) -> dict:
             "versions": versions()}
 
 
+def stability_row(st: ex.Stability) -> dict:
+    """A report's row of `explain.stability`'s figures: Stability.to_dict() (near_tie included)
+    with the fewest superpixels over the seeds, without the seed list."""
+    row = dict(st.to_dict(), n_superpixels=min(st.n_superpixels))
+    del row["seeds"]
+    return row
+
+
 def fill_name(hide_color) -> str:
     return "each superpixel's mean" if hide_color is None else f"gray level {hide_color:g}" + (
         " (black)" if hide_color == 0 else "")
@@ -258,9 +266,7 @@ def faithfulness(run: str, n_images: int, samples: int | None, steps: int, stabi
                               segmentation=settings["segmentation"], segmentation_params=settings["segmentation_params"],
                               hide_color=settings["hide_color"], sampling=settings["sampling"],
                               kernel_width=settings["kernel_width"], scale=settings["scale"], first=exp)
-            stab.append({"film": path.name, "n_superpixels": min(st.n_superpixels), "jaccard_min": st.jaccard_min,
-                         "jaccard_mean": st.jaccard_mean, "cut_margin": st.cut_margin, "cut_spread": st.cut_spread,
-                         "near_tie": st.near_tie,
+            stab.append({"film": path.name, **stability_row(st),
                          "meets": bool(st.jaccard_min >= 0.8 and min(st.n_superpixels) >= 30)})
         print(f"{i + 1}/{len(films)} {path.name}: {row}", flush=True)
     areas = {fill_key: {k: float(np.mean([r[fill_key][k] for r in per_image])) for k in ("lime", "gradcam", "random")}

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_explain import busy_processes, machine, validation_films  # noqa: E402
+from bench_explain import busy_processes, machine, stability_row, validation_films  # noqa: E402
 
 from xray_core import explain as ex  # noqa: E402
 from xray_core import fileio, imaging  # noqa: E402
@@ -94,9 +94,7 @@ def main(argv=None) -> int:
         row = {"film": path.name}
         for n in args.samples:
             st = ex.stability(model, grays[path.name], seeds=args.seeds, num_samples=n, **settings)
-            row[str(n)] = {"jaccard_min": st.jaccard_min, "jaccard_mean": st.jaccard_mean,
-                           "n_superpixels": min(st.n_superpixels),
-                           "cut_margin": st.cut_margin, "cut_spread": st.cut_spread, "near_tie": st.near_tie}
+            row[str(n)] = stability_row(st)
         rows.append(row)
         print(row, flush=True)
 
