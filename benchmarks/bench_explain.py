@@ -258,7 +258,7 @@ def faithfulness(run: str, n_images: int, samples: int | None, steps: int, stabi
                   "random": ex.random_order(exp.n_superpixels, i)}
         row = {"film": path.name, "n_superpixels": exp.n_superpixels, "probability": exp.probability}
         for fill_key, fill in fills.items():
-            row[fill_key] = {name: ex.deletion_curve(model, gray, exp.segments, order, ex.PNEUMONIA, steps, fill).area
+            row[fill_key] = {name: ex.deletion_curve(model, gray, exp.segments, order, ex.PNEUMONIA, steps=steps, hide_color=fill).area
                              for name, order in orders.items()}
         per_image.append(row)
         if i < stability_images:
@@ -491,7 +491,7 @@ def main(argv=None) -> int:
         adapter = ex.as_adapter(run)
         exp = ex.explain_lime(adapter, gray, num_samples=args.samples, seed=0, segmentation=segmentation)
         cam = ex.grad_cam(adapter, gray, label=exp.label)
-        figures = ex.trust_figures(adapter, gray, exp, cam, seeds=5)
+        figures = ex.trust_figures(adapter, gray, exp, gradcam=cam, seeds=5)
         figures.pop("deletion_curves")
         trust.append({"run": run.run_id, "arch": run.config.get("arch"), "segmentation": segmentation,
                       "epochs_run": (run.metrics or {}).get("epochs_run"),

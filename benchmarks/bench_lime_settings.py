@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             for fi, film in enumerate(films):
                 gray = imaging.decode(film)
                 x = adapter.prepare(gray)
-                segments = segment(x, method, params)
+                segments = segment(x, method, params=params)
                 n = int(segments.max()) + 1
                 tag = f"{seg_name.split(' (')[0].replace(' ', '_')}-{film.stem}"
                 runs = [scored(model, adapter, x, segments, sampling, s, args.samples, hide_color,

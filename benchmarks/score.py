@@ -178,8 +178,8 @@ def limits(model, folder: Path, workers: int, batch: int, n_max: int = 3000) -> 
         out[f"decode_{key}_cpu_ms"] = round(1000 * cpu / len(sample), 3)
     decoded = decoded["draft"]
     hooks = trust_hooks(model)
-    rows_for_batch(model, decoded[0], hooks)  # warm: traced for this size
-    wall, cpu = _timed(lambda: [rows_for_batch(model, chunk, hooks) for chunk in decoded])
+    rows_for_batch(model, decoded[0], hooks=hooks)  # warm: traced for this size
+    wall, cpu = _timed(lambda: [rows_for_batch(model, chunk, hooks=hooks) for chunk in decoded])
     out["inference_side"] = round(len(items) / wall, 1)
     out["inference_cpu_ms"] = round(1000 * cpu / len(items), 3)
     x = model.prepare_batch(list(np.concatenate([c.images for c in decoded])[:512]))

@@ -285,7 +285,7 @@ def test_published_pneumoniamnist_md5_applies_to_a_mirror(server, tmp_path):
     npz, _ = _pneumoniamnist_npz()
     server.routes["/pneumoniamnist.npz"] = {"body": npz, "type": "application/octet-stream"}
     with pytest.raises(dl.ChecksumError, match=dl.PNEUMONIAMNIST_FILES[28][1]):
-        dl.download("pneumoniamnist", tmp_path, size=28, timeout=5,
+        dl.download("pneumoniamnist", dest=tmp_path, size=28, timeout=5,
                     url=server.base + "/pneumoniamnist.npz")
     assert list(tmp_path.iterdir()) == []
 
@@ -348,7 +348,7 @@ def test_pneumoniamnist_npz_becomes_the_kermany_folder_layout(server, tmp_path):
     npz, arrays = _pneumoniamnist_npz(size=28)
     server.routes["/pneumoniamnist.npz"] = {"body": npz, "type": "application/octet-stream"}
     reports = []
-    root = dl.download("pneumoniamnist", tmp_path, size=28, url=server.base + "/pneumoniamnist.npz",
+    root = dl.download("pneumoniamnist", dest=tmp_path, size=28, url=server.base + "/pneumoniamnist.npz",
                        expected_md5=hashlib.md5(npz).hexdigest(), progress=reports.append, timeout=5)
     assert root == tmp_path / "pneumoniamnist_28"
     for split in ("train", "val", "test"):
@@ -371,7 +371,7 @@ def test_pneumoniamnist_size_mismatch_is_explained(server, tmp_path):
     npz, _ = _pneumoniamnist_npz(size=28)
     server.routes["/p.npz"] = {"body": npz}
     with pytest.raises(dl.ArchiveContentError, match="28x28 px images, but 64 px"):
-        dl.download("pneumoniamnist", tmp_path, size=64, url=server.base + "/p.npz",
+        dl.download("pneumoniamnist", dest=tmp_path, size=64, url=server.base + "/p.npz",
                     expected_md5=hashlib.md5(npz).hexdigest(), timeout=5)
     assert not (tmp_path / "pneumoniamnist_64").exists() and _leftovers(tmp_path) == []
 
@@ -401,7 +401,7 @@ def test_arguments_are_checked_with_sentences():
         dl.download(url="ftp://example.org/x.zip")
     with pytest.raises(ValueError, match="MD5 checksum"):
         dl.download(url="http://127.0.0.1:9/x.zip", expected_md5="xyz")
-    assert dl.target_path("pneumoniamnist", "d") == Path("d") / "pneumoniamnist_128"
+    assert dl.target_path("pneumoniamnist", dest="d") == Path("d") / "pneumoniamnist_128"
     for name, spec in dl.SOURCES.items():
         assert spec["licence"] == "CC BY 4.0" and spec["citation"] and spec["approx_size"], name
 

@@ -97,7 +97,7 @@ def test_lime_and_gradcam_find_the_region_that_decides(model, image, explanation
     hottest = ex.gradcam_order(cam.heatmap, exp.segments)[0]
     assert _share_in_quadrant(exp.segments == hottest) > 0.9
 
-    trust = ex.trust_figures(model, image, exp, cam, seeds=3, random_seed=0)
+    trust = ex.trust_figures(model, image, exp, gradcam=cam, seeds=3, random_seed=0)
     areas = trust["deletion_area"]
     assert areas["lime"] < areas["random"]
     assert areas["gradcam"] < areas["random"]
@@ -345,7 +345,7 @@ def test_fast_path_gives_the_models_own_numbers(arch, shape):
     adapter = ex.as_adapter(model)
     x = adapter.prepare(blob_image(60, seed=2))
     for method, params in (("quickshift", None), ("slic", {"n_segments": 20})):
-        segments = ex.segment(x, method, params)
+        segments = ex.segment(x, method, params=params)
         rows = ex._sample_masks(int(segments.max()) + 1, 40, 0)
         fast = ex.make_scorer(adapter, x, segments)
         plain = ex.make_scorer(adapter, x, segments, fast=False)
@@ -369,7 +369,7 @@ def test_fast_path_falls_back_when_windows_touch_too_many_superpixels(monkeypatc
     model = architectures.build("model3", input_shape=(32, 32, 1))
     adapter = ex.as_adapter(model)
     x = adapter.prepare(blob_image(32))
-    segments = ex.segment(x, "slic", {"n_segments": 30})
+    segments = ex.segment(x, "slic", params={"n_segments": 30})
     assert ex.make_scorer(adapter, x, segments).fast
     monkeypatch.setattr(fastscore, "MAX_TOUCHED", 1)
     assert not ex.make_scorer(adapter, x, segments).fast
@@ -475,8 +475,8 @@ def test_default_segmentation_gives_at_least_30_superpixels_on_a_224_px_film(mod
     from xray_core import imaging
 
     settings = ex.DEFAULT_LIME
-    x = imaging.to_model_input(chest_like_film(), (model_size, model_size), 1)
-    segs = [ex.segment(x, settings["segmentation"], settings["segmentation_params"], seed=s) for s in range(3)]
+    x = imaging.to_model_input(chest_like_film(), (model_size, model_size), channels=1)
+    segs = [ex.segment(x, settings["segmentation"], params=settings["segmentation_params"], seed=s) for s in range(3)]
     assert int(segs[0].max()) + 1 >= 30
     assert sorted(np.unique(segs[0])) == list(range(int(segs[0].max()) + 1))
     for other in segs[1:]:
@@ -484,15 +484,15 @@ def test_default_segmentation_gives_at_least_30_superpixels_on_a_224_px_film(mod
 
 
 def test_grid_segmentation_is_a_regular_grid():
-    labels = ex.segment(np.zeros((192, 190, 1), np.float32), "grid", {"rows": 6, "cols": 5})
+    labels = ex.segment(np.zeros((192, 190, 1), np.float32), "grid", params={"rows": 6, "cols": 5})
     assert labels.shape == (192, 190) and int(labels.max()) + 1 == 30
     sizes = np.bincount(labels.ravel())
     assert sizes.min() >= 32 * 38 and sizes.max() <= 32 * 38  # 192/6 x 190/5 each
     assert labels[0, 0] == 0 and labels[0, -1] == 4 and labels[-1, 0] == 25
     with pytest.raises(ex.ExplainError, match="grid"):
-        ex.segment(np.zeros((10, 10, 1), np.float32), "grid", {"rows": 20, "cols": 2})
+        ex.segment(np.zeros((10, 10, 1), np.float32), "grid", params={"rows": 20, "cols": 2})
     with pytest.raises(ex.ExplainError, match="does not accept"):
-        ex.segment(np.zeros((10, 10, 1), np.float32), "grid", {"rows": 2, "cols": 2, "compactness": 3})
+        ex.segment(np.zeros((10, 10, 1), np.float32), "grid", params={"rows": 2, "cols": 2, "compactness": 3})
 
 
 @pytest.mark.parametrize("sampling", ["paired", "paired_stratified"])

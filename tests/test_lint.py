@@ -99,3 +99,40 @@ def test_every_module_is_a_room_of_about_500_lines_at_most():
                           f"LONG_BUT_ONE_JOB, up to {MODULE_LINES_MOST}): {too_long}")
     stale = [name for name in LONG_BUT_ONE_JOB if lengths.get(name, 0) <= MODULE_LINES]
     assert not stale, f"named in LONG_BUT_ONE_JOB but no longer over {MODULE_LINES} lines: {stale}"
+
+
+def _public_functions():
+    """(file, function node) for every public function and public method of xray_core."""
+    for path in sorted((PROJECT / "xray_core").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                for fn in node.body:
+                    if isinstance(fn, ast.FunctionDef) and not fn.name.startswith("_"):
+                        yield path.relative_to(PROJECT).as_posix(), fn
+            elif isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                yield path.relative_to(PROJECT).as_posix(), node
+
+
+def test_library_apis_take_data_first_options_by_keyword_and_any_path():
+    """APIs in the field's shape (scikit-learn's): the data positionally, options keyword-only (at most
+    one optional positional parameter), metrics as (y_true, y_score, *, ...), and every parameter that
+    takes a path takes a str or any os.PathLike, not only a pathlib.Path."""
+    problems, checked = [], 0
+    for where, fn in _public_functions():
+        checked += 1
+        a = fn.args
+        positional = [x.arg for x in a.posonlyargs + a.args if x.arg not in ("self", "cls")]
+        optional = positional[len(positional) - len(a.defaults):] if a.defaults else []
+        if len(optional) > 1:
+            problems.append(f"{where}:{fn.lineno} {fn.name}: options {optional} should be keyword-only")
+        if "y_true" in positional and where in ("xray_core/metrics.py", "xray_core/comparison.py") \
+                and positional[0] != "y_true":
+            problems.append(f"{where}:{fn.lineno} {fn.name}: y_true is not its first parameter")
+        for x in a.posonlyargs + a.args + a.kwonlyargs:
+            annotation = ast.unparse(x.annotation) if x.annotation is not None else ""
+            if "Path" in annotation.replace("PathLike", "") and "os.PathLike" not in annotation:
+                problems.append(f"{where}:{fn.lineno} {fn.name}({x.arg}: {annotation}): "
+                                "take str | os.PathLike")
+    assert checked > 200  # the scan found the library's functions
+    assert not problems, "\n".join(problems)

@@ -211,21 +211,21 @@ def test_evaluate_run_caches_into_metrics(tiny_run, synthetic_dataset, tmp_path)
     shutil.copytree(root / run_id, tmp_path / run_id)
     run = runs.load_run(run_id, root=tmp_path)
     trained = run.metrics["validation"]
-    assert evaluation.evaluate_run(run, synthetic_dataset, "val") == trained  # cached
+    assert evaluation.evaluate_run(run, synthetic_dataset, split="val") == trained  # cached
     # Recomputed from scratch: the same patients (split rebuilt from the seed), the same scores.
-    fresh = evaluation.evaluate_run(run, synthetic_dataset, "val", refresh=True)
+    fresh = evaluation.evaluate_run(run, synthetic_dataset, split="val", refresh=True)
     for key in ("n", "tp", "fp", "tn", "fn", "threshold"):
         assert fresh[key] == trained[key], key
     assert fresh["roc_auc"] == pytest.approx(trained["roc_auc"], abs=1e-6)
     (tmp_path / run_id / "metrics.json").unlink()
     (tmp_path / run_id / "predictions_test.csv").unlink()
-    test = evaluation.evaluate_run(run, synthetic_dataset, "test")
+    test = evaluation.evaluate_run(run, synthetic_dataset, split="test")
     assert (tmp_path / run_id / "predictions_test.csv").is_file()  # kept for the ROC curve
     # The threshold lives with the model (model.json), not in metrics.json.
     assert test["n"] == 16 and test["threshold"] == json.loads((tmp_path / run_id / "model.json").read_text())["threshold"]
     assert json.loads((tmp_path / run_id / "metrics.json").read_text())["test"] == test
     with pytest.raises(ValueError, match="split"):
-        evaluation.evaluate_run(run, synthetic_dataset, "holdout")
+        evaluation.evaluate_run(run, synthetic_dataset, split="holdout")
 
 
 def test_training_keeps_validation_scores_that_reproduce_its_auc(tiny_run, synthetic_dataset, tmp_path):
@@ -252,7 +252,7 @@ def test_training_keeps_validation_scores_that_reproduce_its_auc(tiny_run, synth
     shutil.copytree(root / run_id, tmp_path / run_id)
     (tmp_path / run_id / "predictions_validation.csv").unlink()
     before = sorted((p.name, p.read_bytes()) for p in (tmp_path / run_id).iterdir() if p.is_file())
-    y2, scores2 = evaluation.split_scores(run_id, "val", synthetic_dataset, root=tmp_path)
+    y2, scores2 = evaluation.split_scores(run_id, "val", data_root=synthetic_dataset, root=tmp_path)
     assert sorted((p.name, p.read_bytes()) for p in (tmp_path / run_id).iterdir() if p.is_file()) == before
     assert np.array_equal(y2, y) and np.allclose(scores2, scores, atol=1e-6)
 

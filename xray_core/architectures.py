@@ -397,7 +397,7 @@ def _spec(name: str) -> ArchSpec:
     return ARCHITECTURES[name]
 
 
-def build(name: str, input_shape=(100, 100, 1), learning_rate: float = 1e-3, *,
+def build(name: str, input_shape=(100, 100, 1), *, learning_rate: float = 1e-3,
           jit_compile: bool | str | None = None, options: dict | None = None,
           schedule_steps: int | None = None, label_smoothing: float = 0.0) -> keras.Model:
     """Build and compile architecture `name`: Adam(learning_rate), binary cross-entropy.

@@ -35,8 +35,9 @@ def history_text(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def save_model_atomically(model, path: Path) -> None:
+def save_model_atomically(model, path: str | os.PathLike) -> None:
     """model.save() to a temporary .keras in the same folder, then rename (atomic)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
     try:
         model.save(tmp)

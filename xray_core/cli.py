@@ -418,7 +418,7 @@ def configure_logging(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.NOTSET)
 
 
-def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

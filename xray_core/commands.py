@@ -243,7 +243,7 @@ def _evaluate(args) -> int:
         print(_table(["change", "AUC", "sensitivity", "specificity"], rows))
         print(f"worst specificity {_fmt(summary['specificity']['worst'])} ({summary['specificity']['worst_change']})")
         return 0
-    result = evaluation.evaluate_run(run, args.data, args.split, refresh=args.refresh)
+    result = evaluation.evaluate_run(run, args.data, split=args.split, refresh=args.refresh)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

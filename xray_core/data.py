@@ -87,7 +87,7 @@ def _layout_problem(root: Path) -> str | None:
     return None
 
 
-def find_dataset(root: str | Path) -> Path:
+def find_dataset(root: str | os.PathLike) -> Path:
     """Return the dataset root (the folder holding train/), accepting a parent of `chest_xray/`.
 
     Raises DatasetLayoutError naming the path and the layout expected.
@@ -140,7 +140,7 @@ def _image_files(folder: Path) -> list[Path]:
                   if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def index_dataset(root: str | Path) -> pd.DataFrame:
+def index_dataset(root: str | os.PathLike) -> pd.DataFrame:
     """One row per image: path, filename, split, label, class_name, patient_id, pathogen.
 
     Hidden files, `.DS_Store` and non-image files are ignored. Rows are ordered by split
@@ -168,7 +168,7 @@ def index_dataset(root: str | Path) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ splitting
 
 
-def split_train(df: pd.DataFrame, method: str = "patient", val_fraction: float | None = None,
+def split_train(df: pd.DataFrame, *, method: str = "patient", val_fraction: float | None = None,
                 seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split the train rows into (train, validation), reproducibly for a given seed.
 
@@ -260,7 +260,7 @@ def _decode_chunk(paths: list[str], size: tuple[int, int], method: str):
     reasons: list[str | None] = []
     for i, p in enumerate(paths):
         try:
-            out[i] = imaging.decode_resized(p, size, method)
+            out[i] = imaging.decode_resized(p, size, method=method)
             reasons.append(None)
         except imaging.ImageDecodeError as exc:
             reasons.append(str(exc))
@@ -300,8 +300,8 @@ def _prune_cache(folder: Path, keep: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-def load_images(paths: Iterable[str | Path], size=(100, 100), channels: int = 1,
-                method: str = "bilinear", cache_dir: str | Path | None = None,
+def load_images(paths: Iterable[str | os.PathLike], *, size=(100, 100), channels: int = 1,
+                method: str = "bilinear", cache_dir: str | os.PathLike | None = None,
                 progress: Callable[[int, int], None] | None = None,
                 workers: int | None = None, use_cache: bool = True, pool: str = "auto") -> LoadResult:
     """Decode and resize images to float32 (N_ok, h, w, channels) in 0..255, cached on disk.

@@ -39,8 +39,8 @@ def preset_config(name: str, **overrides) -> tuple[dict, int]:
     return settings, members
 
 
-def train_preset(name: str, data_root: str | Path, *, run_id: str | None = None,
-                 runs_root: str | Path | None = None, progress: Progress | None = None,
+def train_preset(name: str, data_root: str | os.PathLike, *, run_id: str | None = None,
+                 runs_root: str | os.PathLike | None = None, progress: Progress | None = None,
                  members: int | None = None, seed: int = 0, **overrides) -> Path:
     """Train a preset: one run per member (`<run_id>-member<i>`, seeds seed+i, one shared
     validation split), then assemble them into the run `<run_id>` (an ensemble when members > 1).
@@ -69,7 +69,7 @@ def train_preset(name: str, data_root: str | Path, *, run_id: str | None = None,
                              preset=name)
 
 
-def assemble_ensemble(member_dirs, *, run_id: str, runs_root: str | Path | None = None,
+def assemble_ensemble(member_dirs, *, run_id: str, runs_root: str | os.PathLike | None = None,
                       progress: Progress | None = None, preset: str | None = None,
                       bundled: bool = False) -> Path:
     """One run folder from trained member runs: their networks (member-<i>.keras), member 0's

@@ -87,7 +87,7 @@ def validation_rows(run: runs.Run, data_root: str) -> tuple[list[str], np.ndarra
     return val["path"].tolist(), val["label"].to_numpy().astype(int)
 
 
-def load_films(paths: list[str], size: int = STRESS_SOURCE_SIZE, progress: Progress | None = None):
+def load_films(paths: list[str], *, size: int = STRESS_SOURCE_SIZE, progress: Progress | None = None):
     """Decoded films (2-D uint8 at size x size) and the mask of the files that could be read."""
     from xray_core import data
 
@@ -225,8 +225,8 @@ def _write_stress_predictions(run_dir: Path, paths, labels, scores: dict[str, np
 # --------------------------------------------------------------------------- other splits
 
 
-def evaluate_run(run: runs.Run | str | os.PathLike, data_root: str | os.PathLike | None = None,
-                 split: str = "val", *, root: str | os.PathLike | None = None, refresh: bool = False,
+def evaluate_run(run: runs.Run | str | os.PathLike, data_root: str | os.PathLike | None = None, *,
+                 split: str = "val", root: str | os.PathLike | None = None, refresh: bool = False,
                  progress: Progress | None = None, cache: bool | None = None) -> dict:
     """Metrics of a finished run on one split, at its operating threshold.
 
@@ -285,8 +285,8 @@ def predict_split(run: runs.Run, data_root: str, key: str, progress: Progress | 
     return y, scores, [p for p, _ in result.failed]
 
 
-def split_scores(run: runs.Run | str | os.PathLike, split: str = "validation",
-                 data_root: str | os.PathLike | None = None, *, root: str | os.PathLike | None = None,
+def split_scores(run: runs.Run | str | os.PathLike, split: str = "validation", *,
+                 data_root: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
                  progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(y_true, y_score) of a run on a split, for ROC curves and other threshold-free figures:
     from the run's predictions_<split>.csv when it has one, else scored now without writing."""

@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -137,7 +137,7 @@ def allowed_roots() -> tuple[Path, ...]:
 
 
 def check_allowed(path: str | os.PathLike, *, what: str,
-                  roots: tuple[Path, ...] | None = None) -> Path:
+                  roots: Sequence[str | os.PathLike] | None = None) -> Path:
     """`path` resolved (symlinks followed, `..` collapsed), if it lies under an allowed root.
 
     what: the words for the folder in the message ("dataset folder", "download folder").

@@ -180,7 +180,7 @@ def _describe_non_image(raw: bytes) -> str | None:
     return None
 
 
-def decode(data: bytes | str | Path | BinaryIO, filename: str | None = None, *, max_pixels: int = MAX_PIXELS,
+def decode(data: bytes | str | os.PathLike | BinaryIO, filename: str | None = None, *, max_pixels: int = MAX_PIXELS,
            max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
     """Decode an image (bytes, a path or a binary file) to a 2-D uint8 gray array (height, width).
 
@@ -203,8 +203,8 @@ def decode(data: bytes | str | Path | BinaryIO, filename: str | None = None, *, 
     return _decode_pillow(raw, filename, max_pixels)
 
 
-def decode_resized(data: bytes | str | Path | BinaryIO, size, method: str = "bilinear",
-                   filename: str | None = None, *, max_pixels: int = MAX_PIXELS,
+def decode_resized(data: bytes | str | os.PathLike | BinaryIO, size, *, method: str = "bilinear",
+                   filename: str | None = None, max_pixels: int = MAX_PIXELS,
                    max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
     """`resize(decode(data), size, method)`, faster: what the dataset loader runs per file.
 
@@ -364,7 +364,7 @@ def resize(img: np.ndarray, size, method: str = "bilinear") -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((w, h), RESIZE_METHODS[method]), dtype=np.uint8)
 
 
-def to_model_input(img: np.ndarray, size, channels: int = 1, method: str = "bilinear") -> np.ndarray:
+def to_model_input(img: np.ndarray, size, *, channels: int = 1, method: str = "bilinear") -> np.ndarray:
     """Resize and return float32 (h, w, channels) in 0..255: models rescale inside themselves."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
@@ -375,7 +375,7 @@ def to_model_input(img: np.ndarray, size, channels: int = 1, method: str = "bili
 
 # ------------------------------------------------------------------------ facts decode() drops
 
-def dicom_facts(data: bytes | str | Path | BinaryIO, filename: str | None = None, *,
+def dicom_facts(data: bytes | str | os.PathLike | BinaryIO, filename: str | None = None, *,
                 max_bytes: int = MAX_UPLOAD_BYTES) -> dict | None:
     """The acquisition facts of a DICOM (`dicom.FACT_TAGS` only, no patient data), None for other files.
 
@@ -389,7 +389,7 @@ def dicom_facts(data: bytes | str | Path | BinaryIO, filename: str | None = None
     return dicom.facts(raw, filename)
 
 
-def colour_saturation(data: bytes | str | Path | BinaryIO, filename: str | None = None, *,
+def colour_saturation(data: bytes | str | os.PathLike | BinaryIO, filename: str | None = None, *,
                       max_bytes: int = MAX_UPLOAD_BYTES, side: int = 128) -> float:
     """Share of pixels with visible colour (chroma > 0.12), in 0..1, from a small RGB copy (at most
     `side` pixels a side; a JPEG decoded at a reduced DCT scale).

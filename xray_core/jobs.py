@@ -83,7 +83,7 @@ def _slot_busy(root: str | Path, slot: int) -> bool:
     return False
 
 
-def training_load(root: str | Path) -> tuple[int, int]:
+def training_load(root: str | os.PathLike) -> tuple[int, int]:
     """(running, waiting) trainings of the queue in `root`: busy worker slots and queued jobs."""
     slots = max(1, settings.limit("running_trainings"))
     return sum(_slot_busy(root, i) for i in range(slots)), len(queued_jobs(root))
@@ -111,7 +111,7 @@ def train_argv(options: dict) -> list[str]:
     return argv
 
 
-def submit_training(root: str | Path, options: dict, *, start: bool = True,
+def submit_training(root: str | os.PathLike, options: dict, *, start: bool = True,
                     submitted_by: str | None = None) -> str:
     """Queue one training and make sure a worker runs the queue; returns its run id at once.
 
@@ -141,12 +141,12 @@ def submit_training(root: str | Path, options: dict, *, start: bool = True,
     return run_id
 
 
-def queued_jobs(root: str | Path) -> list[dict]:
+def queued_jobs(root: str | os.PathLike) -> list[dict]:
     """Jobs waiting to start, oldest first (a corrupt job file is left out: see queue_problems)."""
     return _read_queue(root)[0]
 
 
-def queue_problems(root: str | Path) -> list[str]:
+def queue_problems(root: str | os.PathLike) -> list[str]:
     """One sentence per queued job file that cannot be read (it will never start)."""
     return _read_queue(root)[1]
 
@@ -175,7 +175,7 @@ def _read_queue(root: str | Path) -> tuple[list[dict], list[str]]:
     return sorted(jobs, key=lambda j: (j.get("submitted", ""), j.get("run_id", ""))), problems
 
 
-def starting_job(root: str | Path) -> dict | None:
+def starting_job(root: str | os.PathLike) -> dict | None:
     """A job a worker has launched, until its training process has written status.json."""
     for path in sorted(_queue(root).glob("current*.json")):
         try:
@@ -189,7 +189,7 @@ def starting_job(root: str | Path) -> dict | None:
     return None
 
 
-def cancel_queued(root: str | Path, run_id: str) -> bool:
+def cancel_queued(root: str | os.PathLike, run_id: str) -> bool:
     """Take a job off the queue before it starts; False if it has already started."""
     try:
         (_queue(root) / f"{runs.validate_run_id(run_id)}.json").unlink()
@@ -198,12 +198,12 @@ def cancel_queued(root: str | Path, run_id: str) -> bool:
     return True
 
 
-def request_stop(run_path: str | Path) -> None:
+def request_stop(run_path: str | os.PathLike) -> None:
     """Ask a running training to stop after its current batch (it keeps the model)."""
     fileio.atomic_write_text(Path(run_path) / runs.STOP_FILE, "stop requested from the dashboard\n")
 
 
-def launch_failure(root: str | Path, run_id: str) -> str | None:
+def launch_failure(root: str | os.PathLike, run_id: str) -> str | None:
     """Why a job ended before creating its run folder (the tail of its log), or None."""
     logs = _queue(root) / "logs"
     exit_file = logs / f"{run_id}.exit.json"
@@ -217,7 +217,7 @@ def launch_failure(root: str | Path, run_id: str) -> str | None:
     return f"exit code {code}: " + " ".join(tail) if code else None
 
 
-def failed_launches(root: str | Path, limit: int = 5) -> list[tuple[str, str]]:
+def failed_launches(root: str | os.PathLike, limit: int = 5) -> list[tuple[str, str]]:
     """(run id, reason) of the latest jobs that failed before their run folder existed.
 
     Such a job leaves no run to list (a bad option, a missing Python package), so without this
@@ -241,7 +241,7 @@ def failed_launches(root: str | Path, limit: int = 5) -> list[tuple[str, str]]:
 _SPAWNED: list[subprocess.Popen] = []  # workers started by this process, reaped when they end
 
 
-def ensure_worker(root: str | Path) -> bool:
+def ensure_worker(root: str | os.PathLike) -> bool:
     """Start a detached worker in each free slot while jobs wait; True if one was started.
 
     A slot's lock is taken here and handed to its worker (an inherited descriptor shares the
@@ -276,15 +276,15 @@ def ensure_worker(root: str | Path) -> bool:
     return started > 0
 
 
-def child_env(root: Path) -> dict:
+def child_env(root: str | os.PathLike) -> dict:
     """The environment of a detached child process: this models folder, and this project importable."""
     env = dict(os.environ)
-    env["XRAY_MODELS_DIR"] = str(root.absolute())
+    env["XRAY_MODELS_DIR"] = str(Path(root).absolute())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
 
 
-def work_queue(root: str | Path, lock_fd: int | None = None, slot: int = 0) -> int:
+def work_queue(root: str | os.PathLike, lock_fd: int | None = None, *, slot: int = 0) -> int:
     """The worker: run queued trainings one after another until the queue is empty.
 
     lock_fd: the already locked slot lock inherited from `ensure_worker`; without it the
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) in (2, 3, 4) and argv[0] == "work":
         return work_queue(argv[1], int(argv[2]) if len(argv) >= 3 else None,
-                          int(argv[3]) if len(argv) == 4 else 0)
+                          slot=int(argv[3]) if len(argv) == 4 else 0)
     print("usage: python -m xray_core.jobs work MODELS_DIR [LOCK_FD [SLOT]]  (the dashboard's training-queue worker)",
           file=sys.stderr)
     return 2

@@ -58,7 +58,7 @@ def chosen_backend() -> str:
     return "litert"
 
 
-def program_key(files: Sequence[Path], signature: str) -> str:
+def program_key(files: Sequence[str | os.PathLike], signature: str) -> str:
     """Hash of the network files' bytes, the forward function's signature and the versions
     that shape the conversion."""
     import tensorflow as tf
@@ -84,7 +84,7 @@ def convert(forward) -> bytes:
     return converter.convert()
 
 
-def load_or_convert(forward, files: Sequence[Path], signature: str, cache_dir: Path) -> bytes:
+def load_or_convert(forward, files: Sequence[str | os.PathLike], signature: str, cache_dir: str | os.PathLike) -> bytes:
     """The cached program for these network files, converted and cached on first use. A cache
     folder that cannot be written costs the conversion each time, nothing else."""
     from xray_core import fileio

@@ -187,7 +187,7 @@ class Model:
         """A decoded gray image (2-D uint8, any size) -> this model's input (h, w, c) float32 0..255."""
         from xray_core import imaging
 
-        return imaging.to_model_input(img, self.input_size, self.channels)
+        return imaging.to_model_input(img, self.input_size, channels=self.channels)
 
     def prepare_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
         h, w = self.input_size

@@ -64,12 +64,12 @@ class RunBusy(ValueError):
 from xray_core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, to_jsonable  # noqa: E402,F401 (moved; old callers)
 
 
-def predictions_path(run_dir: str | Path, split: str) -> Path:
+def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:
     return Path(run_dir) / PREDICTIONS_FILE.format(split=split)
 
 
-def write_predictions(run_dir: str | Path, split: str, paths, labels, scores,
-                      data_root: str | Path | None = None) -> Path:
+def write_predictions(run_dir: str | os.PathLike, split: str, paths, labels, scores,
+                      data_root: str | os.PathLike | None = None) -> Path:
     """Keep a split's per-image scores beside the model (path, label, score), so ROC curves and
     any other threshold-free figure never need the images or the model again.
 
@@ -91,7 +91,7 @@ def write_predictions(run_dir: str | Path, split: str, paths, labels, scores,
     return atomic_write_text(predictions_path(run_dir, split), buffer.getvalue())
 
 
-def read_predictions(run_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+def read_predictions(run_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(y_true, y_score) from predictions_<split>.csv, or None when the run has no such file."""
     import csv
 
@@ -111,7 +111,7 @@ def now_iso() -> str:
 # --------------------------------------------------------------------------- ids and folders
 
 
-def runs_root(root: str | Path | None = None) -> Path:
+def runs_root(root: str | os.PathLike | None = None) -> Path:
     """The registry folder: root if given, else $XRAY_MODELS_DIR (read now), else trained_models/."""
     if root is not None:
         return Path(root)
@@ -143,12 +143,12 @@ def validate_run_id(run_id: Any) -> str:
     return run_id
 
 
-def run_path(run_id: str, root: str | Path | None = None) -> Path:
+def run_path(run_id: str, root: str | os.PathLike | None = None) -> Path:
     """The folder of run_id inside the registry (validated, so it cannot escape it)."""
     return runs_root(root) / validate_run_id(run_id)
 
 
-def new_run_id(arch: str, root: str | Path | None = None, *, create: bool = True) -> str:
+def new_run_id(arch: str, root: str | os.PathLike | None = None, *, create: bool = True) -> str:
     """A fresh id like `20261125-221503-baseline-3f2a`; with create, its folder is made too.
 
     The folder is created with exist_ok=False, so two trainings started in the same second
@@ -172,7 +172,7 @@ def new_run_id(arch: str, root: str | Path | None = None, *, create: bool = True
     raise RuntimeError(f"Could not create a new run folder in {base} after 100 attempts.")
 
 
-def create_run_dir(run_id: str, root: str | Path | None = None) -> Path:
+def create_run_dir(run_id: str, root: str | os.PathLike | None = None) -> Path:
     """Create the folder of a user-chosen run id; refuse one that already exists."""
     path = run_path(run_id, root)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -342,7 +342,7 @@ def _run_info(path: Path) -> RunInfo:
     )
 
 
-def list_runs(root: str | Path | None = None) -> list[RunInfo]:
+def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
     """Every run folder in the registry, sorted by id (ids start with their UTC start time).
 
     Hidden folders (deletions in progress) and names that are not valid run ids are skipped;
@@ -397,7 +397,7 @@ class Run:
         return pd.read_csv(path)
 
 
-def load_model_file(path: str | Path):
+def load_model_file(path: str | os.PathLike):
     """keras.models.load_model with safe_mode=True, with a sentence when the file is missing."""
     path = Path(path)
     if not path.is_file():
@@ -414,7 +414,7 @@ def load_model_file(path: str | Path):
     return keras.models.load_model(path, safe_mode=True, compile=False)
 
 
-def load_run(run_id_or_path: str | Path, root: str | Path | None = None) -> Run:
+def load_run(run_id_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Run:
     """A Run from a run id (validated against the registry) or a path to a run folder: a
     PathLike, or a str holding a path separator (`runs/default`, `./my-run`)."""
     if isinstance(run_id_or_path, os.PathLike):
@@ -438,7 +438,7 @@ def load_run(run_id_or_path: str | Path, root: str | Path | None = None) -> Run:
     return Run(path)
 
 
-def delete_run(run_id: str, root: str | Path | None = None, *, allow_default: bool = False) -> None:
+def delete_run(run_id: str, root: str | os.PathLike | None = None, *, allow_default: bool = False) -> None:
     """Remove a run folder. A training still in progress, and the bundled default, are refused.
 
     The folder is first renamed to a hidden name (atomic), so it vanishes from listings at

@@ -79,7 +79,7 @@ def shift(img: np.ndarray, dy_frac: float) -> np.ndarray:
     return _place(img, img, int(round(img.shape[0] * dy_frac)), 0)
 
 
-def stretch(img: np.ndarray, sy: float = 1.0, sx: float = 1.0) -> np.ndarray:
+def stretch(img: np.ndarray, *, sy: float = 1.0, sx: float = 1.0) -> np.ndarray:
     """Scale the anatomy by sy vertically and sx horizontally about the centre, keeping the
     frame: > 1 crops what leaves the frame, < 1 pads with the border median (body habitus:
     a taller, narrower chest)."""
@@ -158,7 +158,7 @@ def stressed_inputs(images: Sequence[np.ndarray], *, size, channels: int = 1,
         fn = (lambda im: im) if name == PLAIN else CHANGES[name].apply
         batch = np.zeros((len(images), h, w, channels), np.float32)
         for i, im in enumerate(images):
-            batch[i] = imaging.to_model_input(fn(np.asarray(im)), (h, w), channels)
+            batch[i] = imaging.to_model_input(fn(np.asarray(im)), (h, w), channels=channels)
         out[name] = batch
     return out
 

@@ -455,7 +455,7 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
     # the 16-image official val folder is too small to select on and is only reported.
     for split, key in (("test", "test"), ("val", "official_val")):
         if (df["split"] == split).any():
-            evaluation.evaluate_run(runs.Run(run_dir), cfg["data_root"], key, refresh=True, cache=True)
+            evaluation.evaluate_run(runs.Run(run_dir), cfg["data_root"], split=key, refresh=True, cache=True)
 
     final = "cancelled" if run_cb.cancelled else "completed"
     status.update(state=final, phase="done", fraction=1.0 if final == "completed" else status.current["fraction"],

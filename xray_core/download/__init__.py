@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import sys
 import urllib.parse
 from pathlib import Path
@@ -106,7 +107,7 @@ SOURCES: dict[str, dict] = {
 # -------------------------------------------------------------------------------- public API
 
 
-def target_path(source: str = "kermany", dest: str | Path = "data", size: int | None = None) -> Path:
+def target_path(source: str = "kermany", *, dest: str | os.PathLike = "data", size: int | None = None) -> Path:
     """Where `download(source, dest, size=size)` puts the dataset root (it may not exist yet)."""
     spec = _source(source)
     dest = Path(dest).expanduser()
@@ -118,7 +119,7 @@ def target_path(source: str = "kermany", dest: str | Path = "data", size: int | 
     return dest / f"pneumoniamnist_{_pmnist_size(size)}"
 
 
-def download(source: str = "kermany", dest: str | Path = "data", *, url: str | None = None,
+def download(source: str = "kermany", *, dest: str | os.PathLike = "data", url: str | None = None,
              size: int | None = None, progress: ProgressCallback | None = None,
              expected_sha256: str | None = None, expected_md5: str | None = None,
              timeout: float = 60.0, keep_archive: bool = False,
@@ -139,7 +140,7 @@ def download(source: str = "kermany", dest: str | Path = "data", *, url: str | N
     says what went wrong and what to do.
     """
     spec = _source(source)
-    target = target_path(source, dest, size)
+    target = target_path(source, dest=dest, size=size)
     dest = target.parent
     if spec["sizes"] is None:
         filename, published_md5, default_url = spec["filename"], spec["md5"], spec["url"]
@@ -192,8 +193,8 @@ def catalogue_hosts() -> set[str]:
 def app_url_policy() -> UrlPolicy:
     """The served dashboard's rule: the catalogue's hosts plus the administrator's, public
     addresses only unless the administrator allows a network (see `urls`)."""
-    return UrlPolicy.build(catalogue_hosts() | set(settings.download_hosts()),
-                           settings.download_private_networks())
+    return UrlPolicy.build(hosts=catalogue_hosts() | set(settings.download_hosts()),
+                           private_networks=settings.download_private_networks())
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -223,11 +224,11 @@ def _now() -> str:
 
 def _run(args: argparse.Namespace) -> int:
     spec = SOURCES[args.source]
-    target = target_path(args.source, args.dest, args.size)
+    target = target_path(args.source, dest=args.dest, size=args.size)
     print(f"{spec['title']} ({spec['approx_size']}), licence {spec['licence']}.\n"
           f"Cite: {spec['citation']}", file=sys.stderr)
     try:
-        root = download(args.source, args.dest, url=args.url, size=args.size,
+        root = download(args.source, dest=args.dest, url=args.url, size=args.size,
                         progress=TextProgress(), expected_md5=args.md5,
                         expected_sha256=args.sha256, timeout=args.timeout,
                         keep_archive=args.keep_archive)

@@ -68,7 +68,8 @@ def _finish(tmp: Path, root: Path, target: Path, record: dict) -> None:
     os.rename(root, target)
 
 
-def unpack_kermany(archive: Path, target: Path, record: dict, report: Reporter) -> None:
+def unpack_kermany(archive: str | os.PathLike, target: str | os.PathLike, record: dict, report: Reporter) -> None:
+    archive, target = Path(archive), Path(target)
     dest = target.parent
     try:
         zf = zipfile.ZipFile(archive)
@@ -120,7 +121,7 @@ def unpack_kermany(archive: Path, target: Path, record: dict, report: Reporter) 
             shutil.rmtree(tmp)
 
 
-def unpack_pneumoniamnist(archive: Path, target: Path, size: int, record: dict,
+def unpack_pneumoniamnist(archive: str | os.PathLike, target: str | os.PathLike, size: int, record: dict,
                            report: Reporter) -> None:
     """Write the npz's images as PNGs in the Kermany layout, keeping MedMNIST's split.
 
@@ -131,6 +132,7 @@ def unpack_pneumoniamnist(archive: Path, target: Path, size: int, record: dict,
     import numpy as np
     from PIL import Image
 
+    archive, target = Path(archive), Path(target)
     dest = target.parent
     try:
         data = np.load(archive, allow_pickle=False)

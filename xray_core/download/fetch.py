@@ -66,8 +66,9 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def download_lock(path: Path) -> Iterator[None]:
+def download_lock(path: str | os.PathLike) -> Iterator[None]:
     """One download per file and folder: two clicks on the page must not write one `.part`."""
+    path = Path(path)
     for _attempt in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -96,7 +97,7 @@ def download_lock(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def disk_full_guard(where: Path, what: str) -> Iterator[None]:
+def disk_full_guard(where: str | os.PathLike, what: str) -> Iterator[None]:
     """Turn ENOSPC/EDQUOT into a sentence; other OSErrors pass through unchanged."""
     try:
         yield
@@ -110,7 +111,7 @@ def disk_full_guard(where: Path, what: str) -> Iterator[None]:
         raise
 
 
-def check_free_space(folder: Path, needed: int, what: str) -> None:
+def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
     free = shutil.disk_usage(folder).free
     if needed + _DISK_MARGIN > free:
         raise DiskFullError(
@@ -177,7 +178,7 @@ def _verify(path: Path, hashers: dict, md5: str | None, sha256: str | None, url:
         f"checksum (--md5/--sha256).")
 
 
-def fetch(url: str, archive: Path, *, md5: str | None, sha256: str | None, timeout: float,
+def fetch(url: str, archive: str | os.PathLike, *, md5: str | None, sha256: str | None, timeout: float,
            report: Reporter, policy: UrlPolicy | None = None) -> str:
     """Bring `archive` to disk complete and verified; return its SHA-256.
 
@@ -186,6 +187,7 @@ def fetch(url: str, archive: Path, *, md5: str | None, sha256: str | None, timeo
     Bytes go to `<archive>.part` (kept on a broken connection, resumed with Range next time)
     and the part is renamed to `archive` only once its size and checksum are right.
     """
+    archive = Path(archive)
     part = archive.with_name(archive.name + ".part")
     meta_path = archive.with_name(archive.name + ".part.json")
     if archive.exists():  # a complete, verified download from an earlier call

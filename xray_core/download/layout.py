@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from xray_core.download.errors import ArchiveContentError
@@ -9,9 +10,9 @@ from xray_core.download.errors import ArchiveContentError
 CLASSES = ("NORMAL", "PNEUMONIA")
 
 
-def layout_root(folder: Path, depth: int = 3) -> Path | None:
+def layout_root(folder: str | os.PathLike, depth: int = 3) -> Path | None:
     """The shallowest folder holding train/{NORMAL,PNEUMONIA} (any case), or None."""
-    level = [folder]
+    level = [Path(folder)]
     for _ in range(depth + 1):
         nxt = []
         for d in level:
@@ -27,10 +28,11 @@ def layout_root(folder: Path, depth: int = 3) -> Path | None:
     return None
 
 
-def validate_layout(root: Path, existing: bool = False) -> None:
+def validate_layout(root: str | os.PathLike, *, existing: bool = False) -> None:
     """Check with the project's own reader (xray_core.data) that `root` is a usable dataset."""
     from xray_core.data import find_dataset  # pandas: imported only once a dataset is on disk
 
+    root = Path(root)
     problem = None
     try:
         found = find_dataset(root)

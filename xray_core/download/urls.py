@@ -56,7 +56,7 @@ class UrlPolicy:
     private_networks: tuple[_Network, ...] = field(default_factory=tuple)
 
     @classmethod
-    def build(cls, hosts: Iterable[str] = (), private_networks: Iterable[str] = ()) -> "UrlPolicy":
+    def build(cls, *, hosts: Iterable[str] = (), private_networks: Iterable[str] = ()) -> "UrlPolicy":
         nets = []
         for text in private_networks:
             try:

@@ -109,7 +109,7 @@ class ModelAdapter:
         """2-D uint8 image of any size -> float32 (h, w, c) 0..255, exactly as in training."""
         from xray_core import imaging
 
-        return imaging.to_model_input(gray, self.image_size, self.channels)
+        return imaging.to_model_input(gray, self.image_size, channels=self.channels)
 
     def class_probabilities(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """float32 (N, h, w, c) -> float64 (N, 2): column k is the model's score for CLASSES[k].

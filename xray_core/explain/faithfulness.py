@@ -36,7 +36,7 @@ class DeletionCurve:
         return dataclasses.asdict(self)
 
 
-def deletion_curve(run_or_model, image: np.ndarray, segments: np.ndarray, order, label,
+def deletion_curve(run_or_model, image: np.ndarray, segments: np.ndarray, order, label, *,
                    steps: int | None = None, hide_color: float | None = HIDE_COLOR) -> DeletionCurve:
     """Hide superpixels in `order`, most important first, and score each step.
 
@@ -120,7 +120,7 @@ class Stability:
         return dict(dataclasses.asdict(self), near_tie=self.near_tie)
 
 
-def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5, *,
+def stability(run_or_model, image: np.ndarray, label=None, *, seeds: int | list = 5,
               num_samples: int = 1000, segmentation: str = "quickshift",
               segmentation_params: dict | None = None, top_k: int = TOP_PROS_CONS,
               hide_color: float | None = HIDE_COLOR, sampling: str = "lime",
@@ -163,8 +163,8 @@ def stability(run_or_model, image: np.ndarray, label=None, seeds: int | list = 5
                      cut_margin=margin, cut_spread=spread)
 
 
-def trust_figures(run_or_model, image: np.ndarray, explanation: LimeExplanation | None = None,
-                  gradcam: GradCam | None = None, *, seeds: int = 5, steps: int | None = None,
+def trust_figures(run_or_model, image: np.ndarray, explanation: LimeExplanation | None = None, *,
+                  gradcam: GradCam | None = None, seeds: int = 5, steps: int | None = None,
                   random_seed: int = 0, num_samples: int | None = None) -> dict:
     """Deletion areas (LIME, Grad-CAM, random) and LIME stability, as plain numbers.
 
@@ -185,7 +185,7 @@ def trust_figures(run_or_model, image: np.ndarray, explanation: LimeExplanation 
         "random": random_order(n, random_seed),
     }
     fill = explanation.hide_color  # hidden regions look as they did when LIME was fitted
-    deletion = {name: deletion_curve(adapter, image, segments, order, label, steps, fill).to_dict()
+    deletion = {name: deletion_curve(adapter, image, segments, order, label, steps=steps, hide_color=fill).to_dict()
                 for name, order in orders.items()}
     stab = stability(adapter, image, label=label, seeds=seeds,
                      num_samples=num_samples or explanation.num_samples,

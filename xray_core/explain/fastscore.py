@@ -270,7 +270,7 @@ def _touched_superpixels(segments: np.ndarray, plan: _LocalPlan):
     return touched, counts, windows
 
 
-def make_scorer(adapter: ModelAdapter, x: np.ndarray, segments: np.ndarray, fast: bool = True,
+def make_scorer(adapter: ModelAdapter, x: np.ndarray, segments: np.ndarray, *, fast: bool = True,
                 fill: np.ndarray | None = None):
     """A function rows (B, n) of 0/1 per superpixel -> (B, 2) class scores of those perturbations.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ GRADCAM_FILE = "gradcam.png"
 JSON_FILE = "explanation.json"
 
 
-def explain_to_folder(run, image_path: str | Path, out_dir: str | Path, *, num_samples: int = 1000,
+def explain_to_folder(run, image_path: str | os.PathLike, out_dir: str | os.PathLike, *, num_samples: int = 1000,
                       segmentation: str = "quickshift", seed: int = 0, label=None,
                       stability_seeds: int = 5) -> dict:
     """Write the four LIME panels, the Grad-CAM overlay and explanation.json into out_dir."""
@@ -38,7 +39,7 @@ def explain_to_folder(run, image_path: str | Path, out_dir: str | Path, *, num_s
                        segmentation=segmentation, seed=seed)
     cam = grad_cam(adapter, gray, label=exp.label)
     overlay = make_overlay(gray, cam.heatmap)
-    trust = trust_figures(adapter, gray, exp, cam, seeds=stability_seeds, random_seed=seed)
+    trust = trust_figures(adapter, gray, exp, gradcam=cam, seeds=stability_seeds, random_seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     for key, name in PANEL_FILES.items():
         runs.atomic_write_bytes(out / name, png_bytes(getattr(exp.panels, key)))

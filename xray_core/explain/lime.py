@@ -35,7 +35,7 @@ from xray_core.explain.panels import HeatmapLegend, LimePanels, lime_panels
 from xray_core.model import logit
 
 
-def segment(model_input: np.ndarray, method: str = "quickshift", params: dict | None = None,
+def segment(model_input: np.ndarray, method: str = "quickshift", *, params: dict | None = None,
             seed: int = 0) -> np.ndarray:
     """Superpixels of a model input (h, w, c) 0..255 -> int32 (h, w) labels 0..n-1.
 
@@ -273,9 +273,9 @@ def _fit_local_model(data: np.ndarray, targets: np.ndarray, kernel_width: float 
     return model.coef_.astype(np.float64), float(model.intercept_), float(score), float(local_pred)
 
 
-def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int = 1000,
+def explain_lime(run_or_model, image: np.ndarray, label=None, *, num_samples: int = 1000,
                  segmentation: str = "quickshift", segmentation_params: dict | None = None,
-                 seed: int = 0, progress: Callable[[int, int], None] | None = None, *,
+                 seed: int = 0, progress: Callable[[int, int], None] | None = None,
                  batch_size: int | None = None, panels: bool = True,
                  display_size: int = DISPLAY_SIZE, fast: bool = True,
                  hide_color: float | None = HIDE_COLOR, sampling: str = "lime",
@@ -326,7 +326,7 @@ def explain_lime(run_or_model, image: np.ndarray, label=None, num_samples: int =
     x = adapter.prepare(gray)
     settings = dict(DEFAULT_SEGMENTATION_PARAMS.get(segmentation, {}))
     settings.update(segmentation_params or {})
-    segments = segment(x, segmentation, segmentation_params, seed)
+    segments = segment(x, segmentation, params=segmentation_params, seed=seed)
     n = int(segments.max()) + 1
     timings["segmentation"] = time.perf_counter() - t
 

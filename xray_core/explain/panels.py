@@ -153,7 +153,7 @@ def lime_panels(gray: np.ndarray, segments: np.ndarray, weights: np.ndarray, top
     return LimePanels(full=full, partial=partial, pros_cons=pros_cons, heatmap=heat)
 
 
-def make_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = GRADCAM_ALPHA,
+def make_overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = GRADCAM_ALPHA,
                  display_size: int = DISPLAY_SIZE, cmap: str = GRADCAM_CMAP) -> np.ndarray:
     """RGB uint8 (H, W, 3): the image at display size with the 0..1 heat (any shape) over it."""
     gray = to_gray(image)

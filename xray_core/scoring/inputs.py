@@ -49,8 +49,9 @@ def _is_film_name(name: str) -> bool:
     return suffix in IMAGE_SUFFIXES or suffix == ""
 
 
-def input_kind(source: Path) -> str:
+def input_kind(source: str | os.PathLike) -> str:
     """"folder", "zip" or "list"; ScoreError (a sentence) when the input does not exist."""
+    source = Path(source)
     if source.is_dir():
         return "folder"
     if not source.exists():
@@ -61,8 +62,9 @@ def input_kind(source: Path) -> str:
     return "list"
 
 
-def check_paths(source: Path, out: Path) -> None:
+def check_paths(source: str | os.PathLike, out: str | os.PathLike) -> None:
     """Refuse, before any model loads, an input that does not exist or an output over the input."""
+    source, out = Path(source), Path(out)
     input_kind(source)
     if out.exists() and source.exists() and out.resolve() == source.resolve():
         raise ScoreError(f"--out {out} is the input itself; write the scores to another file, such as "

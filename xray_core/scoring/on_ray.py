@@ -27,7 +27,7 @@ class _RayScorer:
     def __call__(self, batch: dict) -> dict:
         items = [Item(str(p), int(s), int(m), str(x)) for p, s, m, x in
                  zip(batch["path"], batch["size"], batch["mtime_ns"], batch["missing"])]
-        rows = rows_for_batch(self.model, decode_items(items, self.model.input_size, self.draft), self.hooks)
+        rows = rows_for_batch(self.model, decode_items(items, self.model.input_size, self.draft), hooks=self.hooks)
         return {c: [r[c] for r in rows] for c in COLUMNS}
 
 

@@ -85,7 +85,7 @@ def rows_of(model, chunk: DecodedChunk, forwarded, hooks=(None, None)) -> list[d
     return rows
 
 
-def rows_for_batch(model, chunk: DecodedChunk, hooks=(None, None), batch_size: int = NETWORK_BATCH) -> list[dict]:
+def rows_for_batch(model, chunk: DecodedChunk, *, hooks=(None, None), batch_size: int = NETWORK_BATCH) -> list[dict]:
     """Score a decoded chunk and return its output rows (one forward pass for the probabilities
     and the gate's features)."""
     return rows_of(model, chunk, forward(model, chunk, batch_size), hooks)

@@ -34,7 +34,7 @@ ENDED = ("completed", "failed", "cancelled")
 INTERRUPTED_KEEP = 3600.0  # seconds an interrupted upload job keeps its films for a resume
 
 
-def worklist_load(models_root: str | Path) -> tuple[int, int]:
+def worklist_load(models_root: str | os.PathLike) -> tuple[int, int]:
     """(running, waiting) worklist jobs under `models_root`."""
     infos = list_jobs(models_root)
     return (sum(j["state"] in ("running", "starting") for j in infos),
@@ -54,7 +54,7 @@ def check_upload_count(n: int) -> None:
             f"films in a folder on the server and score that folder.")
 
 
-def submit_worklist_uploads(models_root: str | Path, run_id: str, files: list[tuple[str, bytes]], *,
+def submit_worklist_uploads(models_root: str | os.PathLike, run_id: str, files: list[tuple[str, bytes]], *,
                             start: bool = True) -> str:
     """Queue a worklist job over uploaded films ((name, bytes) pairs, or a single zip); its job id.
 
@@ -95,7 +95,7 @@ class UploadRecordError(ValueError):
     """A job's uploads.json cannot be read, so whether its uploads were removed is unknown."""
 
 
-def upload_record(job_dir: str | Path) -> dict | None:
+def upload_record(job_dir: str | os.PathLike) -> dict | None:
     """uploads.json of an upload job ({"folder", "files", "removed"}), or None for a folder job.
     Raises UploadRecordError (a sentence) when the file is damaged."""
     path = Path(job_dir) / UPLOADS_FILE
@@ -128,7 +128,7 @@ def _remove_upload_folder(folder: str, record: Path) -> None:
     shutil.rmtree(path)
 
 
-def discard_uploads(job_dir: str | Path, reason: str) -> bool:
+def discard_uploads(job_dir: str | os.PathLike, reason: str) -> bool:
     """Remove an upload job's temporary folder now and note it in uploads.json; True if removed."""
     job_dir = Path(job_dir)
     record = upload_record(job_dir)
@@ -157,7 +157,7 @@ def _discard_reason(job_dir: Path, interrupted_since: float | None,
     return None, since
 
 
-def discard_when_ended(job_dir: str | Path, *, poll: float = 0.5,
+def discard_when_ended(job_dir: str | os.PathLike, *, poll: float = 0.5,
                        keep_interrupted: float = INTERRUPTED_KEEP) -> int:
     """The watcher: wait until the job ends (or has stayed interrupted keep_interrupted seconds),
     then remove its uploads."""
@@ -180,7 +180,7 @@ def discard_when_ended(job_dir: str | Path, *, poll: float = 0.5,
     return 0
 
 
-def sweep_uploads(models_root: str | Path) -> list[str]:
+def sweep_uploads(models_root: str | os.PathLike) -> list[str]:
     """Remove the uploads of every ended job under `models_root` (a watcher that died leaves them);
     one sentence per job whose uploads.json cannot be read (reported, never skipped silently)."""
     problems = []
