@@ -136,3 +136,35 @@ def test_library_apis_take_data_first_options_by_keyword_and_any_path():
                                 "take str | os.PathLike")
     assert checked > 200  # the scan found the library's functions
     assert not problems, "\n".join(problems)
+
+
+def test_architecture_md_maps_every_room_and_the_readme_links_it():
+    """ARCHITECTURE.md names every room: each module and package of xray_core, each module of app/
+    (in backticks), each page by its title; the README points to it."""
+    import re
+
+    doc = (PROJECT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    named = {part for quoted in re.findall(r"`([^`]+)`", doc) for part in re.split(r"[\s/.,:()]+", quoted)}
+    rooms = {p.stem if p.is_file() else p.name for p in (PROJECT / "xray_core").iterdir()
+             if (p.suffix == ".py" or (p / "__init__.py").is_file()) and not p.name.startswith("__")}
+    rooms |= {p.stem for p in (PROJECT / "app").glob("*.py") if not p.name.startswith("__")}
+    assert {"model", "gate", "explain", "scoring", "common"} <= rooms  # the scan found the rooms
+    assert sorted(rooms - named) == []
+    pages = [p.stem for p in (PROJECT / "pages").glob("*.py")]
+    assert len(pages) >= 5 and [p for p in pages if p.capitalize() not in doc] == []
+    assert "(ARCHITECTURE.md)" in (PROJECT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_library_never_imports_streamlit():
+    """The library returns data; pages and app/ say things. No module of xray_core imports Streamlit
+    (at the top or inside a function), so nothing there can word or lay out a page."""
+    offenders = []
+    for path in sorted((PROJECT / "xray_core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(PROJECT)}:{node.lineno}" for n in names if n.split(".")[0] == "streamlit"]
+    assert not offenders, f"move page wording and widgets to pages/ or app/: {offenders}"
+    # and the pages do import it (the scan reads imports correctly)
+    page = ast.parse((PROJECT / "pages" / "diagnose.py").read_text(encoding="utf-8"))
+    assert any(isinstance(n, ast.Import) and any(a.name == "streamlit" for a in n.names) for n in ast.walk(page))
