@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from xray_core import cli
@@ -168,3 +170,34 @@ def test_the_library_never_imports_streamlit():
     # and the pages do import it (the scan reads imports correctly)
     page = ast.parse((PROJECT / "pages" / "diagnose.py").read_text(encoding="utf-8"))
     assert any(isinstance(n, ast.Import) and any(a.name == "streamlit" for a in n.names) for n in ast.walk(page))
+
+
+class _FsPath(os.PathLike):
+    """An os.PathLike that is not a pathlib.Path (as a user's own path type would be)."""
+
+    def __init__(self, path):
+        self._path = os.fspath(path)
+
+    def __fspath__(self) -> str:
+        return self._path
+
+
+def test_any_os_pathlike_is_taken_where_a_path_goes(synthetic_dataset, tiny_run, tmp_path):
+    """The annotation rule above, at run time: the library's entry points take a PathLike that is
+    not a pathlib.Path and give what they give for the same path as a str."""
+    from xray_core import data, fileio, imaging, model, runs
+    from xray_core.download.layout import layout_root
+    from xray_core.scoring.inputs import input_kind
+
+    runs_root, run_id = tiny_run
+    film = sorted((synthetic_dataset / "val" / "NORMAL").iterdir())[0]
+    assert (imaging.decode(_FsPath(film)) == imaging.decode(str(film))).all()
+    assert data.find_dataset(_FsPath(synthetic_dataset)) == data.find_dataset(str(synthetic_dataset))
+    assert data.index_dataset(_FsPath(synthetic_dataset)).equals(data.index_dataset(str(synthetic_dataset)))
+    assert runs.load_run(_FsPath(runs_root / run_id)).path == runs.load_run(run_id, root=str(runs_root)).path
+    x = imaging.to_model_input(imaging.decode(film), (16, 16))[None]
+    via_pathlike = model.load_model(_FsPath(runs_root / run_id), cache=False)
+    assert np.array_equal(via_pathlike.predict_proba(x), model.load_model(run_id, root=str(runs_root)).predict_proba(x))
+    assert input_kind(_FsPath(synthetic_dataset)) == "folder"
+    assert layout_root(_FsPath(synthetic_dataset)) == synthetic_dataset
+    assert fileio.check_allowed(_FsPath(tmp_path), what="folder", roots=[_FsPath(tmp_path)]) == tmp_path.resolve()

@@ -144,7 +144,7 @@ def check_allowed(path: str | os.PathLike, *, what: str,
     Relative paths are taken from the project folder (as the sidebar's defaults are). Raises
     PathNotAllowed, naming the allowed folders, for anything else; nothing is touched before.
     """
-    text = str(path).strip()
+    text = os.fspath(path).strip()
     if not text:
         raise PathNotAllowed(f"The {what} is empty. Type a folder under one of the allowed "
                              f"folders: {_list(roots or allowed_roots())}.")

@@ -46,7 +46,7 @@ def explain_to_folder(run, image_path: str | os.PathLike, out_dir: str | os.Path
     runs.atomic_write_bytes(out / GRADCAM_FILE, png_bytes(overlay))
     report = {
         "run_id": getattr(run, "run_id", None),
-        "image": str(image_path),
+        "image": os.fspath(image_path),
         "image_shape": list(gray.shape),
         "prediction": {
             "probability_pneumonia": exp.probability,
