@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xray_core import explain as ex  # noqa: E402
-from xray_core import imaging, runs  # noqa: E402
+from xray_core import fileio, imaging, runs  # noqa: E402
 
 VAL_DIR = ROOT.parent / "shared" / "data" / "chest_xray" / "val"
 REAL_RUN_DIRS = (runs.DEFAULT_RUNS_DIR,)  # the registry: trained_models/, or $XRAY_MODELS_DIR
@@ -290,8 +290,8 @@ def faithfulness(run: str, n_images: int, samples: int | None, steps: int, stabi
         "machine": machine(load_before), "command": command, "per_image": per_image,
     }
     out.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_json(out / "explain_faithfulness.json", result)
-    runs.atomic_write_text(out / "explain_faithfulness.md", render_faithfulness(result))
+    fileio.atomic_write_json(out / "explain_faithfulness.json", result)
+    fileio.atomic_write_text(out / "explain_faithfulness.md", render_faithfulness(result))
     print(render_faithfulness(result))
     return 0
 
@@ -380,7 +380,7 @@ def timing(run: str, n_images: int, samples: int | None, repeats: int, out: Path
               "machine": machine(load_before), "other_processes_before": procs_before,
               "other_processes_after": busy_processes(), "command": command}
     out.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_json(out / "explain_timing.json", result)
+    fileio.atomic_write_json(out / "explain_timing.json", result)
     m = result["machine"]
     md = ["# LIME time per explanation with the dashboard's settings", "",
           f"Run `{model.run_id}` ({model.n_members} members, {model.input_size[0]} px, {model.channels} channel), "
@@ -402,7 +402,7 @@ def timing(run: str, n_images: int, samples: int | None, repeats: int, out: Path
           + ("; ".join(f"`{p}`" for p in procs_before) or "none") + "; at the end: "
           + ("; ".join(f"`{p}`" for p in result["other_processes_after"]) or "none") + ".", "",
           "Images: Kermany, Zhang, Goldbaum (2018), CC BY 4.0. Research software, not a medical device."]
-    runs.atomic_write_text(out / "explain_timing.md", "\n".join(md) + "\n")
+    fileio.atomic_write_text(out / "explain_timing.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 
@@ -426,7 +426,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-seed-style", action="store_true", help="only time our path")
     args = parser.parse_args(argv)
     if args.render_faithfulness:
-        runs.atomic_write_text(args.out / "explain_faithfulness.md",
+        fileio.atomic_write_text(args.out / "explain_faithfulness.md",
                                render_faithfulness(json.loads(args.render_faithfulness.read_text())))
         return 0
     if args.faithfulness:
@@ -509,8 +509,8 @@ def main(argv=None) -> int:
         "image": image_name, "image_shape": list(gray.shape), "results": results, "trust": trust,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_json(args.out / "explain.json", report)
-    runs.atomic_write_text(args.out / "explain.md", render(report))
+    fileio.atomic_write_json(args.out / "explain.json", report)
+    fileio.atomic_write_text(args.out / "explain.md", render(report))
     print(f"wrote {args.out / 'explain.md'}")
     return 0
 

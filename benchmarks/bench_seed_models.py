@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xray_core import runs  # noqa: E402  (after the path fix, so the script runs from anywhere)
+from xray_core import fileio, runs  # noqa: E402  (after the path fix, so the script runs from anywhere)
 
 SEED_ARCHS = ("baseline", "model2", "model3", "model4")
 SEED_EPOCHS = {"baseline": 5, "model2": 5, "model3": 10, "model4": 15}
@@ -184,7 +184,7 @@ def relative_paths(csv_file: Path, data_root: str | None) -> None:
         raise SystemExit(f"{csv_file} holds an absolute path outside the dataset folder: {p}")
 
     frame["path"] = [fix(str(p)) for p in frame["path"]]
-    runs.atomic_write_text(csv_file, frame.to_csv(index=False))
+    fileio.atomic_write_text(csv_file, frame.to_csv(index=False))
 
 
 def add_seed_cut(path: Path) -> None:
@@ -195,16 +195,16 @@ def add_seed_cut(path: Path) -> None:
 
     from xray_core import metrics as metrics_mod
 
-    m = runs.read_json(path / runs.METRICS_FILE)
+    m = fileio.read_json(path / runs.METRICS_FILE)
     scores = runs.read_predictions(path, "validation")
-    spec = runs.read_json(path / "model.json") if (path / "model.json").is_file() else {}
+    spec = fileio.read_json(path / "model.json") if (path / "model.json").is_file() else {}
     if "validation_at_0.5" in m or scores is None:
         return
     cut = 1 / (1 + math.exp(-float(spec.get("bias") or 0.0)))
     entry = dict(metrics_mod.binary_metrics(scores[0], scores[1], threshold=cut), n=int(len(scores[0])))
     entry.update(threshold=0.5, note="the seed's 0.5 cut on the uncalibrated output "
                                      f"(calibrated score >= {cut:.4f})")
-    runs.atomic_write_json(path / runs.METRICS_FILE, dict(m, **{"validation_at_0.5": entry}))
+    fileio.atomic_write_json(path / runs.METRICS_FILE, dict(m, **{"validation_at_0.5": entry}))
 
 
 def strip_optimizer(path: Path) -> tuple[int, int]:
@@ -252,8 +252,8 @@ def card(arch: str, path: Path, notes: dict[str, str]) -> str:
     """The model card of a shipped seed run, from its files."""
     from xray_core import health
 
-    cfg = runs.read_json(path / runs.CONFIG_FILE)
-    m = runs.read_json(path / runs.METRICS_FILE)
+    cfg = fileio.read_json(path / runs.CONFIG_FILE)
+    m = fileio.read_json(path / runs.METRICS_FILE)
     hist = _history(path)
     val, at05 = m.get("validation") or {}, m.get("validation_at_0.5") or {}
     ci = m.get("validation_ci95") or {}
@@ -393,20 +393,20 @@ def ship(arch: str, runs_dir: Path, notes: dict[str, str]) -> dict:
     """Make a finished seed run ready to commit: model file without optimizer state, data_root
     relative, a model card. Returns sizes."""
     path = runs_dir / run_id(arch)
-    status = runs.read_json(path / runs.STATUS_FILE)
+    status = fileio.read_json(path / runs.STATUS_FILE)
     if status.get("state") != "completed":
         raise SystemExit(f"{run_id(arch)} is {status.get('state')!r}, not completed; finish it first.")
     before, after = strip_optimizer(path / runs.MODEL_FILE)
     add_seed_cut(path)
-    data_root = runs.read_json(path / runs.CONFIG_FILE).get("data_root")
+    data_root = fileio.read_json(path / runs.CONFIG_FILE).get("data_root")
     for name in (runs.CONFIG_FILE, runs.METRICS_FILE):
-        runs.atomic_write_json(path / name, _scrub(runs.read_json(path / name)))
+        fileio.atomic_write_json(path / name, _scrub(fileio.read_json(path / name)))
     for csv_file in path.glob("predictions_*.csv"):
         relative_paths(csv_file, data_root)
     spec_file = path / "model.json"
     if spec_file.is_file():  # shipped: the CLI and the app never rewrite its files in place
-        runs.atomic_write_json(spec_file, dict(runs.read_json(spec_file), bundled=True))
-    runs.atomic_write_text(path / "MODEL_CARD.md", card(arch, path, notes))
+        fileio.atomic_write_json(spec_file, dict(fileio.read_json(spec_file), bundled=True))
+    fileio.atomic_write_text(path / "MODEL_CARD.md", card(arch, path, notes))
     shipped = [p for p in path.iterdir() if p.name in SHIPPED_FILES or p.name.startswith("predictions_")]
     return {"run": run_id(arch), "model_bytes_before": before, "model_bytes_after": after,
             "shipped_bytes": sum(p.stat().st_size for p in shipped)}
@@ -420,10 +420,10 @@ def summarise(arch: str, runs_dir: Path, path: Path | None = None) -> dict | Non
     path = path or runs_dir / run_id(arch)
     if not (path / runs.METRICS_FILE).is_file() or not (path / runs.STATUS_FILE).is_file():
         return None
-    m = runs.read_json(path / runs.METRICS_FILE)
-    if runs.read_json(path / runs.STATUS_FILE).get("state") != "completed" or "validation" not in m:
+    m = fileio.read_json(path / runs.METRICS_FILE)
+    if fileio.read_json(path / runs.STATUS_FILE).get("state") != "completed" or "validation" not in m:
         return None
-    config = runs.read_json(path / runs.CONFIG_FILE)
+    config = fileio.read_json(path / runs.CONFIG_FILE)
     seconds = [float(r["seconds"]) for r in _history(path) if r.get("seconds")]
     at_half = m.get("validation_at_0.5") or {}
     at_t = m["validation"]
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.arch or list(SEED_ARCHS)
     if args.probe_model3:
         rows = probe_model3(args.data)
-        runs.atomic_write_json(PROBE_REPORT, rows)
+        fileio.atomic_write_json(PROBE_REPORT, rows)
     if args.launch:
         for arch in chosen:
             if launch(arch, args.data, epochs[arch], args.runs_dir, args.seed) != 0:
@@ -560,10 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     for arch in SEED_ARCHS:
         row = summarise(arch, args.runs_dir)
         (rows.append(row) if row else missing.append(arch))
-    probe = runs.read_json(PROBE_REPORT) if PROBE_REPORT.is_file() else None
+    probe = fileio.read_json(PROBE_REPORT) if PROBE_REPORT.is_file() else None
     text = report(rows, missing, args.notes, probe, sizes)
-    runs.atomic_write_text(args.report, text)
-    runs.atomic_write_json(args.report.with_suffix(".json"), {"rows": rows, "sizes": sizes, "probe": probe})
+    fileio.atomic_write_text(args.report, text)
+    fileio.atomic_write_json(args.report.with_suffix(".json"), {"rows": rows, "sizes": sizes, "probe": probe})
     print(text)
     return 0
 

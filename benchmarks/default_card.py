@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xray_core import runs  # noqa: E402
+from xray_core import fileio  # noqa: E402
 
 
 def _f(v, d=3):
@@ -34,9 +34,9 @@ def _ci(ci: dict, key: str) -> str:
 
 
 def render(run_dir: Path, ablation: dict | None) -> str:
-    cfg = runs.read_json(run_dir / "config.json")
-    met = runs.read_json(run_dir / "metrics.json")
-    spec = runs.read_json(run_dir / "model.json")
+    cfg = fileio.read_json(run_dir / "config.json")
+    met = fileio.read_json(run_dir / "metrics.json")
+    spec = fileio.read_json(run_dir / "model.json")
     val, ci = met["validation"], met["validation_ci95"]
     st = met["stress"]
     summ, pooled, pci = st["summary"], st["pooled"], st["pooled_ci95"]
@@ -203,7 +203,7 @@ def reliability_png(run_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cal = runs.read_json(run_dir / "metrics.json")["calibration"]
+    cal = fileio.read_json(run_dir / "metrics.json")["calibration"]
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
     for key, label, style in (("bins", f"stress, pooled (ECE {cal['ece']:.3f})", "o-"),
@@ -220,7 +220,7 @@ def reliability_png(run_dir: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return runs.atomic_write_bytes(run_dir / "reliability.png", buf.getvalue())
+    return fileio.atomic_write_bytes(run_dir / "reliability.png", buf.getvalue())
 
 
 def main(argv=None) -> int:
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     ablation = json.loads(args.ablation.read_text()) if args.ablation.is_file() else None
     reliability_png(args.run)
-    runs.atomic_write_text(args.run / "MODEL_CARD.md", render(args.run, ablation))
+    fileio.atomic_write_text(args.run / "MODEL_CARD.md", render(args.run, ablation))
     print(f"wrote {args.run / 'MODEL_CARD.md'}")
     return 0
 

@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xray_core import evaluation, runs  # noqa: E402
+from xray_core import evaluation, fileio, runs  # noqa: E402
 from xray_core import model as model_mod  # noqa: E402
 
 REPORT = ROOT / "benchmarks" / "reports" / "generalization"
@@ -158,8 +158,8 @@ def main(argv=None) -> int:
             "validation_films": int(len(y)), "normal": int((y == 0).sum()), "pneumonia": int((y == 1).sum()),
             "seconds": round(time.time() - started, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_json(args.out.with_suffix(".json"), {"meta": meta, "rows": rows})
-    runs.atomic_write_text(args.out.with_suffix(".md"), _markdown(meta, rows))
+    fileio.atomic_write_json(args.out.with_suffix(".json"), {"meta": meta, "rows": rows})
+    fileio.atomic_write_text(args.out.with_suffix(".md"), _markdown(meta, rows))
     print(_markdown(meta, rows))
     return 0
 

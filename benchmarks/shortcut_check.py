@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xray_core import explain, imaging, runs  # noqa: E402
+from xray_core import explain, fileio, imaging, runs  # noqa: E402
 from xray_core.model import load_model  # noqa: E402
 
 LUNG_ROWS = (0.10, 0.80)
@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if empty:
         lines += ["", f"{empty} image(s) had an all-zero Grad-CAM map (no positive evidence) and are left out."]
     text = "\n".join(lines) + "\n"
-    runs.atomic_write_text(args.report, text)
-    runs.atomic_write_json(args.report.with_suffix(".json"),
+    fileio.atomic_write_text(args.report, text)
+    fileio.atomic_write_json(args.report.with_suffix(".json"),
                            {"run": run.run_id, "regions": {"lung_rows": LUNG_ROWS, "lung_cols": LUNG_COLS,
                                                            "border": BORDER, "corner": CORNER, "area": area},
                             "seconds": seconds, "images": results})

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import compare_view as view
 from tests.apptest_helpers import open_page
-from xray_core import comparison, runs
+from xray_core import comparison, fileio, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "trained_models"
@@ -33,10 +33,10 @@ def models(tiny_run, tmp_path):
     folder = tmp_path / "models"
     shutil.copytree(runs_root / run_id, folder / run_id)
     shutil.copytree(runs_root / run_id, folder / "second")  # a second run to compare against
-    metrics = runs.read_json(folder / "second" / "metrics.json")
+    metrics = fileio.read_json(folder / "second" / "metrics.json")
     metrics["validation"]["sensitivity"] = 0.0  # so the best sensitivity is the first run's
     metrics["train_seconds"] = metrics["train_seconds"] + 100
-    runs.atomic_write_json(folder / "second" / "metrics.json", metrics)
+    fileio.atomic_write_json(folder / "second" / "metrics.json", metrics)
     return folder, run_id
 
 
@@ -59,7 +59,7 @@ def test_compare_shows_metrics_on_validation_and_test_without_writing_the_runs(
     at = open_page(monkeypatch, synthetic_dataset, folder, "pages/compare.py", timeout=180)
     assert sorted(at.multiselect(key="compare_runs").value) == sorted([run_id, "second"])
 
-    saved = runs.read_json(folder / run_id / "metrics.json")
+    saved = fileio.read_json(folder / run_id / "metrics.json")
     validation = table_with(at, "sensitivity", 0).set_index("run")
     for column, key in (("sensitivity", "sensitivity"), ("specificity", "specificity"),
                         ("ROC AUC", "roc_auc"), ("operating threshold", "threshold")):
@@ -102,13 +102,13 @@ def test_compare_shows_metrics_on_validation_and_test_without_writing_the_runs(
 def test_health_stress_calibration_and_seed_figures_are_shown(monkeypatch, synthetic_dataset, models):
     folder, run_id = models
     # A collapse warning written by a training into status.json.
-    status = runs.read_json(folder / "second" / runs.STATUS_FILE)
+    status = fileio.read_json(folder / "second" / runs.STATUS_FILE)
     status["health"] = [{"code": "collapsed", "severity": "warning", "epoch": 3,
                          "message": "The model calls 100.0% of the validation images PNEUMONIA.",
                          "suggestion": "Use class weights."}]
-    runs.atomic_write_json(folder / "second" / runs.STATUS_FILE, status)
+    fileio.atomic_write_json(folder / "second" / runs.STATUS_FILE, status)
     # A stress block and a calibration block as the lead's evaluation writes them.
-    m = runs.read_json(folder / run_id / "metrics.json")
+    m = fileio.read_json(folder / run_id / "metrics.json")
     m["stress"] = {"threshold": m["threshold"], "n_films": 10,
                    "pooled": {"roc_auc": 0.812, "sensitivity": 0.9, "specificity": 0.6, "accuracy": 0.8, "n": 160},
                    "pooled_ci95": {"roc_auc": {"low": 0.7, "high": 0.9},
@@ -118,10 +118,10 @@ def test_health_stress_calibration_and_seed_figures_are_shown(monkeypatch, synth
     m["calibration"] = {"ece": 0.123, "temperature": 1.4,
                         "bins": [{"lo": 0.0, "hi": 0.5, "mean_pred": 0.2, "frac_pos": 0.3, "n": 5},
                                  {"lo": 0.5, "hi": 1.0, "mean_pred": 0.8, "frac_pos": 0.7, "n": 5}]}
-    runs.atomic_write_json(folder / run_id / "metrics.json", m)
-    other = runs.read_json(folder / "second" / "metrics.json")
+    fileio.atomic_write_json(folder / run_id / "metrics.json", m)
+    other = fileio.read_json(folder / "second" / "metrics.json")
     other.pop("stress", None)  # a run evaluated before the stress validation existed
-    runs.atomic_write_json(folder / "second" / "metrics.json", other)
+    fileio.atomic_write_json(folder / "second" / "metrics.json", other)
 
     at = open_page(monkeypatch, synthetic_dataset, folder, "pages/compare.py", timeout=180)
     health = table_with(at, "finding")

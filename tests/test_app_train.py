@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.apptest_helpers import open_page
-from xray_core import jobs, runs
+from xray_core import fileio, jobs, runs
 
 
 @pytest.fixture
@@ -87,10 +87,10 @@ def test_cancel_button_writes_stop_file_and_queue_can_be_emptied(train_page, tin
     runs_root, run_id = tiny_run
     # A run that reads as running (this test process's pid keeps it alive) shows Cancel.
     shutil.copytree(runs_root / run_id, models / "live")
-    status = dict(runs.read_json(models / "live" / "status.json"), state="running", epoch=1, epochs=3,
+    status = dict(fileio.read_json(models / "live" / "status.json"), state="running", epoch=1, epochs=3,
                   batch=2, batches=4, fraction=0.5, images_per_second=123.0, eta_seconds=65,
                   **runs.process_identity())
-    runs.atomic_write_json(models / "live" / "status.json", status)
+    fileio.atomic_write_json(models / "live" / "status.json", status)
     # Hold the worker lock, as a worker busy with another training does, so the job stays queued.
     (models / jobs.QUEUE_DIR).mkdir()
     lock = open(models / jobs.QUEUE_DIR / "worker.lock", "a")

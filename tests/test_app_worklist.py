@@ -9,7 +9,7 @@ import pytest
 
 from tests.apptest_helpers import open_page
 from tests.test_scoring import add_bad_files, make_films, read_rows
-from xray_core import runs, scoring
+from xray_core import fileio, scoring
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_interrupted_job_resumes_from_its_scores(worklist, tiny_run):
     listing = job_dir / "half.txt"
     listing.write_text("".join(f"{p}\n" for p in half))
     scoring.score(run_id, listing, job_dir / scoring.JOB_SCORES, root=models, workers=0, progress=False)
-    runs.atomic_write_json(job_dir / scoring.JOB_STATUS, {"state": "running", "pid": 999999999, "done": 10,
+    fileio.atomic_write_json(job_dir / scoring.JOB_STATUS, {"state": "running", "pid": 999999999, "done": 10,
                                                          "total": 33})
     at.run()
     assert any("interrupted" in w.value for w in at.warning)

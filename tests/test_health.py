@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from xray_core import health, runs
+from xray_core import fileio, health, runs
 
 
 # ----------------------------------------------------------------------------- pure rules
@@ -187,10 +187,10 @@ def test_train_page_shows_the_running_runs_health_warnings(monkeypatch, syntheti
     shutil.copytree(runs_root / run_id, models / "live")
     found = health.check_chance_auc([{"epoch": 3, "val_auc": 0.5}])
     # A run that reads as running (this test process's pid keeps it alive), with a warning.
-    status = dict(runs.read_json(models / "live" / "status.json"), state="running", epoch=4, epochs=5,
+    status = dict(fileio.read_json(models / "live" / "status.json"), state="running", epoch=4, epochs=5,
                   batch=1, batches=4, fraction=0.6, health=[w.to_dict() for w in found],
                   **runs.process_identity())
-    runs.atomic_write_json(models / "live" / "status.json", status)
+    fileio.atomic_write_json(models / "live" / "status.json", status)
     (models / jobs.QUEUE_DIR).mkdir()
     with open(models / jobs.QUEUE_DIR / "worker.lock", "a") as lock:  # no worker starts meanwhile
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from xray_core import model as model_mod
+from xray_core import fileio, model as model_mod
 from xray_core import runs
 
 
@@ -31,8 +31,8 @@ def test_single_network_reads_the_pneumonia_column_and_the_run_threshold(tmp_pat
     folder = tmp_path / f"head{units}"
     folder.mkdir()
     net = _save_net(folder, "model.keras", units, seed=units)
-    runs.atomic_write_json(folder / "config.json", {"image_size": [8, 6], "channels": 1})
-    runs.atomic_write_json(folder / "metrics.json", {"threshold": 0.3})
+    fileio.atomic_write_json(folder / "config.json", {"image_size": [8, 6], "channels": 1})
+    fileio.atomic_write_json(folder / "metrics.json", {"threshold": 0.3})
     m = model_mod.load_model(f"head{units}", root=tmp_path)
     assert m.input_size == (8, 6) and m.channels == 1 and m.output_units == units
     assert m.threshold == pytest.approx(0.3) and m.temperature == 1.0 and m.n_members == 1
@@ -56,7 +56,7 @@ def test_ensemble_averages_members_then_applies_the_temperature(tmp_path):
     folder.mkdir()
     a = _save_net(folder, "model.keras", 1, seed=3)
     b = _save_net(folder, "member-1.keras", 2, seed=4)
-    runs.atomic_write_json(folder / "config.json", {"image_size": 8, "channels": 1})
+    fileio.atomic_write_json(folder / "config.json", {"image_size": 8, "channels": 1})
     model_mod.write_spec(folder, members=["model.keras", "member-1.keras"], input_size=(8, 6), channels=1,
                          threshold=0.42, temperature=2.0)
     m = model_mod.load_model(folder)
@@ -82,7 +82,7 @@ def test_temperature_scaling_keeps_the_order_and_moves_towards_half():
 def test_a_run_without_a_network_says_so(tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()
-    runs.atomic_write_json(folder / "config.json", {"image_size": 8})
+    fileio.atomic_write_json(folder / "config.json", {"image_size": 8})
     with pytest.raises(runs.RunNotFound, match="no model file"):
         model_mod.load_model(folder)
     with pytest.raises(ValueError, match="1 or 2 outputs"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xray_core import runs
+from xray_core import fileio, runs
 
 
 @pytest.mark.parametrize(
@@ -48,18 +48,18 @@ def test_escape_refusal_leaves_outside_folders_alone(tmp_path):
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
     target = tmp_path / "sub" / "status.json"
-    runs.atomic_write_json(target, {"a": 1, "x": np.float32(0.5), "nan": float("nan"), "arr": np.arange(3)})
+    fileio.atomic_write_json(target, {"a": 1, "x": np.float32(0.5), "nan": float("nan"), "arr": np.arange(3)})
     assert json.loads(target.read_text()) == {"a": 1, "x": 0.5, "nan": None, "arr": [0, 1, 2]}
-    runs.atomic_write_text(target, "hello")
+    fileio.atomic_write_text(target, "hello")
     assert target.read_text() == "hello"
     assert [p.name for p in target.parent.iterdir()] == ["status.json"]
 
 
 def test_failed_atomic_write_keeps_the_old_file(tmp_path):
     target = tmp_path / "metrics.json"
-    runs.atomic_write_json(target, {"ok": True})
+    fileio.atomic_write_json(target, {"ok": True})
     with pytest.raises(TypeError):
-        runs.atomic_write_json(target, {"bad": object()})
+        fileio.atomic_write_json(target, {"bad": object()})
     assert json.loads(target.read_text()) == {"ok": True}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
@@ -67,13 +67,13 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
 def test_concurrent_writers_never_leave_half_a_file(tmp_path):
     """Readers parse the file while two threads rewrite it: every read is complete JSON."""
     target = tmp_path / "status.json"
-    runs.atomic_write_json(target, {"n": -1, "pad": ""})
+    fileio.atomic_write_json(target, {"n": -1, "pad": ""})
     stop = threading.Event()
 
     def writer(offset):
         i = 0
         while not stop.is_set():
-            runs.atomic_write_json(target, {"n": offset + i, "pad": "x" * (i % 5000)})
+            fileio.atomic_write_json(target, {"n": offset + i, "pad": "x" * (i % 5000)})
             i += 1
 
     threads = [threading.Thread(target=writer, args=(k * 10**6,)) for k in range(2)]
@@ -123,8 +123,8 @@ def _dead_pid() -> int:
 def test_running_status_with_dead_pid_reads_as_interrupted(tmp_path):
     folder = tmp_path / "r1"
     folder.mkdir()
-    runs.atomic_write_json(folder / "config.json", {"arch": "baseline"})
-    runs.atomic_write_json(folder / "status.json", {"state": "running", "pid": _dead_pid(), "updated": runs.now_iso()})
+    fileio.atomic_write_json(folder / "config.json", {"arch": "baseline"})
+    fileio.atomic_write_json(folder / "status.json", {"state": "running", "pid": _dead_pid(), "updated": runs.now_iso()})
     (info,) = runs.list_runs(tmp_path)
     assert info.state == "interrupted"
     assert info.status["recorded_state"] == "running"
@@ -145,7 +145,7 @@ def test_reused_pid_is_not_taken_for_the_training(tmp_path):
     if me["pid_started"] is None:
         pytest.skip("no /proc on this system: start times cannot be compared")
     status = {"state": "running", "pid": me["pid"], "pid_started": "1", "host": me["host"]}
-    runs.atomic_write_json(folder / "status.json", status)
+    fileio.atomic_write_json(folder / "status.json", status)
     assert runs.list_runs(tmp_path)[0].state == "interrupted"
 
 
@@ -153,10 +153,10 @@ def test_stale_heartbeat_from_another_host_reads_as_interrupted(tmp_path):
     folder = tmp_path / "r1"
     folder.mkdir()
     status = {"state": "running", "pid": 1, "host": "elsewhere", "updated": "2020-01-01T00:00:00+00:00"}
-    runs.atomic_write_json(folder / "status.json", status)
+    fileio.atomic_write_json(folder / "status.json", status)
     assert runs.list_runs(tmp_path)[0].state == "interrupted"
     status["updated"] = runs.now_iso()
-    runs.atomic_write_json(folder / "status.json", status)
+    fileio.atomic_write_json(folder / "status.json", status)
     assert runs.list_runs(tmp_path)[0].state == "running"
 
 
@@ -211,7 +211,7 @@ def test_delete_run_removes_folder_and_refuses_live_training_and_default(tmp_pat
         runs.delete_run("live", root=tmp_path)
     done = tmp_path / "done"
     done.mkdir()
-    runs.atomic_write_json(done / "status.json", {"state": "completed"})
+    fileio.atomic_write_json(done / "status.json", {"state": "completed"})
     runs.delete_run("done", root=tmp_path)
     assert not done.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
@@ -244,7 +244,7 @@ def test_safe_mode_refuses_lambda_layers(tmp_path):
     inputs = keras.Input((4,))
     outputs = keras.layers.Lambda(lambda t: t * 2, name="code")(inputs)
     keras.Model(inputs, outputs).save(folder / "model.keras")
-    runs.atomic_write_json(folder / "config.json", {"image_size": 2, "channels": 1})
+    fileio.atomic_write_json(folder / "config.json", {"image_size": 2, "channels": 1})
     from xray_core.model import load_model
 
     with pytest.raises(ValueError, match="(?i)safe_mode|lambda"):

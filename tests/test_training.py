@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.synthetic import make_synthetic_dataset
-from xray_core import architectures, ensemble, evaluation, runs, training
+from xray_core import architectures, augment, callbacks, ensemble, evaluation, fileio, runs, training
 from xray_core.model import load_model
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_every_architecture_trains_a_complete_run_folder(arch, synthetic_dataset
     assert status["state"] == "completed" and status["fraction"] == 1.0 and status["error"] is None
 
     (row,) = _history(run_dir)
-    assert list(row)[: len(training.HISTORY_COLUMNS)] == training.HISTORY_COLUMNS
+    assert list(row)[: len(callbacks.HISTORY_COLUMNS)] == callbacks.HISTORY_COLUMNS
     assert row["epoch"] == "1" and float(row["seconds"]) > 0 and float(row["images_per_second"]) > 0
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -145,13 +145,13 @@ def test_augmentation_keeps_left_and_right():
     """No flips: a bright blob on the image's right stays on the right after augmentation."""
     img = np.full((8, 32, 32, 1), 40.0, np.float32)
     img[:, 10:22, 22:30, :] = 220.0
-    out = np.asarray(training.augmentation_layers(seed=3)(img, training=True))
+    out = np.asarray(augment.mild_layers(3)(img, training=True))
     assert out.shape == img.shape
     assert not np.allclose(out, img)
     right, left = out[:, :, 16:, :].mean(axis=(1, 2, 3)), out[:, :, :16, :].mean(axis=(1, 2, 3))
     assert np.all(right > left + 10)  # a mirrored image would have right < left
     assert out.min() >= 0 and out.max() <= 255.001
-    names = [layer.__class__.__name__ for layer in training.augmentation_layers(seed=0).layers]
+    names = [layer.__class__.__name__ for layer in augment.mild_layers(0).layers]
     assert "RandomFlip" not in names
 
 
@@ -414,7 +414,7 @@ def test_preset_trains_members_and_assembles_one_calibrated_ensemble(synthetic_d
 def test_an_ensemble_is_never_assembled_over_a_shipped_run(tmp_path):
     shipped = tmp_path / "default"
     shipped.mkdir()
-    runs.atomic_write_json(shipped / "model.json", {"members": ["model.keras"], "bundled": True})
+    fileio.atomic_write_json(shipped / "model.json", {"members": ["model.keras"], "bundled": True})
     with pytest.raises(ValueError, match="ships with the project"):
         ensemble.assemble_ensemble([], run_id="default", runs_root=tmp_path)
     assert sorted(p.name for p in shipped.iterdir()) == ["model.json"]

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
-from xray_core import runs
+from xray_core import fileio, runs
 from xray_core.model import pneumonia_column
 
 Progress = Callable[[dict], None]
@@ -128,9 +128,9 @@ class RunCallback(keras.callbacks.Callback):
         fit_seconds = self._last_batch_end - self._epoch_start
         row["images_per_second"] = round(seen / fit_seconds, 1) if fit_seconds > 0 else None
         self.rows[:] = [r for r in self.rows if r["epoch"] < epoch + 1] + [row]
-        runs.atomic_write_text(self.run_dir / runs.HISTORY_FILE, history_text(self.rows))
+        fileio.atomic_write_text(self.run_dir / runs.HISTORY_FILE, history_text(self.rows))
         save_model_atomically(self.model, self.run_dir / runs.CHECKPOINT_FILE)
-        runs.atomic_write_json(self.run_dir / runs.CHECKPOINT_META_FILE,
+        fileio.atomic_write_json(self.run_dir / runs.CHECKPOINT_META_FILE,
                                {"epoch": epoch + 1, "saved": runs.now_iso()})
         self.completed_epochs = epoch + 1
         self._report(True, fraction=self.completed_epochs / self.epochs)

@@ -145,7 +145,7 @@ def _train(args) -> int:
         # A terminate request (e.g. from a process manager) ends like Ctrl-C: state cancelled.
         raise KeyboardInterrupt
 
-    from xray_core import health, runs
+    from xray_core import fileio, health, runs
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
@@ -156,7 +156,7 @@ def _train(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     _print_run_summary(run_dir)
-    for warning in health.from_status(runs.read_json(run_dir / runs.STATUS_FILE)):
+    for warning in health.from_status(fileio.read_json(run_dir / runs.STATUS_FILE)):
         print(f"warning: {warning.text}", file=sys.stderr)
     return 0
 
@@ -223,7 +223,7 @@ def _runs(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from xray_core import evaluation, runs
+    from xray_core import evaluation, fileio, runs
 
     run = runs.load_run(_run_ref(args.run), root=args.runs_dir)
     if getattr(args, "stress", False):
@@ -232,8 +232,8 @@ def _evaluate(args) -> int:
                              "in place. Copy its folder to a run of your own first.")
         result = evaluation.finalize_run(run.path, data_root=args.data)
         if args.json:
-            print(json.dumps(runs.to_jsonable({k: result.get(k) for k in ("validation", "stress", "calibration",
-                                                                          "threshold")}), indent=2))
+            print(json.dumps(fileio.to_jsonable({k: result.get(k) for k in ("validation", "stress", "calibration",
+                                                                            "threshold")}), indent=2))
             return 0
         summary = result["stress"]["summary"]
         print(f"run {run.run_id}: threshold {_fmt(result['threshold'])} (stress policy), temperature "

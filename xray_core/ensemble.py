@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from xray_core import runs
+from xray_core import fileio, runs
 from xray_core.training import Progress, TrainConfig, train
 
 # The recipe of the bundled default (issue: hold up on new patients). Chosen on the shift-stress
@@ -84,7 +84,7 @@ def assemble_ensemble(member_dirs, *, run_id: str, runs_root: str | os.PathLike 
         raise ValueError(f"The run {run_id!r} ships with the project and is not replaced; give the new ensemble "
                          "another --run-id.")
     member_dirs = [Path(p) for p in member_dirs]
-    configs = [runs.read_json(p / runs.CONFIG_FILE) for p in member_dirs]
+    configs = [fileio.read_json(p / runs.CONFIG_FILE) for p in member_dirs]
     keys = [(c["image_size"], c["channels"], json_key(c.get("split")), c["data_root"]) for c in configs]
     if len(set(keys)) != 1:
         raise ValueError("Ensemble members must share image size, channels, validation split and dataset; "
@@ -105,15 +105,15 @@ def assemble_ensemble(member_dirs, *, run_id: str, runs_root: str | os.PathLike 
     cfg.update(run_id=run_id, preset=preset, seed=[c["seed"] for c in configs],
                epochs=[c["epochs"] for c in configs],  # each member's own (they may differ)
                members=[{"run_id": p.name, "seed": c["seed"],
-                         "best_epoch": (runs.read_json(p / runs.METRICS_FILE) or {}).get("best_epoch"),
-                         "epochs_run": (runs.read_json(p / runs.METRICS_FILE) or {}).get("epochs_run"),
-                         "train_seconds": (runs.read_json(p / runs.METRICS_FILE) or {}).get("train_seconds")}
+                         "best_epoch": (fileio.read_json(p / runs.METRICS_FILE) or {}).get("best_epoch"),
+                         "epochs_run": (fileio.read_json(p / runs.METRICS_FILE) or {}).get("epochs_run"),
+                         "train_seconds": (fileio.read_json(p / runs.METRICS_FILE) or {}).get("train_seconds")}
                         for p, c in zip(member_dirs, configs)],
                created=runs.now_iso())
-    runs.atomic_write_json(staging / runs.CONFIG_FILE, cfg)
-    runs.atomic_write_json(staging / runs.STATUS_FILE, {"state": "completed", "updated": runs.now_iso()})
-    member_metrics = [runs.read_json(p / runs.METRICS_FILE) for p in member_dirs]
-    runs.atomic_write_json(staging / runs.METRICS_FILE, {
+    fileio.atomic_write_json(staging / runs.CONFIG_FILE, cfg)
+    fileio.atomic_write_json(staging / runs.STATUS_FILE, {"state": "completed", "updated": runs.now_iso()})
+    member_metrics = [fileio.read_json(p / runs.METRICS_FILE) for p in member_dirs]
+    fileio.atomic_write_json(staging / runs.METRICS_FILE, {
         "train_seconds": round(sum(float(m.get("train_seconds") or 0) for m in member_metrics), 3),
         "params": int(sum(int(m.get("params") or 0) for m in member_metrics)),
         "epochs_run": [m.get("epochs_run") for m in member_metrics],

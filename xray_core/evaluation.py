@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from xray_core import metrics, runs
+from xray_core import fileio, metrics, runs
 
 Progress = Callable[[dict], None]
 
@@ -64,7 +64,7 @@ def write_validation_list(run_dir: str | os.PathLike, val_df, data_root: str | o
     for path, label in zip(val_df["path"], val_df["label"]):
         p = Path(path).absolute()
         writer.writerow([(p.relative_to(base) if p.is_relative_to(base) else p).as_posix(), int(label)])
-    return runs.atomic_write_text(Path(run_dir) / VALIDATION_FILE, out.getvalue())
+    return fileio.atomic_write_text(Path(run_dir) / VALIDATION_FILE, out.getvalue())
 
 
 def validation_rows(run: runs.Run, data_root: str) -> tuple[list[str], np.ndarray]:
@@ -117,7 +117,7 @@ def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | N
 
     run = runs.load_run(Path(run_dir))
     root = data_root_of(run, data_root)
-    old_spec = runs.read_json(run.path / model_mod.SPEC_FILE) if (run.path / model_mod.SPEC_FILE).is_file() else {}
+    old_spec = fileio.read_json(run.path / model_mod.SPEC_FILE) if (run.path / model_mod.SPEC_FILE).is_file() else {}
     members = old_spec.get("members") or [runs.MODEL_FILE]
     extra = {k: v for k, v in old_spec.items()
              if k not in ("members", "input_size", "channels", "threshold", "temperature", "bias", "threshold_policy")}
@@ -219,7 +219,7 @@ def _write_stress_predictions(run_dir: Path, paths, labels, scores: dict[str, np
     for change, s in scores.items():
         for p, label, score in zip(rel, labels, s):
             writer.writerow([p, int(label), repr(float(score)), change])
-    return runs.atomic_write_text(run_dir / STRESS_PREDICTIONS_FILE, out.getvalue())
+    return fileio.atomic_write_text(run_dir / STRESS_PREDICTIONS_FILE, out.getvalue())
 
 
 # --------------------------------------------------------------------------- other splits
@@ -249,7 +249,7 @@ def evaluate_run(run: runs.Run | str | os.PathLike, data_root: str | os.PathLike
     y, scores, failed = predict_split(run, root_dir, key, progress, write=cache)
     entry = dict(metrics.binary_metrics(y, scores, threshold=m.threshold), n=int(len(y)),
                  data_root=root_dir, skipped=failed)
-    entry = runs.to_jsonable(entry)  # NaN -> None, as it reads back from metrics.json
+    entry = fileio.to_jsonable(entry)  # NaN -> None, as it reads back from metrics.json
     if cache:
         _merge_metrics(run.path, {key: entry})
     return entry
@@ -305,7 +305,7 @@ def is_bundled(run_dir: str | os.PathLike) -> bool:
     from xray_core import model as model_mod
 
     spec = Path(run_dir) / model_mod.SPEC_FILE
-    return spec.is_file() and bool(runs.read_json(spec).get("bundled"))
+    return spec.is_file() and bool(fileio.read_json(spec).get("bundled"))
 
 
 def _merge_metrics(run_dir: Path, entries: dict) -> dict:
@@ -313,9 +313,9 @@ def _merge_metrics(run_dir: Path, entries: dict) -> dict:
     path = run_dir / runs.METRICS_FILE
 
     def merge():
-        current = runs.read_json(path) if path.is_file() else {}
-        current.update(runs.to_jsonable(entries))
-        runs.atomic_write_json(path, current)
+        current = fileio.read_json(path) if path.is_file() else {}
+        current.update(fileio.to_jsonable(entries))
+        fileio.atomic_write_json(path, current)
         return current
 
     try:

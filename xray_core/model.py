@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_core import runs
+from xray_core import fileio, runs
 
 SPEC_FILE = "model.json"
 _EPS = 1e-7
@@ -71,7 +71,7 @@ class Model:
         self.path = Path(path)
         self.run_id = self.path.name
         spec_path = self.path / SPEC_FILE
-        self.spec: dict = dict(spec) if spec is not None else (runs.read_json(spec_path) if spec_path.is_file() else {})
+        self.spec: dict = dict(spec) if spec is not None else (fileio.read_json(spec_path) if spec_path.is_file() else {})
         files = self.spec.get("members") or [runs.MODEL_FILE]
         self._member_files = [self.path / name for name in files]
         missing = [p.name for p in self._member_files if not p.is_file()]
@@ -96,13 +96,13 @@ class Model:
 
     @property
     def config(self) -> dict:
-        config = runs.read_json(self.path / runs.CONFIG_FILE) if (self.path / runs.CONFIG_FILE).is_file() else {}
+        config = fileio.read_json(self.path / runs.CONFIG_FILE) if (self.path / runs.CONFIG_FILE).is_file() else {}
         return config if isinstance(config, dict) else {}
 
     @property
     def metrics(self) -> dict:
         path = self.path / runs.METRICS_FILE
-        metrics = runs.read_json(path) if path.is_file() else {}
+        metrics = fileio.read_json(path) if path.is_file() else {}
         return metrics if isinstance(metrics, dict) else {}
 
     @property
@@ -338,4 +338,4 @@ def write_spec(run_dir: str | os.PathLike, *, members: Sequence[str], input_size
             "channels": int(channels), "threshold": float(threshold), "temperature": float(temperature),
             "bias": float(bias), "threshold_policy": threshold_policy}
     spec.update(extra or {})
-    return runs.atomic_write_json(Path(run_dir) / SPEC_FILE, spec)
+    return fileio.atomic_write_json(Path(run_dir) / SPEC_FILE, spec)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from xray_core.fileio import atomic_write_json, atomic_write_text, read_json
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS_DIR = Path(os.environ.get("XRAY_MODELS_DIR") or PROJECT_ROOT / "trained_models")
 
@@ -58,10 +60,6 @@ class RunNotFound(ValueError):
 class RunBusy(ValueError):
     """The run is still training; the operation would break it."""
 
-
-# --------------------------------------------------------------------------- atomic writes
-
-from xray_core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, to_jsonable  # noqa: E402,F401 (moved; old callers)
 
 
 def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:

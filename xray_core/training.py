@@ -3,7 +3,7 @@
 The run folder is the only channel between a training process and the rest of the project
 (dashboard, CLI, another process): config.json first, then status.json (throttled, plus a
 heartbeat), history.csv and a checkpoint after every epoch, model.keras and metrics.json at the
-end. Everything goes through `runs.atomic_write_*`, so a kill at any instant leaves readable
+end. Everything goes through `fileio.atomic_write_*`, so a kill at any instant leaves readable
 files, and `train(TrainConfig(resume=RUN))` continues from the last completed epoch.
 
 A GPU is used automatically when TensorFlow sees one (with memory growth on, so two trainings
@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from xray_core import fileio, health, runs
-from xray_core.callbacks import HISTORY_COLUMNS, RunCallback, StressSelection, save_model_atomically  # noqa: F401 (HISTORY_COLUMNS: the file's columns, re-exported)
+from xray_core.callbacks import RunCallback, StressSelection, save_model_atomically
 
 Progress = Callable[[dict], None]
 
@@ -111,13 +111,6 @@ def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
     return {c: float(n / (2 * max(1, int((labels == c).sum())))) for c in (0, 1)}
 
 
-def augmentation_layers(seed: int):
-    """The mild augmentation (see `xray_core.augment`): kept for callers of the first default."""
-    from xray_core import augment
-
-    return augment.mild_layers(seed)
-
-
 def _dataset(x, y, w, batch_size: int, *, shuffle: bool, seed: int, augment: bool | str):
     """A tf.data pipeline over in-memory arrays: seeded shuffle, optional augmentation, prefetch."""
     import tensorflow as tf
@@ -168,8 +161,8 @@ def _resolve(config: TrainConfig) -> tuple[Path, dict, int]:
                 f"Cannot resume {config.resume!r}: {saved} does not exist. "
                 "List resumable runs with `python -m xray_core runs`."
             )
-        cfg = runs.read_json(saved)
-        status = runs.effective_status(runs.read_json(run_dir / runs.STATUS_FILE)
+        cfg = fileio.read_json(saved)
+        status = runs.effective_status(fileio.read_json(run_dir / runs.STATUS_FILE)
                                        if (run_dir / runs.STATUS_FILE).is_file() else {})
         if status.get("state") in runs.ACTIVE_STATES and status.get("pid") not in (None, os.getpid()):
             raise runs.RunBusy(f"Run {config.resume!r} is still training (pid {status.get('pid')}); "
@@ -180,7 +173,7 @@ def _resolve(config: TrainConfig) -> tuple[Path, dict, int]:
                 f"Run {config.resume!r} has no checkpoint (it stopped before finishing an epoch); "
                 "start a new training instead."
             )
-        start = int(runs.read_json(meta)["epoch"])
+        start = int(fileio.read_json(meta)["epoch"])
         if config.epochs is not None:
             cfg["epochs"] = int(config.epochs)
         if config.data_root is not None:
@@ -303,7 +296,7 @@ def _train_one(config: TrainConfig, progress: Progress | None, strategy=None) ->
                               "strategy": "MultiWorkerMirroredStrategy"}
     status = runs.StatusWriter(run_dir)
     status.update(state="queued", epochs=cfg["epochs"], epoch=initial_epoch, error=None)
-    runs.atomic_write_json(run_dir / runs.CONFIG_FILE, cfg)
+    fileio.atomic_write_json(run_dir / runs.CONFIG_FILE, cfg)
     status.start_heartbeat()
     try:
         _train_in(run_dir, cfg, initial_epoch, status, progress, strategy=strategy)
@@ -312,7 +305,7 @@ def _train_one(config: TrainConfig, progress: Progress | None, strategy=None) ->
             state, message = "cancelled", "Stopped from the keyboard (Ctrl-C) before finishing."
         else:
             state, message = "failed", f"{type(exc).__name__}: {exc}"
-            runs.atomic_write_text(run_dir / "error.log", traceback.format_exc())
+            fileio.atomic_write_text(run_dir / "error.log", traceback.format_exc())
         status.update(state=state, error=message, eta_seconds=None)
         raise
     finally:
@@ -347,14 +340,14 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
                 f"The {name} split holds only one class ({data.CLASSES[int(labels[0])]}); a "
                 "classifier needs NORMAL and PNEUMONIA images on both sides. Add images or change the split."
             )
-    runs.atomic_write_json(run_dir / runs.SKIPPED_FILE, skipped)
+    fileio.atomic_write_json(run_dir / runs.SKIPPED_FILE, skipped)
     cfg_counts = {
         "train": {"n": int(len(y_train)), "pneumonia": int(y_train.sum())},
         "validation": {"n": int(len(y_val)), "pneumonia": int(y_val.sum())},
         "skipped": len(skipped),
     }
     cfg["counts"] = cfg_counts
-    runs.atomic_write_json(run_dir / runs.CONFIG_FILE, cfg)
+    fileio.atomic_write_json(run_dir / runs.CONFIG_FILE, cfg)
 
     units = int(cfg["output_units"])
     t_train = architectures.encode_targets(y_train, units)
@@ -446,7 +439,7 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
     if stopper is not None and stopper.best_weights is not None:
         # The saved model holds this epoch's weights (restored), not the last epoch's.
         result["best_epoch"] = int(stopper.best_epoch) + 1
-    runs.atomic_write_json(run_dir / runs.METRICS_FILE, result)
+    fileio.atomic_write_json(run_dir / runs.METRICS_FILE, result)
     evaluation.finalize_run(run_dir, progress=progress)
     loaded = model_mod.load_model(run_dir, cache=False)
     evaluation._merge_metrics(run_dir, {"seed_micro_recall": float(metrics.seed_micro_recall(

@@ -28,7 +28,7 @@ def explain_to_folder(run, image_path: str | os.PathLike, out_dir: str | os.Path
                       segmentation: str = "quickshift", seed: int = 0, label=None,
                       stability_seeds: int = 5) -> dict:
     """Write the four LIME panels, the Grad-CAM overlay and explanation.json into out_dir."""
-    from xray_core import imaging, runs
+    from xray_core import fileio, imaging
 
     gray = imaging.decode(Path(image_path))
     out = Path(out_dir)
@@ -42,8 +42,8 @@ def explain_to_folder(run, image_path: str | os.PathLike, out_dir: str | os.Path
     trust = trust_figures(adapter, gray, exp, gradcam=cam, seeds=stability_seeds, random_seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     for key, name in PANEL_FILES.items():
-        runs.atomic_write_bytes(out / name, png_bytes(getattr(exp.panels, key)))
-    runs.atomic_write_bytes(out / GRADCAM_FILE, png_bytes(overlay))
+        fileio.atomic_write_bytes(out / name, png_bytes(getattr(exp.panels, key)))
+    fileio.atomic_write_bytes(out / GRADCAM_FILE, png_bytes(overlay))
     report = {
         "run_id": getattr(run, "run_id", None),
         "image": os.fspath(image_path),
@@ -61,7 +61,7 @@ def explain_to_folder(run, image_path: str | os.PathLike, out_dir: str | os.Path
         "trust": trust,
         "files": [*PANEL_FILES.values(), GRADCAM_FILE],
     }
-    runs.atomic_write_json(out / JSON_FILE, report)
+    fileio.atomic_write_json(out / JSON_FILE, report)
     return report
 
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from xray_core import runs
+from xray_core import fileio, runs
 from xray_core.scoring.decoding import decoded_chunks, default_workers
 from xray_core.scoring.inputs import Item, ScoreError, check_paths, iter_items
 from xray_core.scoring.output import open_output
@@ -42,7 +42,7 @@ class _Status:
             return
         self._last = now
         self.base.update(fields, updated=runs.now_iso())
-        runs.atomic_write_json(self.path, self.base)
+        fileio.atomic_write_json(self.path, self.base)
 
 
 class ScoreJob:

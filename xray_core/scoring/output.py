@@ -17,7 +17,7 @@ import io
 import os
 from pathlib import Path
 
-from xray_core import runs
+from xray_core import fileio
 from xray_core.scoring.inputs import ScoreError
 
 #: Columns of the output, in order.
@@ -137,7 +137,7 @@ class _ParquetOutput:
         table = pa.Table.from_pylist(rows, schema=_arrow_schema())
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf)
-        runs.atomic_write_bytes(self.parts / f"part-{self._next:07d}.parquet", buf.getvalue().to_pybytes())
+        fileio.atomic_write_bytes(self.parts / f"part-{self._next:07d}.parquet", buf.getvalue().to_pybytes())
         self._next += 1
 
     def close(self) -> None:
@@ -159,7 +159,7 @@ class _ParquetOutput:
         table = table.take(pa.array(keep)) if len(keep) != len(keys) else table
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf)
-        runs.atomic_write_bytes(self.path, buf.getvalue().to_pybytes())
+        fileio.atomic_write_bytes(self.path, buf.getvalue().to_pybytes())
         for p in parts:
             p.unlink()
         self.parts.rmdir()

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from xray_core import runs
+from xray_core import fileio, runs
 from xray_core.scoring.inputs import ScoreError, input_kind
 from xray_core.scoring.job import score
 
@@ -58,7 +58,7 @@ def save_uploads(job_dir: str | os.PathLike, files: list[tuple[str, bytes]]) -> 
                          "or upload it alone.")
     if zips:
         target = job_dir / "input.zip"
-        runs.atomic_write_bytes(target, zips[0][1])
+        fileio.atomic_write_bytes(target, zips[0][1])
         return target
     folder = job_dir / "input"
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def save_uploads(job_dir: str | os.PathLike, files: list[tuple[str, bytes]]) -> 
             k += 1
             base = f"{stem}-{k}{suffix}"
         used.add(base)
-        runs.atomic_write_bytes(folder / base, raw)
+        fileio.atomic_write_bytes(folder / base, raw)
     return folder
 
 
@@ -88,7 +88,7 @@ def submit_job(models_root: str | os.PathLike, run_id: str, source: str | os.Pat
     job_dir = Path(job_dir) if job_dir is not None else new_job_dir(models_root)
     job = {"job_id": job_dir.name, "run_id": run_id, "input": str(source.absolute()), "label": label or source.name,
            "submitted": runs.now_iso(), "state": "queued"}
-    runs.atomic_write_json(job_dir / JOB_FILE, job)
+    fileio.atomic_write_json(job_dir / JOB_FILE, job)
     if start:
         advance_jobs(models_root)
     return job_dir.name
@@ -169,7 +169,7 @@ def resume_job(models_root: str | os.PathLike, job_id: str) -> None:
     if not job:
         raise ScoreError(f"There is no worklist job {job_id!r}. Start a new one.")
     (job_dir / JOB_STATUS).unlink(missing_ok=True)
-    runs.atomic_write_json(job_dir / JOB_FILE, {**job, "state": "queued"})
+    fileio.atomic_write_json(job_dir / JOB_FILE, {**job, "state": "queued"})
     advance_jobs(models_root)
 
 
@@ -179,7 +179,7 @@ _SPAWNED: list = []  # job processes started here, reaped once they end (no zomb
 def _launch(job_dir: Path) -> None:
     _SPAWNED[:] = [p for p in _SPAWNED if p.poll() is None]
     job = _read_json(job_dir / JOB_FILE)
-    runs.atomic_write_json(job_dir / JOB_FILE, {**job, "state": "launched", "launched_at": time.time()})
+    fileio.atomic_write_json(job_dir / JOB_FILE, {**job, "state": "launched", "launched_at": time.time()})
     package_parent = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
@@ -201,7 +201,7 @@ def _job_main(job_dir: str) -> int:
               status_path=status)
         code = 0
     except (ValueError, OSError) as exc:  # a sentence for the page (ScoreError, RunNotFound, ...)
-        runs.atomic_write_json(status, {**_read_json(status), "state": "failed", "error": str(exc),
+        fileio.atomic_write_json(status, {**_read_json(status), "state": "failed", "error": str(exc),
                                         "updated": runs.now_iso()})
         print(f"error: {exc}", file=sys.stderr)
         code = 1
