@@ -177,9 +177,7 @@ def explain_film(model: Any, img: np.ndarray, *, num_samples: int, segmentation:
     """LIME panels and Grad-CAM of P(pneumonia) for one film, as display data."""
     from xray_core import explain
 
-    settings = dict(explain.DEFAULT_LIME, num_samples=num_samples, segmentation=segmentation)
-    if segmentation != explain.DEFAULT_LIME["segmentation"]:
-        settings["segmentation_params"] = None  # that segmentation's own defaults
+    settings = explain.lime_settings(num_samples=num_samples, segmentation=segmentation)
     lime = explain.explain_lime(model, img, seed=seed, progress=progress, **settings)
     cam = explain.grad_cam(model, img)
     panels = dict(lime.panels.as_dict())

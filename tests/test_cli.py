@@ -55,7 +55,8 @@ def test_explain_choices_match_the_library():
 
     parser = cli.build_parser()
     args = parser.parse_args(["explain", "default", "x.png", "--out", "o"])
-    assert args.segmentation == explain.SEGMENTATIONS[0]
+    assert (args.recipe, args.samples, args.segmentation) == ("dashboard", None, None)  # Diagnose's settings
+    assert parser.parse_args(["explain", "r", "x.png", "--out", "o", "--recipe", "seed"]).recipe == "seed"
     for segmentation in explain.SEGMENTATIONS:
         assert parser.parse_args(["explain", "r", "x.png", "--out", "o", "--segmentation", segmentation])
     for label in explain.CLASSES:

@@ -292,7 +292,7 @@ def test_cli_writes_five_pngs_and_json(tiny_run, synthetic_dataset, tmp_path):
     out = tmp_path / "explained"
     proc = subprocess.run(
         [sys.executable, "-m", "xray_core", "explain", run_id, str(_first_image(synthetic_dataset)),
-         "--out", str(out), "--samples", "120", "--segmentation", "slic", "--seed", "1",
+         "--out", str(out), "--samples", "128", "--segmentation", "grid", "--seed", "1",
          "--stability-seeds", "2", "--runs-dir", str(runs_root)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -313,7 +313,8 @@ def test_cli_writes_five_pngs_and_json(tiny_run, synthetic_dataset, tmp_path):
     expected = model.predict_proba(model.prepare_batch([imaging.decode(_first_image(synthetic_dataset))]))[0]
     assert report["prediction"]["probability_pneumonia"] == pytest.approx(expected, abs=1e-6)
     lime = report["lime"]
-    assert lime["num_samples"] == 120 and lime["seed"] == 1 and lime["segmentation"] == "slic"
+    assert lime["num_samples"] == 128 and lime["seed"] == 1 and lime["segmentation"] == "grid"
+    assert lime["sampling"] == "orthogonal" and lime["scale"] == "logit"  # the dashboard's recipe by default
     assert len(lime["weights"]) == lime["n_superpixels"]
     assert set(report["trust"]["deletion_area"]) == {"lime", "gradcam", "random"}
     assert report["trust"]["stability"]["seeds"] == [0, 1]
@@ -659,3 +660,23 @@ def test_panel_help_shows_the_measured_faithfulness_with_its_fill(tmp_path, monk
     assert "2 of 4 films" in view.panel_help()["full"] and "(1 of 2 such films)" in view.panel_help()["full"]
     monkeypatch.setattr(view, "FAITHFULNESS_REPORT", tmp_path / "absent.json")
     assert "deletion area" not in view.panel_help()["full"]
+
+
+def test_lime_settings_give_diagnose_report_and_cli_one_recipe(model, image):
+    """lime_settings is the one place the recipes live: the dashboard's is DEFAULT_LIME (a copy the
+    caller may change), a new segmentation takes its own parameters, and the seed's recipe is
+    explain_lime's own defaults (quickshift, 1,000 random samples, black fill, probability)."""
+    dashboard = ex.lime_settings()
+    assert dashboard == ex.DEFAULT_LIME and dashboard["segmentation_params"] is not ex.DEFAULT_LIME["segmentation_params"]
+    assert ex.lime_settings(num_samples=256)["num_samples"] == 256
+    assert ex.lime_settings(segmentation="grid")["segmentation_params"] is None
+    assert ex.lime_settings(segmentation="slic")["segmentation_params"] == ex.DEFAULT_LIME["segmentation_params"]
+    assert ex.lime_settings("seed") == {}
+    assert ex.lime_settings("seed", num_samples=300, segmentation="slic") == {
+        "num_samples": 300, "segmentation": "slic", "segmentation_params": None}
+    with pytest.raises(ex.ExplainError, match="dashboard, seed"):
+        ex.lime_settings("lime")
+    seed_call = ex.explain_lime(model, image, seed=3, panels=False, **ex.lime_settings("seed", num_samples=200))
+    plain = ex.explain_lime(model, image, seed=3, panels=False, num_samples=200)
+    assert (seed_call.segmentation, seed_call.sampling, seed_call.scale) == ("quickshift", "lime", "probability")
+    assert np.array_equal(seed_call.weights, plain.weights)

@@ -70,7 +70,7 @@ for argv in (["runs"],
              ["predict", "default", image],
              ["evaluate", "default", "--split", "test", "--data", data],
              ["evaluate", "default", "--split", "test", "--data", data, "--refresh"],
-             ["explain", "default", image, "--out", out + "/explained", "--samples", "100", "--stability-seeds", "2"],
+             ["explain", "default", image, "--out", out + "/explained", "--samples", "128", "--stability-seeds", "2"],
              ["score", "default", data + "/test", "--out", out + "/scores.csv", "--workers", "0", "--quiet"],
              ["dataset", data]):
     code = cli.main(argv)

@@ -272,11 +272,17 @@ def _add_explain(sub, common) -> None:
     p.add_argument("run", metavar="RUN", help="run id in the registry (see `xray runs`)")
     p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF or DICOM file")
     p.add_argument("--out", required=True, help="folder to write the PNGs and explanation.json into")
-    p.add_argument("--samples", type=_positive_int, default=1000, help="LIME samples (default 1000)")
     from xray_core.explain import adapter  # its constants only (no TensorFlow, no scikit-image)
 
-    p.add_argument("--segmentation", choices=adapter.SEGMENTATIONS, default=adapter.SEGMENTATIONS[0],
-                   help=f"superpixel method (default {adapter.SEGMENTATIONS[0]}, the seed's)")
+    p.add_argument("--recipe", choices=adapter.RECIPES, default=adapter.RECIPES[0],
+                   help="LIME's settings: the dashboard's (default; as Diagnose and report explain) or the "
+                        "seed study's (quickshift, 1,000 random samples, black fill, the probability fitted)")
+    p.add_argument("--samples", type=_positive_int, default=None,
+                   help=f"LIME samples (default: the recipe's, {adapter.DEFAULT_LIME['num_samples']} for the "
+                        "dashboard's, whose design takes a power of two; 1,000 for the seed's)")
+    p.add_argument("--segmentation", choices=adapter.SEGMENTATIONS, default=None,
+                   help=f"superpixel method (default: the recipe's, {adapter.DEFAULT_LIME['segmentation']} for the "
+                        "dashboard's, quickshift for the seed's)")
     p.add_argument("--seed", type=int, default=0, help="seed for LIME sampling and segmentation")
     p.add_argument("--label", choices=("NORMAL", "PNEUMONIA"), default=None,
                    help="class to explain (default: PNEUMONIA, whatever the verdict)")

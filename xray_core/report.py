@@ -13,7 +13,6 @@ so none can be printed.
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -203,10 +202,7 @@ def report_for_file(run: Any, image: str | os.PathLike, *, num_samples: int | No
     a = case.assess(model, Path(image))
     lime = cam_overlay = None
     if a.in_distribution or show_anyway:
-        settings = dict(explain.DEFAULT_LIME)
-        if num_samples is not None:
-            settings["num_samples"] = int(num_samples)
-        lime = explain.explain_lime(model, a.image, seed=seed, **settings)
+        lime = explain.explain_lime(model, a.image, seed=seed, **explain.lime_settings(num_samples=num_samples))
         cam = explain.grad_cam(model, a.image)
         cam_overlay = explain.make_overlay(a.image, cam.heatmap)
     return build_pdf(a, lime=lime, gradcam_overlay=cam_overlay, metrics=model.metrics, show_anyway=show_anyway)

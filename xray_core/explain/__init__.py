@@ -12,8 +12,8 @@ need them, so `import xray_core.explain` stays fast.
 
 from xray_core.explain.adapter import (
     BOUNDARY_COLOR, CLASSES, DEFAULT_LIME, LIME_SAMPLE_CHOICES, DEFAULT_SEGMENTATION, DEFAULT_SEGMENTATION_PARAMS, DISPLAY_SIZE, HIDE_COLOR, PNEUMONIA,
-    SEGMENTATIONS, TOP_PROS_CONS, TOP_SUPPORTING, ExplainError, ModelAdapter, _check_label, as_adapter,
-    compiled_forward, to_gray,
+    RECIPES, SEGMENTATIONS, TOP_PROS_CONS, TOP_SUPPORTING, ExplainError, ModelAdapter, _check_label, as_adapter,
+    compiled_forward, lime_settings, to_gray,
 )
 from xray_core.explain.fastscore import (
     _auto_batch_size, _compiled_local, _local_plan, _perturbed, make_scorer,
@@ -34,7 +34,7 @@ from xray_core.explain.panels import (
 
 __all__ = [
     "CLASSES", "PNEUMONIA", "SEGMENTATIONS", "DEFAULT_SEGMENTATION", "DEFAULT_LIME", "LIME_SAMPLE_CHOICES", "DEFAULT_SEGMENTATION_PARAMS", "DISPLAY_SIZE", "ExplainError",
-    "ModelAdapter", "as_adapter", "compiled_forward", "to_gray", "make_scorer", "DeletionCurve", "Stability",
+    "RECIPES", "ModelAdapter", "as_adapter", "compiled_forward", "lime_settings", "to_gray", "make_scorer", "DeletionCurve", "Stability",
     "deletion_curve", "gradcam_order", "jaccard", "lime_order", "random_order", "stability",
     "trust_figures", "GRADCAM_FILE", "JSON_FILE", "PANEL_FILES", "explain_to_folder", "GradCam", "grad_cam",
     "LimeExplanation", "explain_lime", "segment", "HeatmapLegend", "LimePanels", "boundaries",

@@ -60,6 +60,27 @@ class ExplainError(ValueError):
     """An explanation was asked for with settings or an image it cannot use."""
 
 
+RECIPES = ("dashboard", "seed")  # DEFAULT_LIME, or the seed study's call (explain_lime's own defaults)
+
+
+def lime_settings(recipe: str = "dashboard", *, num_samples: int | None = None,
+                  segmentation: str | None = None) -> dict:
+    """Keyword arguments of `explain_lime` for a recipe, so Diagnose, the report and `xray explain`
+    explain a film alike: "dashboard" is DEFAULT_LIME; "seed" the seed study's call (quickshift,
+    1,000 random samples, black fill, the probability fitted). A sample count or segmentation
+    given replaces the recipe's; another segmentation than the recipe's takes its own defaults."""
+    if recipe not in RECIPES:
+        raise ExplainError(f"Unknown LIME recipe {recipe!r}; choose one of {', '.join(RECIPES)}.")
+    settings = {}
+    if recipe == "dashboard":
+        settings = dict(DEFAULT_LIME, segmentation_params=dict(DEFAULT_LIME["segmentation_params"]))
+    if num_samples is not None:
+        settings["num_samples"] = int(num_samples)
+    if segmentation is not None and segmentation != settings.get("segmentation"):
+        settings.update(segmentation=segmentation, segmentation_params=None)
+    return settings
+
+
 @dataclasses.dataclass(eq=False)
 class ModelAdapter:
     """A Keras model plus the input settings it was trained with.

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from xray_core.explain.adapter import CLASSES, as_adapter
+from xray_core.explain.adapter import CLASSES, as_adapter, lime_settings
 from xray_core.explain.faithfulness import trust_figures
 from xray_core.explain.gradcam import grad_cam
 from xray_core.explain.lime import explain_lime
@@ -24,10 +24,12 @@ GRADCAM_FILE = "gradcam.png"
 JSON_FILE = "explanation.json"
 
 
-def explain_to_folder(run, image_path: str | os.PathLike, out_dir: str | os.PathLike, *, num_samples: int = 1000,
-                      segmentation: str = "quickshift", seed: int = 0, label=None,
+def explain_to_folder(run, image_path: str | os.PathLike, out_dir: str | os.PathLike, *, recipe: str = "dashboard",
+                      num_samples: int | None = None, segmentation: str | None = None, seed: int = 0, label=None,
                       stability_seeds: int = 5) -> dict:
-    """Write the four LIME panels, the Grad-CAM overlay and explanation.json into out_dir."""
+    """Write the four LIME panels, the Grad-CAM overlay and explanation.json into out_dir.
+
+    recipe, num_samples, segmentation: LIME's settings (`lime_settings`); by default Diagnose's."""
     from xray_core import fileio, imaging
 
     gray = imaging.decode(Path(image_path))
@@ -35,8 +37,8 @@ def explain_to_folder(run, image_path: str | os.PathLike, out_dir: str | os.Path
     t = time.perf_counter()
     adapter = as_adapter(run)  # loads the model, so that LIME's time below is LIME's
     load_seconds = time.perf_counter() - t
-    exp = explain_lime(adapter, gray, label=label, num_samples=num_samples,
-                       segmentation=segmentation, seed=seed)
+    exp = explain_lime(adapter, gray, label=label, seed=seed,
+                       **lime_settings(recipe, num_samples=num_samples, segmentation=segmentation))
     cam = grad_cam(adapter, gray, label=exp.label)
     overlay = make_overlay(gray, cam.heatmap)
     trust = trust_figures(adapter, gray, exp, gradcam=cam, seeds=stability_seeds, random_seed=seed)
@@ -69,7 +71,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from xray_core import runs
 
     run = runs.load_run(args.run, root=args.runs_dir)
-    report = explain_to_folder(run, args.image, args.out, num_samples=args.samples,
+    report = explain_to_folder(run, args.image, args.out, recipe=args.recipe, num_samples=args.samples,
                                segmentation=args.segmentation, seed=args.seed, label=args.label,
                                stability_seeds=args.stability_seeds)
     lime = report["lime"]
