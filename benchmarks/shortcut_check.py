@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xray_core import explain, fileio, imaging, runs  # noqa: E402
+from xray_core.explain import gradcam  # noqa: E402
 from xray_core.model import load_model  # noqa: E402
 
 LUNG_ROWS = (0.10, 0.80)
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(results)} validation images of the run's own patient-level split ({sum(r['label'] == 0 for r in results)} "
         f"NORMAL, {sum(r['label'] == 1 for r in results)} PNEUMONIA, seeded), explained for the label predicted "
         f"at the operating threshold ({correct}/{len(results)} correct). Model input {model.input_size[0]}x"
-        f"{model.input_size[1]}; Grad-CAM layer `{explain._last_conv_layer_name(model.members[0])}`"
+        f"{model.input_size[1]}; Grad-CAM layer `{gradcam._last_conv_layer_name(model.members[0])}`"
         f" of each of its {model.n_members} network(s).",
         "",
         f"Regions: lung box = rows {LUNG_ROWS[0]:.2f}-{LUNG_ROWS[1]:.2f}, columns {LUNG_COLS[0]:.2f}-"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from xray_core import explain as ex
-from xray_core.explain import fastscore
+from xray_core.explain import fastscore, gradcam as gradcam_mod, lime as lime_mod, panels as panels_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 48
@@ -198,7 +198,7 @@ def test_panels_show_what_they_promise(explanation):
     seg = ex.upsample_nearest(exp.segments, p.full.shape[:2])
     outside = ~np.isin(seg, exp.top_supporting)
     # partial: black outside the top supporting superpixels (but for their outlines)
-    edge = ex._outline(seg, exp.top_supporting, ex._boundary_thickness(seg.shape))
+    edge = panels_mod._outline(seg, exp.top_supporting, panels_mod._boundary_thickness(seg.shape))
     assert p.partial[outside & ~edge].max() == 0
     assert (p.full[edge] == ex.BOUNDARY_COLOR).all()
     # pros and cons: the strongest supporter is tinted green and the anatomy still shows through
@@ -207,7 +207,7 @@ def test_panels_show_what_they_promise(explanation):
     assert (g[:, 1] > g[:, 0]).all()
     assert g[:, 1].std() > 0
     # heatmap: the strongest supporter has the map's end colour (RdBu at +vmax is blue)
-    lut = ex._colormap_lut("RdBu")
+    lut = panels_mod._colormap_lut("RdBu")
     heat_top = p.heatmap[top & ~ex.boundaries(seg)]
     assert (heat_top == lut[255]).all()
 
@@ -217,7 +217,7 @@ def test_heatmap_range_covers_negative_weights_without_clipping():
     weights = np.array([-0.3, -0.1, 0.0, 0.2])
     legend = ex.HeatmapLegend(vmin=-0.3, vmax=0.3, cmap="RdBu")
     panels = ex.lime_panels(np.full((8, 8), 128, np.uint8), seg, weights, [3], [0, 3, 1, 2], legend, 64)
-    lut = ex._colormap_lut("RdBu")
+    lut = panels_mod._colormap_lut("RdBu")
     big = ex.upsample_nearest(seg, (64, 64))
     inner = ~ex.boundaries(big)
     assert (panels.heatmap[(big == 0) & inner] == lut[0]).all()  # -0.3 -> the map's red end
@@ -247,7 +247,7 @@ def test_no_retracing(model, image):
     ex.grad_cam(fresh, image, label=0)
     forward = ex.compiled_forward(fresh, (SIZE, SIZE, 1))
     assert forward.experimental_get_tracing_count() == 1
-    gradcam_fn = ex._compiled_gradcam(ex.as_adapter(fresh), "conv")
+    gradcam_fn = gradcam_mod._compiled_gradcam(ex.as_adapter(fresh), "conv")
     assert gradcam_fn.experimental_get_tracing_count() == 1
 
 
@@ -347,16 +347,16 @@ def test_fast_path_gives_the_models_own_numbers(arch, shape):
     x = adapter.prepare(blob_image(60, seed=2))
     for method, params in (("quickshift", None), ("slic", {"n_segments": 20})):
         segments = ex.segment(x, method, params=params)
-        rows = ex._sample_masks(int(segments.max()) + 1, 40, 0)
+        rows = lime_mod._sample_masks(int(segments.max()) + 1, 40, 0)
         fast = ex.make_scorer(adapter, x, segments)
         plain = ex.make_scorer(adapter, x, segments, fast=False)
         assert fast.fast and not plain.fast
         expected = plain(rows, 16)
         assert expected[:, 1].std() > 1e-3
         np.testing.assert_allclose(fast(rows, 16), expected, rtol=1e-4, atol=1e-6)
-        direct = adapter.to_class_columns(np.asarray(model(ex._perturbed(x, segments, rows[:4]))).astype(np.float64))
+        direct = adapter.to_class_columns(np.asarray(model(fastscore._perturbed(x, segments, rows[:4]))).astype(np.float64))
         np.testing.assert_allclose(fast(rows[:4], 4), direct, rtol=1e-4, atol=1e-6)
-    features_fn, scores_fn = ex._compiled_local(model, ex._local_plan(model), adapter.input_shape)
+    features_fn, scores_fn = fastscore._compiled_local(model, fastscore._local_plan(model), adapter.input_shape)
     assert features_fn.experimental_get_tracing_count() == 1
     assert scores_fn.experimental_get_tracing_count() == 1
 

@@ -263,7 +263,7 @@ def _add_predict(sub, common) -> None:
 
 def _add_explain(sub, common) -> None:
     p = _command(
-        sub, "explain", "xray_core.explain:_cmd_explain", common,
+        sub, "explain", "xray_core.explain.folder:_cmd_explain", common,
         help="LIME panels, Grad-CAM and trust figures for one image",
         description="Explain one chest X-ray with a trained run: writes the four LIME panels, "
                     "a Grad-CAM overlay and explanation.json (weights, prediction, timings, "

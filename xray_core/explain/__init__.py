@@ -12,23 +12,23 @@ need them, so `import xray_core.explain` stays fast.
 
 from xray_core.explain.adapter import (
     BOUNDARY_COLOR, CLASSES, DEFAULT_LIME, LIME_SAMPLE_CHOICES, DEFAULT_SEGMENTATION, DEFAULT_SEGMENTATION_PARAMS, DISPLAY_SIZE, HIDE_COLOR, PNEUMONIA,
-    RECIPES, SEGMENTATIONS, TOP_PROS_CONS, TOP_SUPPORTING, ExplainError, ModelAdapter, _check_label, as_adapter,
+    RECIPES, SEGMENTATIONS, TOP_PROS_CONS, TOP_SUPPORTING, ExplainError, ModelAdapter, as_adapter,
     compiled_forward, lime_settings, to_gray,
 )
 from xray_core.explain.fastscore import (
-    _auto_batch_size, _compiled_local, _local_plan, _perturbed, make_scorer,
+    make_scorer,
 )
 from xray_core.explain.faithfulness import (
     DeletionCurve, Stability, deletion_curve, gradcam_order, jaccard, lime_order, random_order,
     stability, trust_figures,
 )
 from xray_core.explain.folder import (
-    GRADCAM_FILE, JSON_FILE, PANEL_FILES, _cmd_explain, explain_to_folder,
+    GRADCAM_FILE, JSON_FILE, PANEL_FILES, explain_to_folder,
 )
-from xray_core.explain.gradcam import GradCam, _compiled_gradcam, _last_conv_layer_name, grad_cam
-from xray_core.explain.lime import LimeExplanation, _sample_masks, explain_lime, segment
+from xray_core.explain.gradcam import GradCam, grad_cam
+from xray_core.explain.lime import LimeExplanation, explain_lime, segment
 from xray_core.explain.panels import (
-    HeatmapLegend, LimePanels, _boundary_thickness, _colormap_lut, _outline, boundaries, display_shape,
+    HeatmapLegend, LimePanels, boundaries, display_shape,
     lime_panels, make_overlay, png_bytes, upsample_nearest,
 )
 
