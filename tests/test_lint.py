@@ -61,6 +61,17 @@ def test_no_dead_code(tmp_path):
     assert proc.stdout == "", "dead code (remove it, or say what uses it in NOT_SEEN_BY_VULTURE):\n" + proc.stdout
 
 
+
+@pytest.mark.skipif(importlib.util.find_spec("flake8") is None, reason="flake8 is not installed "
+                    "(pip install -r requirements-dev.txt)")
+def test_no_unused_imports_or_undefined_names():
+    """pyflakes' checks (flake8's F codes) over everything the project holds: no unused import or
+    variable, no undefined name, no shadowed import. A `# noqa: F401` says why an import is kept."""
+    proc = subprocess.run([sys.executable, "-m", "flake8", "--select=F", *SCANNED, "tests", "benchmarks"],
+                          cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr  # 1: findings
+    assert proc.stdout == "", proc.stdout
+
 def test_run_all_runs_every_benchmark():
     """benchmarks/run_all.py regenerates every report: each script in benchmarks/ is in its plan."""
     spec = importlib.util.spec_from_file_location("run_all", PROJECT / "benchmarks" / "run_all.py")

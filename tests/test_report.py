@@ -72,7 +72,7 @@ def test_refused_image_has_no_verdict_unless_asked(tiny_run, tmp_path):
 
 
 def test_dicom_facts_in_the_report_and_no_patient_data(tiny_run, tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
