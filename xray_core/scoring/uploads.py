@@ -59,7 +59,7 @@ def submit_worklist_uploads(models_root: str | os.PathLike, run_id: str, files: 
     """Queue a worklist job over uploaded films ((name, bytes) pairs, or a single zip); its job id.
 
     The films go to a private temporary folder, removed when the job ends by a watcher started
-    here (see above).
+    here (see the module's docstring).
     Refused with a sentence, before anything is written, in viewer mode (ViewerModeError) and
     when the worklist limits are reached (CapacityError: too many jobs, or more films than
     settings.limit("upload_files")); a refused zip is removed at once."""
