@@ -235,6 +235,7 @@ def test_sigkill_mid_run_then_rerun_has_every_file_exactly_once(tiny_run, tmp_pa
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(30)
+        proc.stderr.close()
     killed_rows = out.read_bytes().count(b"\n") - 1
     assert 0 < killed_rows < len(files)
     done = subprocess.run(cmd + ["--json"], cwd=PROJECT, capture_output=True, text=True, timeout=300)
