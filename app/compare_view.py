@@ -405,45 +405,37 @@ def confusion_figure(part: dict, title: str):
 # ------------------------------------------------------------------------------ test split (cached)
 
 
-def cache_file(info: Any, data_root: str | Path, cache_dir: str | Path, split: str) -> Path:
-    """Where a run's scores on a split live in the cache: keyed by run folder, model file time,
-    dataset folder and split, so a retrained model or another dataset gets its own file."""
+def cache_file(info: Any, data_root: str | Path, cache_dir: str | Path) -> Path:
+    """Where a run's scores on the test split live in the cache: keyed by run folder, model file
+    time and dataset folder, so a retrained model or another dataset gets its own file."""
     model_file = Path(info.path) / runs.MODEL_FILE
     stamp = model_file.stat().st_mtime_ns if model_file.exists() else 0
-    key = hashlib.sha256(f"{Path(info.path).resolve()}|{stamp}|{Path(data_root).resolve()}|{split}".encode()
+    key = hashlib.sha256(f"{Path(info.path).resolve()}|{stamp}|{Path(data_root).resolve()}|test".encode()
                          ).hexdigest()[:16]
-    return Path(cache_dir) / "compare" / f"{info.run_id}-{split}-{key}.csv"
+    return Path(cache_dir) / "compare" / f"{info.run_id}-test-{key}.csv"
 
 
-def score_split(info: Any, data_root: str | Path, cache_dir: str | Path, split: str = "test",
-                progress=None) -> pd.DataFrame:
-    """Scores of a run on a split (path, label, score), computed once into the cache folder and
-    never into the run folder. split "test" is the dataset's test folder; "validation" rebuilds
-    the run's own validation split from its config (same method, fraction and seed)."""
+def score_test_split(info: Any, data_root: str | Path, cache_dir: str | Path, *, progress=None) -> pd.DataFrame:
+    """Scores of a run on the dataset's test folder (path, label, score), computed once into the
+    cache folder and never into the run folder. (Validation scores are the run's own,
+    predictions_validation.csv: `read_scores`.)"""
     from xray_core import data
     from xray_core.fileio import atomic_write_text
     from xray_core.model import load_model
 
-    if split not in ("test", "validation"):
-        raise ValueError(f"split must be 'test' or 'validation'; got {split!r}.")
-    target = cache_file(info, data_root, cache_dir, split)
+    target = cache_file(info, data_root, cache_dir)
     if target.is_file():
         return pd.read_csv(target)
     df = data.index_dataset(data_root)
-    if split == "test":
-        rows = df[df["split"] == "test"]
-    else:
-        cfg = (info.config or {}).get("split") or {"method": "patient", "val_fraction": 0.2}
-        _, rows = data.split_train(df, method=cfg["method"], val_fraction=cfg["val_fraction"],
-                                   seed=int((info.config or {}).get("seed", 0)))
+    rows = df[df["split"] == "test"]
     if len(rows) == 0:
-        raise data.DatasetLayoutError(f"{data_root} has no {split} images to evaluate on.")
+        raise data.DatasetLayoutError(f"{data_root} has no test images to evaluate on.")
     model = load_model(info.path)
     loaded = data.load_images(rows["path"].tolist(), size=model.input_size, channels=model.channels,
                               progress=progress)
     y = rows["label"].to_numpy()[loaded.ok].astype(int)
     if len(y) == 0:
-        raise ValueError(f"None of the {len(rows)} {split} images could be read.")
+        raise ValueError(f"None of the {len(rows)} test images could be read.")
     scores = model.predict_proba(loaded.images)
     base = Path(data_root).absolute()
     paths = []

@@ -188,13 +188,15 @@ def find_trained_runs() -> list:
 
 
 def validation_films(model, n: int) -> list[Path]:
-    """n films of the run's validation split (random_state 0; the first 10 are the stability films)."""
-    from xray_core import data
+    """n films of the run's validation split, its stored list (random_state 0; the first 10 are the
+    stability films)."""
+    import pandas as pd
 
-    cfg = model.config
-    df = data.index_dataset(data.find_dataset(ROOT.parent / "shared" / "data" / "chest_xray"))
-    _, val = data.split_train(df, method=cfg["split"]["method"], val_fraction=cfg["split"]["val_fraction"],
-                              seed=cfg["seed"])
+    from xray_core import data, evaluation
+
+    root = data.find_dataset(ROOT.parent / "shared" / "data" / "chest_xray")
+    paths, _ = evaluation.validation_rows(runs.Run(model.path), str(root))
+    val = pd.DataFrame({"path": paths})
     return [Path(p) for p in val.sample(n=min(max(n, 50), len(val)), random_state=0)["path"][:n]]
 
 
