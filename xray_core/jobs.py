@@ -1,6 +1,6 @@
 """The dashboard's training queue: jobs on disk and the detached worker that runs them; and the
-server's limits on jobs (trainings and worklists). The Worklist's uploaded films are
-`scoring.uploads`'.
+server's limits on jobs (trainings and worklists). The Worklist's uploaded films are kept by
+`scoring.uploads`.
 
 A library module (no Streamlit) so the queue works, and is tested, without any page open; the
 Train page only submits, lists and cancels. TensorFlow is never imported here: each training
