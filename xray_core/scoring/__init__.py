@@ -37,12 +37,12 @@ from xray_core.scoring.job import score
 from xray_core.scoring.on_ray import score_ray
 from xray_core.scoring.output import COLUMNS, open_output, read_scores
 from xray_core.scoring.rows import rows_for_batch
-from xray_core.scoring.worklist import (JOB_LOG, JOB_SCORES, JOB_STATUS, WORKLISTS_DIR, _job_counts, advance_jobs,
+from xray_core.scoring.worklist import (JOB_LOG, JOB_SCORES, JOB_STATUS, WORKLISTS_DIR, advance_jobs,
                                         job_info, list_jobs, new_job_dir, resume_job, save_uploads, submit_job,
                                         worklists_root)
 
 __all__ = ["COLUMNS", "DecodedChunk", "Item", "JOB_LOG", "JOB_SCORES", "JOB_STATUS", "ScoreError", "WORKLISTS_DIR",
-           "ZIP_SEP", "_job_counts", "advance_jobs", "count_items", "decode_items", "iter_items", "job_info",
+           "ZIP_SEP", "advance_jobs", "count_items", "decode_items", "iter_items", "job_info",
            "list_jobs", "new_job_dir", "open_output", "read_item_bytes", "read_scores", "resume_job",
            "rows_for_batch", "save_uploads", "score", "score_ray", "submit_job", "worklists_root"]
 

@@ -26,19 +26,13 @@ from pathlib import Path
 from xray_core import fileio, jobs, runs, settings
 from xray_core.jobs import CapacityError
 from xray_core.scoring.inputs import ScoreError, count_items
-from xray_core.scoring.worklist import JOB_LOG, job_info, list_jobs, new_job_dir, save_uploads, submit_job
+from xray_core.scoring.worklist import (JOB_LOG, job_info, list_jobs, new_job_dir, save_uploads, submit_job,
+                                        worklist_load)
 
 UPLOADS_FILE = "uploads.json"
 UPLOAD_PREFIX = "xray-worklist-"
 ENDED = ("completed", "failed", "cancelled")
 INTERRUPTED_KEEP = 3600.0  # seconds an interrupted upload job keeps its films for a resume
-
-
-def worklist_load(models_root: str | os.PathLike) -> tuple[int, int]:
-    """(running, waiting) worklist jobs under `models_root`."""
-    infos = list_jobs(models_root)
-    return (sum(j["state"] in ("running", "starting") for j in infos),
-            sum(j["state"] == "queued" for j in infos))
 
 
 def check_upload_count(n: int) -> None:

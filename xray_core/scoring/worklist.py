@@ -83,7 +83,7 @@ def submit_job(models_root: str | os.PathLike, run_id: str, source: str | os.Pat
     models_root = Path(models_root)
     source = Path(source)
     input_kind(source)
-    running, queued = _job_counts(models_root)
+    running, queued = worklist_load(models_root)
     jobs.check_capacity("worklist", running=running, queued=queued)
     job_dir = Path(job_dir) if job_dir is not None else new_job_dir(models_root)
     job = {"job_id": job_dir.name, "run_id": run_id, "input": str(source.absolute()), "label": label or source.name,
@@ -132,7 +132,8 @@ def list_jobs(models_root: str | os.PathLike) -> list[dict]:
     return sorted(infos, key=lambda j: j.get("submitted", ""), reverse=True)
 
 
-def _job_counts(models_root: Path) -> tuple[int, int]:
+def worklist_load(models_root: str | os.PathLike) -> tuple[int, int]:
+    """(running, waiting) worklist jobs under `models_root`."""
     infos = list_jobs(models_root)
     return (sum(j["state"] in ("running", "starting") for j in infos),
             sum(j["state"] == "queued" for j in infos))
