@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from xray_core.imaging import SUPPORTED, ImageDecodeError, _stretch, _too_many_pixels, _what
+from xray_core.imaging import SUPPORTED, ImageDecodeError, _has_dicm_preamble, _stretch, _too_many_pixels, _what
 
 # What to pip install so that pydicom can decode a compressed transfer syntax (by UID prefix):
 # (the usual choice, the alternatives).
@@ -36,7 +36,7 @@ def to_gray(raw: bytes, filename: str | None, max_pixels: int) -> np.ndarray:
         raise ImageDecodeError(f"{_what(filename)} is a DICOM file, and reading DICOM needs the pydicom "
                                "package: run `pip install pydicom` and try again.") from None
 
-    has_preamble = len(raw) >= 132 and raw[128:132] == b"DICM"
+    has_preamble = _has_dicm_preamble(raw)
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=not has_preamble)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError):
@@ -155,7 +155,7 @@ def facts(raw: bytes, filename: str | None = None) -> dict:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    has_preamble = len(raw) >= 132 and raw[128:132] == b"DICM"
+    has_preamble = _has_dicm_preamble(raw)
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=not has_preamble, stop_before_pixels=True,
                              specific_tags=list(FACT_TAGS))

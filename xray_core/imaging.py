@@ -127,9 +127,14 @@ def _signature_format(raw: bytes) -> str | None:
     return next((fmt for sig, fmt in _SIGNATURE_FORMATS.items() if raw.startswith(sig)), None)
 
 
+def _has_dicm_preamble(raw: bytes) -> bool:
+    """Whether the file has DICOM's 128-byte preamble and "DICM" (a Part 10 file)."""
+    return len(raw) >= 132 and raw[128:132] == b"DICM"
+
+
 def _is_dicom(raw: bytes) -> bool:
     """By content: the DICM preamble, or (preamble-less files) a leading group 0002 or 0008 tag."""
-    if len(raw) >= 132 and raw[128:132] == b"DICM":
+    if _has_dicm_preamble(raw):
         return True
     if raw.startswith(_IMAGE_SIGNATURES):
         return False
