@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from xray_core import comparison, health, metrics, runs
+from xray_core import case, comparison, health, metrics, runs
 
 RUN_COLOURS = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -436,7 +436,7 @@ def score_test_split(info: Any, data_root: str | Path, cache_dir: str | Path, *,
     y = rows["label"].to_numpy()[loaded.ok].astype(int)
     if len(y) == 0:
         raise ValueError(f"None of the {len(rows)} test images could be read.")
-    scores = model.predict_proba(loaded.images)
+    scores = [a.probability for a in case.assess_prepared(model, loaded.images, rows["path"].to_numpy()[loaded.ok])]
     base = Path(data_root).absolute()
     paths = []
     for p in rows["path"].to_numpy()[loaded.ok]:

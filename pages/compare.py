@@ -14,7 +14,7 @@ import streamlit as st
 
 from app import common
 from app import compare_view as view
-from xray_core import comparison, data, runs
+from xray_core import comparison, data, fileio, runs
 
 
 def mtime(path: Path) -> float:
@@ -72,13 +72,13 @@ def has_test(root: str | None) -> bool:
 def test_parts(chosen: list, root: str) -> dict[str, dict]:
     """Test-split figures of each run at its threshold, from scores cached outside the run folder."""
     parts = {}
-    pending = [r for r in chosen if not view.cache_file(r, root, data.default_cache_dir()).is_file()]
+    pending = [r for r in chosen if not view.cache_file(r, root, fileio.default_cache_dir()).is_file()]
     bar = st.progress(0.0, text="Scoring the test split…") if pending else None
     for i, info in enumerate(chosen):
         if bar is not None:
             bar.progress(i / len(chosen), text=f"Scoring {info.run_id} on the test split…")
         try:
-            frame = view.score_test_split(info, root, data.default_cache_dir())
+            frame = view.score_test_split(info, root, fileio.default_cache_dir())
             parts[info.run_id] = view.metrics_from_scores(frame, threshold=view.threshold_of(info))
         except (ValueError, FileNotFoundError, OSError) as exc:
             st.warning(f"{info.run_id} could not be scored on the test split: {exc}")
@@ -217,7 +217,7 @@ for info in chosen:
         if split == "validation":
             frame = saved_scores(str(info.path), stamps[info.run_id])
         else:
-            frame = view.score_test_split(info, root, data.default_cache_dir())
+            frame = view.score_test_split(info, root, fileio.default_cache_dir())
         if frame is None:
             st.caption(f"No saved validation scores for {info.run_id}, so no ROC curve.")
             continue

@@ -3,12 +3,11 @@
 The verdict (gate, prediction, probability, threshold, prediction set, context) is drawn first,
 from one forward pass; the LIME panels and Grad-CAM fill in afterwards in their own fragment.
 The upload is decoded from memory and never written to disk; results live in this browser
-session only. Models are shared across sessions through st.cache_resource and never changed.
+session only. Models come from `load_model`, one per run shared by every session, never changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -19,15 +18,6 @@ from app import common
 from app import diagnose_view as view
 from xray_core import case, data, explain, imaging, runs
 from xray_core.model import load_model
-
-
-@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def get_model(path: str, stamp: float):
-    """The run's Model with its networks loaded; `stamp` (model file mtime) reloads a retrained
-    run. Shared by every session, so it is only read, never changed."""
-    model = load_model(Path(path), cache=False)
-    _ = model.members  # load now, under the spinner
-    return model
 
 
 @st.cache_data(show_spinner=False)
@@ -186,19 +176,16 @@ options = settings()
 if chosen is not None:
     name, raw = chosen
     try:
-        _raw, gray, coloured, facts = case.read(raw, name)
+        film = case.read(raw, name)
     except imaging.ImageDecodeError as exc:
         st.error(str(exc))
         st.stop()
-    model_file = Path(run_info.path) / runs.MODEL_FILE
-    stamp = model_file.stat().st_mtime
-    model = get_model(str(run_info.path), stamp)
-    digest = hashlib.sha256(raw).hexdigest()
-    key = (digest, run_info.run_id, stamp)
+    model = load_model(run_info.path)  # one Model per run and model.json, shared by every session
+    key = (film.sha256, run_info.run_id, model.fingerprint)
     assessed = st.session_state.setdefault("diagnose_assessed", {})
     if key not in assessed:
         assessed.clear()
-        assessed[key] = case.assess_many(model, [(name, raw, gray, coloured, facts)])[0]
+        assessed[key] = case.assess_films(model, [film])[0]
     assessment = assessed[key]
     metrics = run_info.metrics or {}
     if show_verdict(assessment, metrics):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.conftest import REAL_DATA, requires_real_data
 from tests.synthetic import make_synthetic_dataset
-from xray_core import data, imaging
+from xray_core import data, fileio, imaging
 from xray_core.data import DatasetLayoutError
 
 
@@ -217,7 +217,7 @@ def test_cache_second_load_decodes_nothing(dataset, tmp_path):
 
 def test_default_cache_dir_follows_env(dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("XRAY_CACHE_DIR", str(tmp_path / "envcache"))
-    assert data.default_cache_dir() == tmp_path / "envcache"
+    assert fileio.default_cache_dir() == tmp_path / "envcache"
     res = data.load_images(data.index_dataset(dataset)["path"][:3], size=(8, 8))
     assert res.cache_path is not None and res.cache_path.parent == tmp_path / "envcache"
     assert res.cache_path.is_file() and not list((tmp_path / "envcache").glob(".*tmp"))

@@ -67,7 +67,7 @@ def test_default_loads_in_safe_mode_as_a_calibrated_ensemble(model):
     for net in model.members:  # keras.models.load_model(..., safe_mode=True)
         assert architectures.last_conv_layer_name(net) == "block3_sepconv2"
     x = np.random.default_rng(0).uniform(0, 255, size=(4, 192, 192, 1)).astype(np.float32)
-    members = model.member_proba(x)
+    members = model.forward(x).member_proba
     assert members.shape == (4, 3)
 
 

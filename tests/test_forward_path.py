@@ -1,9 +1,10 @@
-"""One forward path: only xray_core.model turns a film into P(pneumonia).
+"""One inference engine: only xray_core.model turns a film into P(pneumonia).
 
-A lint over the source: no module other than xray_core/model.py calls a Keras network's
-`predict`/`predict_on_batch`, or calls a network in inference mode, except the few places that
-need the network's insides rather than its probability (each named here with its reason). A new
-consumer that scores films must go through `load_model(run).predict_proba`.
+Lints over the source: no module other than xray_core/model.py calls a Keras network's
+`predict`/`predict_on_batch`, or calls a network in inference mode, except Grad-CAM, which needs
+the network's insides (named here with its reason); the mean-and-calibrate rule is applied in
+model.py alone (and where calibration is fitted); the class names are defined once. A new
+consumer that scores films goes through `case` (an assessment) or `Model.forward`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # Places that call a network directly, and why they may.
 ALLOWED = {
     "xray_core/model.py": "the forward path itself",
-    "xray_core/callbacks.py": "the network being trained, scored after each epoch for model selection",
-    "xray_core/distributed.py": "the network being trained across workers, scored for its validation AUC",
     "xray_core/explain/gradcam.py": "Grad-CAM needs the last convolution's activations and their gradients",
     "xray_core/explain/fastscore.py": "LIME's exact first-layer look-up for conv-first networks (checked "
                                       "against the model's own outputs in tests/test_explain.py)",
@@ -55,6 +54,22 @@ def test_the_lint_sees_a_direct_call(tmp_path):
                  "y = keras_model.predict_on_batch(x)"):
         assert CALLS.search(line), line
     assert not CALLS.search("p = m.predict_proba(x)")
+
+
+def test_calibration_is_applied_in_the_model_alone():
+    """Model.forward is the one place the members' mean is calibrated; evaluation (which fits the
+    calibration on the run's stress validation) and site (which refits it) apply candidate fits."""
+    fitting = {"xray_core/model.py", "xray_core/evaluation.py", "xray_core/site.py"}
+    rule = re.compile(r"\bcalibrate\(")
+    holders = [p.relative_to(ROOT).as_posix() for p in _sources()
+               if rule.search(p.read_text(encoding="utf-8")) and p.relative_to(ROOT).as_posix() not in fitting]
+    assert holders == [], holders
+
+
+def test_the_class_names_are_defined_once():
+    rule = re.compile(r"^CLASSES\s*=", re.M)
+    holders = [p.relative_to(ROOT).as_posix() for p in _sources() if rule.search(p.read_text(encoding="utf-8"))]
+    assert holders == ["xray_core/model.py"], holders
 
 
 def test_the_pneumonia_column_rule_lives_in_one_place():

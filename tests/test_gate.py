@@ -161,6 +161,14 @@ def test_too_few_films_to_fit_is_a_sentence(fitted):
         gate.fit_gate(model, x, x, save=False)
 
 
+
+def check_file(model, source, filename=None, **kw):
+    """(decoded image, gate result, DICOM facts) of a file through the one assessment, case."""
+    from xray_core import case
+
+    film = case.read(source, filename)
+    return film.image, case.assess_films(model, [film], **kw)[0].gate, film.dicom
+
 # ----------------------------------------------------------------------------- the shipped gate
 
 
@@ -169,15 +177,15 @@ def test_default_gate_passes_originals_and_refuses_a_photo_and_an_inverted_film(
     model = load_model("default")
     assert gate.load_gate(model.path) is not None, "trained_models/default has no gate.npz"
     originals = sorted((SHARED_DATA / "originals").rglob("*.jpeg"))[:12]
-    results = [gate.check_source(model, p.read_bytes(), p.name)[1] for p in originals]
+    results = [check_file(model, p.read_bytes(), p.name)[1] for p in originals]
     assert all(r.in_distribution for r in results), [r.warnings for r in results]
     skimage_data = pytest.importorskip("skimage.data")
-    _, cat, _ = gate.check_source(model, png(skimage_data.chelsea()), "cat.png")
+    _, cat, _ = check_file(model, png(skimage_data.chelsea()), "cat.png")
     assert not cat.in_distribution and any("colour" in w for w in cat.warnings)
-    _, moon, _ = gate.check_source(model, png(skimage_data.moon()), "moon.png")
+    _, moon, _ = check_file(model, png(skimage_data.moon()), "moon.png")
     assert not moon.in_distribution
     inverted = 255 - imaging.decode(originals[0])
-    _, inv, _ = gate.check_source(model, png(inverted), "inv.png")
+    _, inv, _ = check_file(model, png(inverted), "inv.png")
     assert not inv.in_distribution and any("inverted" in w for w in inv.warnings)
 
 
@@ -462,7 +470,7 @@ def test_check_batch_refuses_what_it_cannot_gate(fitted):
     by_images = gate.check_batch(model, films[:3], gate=g)
     x = model.prepare_batch(films[:3])
     by_batch = gate.check_batch(model, x=x, shapes=[f.shape for f in films[:3]], gate=g)
-    by_features = gate.check_batch(model, x=x, features=model.features(x), shapes=[(128, 128)] * 3, gate=g)
+    by_features = gate.check_batch(model, x=x, features=model.forward(x).features, shapes=[(128, 128)] * 3, gate=g)
     assert [r.to_dict() for r in by_images] == [r.to_dict() for r in by_batch] == [r.to_dict() for r in by_features]
     assert by_images[0].checks["height"] == 128
 
@@ -509,7 +517,7 @@ def test_fit_figures_follow_the_documented_rules(fitted):
     total = np.var(thumbs, axis=0, ddof=1).sum()
     assert g.pix_residual_var == pytest.approx((total - g.pix_var.sum()) / (T - k), rel=5e-3)
     # Features: centred on the training films' mean, with the inverse of a shrunk covariance.
-    feats = model.features(train).astype(np.float64)
+    feats = model.forward(train).features.astype(np.float64)
     np.testing.assert_allclose(g.feat_mean, feats.mean(axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g.feat_precision, LedoitWolf().fit(feats).precision_, rtol=1e-4, atol=1e-6)
     # Intensity bounds: the training films' range (0.05 % .. 99.95 %) widened by 10 % of it each side.
@@ -672,7 +680,7 @@ def test_fit_saves_into_the_run_and_auto_loads_it(tmp_path):
     auto = gate.check(model, upright)  # gate="auto": the run's saved gate
     assert auto.ood_score is not None
     assert auto.ood_score == pytest.approx(gate.check(model, upright, gate=g).ood_score, rel=1e-4)
-    _, from_file, _ = gate.check_source(model, png(upright))  # the same default for a file
+    _, from_file, _ = check_file(model, png(upright))  # the same default for a file
     assert from_file.ood_score == pytest.approx(auto.ood_score, rel=1e-4)
     nothing = load_model(tiny_net_run(tmp_path / "unsaved-run"), cache=False)
     gate.fit_gate(nothing, x[:55], x[55:], seen={"training": [seen]}, save=False)
@@ -702,32 +710,32 @@ def test_fit_gate_command_fits_a_run_on_its_own_split(tmp_path, capsys):
     assert gate.seen_in(run, next((data / "test").rglob("*.jpeg")).read_bytes()) is None
 
 
-def test_check_source_decodes_files_and_bytes(fitted, tmp_path):
+def test_the_assessment_decodes_files_and_bytes(fitted, tmp_path):
     model, g, films = fitted
     path = tmp_path / "film.png"
     path.write_bytes(png(films[0]))
-    img, res, facts = gate.check_source(model, path, gate=g)
+    img, res, facts = check_file(model, path, gate=g)
     np.testing.assert_array_equal(img, films[0])
     assert facts is None and res.checks["coloured_share"] == 0.0 and res.in_distribution
     assert res.ood_score is not None  # the gate given, not the run's (it has none)
-    img2, res2, _ = gate.check_source(model, path.read_bytes(), "film.png", gate=g)
+    img2, res2, _ = check_file(model, path.read_bytes(), "film.png", gate=g)
     assert res2.to_dict() == res.to_dict()
     rgb = np.zeros((128, 128, 3), np.uint8)
     rgb[..., 0] = films[0]
-    _, red, _ = gate.check_source(model, png(rgb), gate=g)
+    _, red, _ = check_file(model, png(rgb), gate=g)
     assert red.checks["coloured_share"] > 0.5 and not red.in_distribution
 
 
-def test_check_source_errors_name_the_file(fitted, tmp_path):
+def test_the_assessment_errors_name_the_file(fitted, tmp_path):
     model, g, _ = fitted
     pdf = tmp_path / "letter.pdf"
     pdf.write_bytes(b"%PDF-1.4 not a film")
     with pytest.raises(imaging.ImageDecodeError, match=r"^'[^']*letter\.pdf' is a PDF document"):
-        gate.check_source(model, pdf, gate=g)
+        check_file(model, pdf, gate=g)
     with pytest.raises(imaging.ImageDecodeError, match=r"^'upload\.png' is a PDF document"):
-        gate.check_source(model, pdf.read_bytes(), "upload.png", gate=g)
+        check_file(model, pdf.read_bytes(), "upload.png", gate=g)
     with pytest.raises(imaging.ImageDecodeError, match=r"^The file is a PDF document"):
-        gate.check_source(model, pdf.read_bytes(), gate=g)
+        check_file(model, pdf.read_bytes(), gate=g)
 
 
 def ct_dicom(tmp_path, pixels: np.ndarray | None = None) -> Path:
@@ -758,9 +766,9 @@ def ct_dicom(tmp_path, pixels: np.ndarray | None = None) -> Path:
     return path
 
 
-def test_check_source_reads_the_dicom_header(fitted, tmp_path):
+def test_the_assessment_reads_the_dicom_header(fitted, tmp_path):
     model, g, _ = fitted
-    _, res, facts = gate.check_source(model, ct_dicom(tmp_path), gate=g)
+    _, res, facts = check_file(model, ct_dicom(tmp_path), gate=g)
     assert facts["Modality"] == "CT" and facts["ViewPosition"] == "LATERAL"
     assert not res.in_distribution
     assert [w for w in res.warnings if "DICOM" in w] == gate.dicom_warnings(facts)

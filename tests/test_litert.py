@@ -8,13 +8,14 @@ of their scale. Conversion is cached under XRAY_CACHE_DIR by the hash of the net
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from xray_core import litert
-from xray_core.model import Model
+from xray_core.model import ConversionNotice, Model
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not litert.litert_available(), reason="ai_edge_litert is not installed")
@@ -35,7 +36,8 @@ def _both(run: str, monkeypatch, n: int = 37):
         monkeypatch.setenv(litert.ENV, backend)
         model = Model(ROOT / "trained_models" / run)
         x = _inputs(model, n)
-        out[backend] = model.raw_member_proba_and_features(x, batch_size=20)
+        scores = model.forward(x, batch_size=20)
+        out[backend] = scores.raw, scores.features
         assert model.backend == backend
     return out
 
@@ -52,17 +54,59 @@ def test_litert_gives_tensorflows_outputs(run, monkeypatch):
     assert np.ptp(p_tf[:, 0]) > 1e-3
 
 
-def test_program_is_cached_by_the_network_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("XRAY_CACHE_DIR", str(tmp_path))
+def _copy_without_program(run: str, target: Path) -> Path:
+    """A run folder as an older run has it: the networks and model.json, no networks.tflite."""
+    import shutil
+
+    from xray_core import fileio
+
+    target.mkdir()
+    for f in (ROOT / "trained_models" / run).iterdir():
+        if f.suffix in (".keras", ".json") and f.name != "model.json":
+            shutil.copy2(f, target / f.name)
+    spec = fileio.read_json(ROOT / "trained_models" / run / "model.json")
+    spec.pop("litert")
+    fileio.atomic_write_json(target / "model.json", spec)
+    return target
+
+
+def test_a_run_without_a_program_is_converted_once_cached_and_told(tmp_path, monkeypatch):
+    monkeypatch.setenv("XRAY_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv(litert.ENV, "litert")
-    model = Model(ROOT / "trained_models" / "seed-model4")
-    model.predict_proba(_inputs(model, 2))
-    cached = list((tmp_path / "litert").glob("*.tflite"))
+    folder = _copy_without_program("seed-model4", tmp_path / "old-run")
+    model = Model(folder)
+    with pytest.warns(ConversionNotice, match="converting it once"):
+        p = model.predict_proba(_inputs(model, 2))
+    cached = list((tmp_path / "cache" / "litert").glob("*.tflite"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    again = Model(ROOT / "trained_models" / "seed-model4")
-    again.predict_proba(_inputs(again, 3))
-    assert [p.stat().st_mtime_ns for p in (tmp_path / "litert").glob("*.tflite")] == [stamp]
+    again = Model(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second notice: the cached program is used
+        np.testing.assert_array_equal(again.predict_proba(_inputs(again, 2)), p)
+    assert [q.stat().st_mtime_ns for q in (tmp_path / "cache" / "litert").glob("*.tflite")] == [stamp]
+    # The shipped run's own program gives the same numbers as the converted one.
+    shipped = Model(ROOT / "trained_models" / "seed-model4")
+    np.testing.assert_allclose(shipped.predict_proba(_inputs(shipped, 2)), p, atol=1e-7)
+
+
+def test_a_program_made_from_other_networks_is_not_used(tmp_path, monkeypatch):
+    """model.json's litert key is the hash of the network files: a rewritten network makes the
+    shipped program stale, and the run is converted anew instead of answering with old weights."""
+    import shutil
+
+    from xray_core import fileio
+
+    monkeypatch.setenv("XRAY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(litert.ENV, "litert")
+    folder = tmp_path / "run"
+    shutil.copytree(ROOT / "trained_models" / "seed-model4", folder)
+    spec = fileio.read_json(folder / "model.json")
+    assert Model(folder).program_key() == spec["litert"]["key"]
+    with open(folder / "model.keras", "ab") as f:  # same weights, different bytes: a different file
+        f.write(b"\0")
+    with pytest.warns(ConversionNotice):
+        Model(folder).predict_proba(_inputs(Model(folder), 1))
 
 
 def test_batches_split_into_chunks_keep_their_order(monkeypatch):
@@ -70,8 +114,8 @@ def test_batches_split_into_chunks_keep_their_order(monkeypatch):
     monkeypatch.setenv(litert.ENV, "litert")
     model = Model(ROOT / "trained_models" / "default")
     x = _inputs(model, litert.CHUNK + 5)
-    whole = model.raw_member_proba_and_features(x, batch_size=len(x))[0]
-    one_by_one = np.concatenate([model.raw_member_proba_and_features(x[i : i + 1])[0] for i in range(len(x))])
+    whole = model.forward(x, batch_size=len(x)).raw
+    one_by_one = np.concatenate([model.forward(x[i : i + 1]).raw for i in range(len(x))])
     assert np.abs(whole - one_by_one).max() <= 1e-6
 
 
@@ -87,12 +131,12 @@ def test_tensorflow_can_be_asked_for(monkeypatch):
 
 
 def test_auto_runs_litert_on_a_machine_without_a_gpu(monkeypatch):
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
+    if litert.gpu_visible():
         pytest.skip("this machine has a GPU: auto keeps TensorFlow there")
     monkeypatch.delenv(litert.ENV, raising=False)
     assert litert.chosen_backend() == "litert"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert litert.gpu_visible() is False
 
 
 def test_threads_follow_omp_num_threads_as_ray_sets_it(monkeypatch):

@@ -65,8 +65,13 @@ def test_ensemble_averages_members_then_applies_the_temperature(tmp_path):
     mean = (pa + pb) / 2
     expected = 1 / (1 + np.exp(-(np.log(mean) - np.log1p(-mean)) / 2.0))
     np.testing.assert_allclose(m.predict_proba(x), expected, rtol=1e-5, atol=1e-6)
-    assert m.member_proba(x).shape == (20, 2) and m.threshold == 0.42 and m.n_members == 2
-    assert m.features(x).shape == (20, 4)  # the hidden layer, averaged over members
+    scores = m.forward(x)
+    np.testing.assert_array_equal(scores.proba, m.predict_proba(x))
+    np.testing.assert_allclose(scores.member_proba, model_mod.calibrate(np.column_stack([pa, pb]), 2.0),
+                               rtol=1e-5, atol=1e-6)
+    assert m.threshold == 0.42 and m.n_members == 2
+    assert scores.features.shape == (20, 4)  # the hidden layer, averaged over members
+    assert [m.verdict(p) for p in (0.41, 0.42)] == ["NORMAL", "PNEUMONIA"]
     assert m.card["members"] == 2 and m.card["temperature"] == 2.0
 
 
@@ -90,13 +95,13 @@ def test_a_run_without_a_network_says_so(tmp_path):
 
 
 def test_one_pass_gives_the_member_probabilities_and_the_gate_features(tmp_path):
-    """raw_member_proba_and_features: each member's P(pneumonia) and the mean of the members'
-    penultimate activations, checked against the weights computed by hand."""
+    """Model.forward: each member's P(pneumonia) and the mean of the members' penultimate
+    activations, checked against the weights computed by hand; then the calibrated mean."""
     folder = tmp_path / "ens"
     folder.mkdir()
     nets = [_save_net(folder, "model.keras", 1, seed=5), _save_net(folder, "member-1.keras", 2, seed=6)]
     model_mod.write_spec(folder, members=["model.keras", "member-1.keras"], input_size=(8, 6), channels=1,
-                         threshold=0.5)
+                         threshold=0.5, temperature=0.7, bias=0.3)
     m = model_mod.load_model(folder)
     x = _x(70, seed=2)
     hidden, probs = [], []
@@ -106,12 +111,14 @@ def test_one_pass_gives_the_member_probabilities_and_the_gate_features(tmp_path)
         h = np.maximum((x.reshape(len(x), -1) / 255.0) @ w1 + b1, 0.0)
         hidden.append(h)
         probs.append(1 / (1 + np.exp(-(h @ w2 + b2)[:, col])))
-    raw, feats = m.raw_member_proba_and_features(x, batch_size=32)  # three batches, one of 6
+    scores = m.forward(x, batch_size=32)  # three batches, one of 6
+    raw, feats = scores.raw, scores.features
     assert raw.shape == (70, 2) and feats.shape == (70, 4)
     np.testing.assert_allclose(raw, np.column_stack(probs), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(feats, (hidden[0] + hidden[1]) / 2, rtol=1e-5, atol=1e-5)
-    # The two halves are what raw_member_proba and features return on their own.
-    np.testing.assert_array_equal(raw, m.raw_member_proba(x))
-    np.testing.assert_array_equal(feats, m.features(x))
-    empty_raw, empty_feats = m.raw_member_proba_and_features(x[:0])
-    assert empty_raw.shape == (0, 2) and empty_feats.shape == (0, 0)
+    mean = (probs[0] + probs[1]) / 2
+    by_hand = 1 / (1 + np.exp(-((np.log(mean) - np.log(1 - mean)) / 0.7 + 0.3)))
+    np.testing.assert_allclose(scores.proba, by_hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores.uncalibrated, mean, rtol=1e-5, atol=1e-6)
+    empty = m.forward(x[:0])
+    assert empty.raw.shape == (0, 2) and empty.features.shape == (0, 0) and empty.proba.shape == (0,)

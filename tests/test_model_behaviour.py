@@ -122,34 +122,33 @@ def test_an_ensemble_averages_members_then_calibrates(tmp_path, nets):
     m = model_mod.Model(folder)
     assert m.n_members == 2 and m.run_id == "run" and m.path == folder
     x = batch()
-    raw = m.raw_member_proba(x)
+    raw = m.forward(x).raw
     assert raw.shape == (4, 2) and raw.dtype == np.float64
     np.testing.assert_allclose(raw, np.stack([P_A, P_B], axis=1), atol=1e-6)
-    np.testing.assert_allclose(m.raw_member_proba(x, batch_size=3), raw, atol=1e-7)  # batches of 3 then 1
+    np.testing.assert_allclose(m.forward(x, batch_size=3).raw, raw, atol=1e-7)  # batches of 3 then 1
 
     def platt(p):
         return sig((np.log(p) - np.log1p(-p)) / 2.0 + 0.5)
 
-    np.testing.assert_allclose(m.member_proba(x), platt(np.stack([P_A, P_B], axis=1)), atol=1e-6)
+    np.testing.assert_allclose(m.forward(x).member_proba, platt(np.stack([P_A, P_B], axis=1)), atol=1e-6)
     expected = platt((P_A + P_B) / 2)  # mean of the members, then calibration (not the other way round)
     np.testing.assert_allclose(m.predict_proba(x), expected, atol=1e-6)
     np.testing.assert_array_equal(m.predict(x), (expected >= 0.4).astype(int))
     assert m.predict(x).dtype.kind == "i"
     np.testing.assert_allclose(m.predict_proba(x.astype(np.float64)), expected, atol=1e-6)  # any float dtype
     assert m.predict(x).tolist() == [1, 1, 1, 1] and expected[0] == pytest.approx(0.5658, abs=1e-4)
-    np.testing.assert_allclose(m.features(x), FEATURES, atol=1e-6)
-    np.testing.assert_allclose(m.features(x, batch_size=1), FEATURES, atol=1e-6)
-    assert m.features(x).dtype == np.float32
-    assert m.features(x[:0]).shape[0] == 0
-    # One forward pass gives both halves, in any batch size.
-    probs, feats = m.raw_member_proba_and_features(x, batch_size=3)
-    assert probs.dtype == np.float64 and feats.dtype == np.float32
-    np.testing.assert_allclose(probs, raw, atol=1e-7)
-    np.testing.assert_allclose(feats, FEATURES, atol=1e-6)
-    none_p, none_f = m.raw_member_proba_and_features(x[:0])
-    assert none_p.shape == (0, 2) and none_f.shape[0] == 0 and none_f.dtype == np.float32
-    # The head's own outputs: the first member's (one column here).
-    np.testing.assert_allclose(m.head_outputs(x, batch_size=3), P_A[:, None], atol=1e-6)
+    np.testing.assert_allclose(m.forward(x).features, FEATURES, atol=1e-6)
+    np.testing.assert_allclose(m.forward(x, batch_size=1).features, FEATURES, atol=1e-6)
+    assert m.forward(x).features.dtype == np.float32
+    # One forward pass gives everything, in any batch size.
+    scores = m.forward(x, batch_size=3)
+    assert scores.raw.dtype == np.float64 and scores.features.dtype == np.float32
+    np.testing.assert_allclose(scores.raw, raw, atol=1e-7)
+    np.testing.assert_allclose(scores.proba, expected, atol=1e-6)
+    none = m.forward(x[:0])
+    assert none.raw.shape == (0, 2) and none.features.shape[0] == 0 and none.features.dtype == np.float32
+    # A network's own outputs, as training-time evaluation reads them: the first member's (one column).
+    np.testing.assert_allclose(model_mod.network_outputs(m.members[0], x, batch_size=3), P_A[:, None], atol=1e-6)
 
 
 def test_the_threshold_is_inclusive(tmp_path, nets):
@@ -170,9 +169,10 @@ def test_a_two_unit_head_reads_column_one(tmp_path, nets):
     m = model_mod.Model(folder)
     assert m.output_units == 2
     np.testing.assert_allclose(m.predict_proba(batch()), P_B, atol=1e-6)
-    np.testing.assert_allclose(m.head_outputs(batch()), np.stack([sig(-3 * A), P_B], axis=1), atol=1e-6)
-    assert m.head_outputs(batch()[:0]).shape == (0, 2)
-    assert m.raw_member_proba(batch()[:0]).shape == (0, 1)
+    np.testing.assert_allclose(model_mod.network_outputs(m.members[0], batch()),
+                               np.stack([sig(-3 * A), P_B], axis=1), atol=1e-6)
+    assert model_mod.network_outputs(m.members[0], batch()[:0]).shape == (0, 2)
+    assert m.forward(batch()[:0]).raw.shape == (0, 1)
 
 
 def test_settings_fall_back_from_model_json_to_the_run_files_to_the_network(tmp_path, nets):
@@ -210,7 +210,8 @@ def test_card_and_repr_say_what_the_model_is(tmp_path, nets):
     m = model_mod.Model(folder)
     assert m.card == {
         "run_id": "carded", "arch": "tiny", "members": 2, "input_size": [H, W], "channels": 1, "threshold": 0.25,
-        "threshold_policy": "youden", "temperature": 2.0, "bias": 0.125, "validation": {"roc_auc": 0.9},
+        "threshold_policy": "youden", "temperature": 2.0, "bias": 0.125, "arithmetic": "float32", "parent": None,
+        "validation": {"roc_auc": 0.9},
         "validation_ci95": {"low": 0.8}, "stress": {"roc_auc": 0.7}, "calibration": {"ece": 0.05},
     }
     assert repr(m) == ("Model('carded', members=2, input=(4, 5)x1, threshold=0.2500, temperature=2.000, "
@@ -225,8 +226,8 @@ def test_every_forward_path_runs_the_network_in_inference_mode(tmp_path, nets):
     x = batch()
     for _ in range(2):
         np.testing.assert_allclose(m.predict_proba(x), P_A, atol=1e-6)
-        np.testing.assert_allclose(m.head_outputs(x), P_A[:, None], atol=1e-6)
-        np.testing.assert_allclose(m.features(x), np.stack([A, 2 * A + 1], axis=1), atol=1e-6)
+        np.testing.assert_allclose(model_mod.network_outputs(m.members[0], x), P_A[:, None], atol=1e-6)
+        np.testing.assert_allclose(m.forward(x).features, np.stack([A, 2 * A + 1], axis=1), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -400,7 +400,7 @@ def test_preset_trains_members_and_assembles_one_calibrated_ensemble(synthetic_d
     assert set(metrics["stress"]["changes"]) >= {"plain", "crop_top_bottom_10", "zoom_out_10", "taller_15"}
     # The ensemble's probability is the calibrated mean of its members' probabilities.
     x = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 1)).astype(np.float32)
-    singles = [load_model(p).raw_member_proba(x)[:, 0] for p in members]
+    singles = [load_model(p).forward(x).raw[:, 0] for p in members]
     from xray_core.model import calibrate
 
     np.testing.assert_allclose(m.predict_proba(x), calibrate(np.mean(singles, axis=0), m.temperature, m.bias),

@@ -87,15 +87,16 @@ def test_calibrate_run_prefers_the_stress_predictions(tmp_path):
         uncertainty.calibrate_run(tmp_path / "empty")
 
 
-def test_for_model_one_member(tiny_run):
+def test_one_member_has_no_spread(tiny_run):
+    from xray_core import case
     from xray_core.model import load_model
 
     runs_root, run_id = tiny_run
     model = load_model(runs_root / run_id)
-    x = model.prepare_batch([np.full((48, 48), v, np.uint8) for v in (40, 200)])
+    films = [case.Film(name=str(v), image=np.full((48, 48), v, np.uint8)) for v in (40, 200)]
     conf = Conformal(alpha=0.1, qhat=0.3, n_calibration=50, source="t")
-    out = uncertainty.for_model(model, x, conf=conf)
-    p = model.predict_proba(x)
+    out = [a.uncertainty for a in case.assess_films(model, films, conformal=conf)]
+    p = model.predict_proba(model.prepare_batch([f.image for f in films]))
     assert [u.member_probabilities[0] for u in out] == pytest.approx(list(p))
     assert all(u.member_spread is None for u in out)
 

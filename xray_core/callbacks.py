@@ -152,16 +152,11 @@ class StressSelection(keras.callbacks.Callback):
                                              changes=stress.SELECTION_CHANGES)
         self.column = pneumonia_column(units)
         self.batch_size = batch_size
-        self._fn = None
 
     def _scores(self, x: np.ndarray) -> np.ndarray:
-        import tensorflow as tf
+        from xray_core.model import network_outputs
 
-        if self._fn is None:
-            model = self.model
-            self._fn = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
-        parts = [np.asarray(self._fn(x[i : i + self.batch_size])) for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(parts, axis=0)[:, self.column]
+        return network_outputs(self.model, x, batch_size=self.batch_size)[:, self.column]
 
     def on_epoch_end(self, epoch, logs=None):
         from xray_core import stress

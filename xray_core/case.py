@@ -1,15 +1,17 @@
-"""One film through the product, as `predict`, Diagnose and the PDF report all see it.
+"""One film through the product: the one assessment every consumer takes its answer from.
 
 decode -> gate (is it a chest film this model can read?) -> P(pneumonia) at the operating
-threshold -> conformal prediction set (and ensemble spread) -> was this exact file in the run's
-training or validation split? One forward pass gives the probability, the members' spread and
-the gate's features. A file that cannot be decoded gets a refusal with the decoder's sentence,
-in the same shape (`refused`), so every file has an answer.
+threshold (`Model.forward`) -> conformal prediction set and ensemble spread -> were these exact
+bytes in the run's training or validation split? `predict`, `score`, Diagnose, the Worklist,
+the PDF report, `evaluate`, Compare's test-split scores and `validate` all call `assess_films`
+(or `assess` for one file). A file that cannot be decoded gets a refusal in the same shape
+(`refused`), so every file has an answer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,8 +19,24 @@ import numpy as np
 
 from xray_core import gate as gate_mod
 from xray_core import imaging, uncertainty
+from xray_core.model import Scores
 
-CLASSES = ("NORMAL", "PNEUMONIA")
+
+@dataclasses.dataclass(frozen=True)
+class Film:
+    """A decoded film and what the gate reads of its file.
+
+    `image` is the decoded 2-D uint8 gray image (any size), or None where the caller passes the
+    prepared batch itself; `shape` is the original (height, width); `sha256` the hex digest of
+    the file's bytes ("" when unknown); `coloured_share` and `dicom` as `imaging` measures them.
+    """
+
+    name: str
+    image: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    sha256: str = ""
+    shape: tuple[int, int] | None = None
+    coloured_share: float | None = None
+    dicom: dict | None = None
 
 
 @dataclasses.dataclass
@@ -27,14 +45,15 @@ class Assessment:
 
     name: str
     run_id: str
-    probability: float
+    probability: float  # calibrated P(pneumonia): Model.forward's `proba`
+    uncalibrated: float  # the members' mean before calibration
     threshold: float
     verdict: str  # NORMAL or PNEUMONIA at the threshold (shown only when the gate lets it through)
     gate: gate_mod.GateResult
     uncertainty: uncertainty.Uncertainty
-    seen_in: str | None  # "training" / "validation" when these file bytes were in the run's split
+    seen_in: str | None  # "training" / "validation" / "site calibration" when these bytes were used
     dicom: dict | None
-    image: np.ndarray = dataclasses.field(repr=False)  # decoded 2-D uint8
+    image: np.ndarray | None = dataclasses.field(repr=False)  # decoded 2-D uint8
     model_input: np.ndarray = dataclasses.field(repr=False)  # (h, w, c) float32
 
     @property
@@ -63,53 +82,78 @@ def refused(name: str, run_id: str, reason: str) -> dict:
             "uncertain": None, "member_spread": None, "seen_in": None, "dicom": None, "error": reason}
 
 
-def read(source: Any, filename: str | None = None) -> tuple[bytes, np.ndarray, float, dict | None]:
-    """(raw bytes, gray image, coloured share, DICOM facts) of a path or bytes; ImageDecodeError if unreadable."""
+def read(source: Any, filename: str | None = None) -> Film:
+    """Decode a path or bytes into a Film; imaging.ImageDecodeError when it cannot be read."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         raw = bytes(source)
+        name = filename or "upload"
     else:
         path = Path(source)
         filename = filename or path.name
-        raw = imaging._read_source(path, filename, imaging.MAX_UPLOAD_BYTES)[0]
+        raw = imaging.read_bytes(path, filename)
+        name = str(source)
     gray = imaging.decode(raw, filename=filename)
-    return raw, gray, imaging.colour_saturation(raw, filename=filename), imaging.dicom_facts(raw, filename=filename)
+    return Film(name=name, image=gray, sha256=hashlib.sha256(raw).hexdigest(), shape=gray.shape,
+                coloured_share=imaging.colour_saturation(raw, filename=filename),
+                dicom=imaging.dicom_facts(raw, filename=filename))
 
 
-def assess_many(model, films: Sequence[tuple[str, bytes, np.ndarray, float | None, dict | None]], *,
-                gate="auto", conformal="auto") -> list[Assessment]:
-    """Assess decoded films [(name, raw bytes, gray, coloured share, dicom facts)] in one forward pass."""
+def assess_films(model, films: Sequence[Film], *, x: np.ndarray | None = None, scores: Scores | None = None,
+                 gate="auto", conformal="auto") -> list[Assessment]:
+    """Assess films with one forward pass.
+
+    `x` is their prepared batch (default: `model.prepare_batch` of their images) and `scores`
+    its `model.forward(x)` when the caller already ran it (batch scoring overlaps the network
+    with this step). `gate` and `conformal` are the run's fitted rules ("auto": loaded; None:
+    none).
+    """
     if not films:
         return []
-    from xray_core.model import calibrate
-
+    if x is None:
+        x = model.prepare_batch([f.image for f in films])
+    if scores is None:
+        scores = model.forward(x)
     if gate == "auto":
-        gate = gate_mod.load_gate(model.path)
+        gate = gate_mod.load_gate(model.networks_dir)
     if conformal == "auto":
         conformal = uncertainty.load_conformal(model.path)
-    grays = [f[2] for f in films]
-    x = model.prepare_batch(grays)
-    raw_members, features = model.raw_member_proba_and_features(x)  # one pass for both
-    members = calibrate(raw_members, model.temperature, model.bias)
-    probs = calibrate(raw_members.mean(axis=1), model.temperature, model.bias)
-    gates = gate_mod.check_batch(model, x=x, features=features, shapes=[g.shape for g in grays],
-                                 saturations=[f[3] for f in films], dicoms=[f[4] for f in films], gate=gate)
+    gates = gate_mod.check_batch(model, x=x, features=scores.features, shapes=[f.shape for f in films],
+                                 saturations=[f.coloured_share for f in films],
+                                 dicoms=[f.dicom for f in films], gate=gate)
     threshold = float(model.threshold)
+    several = scores.member_proba.shape[1] > 1
     out = []
-    for i, (name, raw, gray, _, facts) in enumerate(films):
-        p = float(probs[i])
-        unc = uncertainty.describe(p, threshold, conformal, members[i] if members.shape[1] > 1 else None)
+    for i, film in enumerate(films):
+        p = float(scores.proba[i])
+        unc = uncertainty.describe(p, threshold, conformal, scores.member_proba[i] if several else None)
         out.append(Assessment(
-            name=name, run_id=model.run_id, probability=p, threshold=threshold,
-            verdict=CLASSES[int(p >= threshold)], gate=gates[i], uncertainty=unc,
-            seen_in=gate_mod.seen_in(model.path, raw), dicom=facts, image=gray, model_input=x[i]))
+            name=film.name, run_id=model.run_id, probability=p, uncalibrated=float(scores.uncalibrated[i]),
+            threshold=threshold, verdict=model.verdict(p), gate=gates[i], uncertainty=unc,
+            seen_in=seen_in(model, film.sha256), dicom=film.dicom, image=film.image, model_input=x[i]))
     return out
+
+
+def assess_prepared(model, x: np.ndarray, names: Sequence[str]) -> list[Assessment]:
+    """Assess films a dataset loader already decoded and prepared, (n, h, w, c) float32, by name
+    (no file facts: the gate's size, colour and DICOM checks are skipped)."""
+    return assess_films(model, [Film(name=str(n)) for n in names], x=x)
 
 
 def assess(model, source: Any, filename: str | None = None, **kw) -> Assessment:
     """Assess one file (path or bytes). Raises imaging.ImageDecodeError when it cannot be read."""
-    raw, gray, sat, facts = read(source, filename)
-    name = filename or (str(source) if not isinstance(source, (bytes, bytearray)) else "upload")
-    return assess_many(model, [(name, raw, gray, sat, facts)], **kw)[0]
+    return assess_films(model, [read(source, filename)], **kw)[0]
+
+
+def seen_in(model, sha256: str) -> str | None:
+    """Where the run used these file bytes: 'training' or 'validation' (its split), or 'site
+    calibration' (a recalibrated run's fitting films); None when unknown or unused."""
+    if not sha256:
+        return None
+    for folder in dict.fromkeys((model.path, model.networks_dir)):
+        found = gate_mod.seen_in_digest(folder, sha256)
+        if found:
+            return found
+    return None
 
 
 def stress_figures(metrics: dict | None) -> dict | None:

@@ -258,21 +258,23 @@ def _predict(args) -> int:
     """Every file gets an answer: the gate's (in_distribution, ood_score, warnings), the verdict,
     the probability and the conformal prediction set; an unreadable file its reason."""
     from xray_core import case, imaging
+    from xray_core.cli import UsageError
     from xray_core.model import load_model
 
     model = load_model(_run_ref(args.run), root=args.runs_dir)
     read, failures = {}, 0
     for path in args.images:
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder: `predict` takes image files. To score every film in a "
+                                    f"folder, use `xray score {args.run} {path} --out scores.csv`.")
         try:
-            raw, gray, coloured, facts = case.read(path)
+            read[path] = case.read(path)
         except (imaging.ImageDecodeError, OSError) as exc:
             print(f"error: {path}: {exc}", file=sys.stderr)
             read[path] = case.refused(str(path), model.run_id, str(exc))
             failures += 1
-            continue
-        read[path] = (str(path), raw, gray, coloured, facts)
-    films = [v for v in read.values() if isinstance(v, tuple)]
-    assessed = iter(case.assess_many(model, films))
+    films = [v for v in read.values() if isinstance(v, case.Film)]
+    assessed = iter(case.assess_films(model, films))
     rows = []
     for path, value in read.items():
         if isinstance(value, dict):

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from xray_core import fileio, imaging
+from xray_core.model import CLASSES
 
 __all__ = [
     "CLASSES",
@@ -38,11 +39,9 @@ __all__ = [
     "index_dataset",
     "split_train",
     "load_images",
-    "default_cache_dir",
     "dataset_stats",
 ]
 
-CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 #: Bump when the cached pixels would change for the same files (decoder, resize, layout).
@@ -231,12 +230,6 @@ class LoadResult:
     cache_path: Path | None = None
 
 
-def default_cache_dir() -> Path:
-    """`$XRAY_CACHE_DIR`, else `~/.cache/xray_core`."""
-    env = os.environ.get("XRAY_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "xray_core"
-
-
 def _cache_key(paths: list[str], size: tuple[int, int], method: str) -> str:
     """Hash of the sorted files with their sizes and mtimes, the target size, method and version.
 
@@ -330,7 +323,7 @@ def load_images(paths: Iterable[str | os.PathLike], *, size=(100, 100), channels
     cached = None
     npy = meta_path = None
     if use_cache and n:
-        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        folder = Path(cache_dir).expanduser() if cache_dir is not None else fileio.default_cache_dir()
         key = _cache_key(sorted_paths, size, method)
         npy = folder / f"images-{key}.npy"
         meta_path = npy.with_suffix(".json")

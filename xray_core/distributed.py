@@ -154,6 +154,8 @@ def fit(model, train_ds, val_ds, *, strategy, batch_size: int, epochs: int, init
     import tensorflow as tf
     from sklearn.metrics import roc_auc_score
 
+    from xray_core.model import network_outputs
+
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     dist_ds = strategy.experimental_distribute_dataset(train_ds.with_options(options))
@@ -184,13 +186,12 @@ def fit(model, train_ds, val_ds, *, strategy, batch_size: int, epochs: int, init
     def any_worker_stops(flag):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(flag)), axis=None)
 
-    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     bce = keras.losses.BinaryCrossentropy()
 
     def validation_logs() -> dict:
         ys, ps = [], []
         for x, y, *_ in val_ds:
-            ps.append(np.asarray(predict(x)))
+            ps.append(network_outputs(model, np.asarray(x)))
             ys.append(np.asarray(y))
         y, p = np.concatenate(ys), np.concatenate(ps)
         logs = {"val_loss": float(bce(y, p))}

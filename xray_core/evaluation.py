@@ -117,6 +117,9 @@ def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | N
 
     run = runs.load_run(Path(run_dir))
     root = data_root_of(run, data_root)
+    # The networks as one LiteRT program in the run (what every verdict runs), made now, with the
+    # networks final; model.json records which network files it was made from.
+    model_mod.Model(run.path).save_program()
     old_spec = fileio.read_json(run.path / model_mod.SPEC_FILE) if (run.path / model_mod.SPEC_FILE).is_file() else {}
     members = old_spec.get("members") or [runs.MODEL_FILE]
     extra = {k: v for k, v in old_spec.items()
@@ -128,7 +131,7 @@ def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | N
     # Scored uncalibrated (temperature 1), whatever model.json holds now.
     m = model_mod.Model(run.path, spec={"members": members, "temperature": 1.0, "bias": 0.0,
                                         "input_size": [cfg["image_size"], cfg["image_size"]],
-                                        "channels": int(cfg["channels"])})
+                                        "channels": int(cfg["channels"]), "litert": old_spec.get("litert")})
 
     paths, labels = validation_rows(run, root)
     y, kept, raw = raw_stress_scores(m, paths, labels, progress=progress)
@@ -279,9 +282,12 @@ def predict_split(run: runs.Run, data_root: str, key: str, progress: Progress | 
     y = labels[result.ok]
     if len(y) == 0:
         raise EvaluationError(f"None of the {len(paths)} images of that split could be read.")
-    scores = m.predict_proba(result.images)
+    from xray_core import case
+
+    kept = np.asarray(paths)[result.ok]
+    scores = np.array([a.probability for a in case.assess_prepared(m, result.images, kept)], np.float64)
     if write:
-        runs.write_predictions(run.path, key, np.asarray(paths)[result.ok], y, scores, data_root)
+        runs.write_predictions(run.path, key, kept, y, scores, data_root)
     return y, scores, [p for p, _ in result.failed]
 
 

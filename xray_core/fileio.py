@@ -34,6 +34,13 @@ PROJECT_ROOT = settings.PROJECT_ROOT
 TEMP_GLOB = ".*.tmp*"
 
 
+def default_cache_dir() -> Path:
+    """`$XRAY_CACHE_DIR`, else `~/.cache/xray_core`: derived files (converted programs, decoded
+    datasets, Compare's scores), never the project's own."""
+    env = os.environ.get("XRAY_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "xray_core"
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """A binary file handle whose content replaces `path` only if the block ends without error.

@@ -254,7 +254,7 @@ def check_batch(model, images: Sequence[np.ndarray] | None = None, *, x: np.ndar
 
     Pass the decoded `images`, or (cheaper) the prepared batch `x` (n, h, w, c) with the
     original `shapes` (h, w) for the size checks; `features` saves the forward pass when the
-    caller has already computed `model.features(x)`.
+    caller has already computed `model.forward(x).features`.
     """
     if x is None:
         if images is None:
@@ -277,7 +277,7 @@ def check_batch(model, images: Sequence[np.ndarray] | None = None, *, x: np.ndar
     stats = intensity_stats(x)
     if gate is not None:
         if features is None:
-            features = model.features(x)
+            features = model.forward(x).features
         feat_ratio = _feature_distance(features, gate) / float(gate.thresholds["feature"])
         pix_ratio = _pixel_distance(thumbs, gate) / float(gate.thresholds["pixel"])
         orient = orientation_scores(thumbs, gate.template)
@@ -372,20 +372,6 @@ def dicom_warnings(facts: dict) -> list[str]:
     return out
 
 
-def check_source(model, source, filename: str | None = None, *, gate="auto"):
-    """Decode a file or upload and gate it: (gray image, GateResult, dicom facts or None).
-
-    Decode errors (imaging.ImageDecodeError) propagate: an unreadable file has no gate result.
-    """
-    from xray_core import imaging
-
-    raw = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
-    gray = imaging.decode(bytes(raw), filename=filename or (None if isinstance(source, bytes) else str(source)))
-    facts = imaging.dicom_facts(bytes(raw))
-    sat = imaging.colour_saturation(bytes(raw))
-    return gray, check(model, gray, saturation=sat, dicom=facts, gate=gate), facts
-
-
 # ----------------------------------------------------------------------------- seen files
 
 
@@ -396,10 +382,15 @@ def file_hash(raw: bytes) -> str:
 
 def seen_in(run_path: str | os.PathLike, raw: bytes) -> str | None:
     """'training' or 'validation' when these exact file bytes were in the run's split, else None."""
+    return seen_in_digest(run_path, hashlib.sha256(bytes(raw)).hexdigest())
+
+
+def seen_in_digest(run_path: str | os.PathLike, sha256: str) -> str | None:
+    """seen_in from the file's sha256 (hex), for callers that hashed the bytes already."""
     path = Path(run_path) / SEEN_HASHES
     if not path.is_file():
         return None
-    return _by_content(path.read_bytes(), _seen_table).get(file_hash(bytes(raw)))
+    return _by_content(path.read_bytes(), _seen_table).get(sha256[:32])
 
 
 def _seen_table(raw: bytes) -> dict[str, str]:
@@ -506,7 +497,7 @@ def fit_gate(model, train_x: np.ndarray, val_x: np.ndarray, *, seed: int = 0,
 
 
 def _features(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([np.asarray(model.features(x[i:i + batch])) for i in range(0, len(x), batch)])
+    return np.concatenate([model.forward(x[i:i + batch]).features for i in range(0, len(x), batch)])
 
 
 def write_seen_hashes(folder: str | os.PathLike, seen: dict[str, Iterable[str | os.PathLike]]) -> Path:

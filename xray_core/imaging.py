@@ -185,6 +185,13 @@ def _describe_non_image(raw: bytes) -> str | None:
     return None
 
 
+def read_bytes(data: bytes | str | os.PathLike | BinaryIO, filename: str | None = None, *,
+               max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
+    """The bytes of a path, bytes or binary file, with decode()'s refusals of missing, empty and
+    oversized input (ImageDecodeError)."""
+    return _read_source(data, filename, max_bytes)[0]
+
+
 def decode(data: bytes | str | os.PathLike | BinaryIO, filename: str | None = None, *, max_pixels: int = MAX_PIXELS,
            max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
     """Decode an image (bytes, a path or a binary file) to a 2-D uint8 gray array (height, width).

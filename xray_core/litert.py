@@ -1,14 +1,13 @@
-"""A Model's forward pass on CPU as one LiteRT program (TensorFlow Lite, XNNPACK kernels).
+"""The networks' forward pass on CPU as one LiteRT program (XNNPACK kernels), without TensorFlow.
 
-On CPU, LiteRT runs the same float32 networks faster than TensorFlow's graph runtime (the
-default ensemble on 2 cores: benchmarks/reports/forward.md), with outputs equal within 1e-5
-(tests/test_litert.py). With a GPU visible TensorFlow is faster, so it stays in charge.
+A run folder carries its networks as `networks.tflite` (every member, both outputs: each
+member's P(pneumonia) and the averaged penultimate features), written when the run is
+finalised; `Program` runs it with ai-edge-litert and numpy alone. A run without one is
+converted once from its Keras networks (the one step here that imports TensorFlow) and cached
+under the cache folder by the hash of the network files, so a retrained run converts anew.
 
-`XRAY_BACKEND` picks: `auto` (the default: LiteRT on a CPU-only machine when `ai_edge_litert` is
-installed, else TensorFlow), `litert` or `tensorflow`. The program is the Model's own compiled
-forward function (every member, both outputs) with its weights frozen in, converted once and
-cached under the cache folder by the hash of the network files, so a retrained run converts
-anew. Only `xray_core.model` calls this module.
+`XRAY_BACKEND` picks: `auto` (the default: LiteRT, or TensorFlow where a GPU is visible),
+`litert` or `tensorflow`. Only `xray_core.model` calls this module.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import numpy as np
 
 BACKENDS = ("auto", "litert", "tensorflow")
 ENV = "XRAY_BACKEND"
+PROGRAM_FORMAT = "members-proba+features/v1"  # what the program computes, part of its cache key
 CHUNK = 8  # images per invoke: 4-8 run fastest on 2 CPU cores; larger ones only miss the caches
 _INTERPRETERS_KEPT = 6  # batch sizes with a ready interpreter (a full batch and a few tails)
 
@@ -40,8 +40,18 @@ def litert_available() -> bool:
     return True
 
 
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible to this process, judged from the driver's device files so
+    that TensorFlow need not be imported to find out (CUDA_VISIBLE_DEVICES="" or -1 hides it)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def chosen_backend() -> str:
-    """'litert' or 'tensorflow', from XRAY_BACKEND and what the machine has."""
+    """'litert' or 'tensorflow', from XRAY_BACKEND and what the machine has, without importing
+    TensorFlow: auto picks TensorFlow only where a GPU is visible and TensorFlow is installed."""
     asked = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if asked not in BACKENDS:
         raise BackendError(f"{ENV}={asked!r} is not a backend; use one of: {', '.join(BACKENDS)}.")
@@ -51,25 +61,26 @@ def chosen_backend() -> str:
         if not litert_available():
             raise BackendError(f"{ENV}=litert, but ai_edge_litert is not installed: pip install -r requirements.txt.")
         return "litert"
-    import tensorflow as tf
+    import importlib.util
 
-    if tf.config.list_physical_devices("GPU") or not litert_available():
+    has_tf = importlib.util.find_spec("tensorflow") is not None
+    if has_tf and (gpu_visible() or not litert_available()):
         return "tensorflow"
+    if not litert_available():
+        raise BackendError("Neither ai_edge_litert nor TensorFlow is installed; pip install ai-edge-litert "
+                           "to run models (or tensorflow to train them).")
     return "litert"
 
 
 def program_key(files: Sequence[str | os.PathLike], signature: str) -> str:
-    """Hash of the network files' bytes, the forward function's signature and the versions
-    that shape the conversion."""
-    import tensorflow as tf
-    from importlib.metadata import version
-
+    """Hash of the network files' bytes and the forward function's signature: the same networks
+    give the same program whatever converted them."""
     h = hashlib.sha256()
     for path in files:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    h.update(f"{signature}|tf {tf.__version__}|litert {version('ai-edge-litert')}".encode())
+    h.update(f"{signature}|{PROGRAM_FORMAT}".encode())
     return h.hexdigest()[:32]
 
 
@@ -84,15 +95,21 @@ def convert(forward) -> bytes:
     return converter.convert()
 
 
-def load_or_convert(forward, files: Sequence[str | os.PathLike], signature: str, cache_dir: str | os.PathLike) -> bytes:
-    """The cached program for these network files, converted and cached on first use. A cache
-    folder that cannot be written costs the conversion each time, nothing else."""
+def _cache_path(key: str, cache_dir: str | os.PathLike) -> Path:
+    return Path(cache_dir) / "litert" / f"{key}.tflite"
+
+
+def cached_program(key: str, cache_dir: str | os.PathLike) -> bytes | None:
+    path = _cache_path(key, cache_dir)
+    return path.read_bytes() if path.is_file() else None
+
+
+def cache_program(key: str, program: bytes, cache_dir: str | os.PathLike) -> bytes:
+    """Keep a converted program in the cache folder; one that cannot be written costs the
+    conversion next time, nothing else."""
     from xray_core import fileio
 
-    path = Path(cache_dir) / "litert" / f"{program_key(files, signature)}.tflite"
-    if path.is_file():
-        return path.read_bytes()
-    program = convert(forward)
+    path = _cache_path(key, cache_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fileio.atomic_write_bytes(path, program)

@@ -1,25 +1,28 @@
-"""The model object: a film in, P(pneumonia) out, at an operating threshold.
+"""The model object: prepared films in, P(pneumonia) out, at an operating threshold.
 
-`load_model(run)` returns a `Model`, and every consumer (predict, score, evaluate, explain,
-report, the pages) goes through it, so there is one forward path, one rule for which output is
-pneumonia, one calibration and one threshold. A model is a run folder:
+`load_model(run)` returns a `Model`, and every consumer goes through its one function,
+`Model.forward(batch) -> Scores`: the members' outputs, their mean, the calibration and the
+features the input gate reads, from one pass. A model is a run folder:
 
-- `model.keras`: the network (or the first member of an ensemble);
-- `model.json` (optional): `{"members": [...file names...], "temperature": T, "threshold": t,
-  "input_size": [h, w], "channels": c}`. Runs trained before it existed have only `model.keras`
-  and keep their threshold in `metrics.json`; they load the same way, uncalibrated (T = 1).
+- the networks: `model.keras` (or the members listed in model.json), and `networks.tflite`,
+  the same networks as one LiteRT program (every member, both outputs), which is what runs on
+  a machine without a GPU, without importing TensorFlow;
+- `model.json` (optional): `{"members": [...], "temperature": T, "bias": b, "threshold": t,
+  "input_size": [h, w], "channels": c, "litert": {"file": ..., "key": ...}}`. A run without it
+  keeps its threshold in `metrics.json` and loads uncalibrated (T = 1, b = 0). A derived run
+  (`xray recalibrate`) names a `"parent"` folder whose networks it uses, without a copy.
 
-An ensemble's probability is the mean of its members' P(pneumonia); calibration divides the
-logit of that mean by the temperature and shifts it by the bias of Platt scaling, both fitted
-on the shift-stress validation. The threshold is on the calibrated scale.
-
-TensorFlow is imported only when a network is first used.
+An ensemble's probability is the mean of its members' P(pneumonia); calibration is Platt
+scaling of the logit of that mean, `sigmoid(logit(p) / T + b)`; the threshold is on that scale.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
+import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,12 +30,19 @@ import numpy as np
 
 from xray_core import fileio, runs
 
+CLASSES = ("NORMAL", "PNEUMONIA")
+PNEUMONIA = 1  # index of the pneumonia class: what the product predicts and explains
 SPEC_FILE = "model.json"
+PROGRAM_FILE = "networks.tflite"
 _EPS = 1e-7
 
 
 class ModelError(ValueError):
     """A run folder that does not hold a usable model, or input the model cannot take."""
+
+
+class ConversionNotice(UserWarning):
+    """A run without a LiteRT program of its networks is converted once (needs TensorFlow)."""
 
 
 def pneumonia_column(output_units: int) -> int:
@@ -60,28 +70,64 @@ def calibrate(p: np.ndarray, temperature: float, bias: float = 0.0) -> np.ndarra
     return sigmoid(logit(p) / float(temperature) + float(bias))
 
 
-class Model:
-    """A trained pneumonia model loaded from its run folder (safe_mode: no arbitrary code).
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """What one forward pass says about a batch of n films from a model of k members.
 
-    Networks load lazily and once (thread-safe: Streamlit sessions share one Model).
+    Attributes
+    ----------
+    raw : (n, k) float64, each member's uncalibrated P(pneumonia).
+    proba : (n,) float64, the calibrated P(pneumonia) of the members' mean: the probability
+        every user sees.
+    member_proba : (n, k) float64, each member's P(pneumonia) through the same calibration
+        (the ensemble's spread beside a verdict).
+    features : (n, d) float32, penultimate activations averaged over the members (the input
+        gate measures distances in this space).
+    """
+
+    raw: np.ndarray
+    proba: np.ndarray
+    member_proba: np.ndarray
+    features: np.ndarray
+
+    @property
+    def uncalibrated(self) -> np.ndarray:
+        """(n,) the members' mean before calibration (what recalibration fits)."""
+        return self.raw.mean(axis=1)
+
+
+class Model:
+    """A trained pneumonia model loaded from its run folder.
+
+    The networks load lazily and once, thread-safely: the dashboard's sessions share one Model.
+    On a machine without a GPU they run as the run's LiteRT program, and TensorFlow is never
+    imported; `members` (the Keras networks, for Grad-CAM and conversion) imports it.
     """
 
     def __init__(self, path: str | os.PathLike, *, spec: dict | None = None):
-        """spec overrides model.json (e.g. temperature 1 to score uncalibrated while fitting it)."""
+        """`spec` replaces model.json (e.g. temperature 1 to score uncalibrated while fitting it)."""
         self.path = Path(path)
         self.run_id = self.path.name
         spec_path = self.path / SPEC_FILE
         self.spec: dict = dict(spec) if spec is not None else (fileio.read_json(spec_path) if spec_path.is_file() else {})
-        files = self.spec.get("members") or [runs.MODEL_FILE]
-        self._member_files = [self.path / name for name in files]
+        parent = self.spec.get("parent")
+        self.networks_dir = (self.path / parent).resolve() if parent else self.path
+        if parent:
+            parent_spec_path = self.networks_dir / SPEC_FILE
+            self._parent_spec = fileio.read_json(parent_spec_path) if parent_spec_path.is_file() else {}
+        else:
+            self._parent_spec = self.spec
+        files = self._parent_spec.get("members") or [runs.MODEL_FILE]
+        self._member_files = [self.networks_dir / name for name in files]
         missing = [p.name for p in self._member_files if not p.is_file()]
         if missing:
+            where = f"its parent {self.networks_dir}" if parent else str(self.path)
             raise runs.RunNotFound(
-                f"The run {self.run_id!r} has no model file {', '.join(missing)} in {self.path}. It may still "
+                f"The run {self.run_id!r} has no model file {', '.join(missing)} in {where}. It may still "
                 "be training, or it failed before saving; check `python -m xray_core runs`."
             )
         self._members: list | None = None
-        self._forward = None
+        self._keras_forward = None
         self._runner = None
         self.backend: str | None = None  # 'litert' or 'tensorflow' once the first batch ran
         self._lock = threading.Lock()
@@ -96,7 +142,8 @@ class Model:
 
     @property
     def config(self) -> dict:
-        config = fileio.read_json(self.path / runs.CONFIG_FILE) if (self.path / runs.CONFIG_FILE).is_file() else {}
+        path = self.networks_dir / runs.CONFIG_FILE
+        config = fileio.read_json(path) if path.is_file() else {}
         return config if isinstance(config, dict) else {}
 
     @property
@@ -111,7 +158,7 @@ class Model:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        size = self.spec.get("input_size") or self.config.get("image_size")
+        size = self._parent_spec.get("input_size") or self.config.get("image_size")
         if size is None:
             shape = self.members[0].inputs[0].shape
             return int(shape[1]), int(shape[2])
@@ -121,14 +168,14 @@ class Model:
 
     @property
     def channels(self) -> int:
-        channels = self.spec.get("channels") or self.config.get("channels")
+        channels = self._parent_spec.get("channels") or self.config.get("channels")
         if channels is None:
             return int(self.members[0].inputs[0].shape[-1])
         return int(channels)
 
     @property
     def threshold(self) -> float:
-        """The operating threshold on predict_proba's (calibrated) scale."""
+        """The operating threshold on the calibrated scale."""
         value = self.spec.get("threshold")
         if value is None:
             value = self.metrics.get("threshold")
@@ -148,6 +195,26 @@ class Model:
         return float(self.spec.get("bias") or 0.0)
 
     @property
+    def fingerprint(self) -> str:
+        """Changes when what this Model answers could: its model.json (or spec) and network files."""
+        import hashlib
+        import json
+
+        h = hashlib.sha256(json.dumps(self.spec, sort_keys=True, default=str).encode())
+        for p in self._member_files:
+            st = p.stat()
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+    @property
+    def classes(self) -> tuple[str, str]:
+        return CLASSES
+
+    def verdict(self, probability: float) -> str:
+        """NORMAL or PNEUMONIA: PNEUMONIA from the operating threshold up."""
+        return CLASSES[int(float(probability) >= self.threshold)]
+
+    @property
     def card(self) -> dict:
         """What a model card states: run, architecture, input, threshold and policy, calibration,
         plain and shift-stress validation figures (with intervals where computed)."""
@@ -162,26 +229,15 @@ class Model:
             "threshold_policy": self.threshold_policy,
             "temperature": self.temperature,
             "bias": self.bias,
+            "arithmetic": "float32",
+            "parent": self.spec.get("parent"),
             "validation": metrics.get("validation"),
             "validation_ci95": metrics.get("validation_ci95"),
             "stress": metrics.get("stress"),
             "calibration": metrics.get("calibration"),
         }
 
-    # ------------------------------------------------------------------ networks
-
-    @property
-    def members(self) -> list:
-        """The Keras networks (one, or an ensemble's members), loaded on first use."""
-        if self._members is None:
-            with self._lock:
-                if self._members is None:
-                    self._members = [runs.load_model_file(p) for p in self._member_files]
-        return self._members
-
-    @property
-    def output_units(self) -> int:
-        return int(self.members[0].outputs[0].shape[-1])
+    # ------------------------------------------------------------------ inference
 
     def preprocess(self, img: np.ndarray) -> np.ndarray:
         """A decoded gray image (2-D uint8, any size) -> this model's input (h, w, c) float32 0..255."""
@@ -210,10 +266,62 @@ class Model:
             )
         return x
 
-    def _compiled_forward(self):
-        """The one compiled forward pass: (n, k) P(pneumonia) of each member and (n, d) penultimate
-        features averaged over members, from a single run of each network."""
-        if self._forward is None:
+    def forward(self, x: Any, *, batch_size: int = 256) -> Scores:
+        """The one forward pass: a prepared batch (N, h, w, c) float32 0..255 (or a list of
+        decoded 2-D images) -> Scores. Every probability the product shows comes from here."""
+        x = self._as_batch(x)
+        if len(x) == 0:
+            empty = np.zeros((0, self.n_members), np.float64)
+            return Scores(empty, np.zeros(0, np.float64), empty, np.zeros((0, 0), np.float32))
+        run = self._run()
+        probs, feats = [], []
+        for i in range(0, len(x), batch_size):
+            p, f = run(x[i : i + batch_size])
+            probs.append(np.asarray(p))
+            feats.append(np.asarray(f))
+        raw = np.concatenate(probs, axis=0).astype(np.float64)
+        return Scores(raw=raw, proba=calibrate(raw.mean(axis=1), self.temperature, self.bias),
+                      member_proba=calibrate(raw, self.temperature, self.bias),
+                      features=np.concatenate(feats, axis=0).astype(np.float32))
+
+    def predict_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
+        """(n,) calibrated P(pneumonia): `forward(x).proba`."""
+        return self.forward(x, batch_size=batch_size).proba
+
+    def predict(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
+        """(n,) class indices: 1 = PNEUMONIA from the threshold up, else 0 = NORMAL."""
+        return (self.predict_proba(x, batch_size=batch_size) >= self.threshold).astype(int)
+
+    # ------------------------------------------------------------------ the networks
+
+    @property
+    def member_files(self) -> list[Path]:
+        return list(self._member_files)
+
+    @property
+    def members(self) -> list:
+        """The Keras networks (one, or an ensemble's members), loaded on first use (imports
+        TensorFlow: Grad-CAM, conversion and export only)."""
+        if self._members is None:
+            with self._lock:
+                if self._members is None:
+                    self._members = [runs.load_model_file(p) for p in self._member_files]
+        return self._members
+
+    @property
+    def output_units(self) -> int:
+        return int(self.members[0].outputs[0].shape[-1])
+
+    @property
+    def signature(self) -> str:
+        h, w = self.input_size
+        return f"{h}x{w}x{self.channels}"
+
+    def keras_forward(self):
+        """The members as one tf.function: batch -> ((n, k) P(pneumonia) of each member, (n, d)
+        features averaged over members). What LiteRT's program is converted from, and what runs
+        with TensorFlow on a GPU."""
+        if self._keras_forward is None:
             import keras
             import tensorflow as tf
 
@@ -234,82 +342,99 @@ class Model:
                     feats.append(tf.reshape(feat, (tf.shape(batch)[0], -1)))
                 return tf.stack(probs, axis=1), tf.add_n(feats) / float(len(feats))
 
-            self._forward = forward
-        return self._forward
+            self._keras_forward = forward
+        return self._keras_forward
 
-    def _run_forward(self):
-        """What runs _compiled_forward on this machine: its LiteRT program on a CPU (faster, same
-        outputs within 1e-5), or the tf.function itself with a GPU or XRAY_BACKEND=tensorflow."""
+    def program_key(self) -> str:
+        from xray_core import litert
+
+        return litert.program_key(self._member_files, self.signature)
+
+    def program(self) -> bytes:
+        """The LiteRT program of the networks: the run's own networks.tflite when it was made from
+        these network files, else the cache's copy, else converted now (TensorFlow) and cached."""
+        from xray_core import litert
+        from xray_core.fileio import default_cache_dir
+
+        key = self.program_key()
+        shipped = self._parent_spec.get("litert") or {}
+        if shipped.get("key") == key and (self.networks_dir / shipped.get("file", PROGRAM_FILE)).is_file():
+            return (self.networks_dir / shipped.get("file", PROGRAM_FILE)).read_bytes()
+        cached = litert.cached_program(key, default_cache_dir())
+        if cached is not None:
+            return cached
+        warnings.warn(
+            f"The run {self.run_id!r} has no LiteRT program of its networks ({PROGRAM_FILE}); converting "
+            f"it once with TensorFlow and caching it in {default_cache_dir()} "
+            "(`Model.save_program()` stores it in the run folder instead).",
+            ConversionNotice, stacklevel=3)
+        return litert.cache_program(key, litert.convert(self.keras_forward()), default_cache_dir())
+
+    def save_program(self) -> Path:
+        """Write networks.tflite into the run folder and record it in model.json (when a run is
+        finalised; once for the bundled runs)."""
+        from xray_core import litert
+
+        if self.spec.get("parent"):
+            raise ModelError(f"The run {self.run_id!r} uses its parent's networks; save the parent's program.")
+        target = self.path / PROGRAM_FILE
+        fileio.atomic_write_bytes(target, litert.convert(self.keras_forward()))
+        spec = fileio.read_json(self.path / SPEC_FILE) if (self.path / SPEC_FILE).is_file() else {
+            "members": [p.name for p in self._member_files], "input_size": list(self.input_size),
+            "channels": self.channels, "threshold": self.threshold, "temperature": self.temperature,
+            "bias": self.bias, "threshold_policy": self.threshold_policy}
+        spec["litert"] = {"file": PROGRAM_FILE, "key": self.program_key()}
+        fileio.atomic_write_json(self.path / SPEC_FILE, spec)
+        self.spec["litert"] = spec["litert"]
+        return target
+
+    def _run(self):
+        """The callable that runs the networks here: the LiteRT program on a CPU, the tf.function
+        with a GPU or XRAY_BACKEND=tensorflow."""
         with self._runner_lock:
             if self._runner is None:
                 from xray_core import litert
 
-                forward = self._compiled_forward()
                 if litert.chosen_backend() == "litert":
-                    from xray_core.data import default_cache_dir
-
-                    h, w = self.input_size
-                    program = litert.load_or_convert(forward, self._member_files, f"{h}x{w}x{self.channels}",
-                                                     default_cache_dir())
-                    self._runner, self.backend = litert.Program(program), "litert"
+                    self._runner, self.backend = litert.Program(self.program()), "litert"
                 else:
-                    self._runner, self.backend = forward, "tensorflow"
+                    self._runner, self.backend = self.keras_forward(), "tensorflow"
             return self._runner
 
-    def raw_member_proba_and_features(self, x: Any, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """((n, k) uncalibrated P(pneumonia) of each member, (n, d) penultimate features averaged
-        over members) from one forward pass: what batch scoring and the input gate need together.
-        The one place networks are called; `raw_member_proba` and `features` are its two halves."""
-        x = self._as_batch(x)
-        if len(x) == 0:
-            return np.zeros((0, self.n_members), np.float64), np.zeros((0, 0), np.float32)
-        forward = self._run_forward()
-        probs, feats = [], []
-        for i in range(0, len(x), batch_size):
-            p, f = forward(x[i : i + batch_size])
-            probs.append(np.asarray(p))
-            feats.append(np.asarray(f))
-        return np.concatenate(probs, axis=0).astype(np.float64), np.concatenate(feats, axis=0).astype(np.float32)
 
-    def raw_member_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
-        """(n, k) uncalibrated P(pneumonia) of each member."""
-        return self.raw_member_proba_and_features(x, batch_size=batch_size)[0]
+_NETWORK_FNS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
-    def head_outputs(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
-        """(n, units) raw outputs of the first member's head (both columns of the seed's 2-unit
-        heads): only for the seed's micro-averaged recall, which reads the NORMAL column too."""
-        x = self._as_batch(x)
-        net = self.members[0]
-        parts = [np.asarray(net(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
-        return np.concatenate(parts, axis=0).astype(np.float64) if parts else np.zeros((0, self.output_units))
 
-    def member_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
-        """(n, k) calibrated P(pneumonia) of each member (for the ensemble's spread)."""
-        return calibrate(self.raw_member_proba(x, batch_size=batch_size), self.temperature, self.bias)
+def network_outputs(network, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """(n, units) raw outputs of one Keras network on prepared batches: training-time evaluation
+    of a network that is not a run yet (callbacks, distributed workers, the seed's micro recall).
+    One tf.function per network, traced once and dropped with the network."""
+    fn = _NETWORK_FNS.get(network)
+    if fn is None:
+        import tensorflow as tf
 
-    def predict_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
-        """(n,) calibrated P(pneumonia): mean of the members, then temperature scaling."""
-        raw = self.raw_member_proba(x, batch_size=batch_size)
-        return calibrate(raw.mean(axis=1), self.temperature, self.bias)
-
-    def predict(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
-        """(n,) verdicts: 1 = PNEUMONIA where predict_proba >= threshold, else 0 = NORMAL."""
-        return (self.predict_proba(x, batch_size=batch_size) >= self.threshold).astype(int)
-
-    def features(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
-        """(n, d) penultimate-layer activations (the input of each member's output layer),
-        averaged over members: the space the input gate measures distance in."""
-        return self.raw_member_proba_and_features(x, batch_size=batch_size)[1]
+        ref = weakref.ref(network)
+        fn = _NETWORK_FNS[network] = tf.function(lambda b: ref()(b, training=False), reduce_retracing=True)
+    x = np.asarray(x, np.float32)
+    parts = [np.asarray(fn(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    units = int(network.outputs[0].shape[-1])
+    return np.concatenate(parts, axis=0).astype(np.float64) if parts else np.zeros((0, units))
 
 
 _CACHE: dict[tuple[str, float], Model] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def _stamp(path: Path) -> float:
+    """Latest modification time of what defines a loaded model: its model.json and networks."""
+    files = [path / SPEC_FILE, path / runs.MODEL_FILE]
+    return max((p.stat().st_mtime for p in files if p.is_file()), default=0.0)
+
+
 def load_model(run: Any, *, root: str | os.PathLike | None = None, cache: bool = True) -> Model:
     """The Model of a run: a run id (looked up in the registry `root`), a path to a run folder
-    (str or PathLike), or a `runs.Run`. Loaded models are cached per folder and model.json time,
-    so a retrained run is reloaded."""
+    (str or PathLike), or a `runs.Run`. Loaded models are shared per folder and reloaded when
+    the run's model.json or network changes."""
     if isinstance(run, Model):
         return run
     if isinstance(run, runs.Run):
@@ -317,14 +442,14 @@ def load_model(run: Any, *, root: str | os.PathLike | None = None, cache: bool =
     else:
         path = runs.load_run(run, root=root).path
     path = Path(path).absolute()
-    spec = path / SPEC_FILE
-    stamp = max((p.stat().st_mtime for p in (spec, path / runs.MODEL_FILE) if p.is_file()), default=0.0)
-    key = (str(path), stamp)
     if not cache:
         return Model(path)
+    key = (str(path), _stamp(path))
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is None:
+            for stale in [k for k in _CACHE if k[0] == key[0]]:
+                del _CACHE[stale]
             model = Model(path)
             _CACHE[key] = model
     return model

@@ -443,7 +443,7 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
     evaluation.finalize_run(run_dir, progress=progress)
     loaded = model_mod.load_model(run_dir, cache=False)
     evaluation._merge_metrics(run_dir, {"seed_micro_recall": float(metrics.seed_micro_recall(
-        y_val, _two_columns(loaded.head_outputs(x_val)), threshold=0.5))})
+        y_val, _two_columns(model_mod.network_outputs(loaded.members[0], x_val)), threshold=0.5))})
     # The official test split, when present, is scored once here at the validation threshold;
     # the 16-image official val folder is too small to select on and is only reported.
     for split, key in (("test", "test"), ("val", "official_val")):

@@ -25,8 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
+from xray_core.model import CLASSES
+
 CONFORMAL_FILE = "conformal.json"
-CLASSES = ("NORMAL", "PNEUMONIA")
 DEFAULT_ALPHA = 0.10
 UNCERTAIN = "uncertain: needs review"
 
@@ -179,16 +180,3 @@ def describe(p: float, threshold: float, conf: Conformal | None,
         return Uncertainty(None, False, None, None, members, spread, std)
     shown = conf.prediction_set(p, threshold)
     return Uncertainty(shown, len(shown) != 1, conf.coverage, conf.source, members, spread, std)
-
-
-def for_model(model, x: np.ndarray, conf: Conformal | None | str = "auto") -> list[Uncertainty]:
-    """Uncertainty for each prepared film in x (n, h, w, c), through the model object."""
-    from xray_core.model import calibrate
-
-    if conf == "auto":
-        conf = load_conformal(model.path)
-    raw = model.raw_member_proba(x)  # one forward pass for both
-    members = calibrate(raw, model.temperature, model.bias)
-    p = calibrate(raw.mean(axis=1), model.temperature, model.bias)
-    return [describe(float(pi), model.threshold, conf, members[i] if members.shape[1] > 1 else None)
-            for i, pi in enumerate(p)]

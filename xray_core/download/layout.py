@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 from xray_core.download.errors import ArchiveContentError
+from xray_core.model import CLASSES
 
-CLASSES = ("NORMAL", "PNEUMONIA")
 
 
 def layout_root(folder: str | os.PathLike, depth: int = 3) -> Path | None:

@@ -20,7 +20,7 @@ from xray_core import fileio, runs
 from xray_core.scoring.decoding import decoded_chunks, default_workers
 from xray_core.scoring.inputs import Item, ScoreError, check_paths, iter_items
 from xray_core.scoring.output import open_output
-from xray_core.scoring.rows import overlapped_rows, trust_hooks
+from xray_core.scoring.rows import overlapped_rows, trust_rules
 
 DEFAULT_BATCH = 64
 STATUS_INTERVAL = 0.5  # seconds between status.json rewrites
@@ -167,7 +167,7 @@ def score(run, source: str | os.PathLike, out: str | os.PathLike, *, root: str |
     """
     job = ScoreJob(run, source, out, root=root, batch_size=batch_size, progress=progress, status_path=status_path)
     model = job.model
-    hooks = trust_hooks(model)
+    rules = trust_rules(model)
     workers = default_workers() if workers is None else int(workers)
     decoded = decoded_chunks(_chunks(job.pending(), batch_size), model.input_size, draft, workers)
-    return job.run(overlapped_rows(model, decoded, hooks), desc=f"scoring with {model.run_id}", on_chunk=on_chunk)
+    return job.run(overlapped_rows(model, decoded, rules), desc=f"scoring with {model.run_id}", on_chunk=on_chunk)

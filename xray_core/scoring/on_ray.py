@@ -11,7 +11,7 @@ from xray_core.scoring.decoding import decode_items
 from xray_core.scoring.inputs import Item
 from xray_core.scoring.job import DEFAULT_BATCH, ScoreJob
 from xray_core.scoring.output import COLUMNS
-from xray_core.scoring.rows import rows_for_batch, trust_hooks
+from xray_core.scoring.rows import rows_for_batch, trust_rules
 
 
 class _RayScorer:
@@ -21,13 +21,13 @@ class _RayScorer:
         from xray_core.model import load_model
 
         self.model = load_model(Path(run_path))
-        self.hooks = trust_hooks(self.model)
+        self.rules = trust_rules(self.model)
         self.draft = draft
 
     def __call__(self, batch: dict) -> dict:
         items = [Item(str(p), int(s), int(m), str(x)) for p, s, m, x in
                  zip(batch["path"], batch["size"], batch["mtime_ns"], batch["missing"])]
-        rows = rows_for_batch(self.model, decode_items(items, self.model.input_size, self.draft), hooks=self.hooks)
+        rows = rows_for_batch(self.model, decode_items(items, self.model.input_size, self.draft), rules=self.rules)
         return {c: [r[c] for r in rows] for c in COLUMNS}
 
 
