@@ -122,6 +122,7 @@ def assess_films(model, films: Sequence[Film], *, x: np.ndarray | None = None, s
                                  dicoms=[f.dicom for f in films], gate=gate)
     threshold = float(model.threshold)
     several = scores.member_proba.shape[1] > 1
+    tables = seen_tables(model)
     out = []
     for i, film in enumerate(films):
         p = float(scores.proba[i])
@@ -129,7 +130,7 @@ def assess_films(model, films: Sequence[Film], *, x: np.ndarray | None = None, s
         out.append(Assessment(
             name=film.name, run_id=model.run_id, probability=p, uncalibrated=float(scores.uncalibrated[i]),
             threshold=threshold, verdict=model.verdict(p), gate=gates[i], uncertainty=unc,
-            seen_in=seen_in(model, film.sha256), dicom=film.dicom, image=film.image, model_input=x[i]))
+            seen_in=_seen(tables, film.sha256), dicom=film.dicom, image=film.image, model_input=x[i]))
     return out
 
 
@@ -144,16 +145,20 @@ def assess(model, source: Any, filename: str | None = None, **kw) -> Assessment:
     return assess_films(model, [read(source, filename)], **kw)[0]
 
 
+def seen_tables(model) -> list[dict[str, str]]:
+    """The run's own list of the files it used, then its parent's (a recalibrated run)."""
+    return [gate_mod.seen_table(folder) for folder in dict.fromkeys((model.path, model.networks_dir))]
+
+
+def _seen(tables: list[dict[str, str]], sha256: str) -> str | None:
+    key = sha256[:32]
+    return next((t[key] for t in tables if key and key in t), None)
+
+
 def seen_in(model, sha256: str) -> str | None:
-    """Where the run used these file bytes: 'training' or 'validation' (its split), or 'site
-    calibration' (a recalibrated run's fitting films); None when unknown or unused."""
-    if not sha256:
-        return None
-    for folder in dict.fromkeys((model.path, model.networks_dir)):
-        found = gate_mod.seen_in_digest(folder, sha256)
-        if found:
-            return found
-    return None
+    """Where the run used these file bytes: 'training' or 'validation' (its split), or
+    'site-calibration' (a recalibrated run's fitting films); None when unknown or unused."""
+    return _seen(seen_tables(model), sha256)
 
 
 def stress_figures(metrics: dict | None) -> dict | None:

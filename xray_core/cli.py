@@ -18,6 +18,11 @@ from pathlib import Path
 
 from xray_core import settings
 
+# The commands' own matrix work is small (an input gate's distances, a ridge fit of LIME), where
+# OpenBLAS's worker threads only spin against the network's threads: one thread, unless the user
+# says otherwise. Set before NumPy loads (no command has imported it yet).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 PROG = "xray"  # the console script (pyproject.toml); `python -m xray_core` when run as a module
 
 # The library's error classes whose message is a sentence for the user, by module. A class is
@@ -30,6 +35,7 @@ USER_ERRORS = {
     "xray_core.download": ("DownloadError",),
     "xray_core.evaluation": ("EvaluationError",),
     "xray_core.explain": ("ExplainError",),
+    "xray_core.export": ("ExportError",),
     "xray_core.explain.adapter": ("ExplainError",),
     "xray_core.fileio": ("PathNotAllowed",),
     "xray_core.gate": ("GateError",),
@@ -379,12 +385,28 @@ def _add_score(sub, common) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def _add_export(sub, common) -> None:
+    p = _command(
+        sub, "export", "xray_core.export:_cmd_export", common,
+        help="write a run as one ONNX or LiteRT file (members, mean and calibration in the graph)",
+        description="Export a run for other platforms (ONNX Runtime, Triton, a LiteRT app): one file whose "
+                    "input is float32 [N, H, W, C] gray levels 0..255 at the run's size and whose output is "
+                    "the calibrated P(pneumonia), [N]; plus model.json (threshold, policy, input, provenance). "
+                    "The file is checked against the model before it is kept. Research use only.",
+    )
+    p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
+    p.add_argument("--format", choices=("onnx", "litert"), required=True, help="onnx (model.onnx) or litert (model.tflite)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the model file and model.json into")
+    _add_runs_dir(p)
+    p.add_argument("--json", action="store_true", help="print what was written as one JSON line")
+
+
 # Checks of argument combinations, run after parsing and before the handler, by command.
 _CHECKS = {"train": _check_train, "download": _check_download}
 
 # Subcommands in the order `--help` lists them.
 _SUBCOMMANDS = (_add_dataset, _add_train, _add_runs, _add_evaluate, _add_predict, _add_explain, _add_download,
-                _add_score, _add_fit_gate, _add_report)
+                _add_score, _add_fit_gate, _add_report, _add_export)
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:

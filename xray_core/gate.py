@@ -175,7 +175,8 @@ def intensity_stats(x: np.ndarray) -> np.ndarray:
     flat = x[..., 0].reshape(len(x), -1)
     levels = flat.astype(np.uint8)
     if flat.shape[1] and np.array_equal(levels, flat):  # whole gray levels: read it off histograms
-        counts = np.stack([np.bincount(row, minlength=256) for row in levels])
+        rows = np.arange(len(levels), dtype=np.int64)[:, None] * 256
+        counts = np.bincount((levels + rows).ravel(), minlength=256 * len(levels)).reshape(len(levels), 256)
         pct = _level_percentiles(np.cumsum(counts, axis=1), (5, 50, 95))
         extremes = (counts[:, :3].sum(1) + counts[:, 253:].sum(1)) / flat.shape[1]
     else:
@@ -209,12 +210,11 @@ def orientation_scores(thumbs: np.ndarray, template: np.ndarray) -> np.ndarray:
     """(n, 5): correlation with the mean film as given, turned 90/180/270 degrees, and inverted."""
     t = template.reshape(THUMB, THUMB)
     t = (t - t.mean()) / max(t.std(), 1e-9)
+    images = np.asarray(thumbs).reshape(len(thumbs), THUMB, THUMB)
     out = np.empty((len(thumbs), 5))
-    for i, v in enumerate(thumbs):
-        img = v.reshape(THUMB, THUMB)
-        for k in range(4):
-            out[i, k] = float(np.mean(np.rot90(img, k) * t))
-        out[i, 4] = -out[i, 0]
+    for k in range(4):
+        out[:, k] = np.mean(np.rot90(images, k, axes=(1, 2)) * t, axis=(1, 2))
+    out[:, 4] = -out[:, 0]
     return out
 
 
@@ -228,7 +228,7 @@ def _pixel_distance(thumbs: np.ndarray, g: FittedGate) -> np.ndarray:
 
 def _feature_distance(features: np.ndarray, g: FittedGate) -> np.ndarray:
     centred = np.asarray(features, np.float64) - g.feat_mean
-    d2 = np.einsum("ij,jk,ik->i", centred, g.feat_precision, centred)
+    d2 = np.sum((centred @ g.feat_precision) * centred, axis=1)
     return np.sqrt(np.maximum(d2, 0.0) / centred.shape[1])
 
 
@@ -387,10 +387,16 @@ def seen_in(run_path: str | os.PathLike, raw: bytes) -> str | None:
 
 def seen_in_digest(run_path: str | os.PathLike, sha256: str) -> str | None:
     """seen_in from the file's sha256 (hex), for callers that hashed the bytes already."""
+    return seen_table(run_path).get(sha256[:32])
+
+
+def seen_table(run_path: str | os.PathLike) -> dict[str, str]:
+    """The run's seen_hashes.txt as {hash: split} (empty when it has none), read once per call
+    and parsed once per content: look up a batch of films against one table."""
     path = Path(run_path) / SEEN_HASHES
     if not path.is_file():
-        return None
-    return _by_content(path.read_bytes(), _seen_table).get(sha256[:32])
+        return {}
+    return _by_content(path.read_bytes(), _seen_table)
 
 
 def _seen_table(raw: bytes) -> dict[str, str]:
