@@ -11,7 +11,8 @@ import warnings
 
 import numpy as np
 
-from xray_core.imaging import SUPPORTED, ImageDecodeError, _has_dicm_preamble, _stretch, _too_many_pixels, _what
+from xray_core.pixels import (SUPPORTED, ImageDecodeError, file_label, has_dicm_preamble, stretch,
+                              too_many_pixels)
 
 # What to pip install so that pydicom can decode a compressed transfer syntax (by UID prefix):
 # (the usual choice, the alternatives).
@@ -33,26 +34,26 @@ def to_gray(raw: bytes, filename: str | None, max_pixels: int) -> np.ndarray:
         from pydicom.errors import InvalidDicomError
         from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
     except ImportError:  # pragma: no cover - pydicom is a pinned requirement
-        raise ImageDecodeError(f"{_what(filename)} is a DICOM file, and reading DICOM needs the pydicom "
-                               "package: run `pip install pydicom` and try again.") from None
+        raise ImageDecodeError(f"{file_label(filename)} is a DICOM file, and reading DICOM needs the "
+                               "pydicom package: run `pip install pydicom` and try again.") from None
 
-    has_preamble = _has_dicm_preamble(raw)
+    has_preamble = has_dicm_preamble(raw)
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=not has_preamble)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError):
-        raise ImageDecodeError(f"{_what(filename)} looks like DICOM but cannot be read; it may be "
+        raise ImageDecodeError(f"{file_label(filename)} looks like DICOM but cannot be read; it may be "
                                "truncated or not DICOM at all. "
                                "Export the image again, or as PNG or JPEG, and upload that.") from None
     if not has_preamble and "PixelData" not in ds and len(ds) == 0:
-        raise ImageDecodeError(f"{_what(filename)} is not a DICOM file or an image. Upload the X-ray as "
-                               f"{SUPPORTED}.")
+        raise ImageDecodeError(f"{file_label(filename)} is not a DICOM file or an image. Upload the "
+                               f"X-ray as {SUPPORTED}.")
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageDecodeError(f"{_what(filename)} is a DICOM file without pixel data (perhaps a "
+        raise ImageDecodeError(f"{file_label(filename)} is a DICOM file without pixel data (perhaps a "
                                "structured report or a presentation state). Export the image series "
                                "itself and upload that.")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows * cols > max_pixels:
-        raise _too_many_pixels(filename, cols, rows, max_pixels)
+        raise too_many_pixels(filename, cols, rows, max_pixels)
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
         ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
@@ -66,28 +67,28 @@ def to_gray(raw: bytes, filename: str | None, max_pixels: int) -> np.ndarray:
             usual, other = next((p for prefix, p in _DECODER_PACKAGES.items()
                                  if str(tsyntax).startswith(prefix)), ("pylibjpeg", "python-gdcm"))
             raise ImageDecodeError(
-                f"{_what(filename)} is a DICOM compressed as {tsyntax.name} ({tsyntax}), and no decoder "
-                f"for it is installed. Install one with `pip install {usual}` ({other} also works) "
+                f"{file_label(filename)} is a DICOM compressed as {tsyntax.name} ({tsyntax}), and no "
+                f"decoder for it is installed. Install one with `pip install {usual}` ({other} also works) "
                 "and try again, or export the image uncompressed or as PNG.")
 
     try:
         n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
-        raise ImageDecodeError(f"{_what(filename)} is a DICOM whose number of frames "
+        raise ImageDecodeError(f"{file_label(filename)} is a DICOM whose number of frames "
                                f"({ds.get('NumberOfFrames')!s}) is not a number, so its pixel data cannot "
                                "be read safely. Export the image again, or as PNG, and upload that.") from None
     try:
         arr = pixel_array(ds, index=0) if n_frames > 1 else ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:
-        raise ImageDecodeError(f"{_what(filename)} is a DICOM whose pixel data cannot be decoded "
+        raise ImageDecodeError(f"{file_label(filename)} is a DICOM whose pixel data cannot be decoded "
                                f"({exc}). Export the image uncompressed or as PNG and try "
                                "again.") from None
     except (ValueError, EOFError, OSError, AttributeError, KeyError, TypeError):
-        raise ImageDecodeError(f"{_what(filename)} is a DICOM whose pixel data is incomplete or "
+        raise ImageDecodeError(f"{file_label(filename)} is a DICOM whose pixel data is incomplete or "
                                "inconsistent with its header; the file may be truncated. Export the image "
                                "again and upload the new file.") from None
     if n_frames > 1:
-        warnings.warn(f"{_what(filename)} holds {n_frames} frames; only the first is used.",
+        warnings.warn(f"{file_label(filename)} holds {n_frames} frames; only the first is used.",
                       UserWarning, stacklevel=3)
     return _dicom_to_gray(arr, ds, filename, apply_modality_lut, apply_voi_lut)
 
@@ -111,7 +112,7 @@ def _dicom_to_gray(arr, ds, filename, apply_modality_lut, apply_voi_lut) -> np.n
         function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
         gray = _window(values, center, width, function)
     else:
-        gray = _stretch(values)
+        gray = stretch(values)
     if photometric == "MONOCHROME1":  # low values are white: invert for display and for the model
         gray = 255 - gray
     return gray
@@ -155,12 +156,12 @@ def facts(raw: bytes, filename: str | None = None) -> dict:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    has_preamble = _has_dicm_preamble(raw)
+    has_preamble = has_dicm_preamble(raw)
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=not has_preamble, stop_before_pixels=True,
                              specific_tags=list(FACT_TAGS))
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError):
-        raise ImageDecodeError(f"{_what(filename)} looks like DICOM but its header cannot be read. "
+        raise ImageDecodeError(f"{file_label(filename)} looks like DICOM but its header cannot be read. "
                                "Export the image again, or as PNG or JPEG, and upload that.") from None
     out: dict = {}
     for tag in FACT_TAGS:
