@@ -171,10 +171,12 @@ def decode(data: bytes | str | os.PathLike | BinaryIO, filename: str | None = No
     """Decode an image (bytes, a path or a binary file) to a 2-D uint8 gray array (height, width).
 
     The format is recognised by content, not by the file name (a PNG named .jpg decodes);
-    `filename` only names the file in error messages. EXIF
-    orientation is applied, colour is converted to gray (ITU-R 601 luma), transparency is composited on black and
-    images of more than 8 bits (16-bit PNG/TIFF, DICOM) are scaled to 0..255: DICOMs through their
-    rescale, VOI LUT or window, others over their own minimum..maximum.
+    `filename` only names the file in error messages. EXIF orientation is applied, colour is
+    converted to gray (ITU-R 601 luma), transparency is composited on black and images of more than
+    8 bits (16-bit PNG/TIFF, DICOM) are scaled to 0..255: DICOMs through their modality LUT or
+    rescale and their VOI LUT or window (else their own minimum..maximum), shown white-on-black
+    (MONOCHROME1 or a Presentation LUT Shape of INVERSE inverted; see `dicom.to_gray`), others over
+    their own minimum..maximum.
 
     Raises
     ------
