@@ -51,7 +51,7 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
-def _dicom(pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", frames: int | None = None,
+def dicom_file(pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", frames: int | None = None,
            signed: bool = False, preamble: bool = True, tsyntax=ExplicitVRLittleEndian,
            encapsulated: bytes | None = None, **attrs) -> bytes:
     """Write a minimal CR DICOM holding `pixels` (rows, cols[, 3]) or (frames, rows, cols)."""
@@ -94,7 +94,7 @@ def _dicom(pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", frame
 
 def _bare_dicom() -> bytes:
     """No preamble, no file meta, implicit VR: what some old systems write."""
-    ds = pydicom.dcmread(io.BytesIO(_dicom(_ramp16())))
+    ds = pydicom.dcmread(io.BytesIO(dicom_file(_ramp16())))
     del ds.file_meta
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, implicit_vr=True, little_endian=True)
@@ -107,7 +107,7 @@ def _voi_lut_dicom() -> bytes:
     item = Dataset()
     item.LUTDescriptor = [4, 0, 8]
     item.add_new(0x00283006, "US", [0, 200, 100, 255])  # LUT Data, 16-bit words
-    data = _dicom(pixels)
+    data = dicom_file(pixels)
     ds = pydicom.dcmread(io.BytesIO(data))
     ds.VOILUTSequence = pydicom.Sequence([item])
     buf = io.BytesIO()
@@ -272,30 +272,30 @@ GOOD = [
          _close(PATTERN)),
     Case("png-no-extension", "upload", lambda: _save(Image.fromarray(PATTERN), "PNG"), _exact(PATTERN)),
     # DICOM
-    Case("dicom-mono2-16bit", "a.dcm", lambda: _dicom(_ramp16()), _stretched_ramp),
-    Case("dicom-mono2-8bit", "a.dcm", lambda: _dicom(PATTERN),
+    Case("dicom-mono2-16bit", "a.dcm", lambda: dicom_file(_ramp16()), _stretched_ramp),
+    Case("dicom-mono2-8bit", "a.dcm", lambda: dicom_file(PATTERN),
          _exact(np.rint((PATTERN.astype(float) - 60) * 255 / 160).astype(np.uint8))),  # min..max
     Case("dicom-mono1-inverted", "a.dcm",
-         lambda: _dicom(np.array([[0, 1000], [500, 1000]], np.uint16), photometric="MONOCHROME1"),
+         lambda: dicom_file(np.array([[0, 1000], [500, 1000]], np.uint16), photometric="MONOCHROME1"),
          _mono1_check),
     Case("dicom-rescale-and-window", "a.dcm",
-         lambda: _dicom(np.array([[0, 500], [1000, 250]], np.uint16), RescaleSlope=2,
+         lambda: dicom_file(np.array([[0, 500], [1000, 250]], np.uint16), RescaleSlope=2,
                         RescaleIntercept=-1000, WindowCenter=0, WindowWidth=1000),
          _window_check),
     Case("dicom-window-multivalued", "a.dcm",
-         lambda: _dicom(np.array([[0, 1000], [2000, 4000]], np.uint16), WindowCenter=[1000, 2000],
+         lambda: dicom_file(np.array([[0, 1000], [2000, 4000]], np.uint16), WindowCenter=[1000, 2000],
                         WindowWidth=[1000, 4000]),
          _exact(np.array([[0, 128], [255, 255]], np.uint8))),
     Case("dicom-voi-lut", "a.dcm", _voi_lut_dicom, _exact(np.array([[0, 200], [100, 255]], np.uint8))),
     Case("dicom-signed", "a.dcm",
-         lambda: _dicom(np.array([[-1000, 0], [1000, 1000]], np.int16), signed=True),
+         lambda: dicom_file(np.array([[-1000, 0], [1000, 1000]], np.int16), signed=True),
          _exact(np.array([[0, 128], [255, 255]], np.uint8))),
-    Case("dicom-rgb", "a.dcm", lambda: _dicom(np.dstack([PATTERN] * 3)), _exact(PATTERN)),
+    Case("dicom-rgb", "a.dcm", lambda: dicom_file(np.dstack([PATTERN] * 3)), _exact(PATTERN)),
     Case("dicom-multiframe", "a.dcm",
-         lambda: _dicom(np.array([[[0, 10], [0, 10]], [[10, 0], [10, 0]], [[5, 5], [5, 5]]], np.uint16),
+         lambda: dicom_file(np.array([[[0, 10], [0, 10]], [[10, 0], [10, 0]], [[5, 5], [5, 5]]], np.uint16),
                         frames=3),
          _multiframe_check, warns="3 frames"),
-    Case("dicom-no-preamble", "a.dcm", lambda: _dicom(_ramp16(), preamble=False), _stretched_ramp),
+    Case("dicom-no-preamble", "a.dcm", lambda: dicom_file(_ramp16(), preamble=False), _stretched_ramp),
     Case("dicom-bare-dataset-no-extension", "image", _bare_dicom, _stretched_ramp),
 ]
 
@@ -332,18 +332,18 @@ BAD = [
     Case("over-byte-limit", "a.png",
          lambda: _save(Image.fromarray(PATTERN), "PNG") + b"\x00" * (imaging.MAX_UPLOAD_BYTES + 1),
          error=("MB", "limit", "smaller")),
-    Case("dicom-no-pixel-data", "a.dcm", lambda: _dicom(None), error=("without pixel data", "export")),
+    Case("dicom-no-pixel-data", "a.dcm", lambda: dicom_file(None), error=("without pixel data", "export")),
     Case("dicom-compressed-no-decoder", "a.dcm",
-         lambda: _dicom(np.zeros((4, 4), np.uint16), tsyntax=JPEGLSLossless,
+         lambda: dicom_file(np.zeros((4, 4), np.uint16), tsyntax=JPEGLSLossless,
                         encapsulated=b"\xff\xd8\xff\xf7" + b"\x00" * 32 + b"\xff\xd9"),
          error=("JPEG-LS",)),
-    Case("dicom-truncated", "a.dcm", lambda: _truncated(_dicom(_ramp16()), 0.7), error=("export",)),
+    Case("dicom-truncated", "a.dcm", lambda: _truncated(dicom_file(_ramp16()), 0.7), error=("export",)),
     Case("text-named-dcm", "a.dcm", lambda: b"this is not a DICOM file\n" * 4, error=("text file", "upload")),
     Case("garbage-named-dcm", "a.dcm",
          lambda: b"\xfe\xed" + np.random.default_rng(4).integers(0, 256, 600, np.uint8).tobytes(),
          error=("named as DICOM", "export")),
     Case("dicom-too-many-pixels", "a.dcm",
-         lambda: _dicom(np.zeros((2, 2), np.uint16), Rows=9000, Columns=9000),
+         lambda: dicom_file(np.zeros((2, 2), np.uint16), Rows=9000, Columns=9000),
          error=("9000 x 9000", "megapixels")),
 ]
 

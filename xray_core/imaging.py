@@ -20,6 +20,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from xray_core.pixels import (SUPPORTED, ImageDecodeError, file_label, has_dicm_preamble, stretch,
+                              too_many_pixels)
+
 __all__ = [
     "ImageDecodeError",
     "MAX_PIXELS",
@@ -48,16 +51,6 @@ RESIZE_METHODS = {
     "lanczos": Image.Resampling.LANCZOS,
     "area": Image.Resampling.BOX,
 }
-
-SUPPORTED = "PNG, JPEG, BMP, TIFF or DICOM"
-
-class ImageDecodeError(ValueError):
-    """An upload or file that cannot be turned into a gray image; the message says why and what to do."""
-
-
-def _what(filename: str | None) -> str:
-    return f"'{filename}'" if filename else "The file"
-
 
 def _read_source(data, filename: str | None, max_bytes: int) -> tuple[bytes, str | None]:
     """Return the raw bytes and a display name, refusing missing, empty and oversized input.
@@ -97,8 +90,8 @@ def _read_source(data, filename: str | None, max_bytes: int) -> tuple[bytes, str
     else:
         raise TypeError(f"decode() takes bytes, a path or a binary file, not {type(data).__name__}")
     if len(raw) == 0:
-        raise ImageDecodeError(f"{_what(filename)} is empty (0 bytes): the upload or export did not "
-                               "complete. Export the image again and upload the new file.")
+        raise ImageDecodeError(f"{file_label(filename)} is empty (0 bytes): the upload or export did "
+                               "not complete. Export the image again and upload the new file.")
     if len(raw) > max_bytes:
         raise _too_many_bytes(filename, len(raw), max_bytes)
     return raw, filename
@@ -107,15 +100,8 @@ def _read_source(data, filename: str | None, max_bytes: int) -> tuple[bytes, str
 def _too_many_bytes(filename: str | None, size: int, max_bytes: int) -> ImageDecodeError:
     megabytes = math.ceil(size / 1024 / 1024 * 10) / 10  # never shows "50.0 MB, over 50 MB"
     return ImageDecodeError(
-        f"{_what(filename)} is {megabytes:.1f} MB, over the {max_bytes / 1024 / 1024:g} MB "
+        f"{file_label(filename)} is {megabytes:.1f} MB, over the {max_bytes / 1024 / 1024:g} MB "
         "limit. Export a smaller version (for example a PNG or JPEG of the image) and try again.")
-
-
-def _too_many_pixels(filename: str | None, width: int, height: int, max_pixels: int) -> ImageDecodeError:
-    return ImageDecodeError(
-        f"{_what(filename)} is {width} x {height} pixels ({width * height / 1e6:.3g} megapixels), over "
-        f"the limit of {max_pixels / 1e6:.3g} megapixels. Radiographs are smaller than this: export "
-        "the image at its native or a reduced resolution and try again.")
 
 
 _SIGNATURE_FORMATS = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF",
@@ -127,14 +113,9 @@ def _signature_format(raw: bytes) -> str | None:
     return next((fmt for sig, fmt in _SIGNATURE_FORMATS.items() if raw.startswith(sig)), None)
 
 
-def _has_dicm_preamble(raw: bytes) -> bool:
-    """Whether the file has DICOM's 128-byte preamble and "DICM" (a Part 10 file)."""
-    return len(raw) >= 132 and raw[128:132] == b"DICM"
-
-
 def _is_dicom(raw: bytes) -> bool:
     """By content: the DICM preamble, or (preamble-less files) a leading group 0002 or 0008 tag."""
-    if _has_dicm_preamble(raw):
+    if has_dicm_preamble(raw):
         return True
     if raw.startswith(_IMAGE_SIGNATURES):
         return False
@@ -197,10 +178,12 @@ def decode(data: bytes | str | os.PathLike | BinaryIO, filename: str | None = No
     """Decode an image (bytes, a path or a binary file) to a 2-D uint8 gray array (height, width).
 
     The format is recognised by content, not by the file name (a PNG named .jpg decodes);
-    `filename` only names the file in error messages. EXIF
-    orientation is applied, colour is converted to gray (ITU-R 601 luma), transparency is composited on black and
-    images of more than 8 bits (16-bit PNG/TIFF, DICOM) are scaled to 0..255: DICOMs through their
-    rescale, VOI LUT or window, others over their own minimum..maximum.
+    `filename` only names the file in error messages. EXIF orientation is applied, colour is
+    converted to gray (ITU-R 601 luma), transparency is composited on black and images of more than
+    8 bits (16-bit PNG/TIFF, DICOM) are scaled to 0..255: DICOMs through their modality LUT or
+    rescale and their VOI LUT or window (else their own minimum..maximum), shown white-on-black
+    (MONOCHROME1 or a Presentation LUT Shape of INVERSE inverted; see `dicom.to_gray`), others over
+    their own minimum..maximum.
 
     Raises
     ------
@@ -244,34 +227,34 @@ def _decode_pillow(raw: bytes, filename: str | None, max_pixels: int,
         im = Image.open(io.BytesIO(raw))
     except Image.DecompressionBombError:
         raise ImageDecodeError(
-            f"{_what(filename)} declares an image too large to decode safely. Export the image at "
-            "its native or a reduced resolution and try again.") from None
+            f"{file_label(filename)} declares an image too large to decode safely. Export the image "
+            "at its native or a reduced resolution and try again.") from None
     except UnidentifiedImageError:
         fmt = _signature_format(raw)
         if fmt:
-            raise ImageDecodeError(f"{_what(filename)} starts like a {fmt} image but its header is "
+            raise ImageDecodeError(f"{file_label(filename)} starts like a {fmt} image but its header is "
                                    "truncated or damaged. The download or export was probably "
                                    "interrupted: export the image again and upload the new "
                                    "file.") from None
         kind = _describe_non_image(raw)
         if kind:
-            raise ImageDecodeError(f"{_what(filename)} is {kind}, not an image. Upload the X-ray itself "
-                                   f"as {SUPPORTED}.") from None
+            raise ImageDecodeError(f"{file_label(filename)} is {kind}, not an image. Upload the X-ray "
+                                   f"itself as {SUPPORTED}.") from None
         if (filename or "").lower().endswith((".dcm", ".dicom")):
-            raise ImageDecodeError(f"{_what(filename)} is named as DICOM but has no DICOM header (it is "
-                                   "damaged or in another format). Export the image again, or as PNG "
+            raise ImageDecodeError(f"{file_label(filename)} is named as DICOM but has no DICOM header (it "
+                                   "is damaged or in another format). Export the image again, or as PNG "
                                    "or JPEG, and upload that.") from None
-        raise ImageDecodeError(f"{_what(filename)} is not an image format this app can read (or it is "
-                               f"damaged). Upload the X-ray as {SUPPORTED}.") from None
+        raise ImageDecodeError(f"{file_label(filename)} is not an image format this app can read (or it "
+                               f"is damaged). Upload the X-ray as {SUPPORTED}.") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise _damaged(filename, exc) from None
     with im:
         width, height = im.size
         if width * height > max_pixels:
-            raise _too_many_pixels(filename, width, height, max_pixels)
+            raise too_many_pixels(filename, width, height, max_pixels)
         if width == 0 or height == 0:
-            raise ImageDecodeError(f"{_what(filename)} has no pixels (size {width} x {height}). Export the "
-                                   "image again and upload the new file.")
+            raise ImageDecodeError(f"{file_label(filename)} has no pixels (size {width} x {height}). "
+                                   "Export the image again and upload the new file.")
         try:
             im.seek(0)  # first page or frame of a multi-page TIFF or animated image
             if target is not None and im.format == "JPEG" and im.mode in ("L", "RGB"):
@@ -286,7 +269,7 @@ def _decode_pillow(raw: bytes, filename: str | None, max_pixels: int,
                     gray = gray.resize((w, h), RESIZE_METHODS[method])
             return np.asarray(gray, dtype=np.uint8).copy()
         except Image.DecompressionBombError:
-            raise _too_many_pixels(filename, width, height, max_pixels) from None
+            raise too_many_pixels(filename, width, height, max_pixels) from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
             raise _damaged(filename, exc) from None
 
@@ -297,7 +280,7 @@ def _damaged(filename: str | None, exc: BaseException) -> ImageDecodeError:
         what = "is truncated (the file ends before the image does)"
     else:
         what = "is damaged: its image data is corrupted or incomplete"
-    return ImageDecodeError(f"{_what(filename)} {what}. The download or export was probably "
+    return ImageDecodeError(f"{file_label(filename)} {what}. The download or export was probably "
                             "interrupted: export the image again and upload the new file.")
 
 
@@ -307,7 +290,7 @@ def _pillow_to_gray(im: Image.Image) -> Image.Image:
     if mode == "L":
         return im
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return Image.fromarray(_stretch(np.asarray(im)))
+        return Image.fromarray(stretch(np.asarray(im)))
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         mode = im.mode
@@ -322,21 +305,6 @@ def _pillow_to_gray(im: Image.Image) -> Image.Image:
     if mode in ("CMYK", "YCbCr", "LAB", "HSV", "1", "RGBX"):
         im = im.convert("RGB")
     return im.convert("L")
-
-
-def _stretch(arr: np.ndarray) -> np.ndarray:
-    """Scale a high-bit-depth image over its own min..max to uint8 (a viewer's default window)."""
-    arr = np.asarray(arr, dtype=np.float64)
-    if arr.ndim == 3:
-        arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114]) if arr.shape[-1] >= 3 else arr[..., 0]
-    finite = np.isfinite(arr)
-    if not finite.all():
-        arr = np.where(finite, arr, np.nan)
-    lo, hi = np.nanmin(arr), np.nanmax(arr)
-    if not np.isfinite(lo) or hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    out = (arr - lo) * (255.0 / (hi - lo))
-    return np.nan_to_num(np.rint(out), nan=0.0).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------- model input
@@ -421,7 +389,7 @@ def colour_saturation(data: bytes | str | os.PathLike | BinaryIO, filename: str 
         try:
             im = Image.open(io.BytesIO(raw))
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
-            raise ImageDecodeError(f"{_what(filename)} is not an image format this app can read "
+            raise ImageDecodeError(f"{file_label(filename)} is not an image format this app can read "
                                    f"(or it is damaged). Upload the X-ray as {SUPPORTED}.") from None
         with im:
             if im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;"):
