@@ -59,7 +59,7 @@ def _cmd_score(args) -> int:
     else:
         summary = score(_run_ref(args.run), args.input, args.out, workers=args.workers, **kwargs)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary))
     else:
         print(f"{summary['scored']} scored ({summary['already_scored']} already in {summary['out']}), "
               f"{summary['flagged']} PNEUMONIA, {summary['errors']} errors, "

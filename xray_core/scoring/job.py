@@ -100,11 +100,14 @@ class ScoreJob:
         bar = tqdm(total=self.todo, unit="img", file=sys.stderr, disable=not self.progress, dynamic_ncols=True,
                    desc=desc)
         self._started = time.perf_counter()
+        first = None  # (time, files) when the first chunk was written: the pipeline is full from there
         state = "failed"
         try:
             for rows in batches:
                 self.output.append(rows)
                 _tally(summary, rows)
+                if first is None:
+                    first = (time.perf_counter(), summary["scored"])
                 bar.update(len(rows))
                 self.status.write(done=len(self.output.done) + summary["scored"], errors=summary["errors"],
                                   flagged=summary["flagged"], images_per_second=summary["scored"] / self._elapsed())
@@ -121,6 +124,10 @@ class ScoreJob:
             summary["already_scored"] = self.skipped
             summary["seconds"] = round(elapsed, 3)
             summary["images_per_second"] = round(summary["scored"] / elapsed, 1) if elapsed > 0 else None
+            if first is not None and summary["scored"] > first[1]:
+                # the rate once decoding workers run and the first chunk is out (start-up left out)
+                summary["steady_images_per_second"] = round(
+                    (summary["scored"] - first[1]) / max(time.perf_counter() - first[0], 1e-9), 1)
             self.status.write(force=True, state=state, done=len(self.output.done) + summary["scored"],
                               errors=summary["errors"], flagged=summary["flagged"],
                               images_per_second=summary["images_per_second"], summary=summary)
