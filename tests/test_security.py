@@ -238,16 +238,36 @@ def test_viewer_mode_hides_train_and_download(monkeypatch, tmp_path):
     keys = {w.key for w in (*at.button, *at.text_input)}
     assert "dataset_download" not in keys and "dataset_download_url" not in keys
     assert any("viewer mode" in i.value for i in at.info)
-    # Train is not in the navigation; opened anyway (AppTest runs any file), it guards itself.
-    at.switch_page("pages/train.py").run()
-    assert "train_start" not in {b.key for b in at.button} and not at.number_input
-    assert any("Training is switched off" in i.value for i in at.info)
+    # Train and Worklist are not pages of the navigation (each also refuses by itself: below).
+    for page in ("pages/train.py", "pages/worklist.py"):
+        with pytest.raises(ValueError, match="Could not find a navigation page"):
+            at.switch_page(page)
     # The same app in full mode offers both.
     monkeypatch.setenv("XRAY_MODE", "full")
     at = _app(monkeypatch, "pages/dataset.py")
     assert "dataset_download" in {b.key for b in at.button}
     at.switch_page("pages/train.py").run()
     assert [t.value for t in at.title] == ["Train"]
+
+
+@pytest.mark.parametrize("page, words, write_key", [
+    ("train.py", "Training is switched off", "train_start"),
+    ("worklist.py", "Worklists are switched off", "worklist_start"),
+])
+def test_a_page_that_writes_refuses_viewer_mode_by_itself(monkeypatch, page, words, write_key):
+    """Run alone with the entry script's mark set, as if a navigation had let it through, Train and
+    Worklist still refuse in viewer mode (with no session settings they would read the project's
+    trained_models/, whose bundled model the Worklist offers to score with)."""
+    from app.entry import ENTRY_MARK
+
+    for mode, refused in (("viewer", True), ("full", False)):
+        monkeypatch.setenv("XRAY_MODE", mode)
+        at = AppTest.from_file(str(PROJECT / "pages" / page), default_timeout=120)
+        at.session_state[ENTRY_MARK] = True
+        at.run()
+        assert not at.exception, at.exception
+        assert any(words in i.value for i in at.info) == refused
+        assert (write_key in {b.key for b in at.button}) == (not refused)
 
 
 def test_viewer_mode_refuses_job_submission_in_the_library(monkeypatch, tmp_path):
