@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.apptest_helpers import APP
 from tests.browser_helpers import streamlit_server
-from xray_core import fileio, imaging, jobs, settings
+from xray_core import fileio, imaging, jobs, scoring, settings
 from xray_core.scoring import uploads
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -274,7 +274,16 @@ def test_viewer_mode_refuses_job_submission_in_the_library(monkeypatch, tmp_path
     monkeypatch.setenv("XRAY_MODE", "viewer")
     with pytest.raises(settings.ViewerModeError, match="viewer mode"):
         jobs.submit_training(tmp_path, TRAIN_OPTIONS, start=False)
-    assert list(tmp_path.iterdir()) == []
+    films = tmp_path / "films"  # a worklist of a server folder, and resuming one, are refused too
+    films.mkdir()
+    from PIL import Image
+
+    Image.new("L", (64, 64), 90).save(films / "film.png")
+    with pytest.raises(settings.ViewerModeError, match="viewer mode"):
+        scoring.submit_job(tmp_path / "models", "default", films, start=False)
+    with pytest.raises(settings.ViewerModeError, match="viewer mode"):
+        scoring.resume_job(tmp_path / "models", "job-1")
+    assert list(tmp_path.iterdir()) == [films]
     monkeypatch.setenv("XRAY_MODE", "admin")
     with pytest.raises(settings.SettingsError, match="one of full, viewer"):
         settings.mode()
