@@ -125,9 +125,11 @@ def test_in_viewer_mode_a_page_opened_first_offers_nothing_that_writes(browser, 
         page.goto(f"{base}/{name}")
         viewer_note = page.get_by_text("Viewer mode: training, downloads and other writes are switched off")
         first_screen(page, viewer_note, "The sidebar's viewer-mode note")
-        # Train and Worklist are not pages of viewer mode: the visitor lands on the default page.
+        # Train and Worklist are not pages of viewer mode: Streamlit says so and opens the default page.
         landed = "diagnose" if name in ("train", "worklist") else name
         page.get_by_role("heading", name=TITLES[landed], exact=True).wait_for()
+        if landed != name:
+            assert "Page not found" in page.get_by_role("dialog").inner_text()
         wait_idle(page)
         assert buttons_named(page, WRITE_BUTTONS) == []
         assert [h.strip() for h in page.locator("h1").all_inner_texts()] == [TITLES[landed]]
