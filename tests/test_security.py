@@ -165,9 +165,9 @@ def test_the_sidebar_refuses_folders_outside_the_roots_and_the_page_reads_nothin
     at.sidebar.text_input(key="_models_dir_input").set_value("/")
     at.run()
     assert not at.exception
-    # (AppTest drops the entry script's sidebar from its tree after the first run; the refusal
-    # the sidebar shows is read from the session.)
     assert "nothing was read or written" in at.session_state["_data_dir_refused"]
+    assert [e.value for e in at.sidebar.error] == [at.session_state["_data_dir_refused"],
+                                                   at.session_state["_models_dir_refused"]]
     assert at.session_state["data_dir"] == str(synthetic_dataset)  # the last allowed folder stays
     assert at.session_state["models_dir"] == str(tmp_path / "models")
     at.switch_page("pages/dataset.py").run()
