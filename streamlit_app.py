@@ -11,6 +11,7 @@ import os
 import streamlit as st
 from streamlit.errors import StreamlitSecretNotFoundError
 
+from app.entry import entry_ran
 from app.runtime import keep_models_between_runs
 from xray_core import fileio, settings
 
@@ -55,7 +56,9 @@ def _sign_in() -> None:
 
 # Sign-in (OpenID Connect through st.login) when the administrator configured [auth] in
 # .streamlit/secrets.toml: a signed-out visitor gets a navigation holding only the sign-in page,
-# so no page of the app runs (whatever URL was opened) before it.
+# so no page of the app runs before it. A page's address opened on a fresh server reaches this
+# script too: each page's first statement, app.entry.require_entry(), runs it when Streamlit ran
+# the page without it.
 if _auth_configured():
     if not st.user.get("is_logged_in", False):
         st.navigation([st.Page(_sign_in, title="Sign in", default=True)], position="hidden").run()
@@ -119,4 +122,5 @@ with st.sidebar:
         st.caption("Viewer mode: training, downloads and other writes are switched off on this server.")
     st.caption("Research software, not a medical device: not for clinical decisions.")
 
+entry_ran()  # the page's require_entry() lets it run on this run
 page.run()

@@ -14,7 +14,10 @@ import streamlit as st
 
 from app import common
 from app import compare_view as view
+from app.entry import require_entry
 from xray_core import comparison, data, fileio, runs
+
+require_entry()  # first: no page runs unless streamlit_app.py ran first (app/entry.py)
 
 
 def mtime(path: Path) -> float:

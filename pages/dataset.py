@@ -8,7 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from app import common, dataset_view
+from app.entry import require_entry
 from xray_core import data, download, fileio, imaging
+
+require_entry()  # first: no page runs unless streamlit_app.py ran first (app/entry.py)
 
 PER_PAGE = 12
 

@@ -16,8 +16,11 @@ import streamlit as st
 
 from app import common
 from app import diagnose_view as view
+from app.entry import require_entry
 from xray_core import case, data, explain, imaging, runs
 from xray_core.model import load_model
+
+require_entry()  # first: no page runs unless streamlit_app.py ran first (app/entry.py)
 
 
 @st.cache_data(show_spinner=False)

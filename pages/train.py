@@ -12,7 +12,10 @@ import pandas as pd
 import streamlit as st
 
 from app import common, compare_view, train_view
+from app.entry import refuse_in_viewer_mode, require_entry
 from xray_core import data, fileio, health, jobs, runs
+
+require_entry()  # first: no page runs unless streamlit_app.py ran first (app/entry.py)
 
 
 @st.cache_data(show_spinner="Building the layer table…")
@@ -170,9 +173,7 @@ def live_panel(models: Path) -> None:
 
 
 st.title("Train")
-if st.session_state.get("viewer_mode"):  # the entry point does not list this page then; a guard
-    st.info("Training is switched off on this server (viewer mode).")
-    st.stop()
+refuse_in_viewer_mode("Training is switched off on this server (viewer mode).")  # whatever the navigation offers
 try:
     models = fileio.check_allowed(st.session_state.get("models_dir", "trained_models"), what="models folder")
 except fileio.PathNotAllowed as exc:

@@ -16,8 +16,11 @@ import pandas as pd
 import streamlit as st
 
 from app import common
+from app.entry import refuse_in_viewer_mode, require_entry
 from xray_core import fileio, imaging, jobs, runs, scoring, settings
 from xray_core.scoring import uploads as worklist_uploads
+
+require_entry()  # first: no page runs unless streamlit_app.py ran first (app/entry.py)
 
 PAGE_ROWS = 100  # rows (and thumbnails) per page of the table
 ACTIVE = ("queued", "starting", "running")
@@ -235,6 +238,7 @@ def show_job(models: Path, job_id: str, polling: bool) -> None:
 st.title("Worklist")
 st.caption("Score a whole worklist in the background and read the flagged films first. Research "
            "software, not a medical device: not for clinical decisions.")
+refuse_in_viewer_mode("Worklists are switched off on this server (viewer mode): scoring writes score tables.")
 models_dir = common.resolve_folder(st.session_state.get("models_dir", "trained_models"))
 usable_runs = common.usable_runs(runs.list_runs(models_dir))
 if not usable_runs:

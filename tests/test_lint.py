@@ -168,6 +168,42 @@ def test_architecture_md_maps_every_room_and_the_readme_links_it():
     assert "(ARCHITECTURE.md)" in (PROJECT / "README.md").read_text(encoding="utf-8")
 
 
+def _called(node: ast.stmt) -> str | None:
+    """The name a statement calls, for a bare call statement (`f()` or `m.f()`); else None."""
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        func = node.value.func
+        return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+    return None
+
+
+def _imported_from(tree: ast.Module, module: str) -> set[str]:
+    return {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == module
+            for a in n.names}
+
+
+def test_every_page_calls_the_entry_guard_first():
+    """No page runs unless streamlit_app.py ran first (SECURITY.md): each file in pages/ calls
+    app.entry's require_entry() as its first statement after the docstring and the imports, and
+    the entry script marks the run with entry_ran() right before it runs the page."""
+    pages = sorted((PROJECT / "pages").glob("*.py"))
+    assert len(pages) >= 5
+    unguarded = []
+    for path in pages:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        body = list(tree.body)
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]  # the docstring
+        while body and isinstance(body[0], (ast.Import, ast.ImportFrom)):
+            body = body[1:]
+        if not (body and _called(body[0]) == "require_entry" and "require_entry" in _imported_from(tree, "app.entry")):
+            unguarded.append(path.name)
+    assert not unguarded, ("put `from app.entry import require_entry` with the imports and `require_entry()` "
+                           f"right after them in: {', '.join(unguarded)}")
+    entry = ast.parse((PROJECT / "streamlit_app.py").read_text(encoding="utf-8"))
+    calls = [_called(n) for n in entry.body]
+    assert calls[-2:] == ["entry_ran", "run"] and "entry_ran" in _imported_from(entry, "app.entry")
+
+
 def test_the_library_never_imports_streamlit():
     """The library returns data; pages and app/ say things. No module of xray_core imports Streamlit
     (at the top or inside a function), so nothing there can word or lay out a page."""

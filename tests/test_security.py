@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.apptest_helpers import APP
 from tests.browser_helpers import streamlit_server
-from xray_core import fileio, imaging, jobs, settings
+from xray_core import fileio, imaging, jobs, scoring, settings
 from xray_core.scoring import uploads
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -165,9 +165,9 @@ def test_the_sidebar_refuses_folders_outside_the_roots_and_the_page_reads_nothin
     at.sidebar.text_input(key="_models_dir_input").set_value("/")
     at.run()
     assert not at.exception
-    # (AppTest drops the entry script's sidebar from its tree after the first run; the refusal
-    # the sidebar shows is read from the session.)
     assert "nothing was read or written" in at.session_state["_data_dir_refused"]
+    assert [e.value for e in at.sidebar.error] == [at.session_state["_data_dir_refused"],
+                                                   at.session_state["_models_dir_refused"]]
     assert at.session_state["data_dir"] == str(synthetic_dataset)  # the last allowed folder stays
     assert at.session_state["models_dir"] == str(tmp_path / "models")
     at.switch_page("pages/dataset.py").run()
@@ -238,10 +238,10 @@ def test_viewer_mode_hides_train_and_download(monkeypatch, tmp_path):
     keys = {w.key for w in (*at.button, *at.text_input)}
     assert "dataset_download" not in keys and "dataset_download_url" not in keys
     assert any("viewer mode" in i.value for i in at.info)
-    # Train is not in the navigation; opened anyway (AppTest runs any file), it guards itself.
-    at.switch_page("pages/train.py").run()
-    assert "train_start" not in {b.key for b in at.button} and not at.number_input
-    assert any("Training is switched off" in i.value for i in at.info)
+    # Train and Worklist are not pages of the navigation (each also refuses by itself: below).
+    for page in ("pages/train.py", "pages/worklist.py"):
+        with pytest.raises(ValueError, match="Could not find a navigation page"):
+            at.switch_page(page)
     # The same app in full mode offers both.
     monkeypatch.setenv("XRAY_MODE", "full")
     at = _app(monkeypatch, "pages/dataset.py")
@@ -250,11 +250,40 @@ def test_viewer_mode_hides_train_and_download(monkeypatch, tmp_path):
     assert [t.value for t in at.title] == ["Train"]
 
 
+@pytest.mark.parametrize("page, words, write_key", [
+    ("train.py", "Training is switched off", "train_start"),
+    ("worklist.py", "Worklists are switched off", "worklist_start"),
+])
+def test_a_page_that_writes_refuses_viewer_mode_by_itself(monkeypatch, page, words, write_key):
+    """Run alone with the entry script's mark set, as if a navigation had let it through, Train and
+    Worklist still refuse in viewer mode (with no session settings they would read the project's
+    trained_models/, whose bundled model the Worklist offers to score with)."""
+    from app.entry import ENTRY_MARK
+
+    for mode, refused in (("viewer", True), ("full", False)):
+        monkeypatch.setenv("XRAY_MODE", mode)
+        at = AppTest.from_file(str(PROJECT / "pages" / page), default_timeout=120)
+        at.session_state[ENTRY_MARK] = True
+        at.run()
+        assert not at.exception, at.exception
+        assert any(words in i.value for i in at.info) == refused
+        assert (write_key in {b.key for b in at.button}) == (not refused)
+
+
 def test_viewer_mode_refuses_job_submission_in_the_library(monkeypatch, tmp_path):
     monkeypatch.setenv("XRAY_MODE", "viewer")
     with pytest.raises(settings.ViewerModeError, match="viewer mode"):
         jobs.submit_training(tmp_path, TRAIN_OPTIONS, start=False)
-    assert list(tmp_path.iterdir()) == []
+    films = tmp_path / "films"  # a worklist of a server folder, and resuming one, are refused too
+    films.mkdir()
+    from PIL import Image
+
+    Image.new("L", (64, 64), 90).save(films / "film.png")
+    with pytest.raises(settings.ViewerModeError, match="viewer mode"):
+        scoring.submit_job(tmp_path / "models", "default", films, start=False)
+    with pytest.raises(settings.ViewerModeError, match="viewer mode"):
+        scoring.resume_job(tmp_path / "models", "job-1")
+    assert list(tmp_path.iterdir()) == [films]
     monkeypatch.setenv("XRAY_MODE", "admin")
     with pytest.raises(settings.SettingsError, match="one of full, viewer"):
         settings.mode()

@@ -76,10 +76,12 @@ def save_uploads(job_dir: str | os.PathLike, files: list[tuple[str, bytes]]) -> 
 
 def submit_job(models_root: str | os.PathLike, run_id: str, source: str | os.PathLike, *,
                job_dir: str | os.PathLike | None = None, label: str = "", start: bool = True) -> str:
-    """Queue a worklist job (refused with a sentence when the server's limits are reached) and
-    start it if a slot is free; returns the job id at once."""
-    from xray_core import jobs
+    """Queue a worklist job (refused with a sentence when the server's limits are reached, and
+    in viewer mode: settings.ViewerModeError) and start it if a slot is free; returns the job id
+    at once."""
+    from xray_core import jobs, settings
 
+    settings.refuse_writes("score")
     models_root = Path(models_root)
     source = Path(source)
     input_kind(source)
@@ -164,7 +166,11 @@ def advance_jobs(models_root: str | os.PathLike) -> list[str]:
 
 
 def resume_job(models_root: str | os.PathLike, job_id: str) -> None:
-    """Queue an interrupted or failed job again; it goes on from its scores.csv."""
+    """Queue an interrupted or failed job again; it goes on from its scores.csv. Refused in
+    viewer mode (settings.ViewerModeError)."""
+    from xray_core import settings
+
+    settings.refuse_writes("score")
     job_dir = worklists_root(models_root) / runs.validate_run_id(job_id)
     job = _read_json(job_dir / JOB_FILE)
     if not job:
