@@ -62,6 +62,9 @@ BENCHMARKS = (
 )
 
 # Reports in benchmarks/reports/ that the plan does not rewrite, and why they are kept.
+# Modules the benchmarks share or run, not benchmarks themselves.
+SUPPORT = ("__init__.py", "harness.py", "peer_tfdata.py")
+
 KEPT = {
     f"{REPORTS}/epochs-ablation.md": "the epoch ablation measured under load, kept beside epochs.md for the record",
     f"{REPORTS}/epochs-ablation.json": "its figures",

@@ -295,10 +295,6 @@ class Model:
     # ------------------------------------------------------------------ the networks
 
     @property
-    def member_files(self) -> list[Path]:
-        return list(self._member_files)
-
-    @property
     def members(self) -> list:
         """The Keras networks (one, or an ensemble's members), loaded on first use (imports
         TensorFlow: Grad-CAM, conversion and export only)."""
