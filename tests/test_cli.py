@@ -54,13 +54,13 @@ def test_explain_choices_match_the_library():
     from xray_core import explain
 
     parser = cli.build_parser()
-    args = parser.parse_args(["explain", "default", "x.png", "--out", "o"])
+    args = parser.parse_args(["explain", "default", "x.png", "--out-dir", "o"])
     assert (args.recipe, args.samples, args.segmentation) == ("dashboard", None, None)  # Diagnose's settings
-    assert parser.parse_args(["explain", "r", "x.png", "--out", "o", "--recipe", "seed"]).recipe == "seed"
+    assert parser.parse_args(["explain", "r", "x.png", "--out-dir", "o", "--recipe", "seed"]).recipe == "seed"
     for segmentation in explain.SEGMENTATIONS:
-        assert parser.parse_args(["explain", "r", "x.png", "--out", "o", "--segmentation", segmentation])
+        assert parser.parse_args(["explain", "r", "x.png", "--out-dir", "o", "--segmentation", segmentation])
     for label in explain.CLASSES:
-        assert parser.parse_args(["explain", "r", "x.png", "--out", "o", "--label", label]).label == label
+        assert parser.parse_args(["explain", "r", "x.png", "--out-dir", "o", "--label", label]).label == label
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -70,7 +70,7 @@ def test_explain_choices_match_the_library():
     (["train", "--data", "d", "--arch", "nope"], "unknown architecture 'nope'; choose one of: baseline"),
     (["download", "--url", "ftp://mirror/x.zip"], "http:// or https://"),
     (["download", "--md5", "abc"], "32 hexadecimal digits"),
-    (["explain", "r", "x.png", "--out", "o", "--samples", "0"], "at least 1"),
+    (["explain", "r", "x.png", "--out-dir", "o", "--samples", "0"], "at least 1"),
 ])
 def test_bad_values_are_refused_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -97,18 +97,18 @@ def test_dataset_prints_counts_and_unreadable_files(tmp_path, capsys):
 
     root = make_synthetic_dataset(tmp_path / "chest_xray", size=16)
     (root / "train" / "PNEUMONIA" / "person9_bacteria_1.jpeg").write_bytes(b"not an image")
-    code, out, _ = _main(capsys, "dataset", tmp_path)
+    code, out, _ = _main(capsys, "dataset", "--data", tmp_path)
     assert code == 0
     lines = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
     assert lines["train"][1:4] == ["24", "37", "61"]
     assert lines["test"][1:4] == ["8", "8", "16"]
     assert "unreadable   1" in out and "person9_bacteria_1.jpeg" in out
-    code, out, _ = _main(capsys, "dataset", root, "--json")
+    code, out, _ = _main(capsys, "dataset", "--data", root, "--json")
     assert code == 0 and json.loads(out)["counts"]["val"] == {"NORMAL": 4, "PNEUMONIA": 4}
 
 
 def test_dataset_error_is_one_line(tmp_path, capsys):
-    code, out, err = _main(capsys, "dataset", tmp_path / "nothing")
+    code, out, err = _main(capsys, "dataset", "--data", tmp_path / "nothing")
     assert code == 1 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1
 
@@ -129,7 +129,7 @@ def test_train_then_runs_then_evaluate(synthetic_dataset, tmp_path, capsys):
     assert header.split()[:4] == ["run", "arch", "state", "epoch"]
     assert row.split()[:4] == ["cli-run", "baseline", "completed", "1/1"]
     code, out, _ = _main(capsys, "runs", "--runs-dir", runs_dir, "--json")
-    assert json.loads(out)[0]["status"]["state"] == "completed"
+    assert [json.loads(line)["status"]["state"] for line in out.splitlines()] == ["completed"]
 
     code, out, _ = _main(capsys, "evaluate", "cli-run", "--runs-dir", runs_dir, "--split", "test", "--json")
     assert code == 0
@@ -264,3 +264,26 @@ def test_train_records_widths_and_schedule(capsys, synthetic_dataset, tmp_path):
     config = json.loads((tmp_path / "w" / "config.json").read_text())
     assert config["arch_options"] == {"widths": [4, 8, 8, 8]} and config["lr_schedule"] == "cosine"
     assert config["augment"] == "strong"
+
+
+def test_one_grammar_json_lines_and_the_dataset_folder_given_one_way(monkeypatch, tmp_path):
+    """Every command that gives a result takes --json; every command that reads a dataset takes it as
+    --data and, without it, from XRAY_DATA_DIR; --out names a file, --out-dir a folder."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        options = {o for a in p._actions for o in a.option_strings}
+        assert "--json" in options, name
+        assert not ({"--dir", "--data-dir"} & options), name
+        outs = [a for a in p._actions if "--out" in a.option_strings or "--out-dir" in a.option_strings]
+        for a in outs:
+            assert ("folder" in a.help) == ("--out-dir" in a.option_strings), (name, a.help)
+    monkeypatch.setenv("XRAY_DATA_DIR", str(tmp_path))
+    for argv in (["dataset"], ["train"], ["evaluate", "default"], ["fit-gate", "default"]):
+        assert cli.build_parser().parse_args(argv).data == tmp_path, argv
+
+
+def test_predict_on_a_folder_says_to_use_score(tmp_path, capsys):
+    code, out, err = _main(capsys, "predict", "default", tmp_path)
+    assert code == 1 and out == ""
+    assert "is a folder" in err and "xray score default" in err

@@ -148,7 +148,7 @@ def test_an_exported_run_gives_the_models_probability(fmt, films, tmp_path):
     from xray_core import cli, export
 
     out = tmp_path / "exported"
-    assert cli.main(["export", "default", "--format", fmt, "--out", str(out), "--runs-dir",
+    assert cli.main(["export", "default", "--format", fmt, "--out-dir", str(out), "--runs-dir",
                      str(ROOT / "trained_models")]) == 0
     card = json.loads((out / "model.json").read_text())
     assert card["input"]["shape"] == ["N", 192, 192, 1] and card["classes"] == ["NORMAL", "PNEUMONIA"]

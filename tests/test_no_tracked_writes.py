@@ -70,9 +70,9 @@ for argv in (["runs"],
              ["predict", "default", image],
              ["evaluate", "default", "--split", "test", "--data", data],
              ["evaluate", "default", "--split", "test", "--data", data, "--refresh"],
-             ["explain", "default", image, "--out", out + "/explained", "--samples", "128", "--stability-seeds", "2"],
+             ["explain", "default", image, "--out-dir", out + "/explained", "--samples", "128", "--stability-seeds", "2"],
              ["score", "default", data + "/test", "--out", out + "/scores.csv", "--workers", "0", "--quiet"],
-             ["dataset", data]):
+             ["dataset", "--data", data]):
     code = cli.main(argv)
     assert code == 0, (argv, code)
     print("command", argv[0], "ok")

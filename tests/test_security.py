@@ -304,7 +304,7 @@ def test_the_cli_refuses_writing_commands_in_viewer_mode(tmp_path, synthetic_dat
     assert "viewer mode" in proc.stderr and "Traceback" not in proc.stderr
     assert not runs_dir.exists()
     # A reading command still works in viewer mode.
-    proc = subprocess.run([sys.executable, "-m", "xray_core", "dataset", str(synthetic_dataset)],
+    proc = subprocess.run([sys.executable, "-m", "xray_core", "dataset", "--data", str(synthetic_dataset)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 

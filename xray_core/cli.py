@@ -133,6 +133,16 @@ def _hex_digest(length: int, name: str):
 # --------------------------------------------------------------------------- the parser
 
 
+def _add_data(p: argparse.ArgumentParser, *, help_default: str = "$XRAY_DATA_DIR") -> None:
+    """The dataset folder, given the same way to every command: --data, else $XRAY_DATA_DIR."""
+    p.add_argument("--data", type=Path, default=Path(os.environ["XRAY_DATA_DIR"]) if os.environ.get("XRAY_DATA_DIR")
+                   else None, help=f"dataset folder in the Kermany layout (default: {help_default})")
+
+
+def _add_json(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON, one object per line")
+
+
 def _add_runs_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", type=Path,
                    help="run registry folder (default: $XRAY_MODELS_DIR or trained_models/)")
@@ -151,8 +161,8 @@ def _add_dataset(sub, common) -> None:
         description="Index a dataset in the Kermany layout (train/val/test x NORMAL/PNEUMONIA) and print "
                     "its statistics without decoding pixels. Unreadable files are listed.",
     )
-    p.add_argument("dir", type=Path, help="dataset folder (chest_xray/ or a folder containing it)")
-    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    _add_data(p)
+    _add_json(p, "the statistics")
 
 
 def _add_train(sub, common) -> None:
@@ -166,7 +176,7 @@ def _add_train(sub, common) -> None:
     )
     p.add_argument("--arch", default="baseline", type=_architecture,
                    help="architecture: baseline, model2, model3, model4, pneumonet (default baseline)")
-    p.add_argument("--data", type=Path, help="dataset folder (required unless --resume)")
+    _add_data(p, help_default="$XRAY_DATA_DIR; required unless --resume")
     p.add_argument("--epochs", type=_positive_int, help="epochs (default: the architecture's seed setting)")
     p.add_argument("--batch-size", type=_positive_int,
                    help="batch size (default: the architecture's seed setting)")
@@ -209,6 +219,7 @@ def _add_train(sub, common) -> None:
                    help="one worker of a multi-worker training (MultiWorkerMirroredStrategy; TF_CONFIG names "
                         "the workers; the chief writes the run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json(p, "the finished run's summary")
 
 
 def _check_train(args: argparse.Namespace) -> None:
@@ -217,7 +228,8 @@ def _check_train(args: argparse.Namespace) -> None:
     if args.preset and args.resume:
         raise UsageError("--preset continues by itself when run again; do not combine it with --resume.")
     if args.resume is None and args.data is None:
-        raise UsageError("train needs a dataset folder: add --data DIR (or --resume RUN to continue a run).")
+        raise UsageError("train needs a dataset folder: add --data DIR or set XRAY_DATA_DIR (or --resume RUN to "
+                         "continue a run).")
     if args.image_size is not None:
         from xray_core import architectures
 
@@ -231,7 +243,7 @@ def _add_runs(sub, common) -> None:
     p = _command(sub, "runs", "xray_core.commands:_runs", common, help="list the runs in the registry",
                  description="List training runs: state, progress and validation metrics.")
     _add_runs_dir(p)
-    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    _add_json(p, "each run")
 
 
 def _add_evaluate(sub, common) -> None:
@@ -242,7 +254,7 @@ def _add_evaluate(sub, common) -> None:
                     "the official 16-image val folder. Results are cached in the run's metrics.json.",
     )
     p.add_argument("run", help="run id (or a path to a run folder)")
-    p.add_argument("--data", type=Path, help="dataset folder (default: the one the run trained on)")
+    _add_data(p, help_default="$XRAY_DATA_DIR, else the one the run trained on")
     p.add_argument("--split", choices=("val", "test", "official_val"), default="val",
                    help="which images (default val: the run's own validation split)")
     _add_runs_dir(p)
@@ -251,7 +263,7 @@ def _add_evaluate(sub, common) -> None:
                    help="score the run's validation films plain and under every shift-stress change, refit "
                         "its calibration and threshold on them, and write the figures into the run (not for "
                         "the runs that ship with the project)")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _add_json(p, "the metrics")
 
 
 def _add_predict(sub, common) -> None:
@@ -264,7 +276,7 @@ def _add_predict(sub, common) -> None:
     p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
     p.add_argument("images", nargs="+", type=Path, help="image files")
     _add_runs_dir(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    _add_json(p, "each image's answer")
 
 
 def _add_explain(sub, common) -> None:
@@ -277,7 +289,7 @@ def _add_explain(sub, common) -> None:
     )
     p.add_argument("run", metavar="RUN", help="run id in the registry (see `xray runs`)")
     p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF or DICOM file")
-    p.add_argument("--out", required=True, help="folder to write the PNGs and explanation.json into")
+    p.add_argument("--out-dir", required=True, type=Path, help="folder to write the PNGs and explanation.json into")
     from xray_core.explain import adapter  # its constants only (no TensorFlow, no scikit-image)
 
     p.add_argument("--recipe", choices=adapter.RECIPES, default=adapter.RECIPES[0],
@@ -295,6 +307,7 @@ def _add_explain(sub, common) -> None:
     p.add_argument("--stability-seeds", type=_positive_int, default=5,
                    help="LIME runs for the stability figure (default 5)")
     _add_runs_dir(p)
+    _add_json(p, "what was written, the prediction and the trust figures")
 
 
 def _add_fit_gate(sub, common) -> None:
@@ -306,8 +319,9 @@ def _add_fit_gate(sub, common) -> None:
                     "and seen_hashes.txt into the run folder.",
     )
     p.add_argument("run", metavar="RUN", help="run id (e.g. default)")
-    p.add_argument("--data", required=True, type=Path, help="the dataset folder the run was trained on")
+    _add_data(p, help_default="$XRAY_DATA_DIR; the folder the run was trained on")
     _add_runs_dir(p)
+    _add_json(p, "the fitted gate's figures")
 
 
 def _add_report(sub, common) -> None:
@@ -321,6 +335,7 @@ def _add_report(sub, common) -> None:
     p.add_argument("run", metavar="RUN", help="run id (e.g. default) or a path to a run folder")
     p.add_argument("image", metavar="IMAGE", type=Path, help="PNG, JPEG, BMP, TIFF or DICOM file")
     p.add_argument("--out", required=True, type=Path, help="the PDF file to write")
+    _add_json(p, "what was written")
     from xray_core.explain import adapter  # its constants only (no TensorFlow, no scikit-image)
 
     p.add_argument("--samples", type=_positive_int, default=None,
@@ -353,6 +368,18 @@ def _add_download(sub, common) -> None:
     p.add_argument("--keep-archive", action="store_true", help="keep the downloaded zip/npz after unpacking")
     p.add_argument("--timeout", type=_positive_float, default=60.0,
                    help="seconds to wait for the server before giving up (default 60)")
+    _add_json(p, "where the dataset landed")
+
+
+def _check_fit_gate(args: argparse.Namespace) -> None:
+    if args.data is None:
+        raise UsageError("fit-gate needs the dataset folder the run was trained on: add --data DIR or set "
+                         "XRAY_DATA_DIR.")
+
+
+def _check_dataset(args: argparse.Namespace) -> None:
+    if args.data is None:
+        raise UsageError("dataset needs a dataset folder: add --data DIR or set XRAY_DATA_DIR.")
 
 
 def _check_download(args: argparse.Namespace) -> None:
@@ -382,7 +409,7 @@ def _add_score(sub, common) -> None:
                    help="run on Ray Data: alone, a local Ray; `auto` or ray://host:port joins a cluster")
     p.add_argument("--status", type=Path, help=argparse.SUPPRESS)  # the Worklist page's progress file
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_json(p, "the summary")
 
 
 def _add_export(sub, common) -> None:
@@ -396,13 +423,14 @@ def _add_export(sub, common) -> None:
     )
     p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
     p.add_argument("--format", choices=("onnx", "litert"), required=True, help="onnx (model.onnx) or litert (model.tflite)")
-    p.add_argument("--out", type=Path, required=True, help="folder to write the model file and model.json into")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder to write the model file and model.json into")
     _add_runs_dir(p)
-    p.add_argument("--json", action="store_true", help="print what was written as one JSON line")
+    _add_json(p, "what was written")
 
 
 # Checks of argument combinations, run after parsing and before the handler, by command.
-_CHECKS = {"train": _check_train, "download": _check_download}
+_CHECKS = {"train": _check_train, "download": _check_download, "fit-gate": _check_fit_gate,
+           "dataset": _check_dataset}
 
 # Subcommands in the order `--help` lists them.
 _SUBCOMMANDS = (_add_dataset, _add_train, _add_runs, _add_evaluate, _add_predict, _add_explain, _add_download,

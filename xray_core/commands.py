@@ -32,6 +32,13 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def json_line(obj) -> None:
+    """A command's `--json` output: one JSON object on one line of stdout."""
+    from xray_core import fileio
+
+    print(json.dumps(fileio.to_jsonable(obj)))
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -85,11 +92,11 @@ class ProgressBar:
 def _dataset(args) -> int:
     from xray_core import data
 
-    root = data.find_dataset(args.dir)
+    root = data.find_dataset(args.data)
     df = data.index_dataset(root)
     stats = data.dataset_stats(df)
     if args.json:
-        print(json.dumps(stats, indent=2))
+        json_line(dict(stats, root=str(root)))
         return 0
     print(f"dataset: {root}  ({stats['n_images']} images)")
     rows = []
@@ -155,7 +162,7 @@ def _train(args) -> int:
         return 3
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _print_run_summary(run_dir)
+    _print_run_summary(run_dir, as_json=args.json)
     for warning in health.from_status(fileio.read_json(run_dir / runs.STATUS_FILE)):
         print(f"warning: {warning.text}", file=sys.stderr)
     return 0
@@ -172,17 +179,23 @@ def _train_preset(args, preset: str) -> int:
     run_dir = ensemble.train_preset(preset, args.data, run_id=args.run_id or f"{preset}-retrain", runs_root=args.runs_dir,
                                     progress=None if args.quiet else ProgressBar(),
                                     members=getattr(args, "members", None), seed=args.seed, **overrides)
-    _print_run_summary(run_dir)
+    _print_run_summary(run_dir, as_json=args.json)
     return 0
 
 
-def _print_run_summary(run_dir) -> None:
+def _print_run_summary(run_dir, *, as_json: bool = False) -> None:
     from xray_core import runs
 
     info = next((r for r in runs.list_runs(run_dir.parent) if r.path == run_dir), None)
     metrics = (info.metrics if info else None) or {}
     val = metrics.get("validation") or {}
     summary = ((metrics.get("stress") or {}).get("summary") or {})
+    if as_json:
+        json_line({"run_id": run_dir.name, "path": str(run_dir), "state": info.state if info else None,
+                   "epochs_run": metrics.get("epochs_run"), "train_seconds": metrics.get("train_seconds"),
+                   "threshold": metrics.get("threshold"), "validation": val,
+                   "stress_summary": summary or None})
+        return
     print(run_dir.name)
     print(f"state {info.state if info else '?'}  epochs {metrics.get('epochs_run')}  "
           f"train {_fmt(metrics.get('train_seconds'), 1)} s  threshold {_fmt(metrics.get('threshold'))}  "
@@ -200,8 +213,9 @@ def _runs(args) -> int:
 
     items = runs.list_runs(args.runs_dir)
     if args.json:
-        print(json.dumps([{"run_id": r.run_id, "path": str(r.path), "status": r.status, "config": r.config,
-                           "metrics": r.metrics, "problems": r.problems} for r in items], indent=2))
+        for r in items:
+            json_line({"run_id": r.run_id, "path": str(r.path), "status": r.status, "config": r.config,
+                       "metrics": r.metrics, "problems": r.problems})
         return 0
     if not items:
         print(f"no runs in {runs.runs_root(args.runs_dir)}")
@@ -232,8 +246,8 @@ def _evaluate(args) -> int:
                              "in place. Copy its folder to a run of your own first.")
         result = evaluation.finalize_run(run.path, data_root=args.data)
         if args.json:
-            print(json.dumps(fileio.to_jsonable({k: result.get(k) for k in ("validation", "stress", "calibration",
-                                                                            "threshold")}), indent=2))
+            json_line({"run": run.run_id, **{k: result.get(k) for k in ("validation", "stress", "calibration",
+                                                                         "threshold")}})
             return 0
         summary = result["stress"]["summary"]
         print(f"run {run.run_id}: threshold {_fmt(result['threshold'])} (stress policy), temperature "
@@ -245,7 +259,7 @@ def _evaluate(args) -> int:
         return 0
     result = evaluation.evaluate_run(run, args.data, split=args.split, refresh=args.refresh)
     if args.json:
-        print(json.dumps(result, indent=2))
+        json_line({"run": run.run_id, "split": args.split, **result})
         return 0
     print(f"run {run.run_id} on {args.split} ({result.get('n')} images, threshold {_fmt(result.get('threshold'))})")
     keys = ["sensitivity", "specificity", "precision", "npv", "accuracy", "f1", "roc_auc", "pr_auc"]

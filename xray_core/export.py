@@ -150,7 +150,7 @@ def _cmd_export(args) -> int:
 
     from xray_core.commands import _run_ref
 
-    result = export(_run_ref(args.run), fmt=args.format, out=args.out, root=args.runs_dir)
+    result = export(_run_ref(args.run), fmt=args.format, out=args.out_dir, root=args.runs_dir)
     if args.json:
         print(json.dumps(result))
     else:

@@ -551,6 +551,12 @@ def _cmd_fit_gate(args) -> int:
     run = runs.load_run(args.run, root=args.runs_dir)
     g = fit_gate_for_run(run, args.data)
     info = g.info
+    if args.json:
+        from xray_core.commands import json_line
+
+        json_line({"run": run.run_id, "path": str(run.path), **info,
+                   "wrote": [GATE_ARRAYS, GATE_JSON, SEEN_HASHES]})
+        return 0
     caught = ", ".join(f"{k} {v:.0%}" for k, v in info["corruptions_caught"].items())
     print(f"{run.run_id}: gate fitted on {info['n_train']} training films in {info['seconds']} s; "
           f"{info['validation_flagged']:.1%} of {info['n_validation']} validation films flagged; "

@@ -219,5 +219,10 @@ def _cmd_report(args) -> int:
                           seed=getattr(args, "seed", 0), show_anyway=getattr(args, "show_anyway", False))
     out = Path(args.out)
     fileio.atomic_write_bytes(out, pdf)
+    if getattr(args, "json", False):
+        from xray_core.commands import json_line
+
+        json_line({"run": model.run_id, "image": str(args.image), "out": str(out), "bytes": len(pdf)})
+        return 0
     print(f"wrote {out} ({len(pdf) // 1024} KB) for run {model.run_id}")
     return 0

@@ -239,6 +239,12 @@ def _run(args: argparse.Namespace) -> int:
     if root != target:
         raise DownloadError(f"The dataset landed at {root} instead of {target}.")
     root = root.resolve()
+    if args.json:
+        import json
+
+        print(json.dumps({"source": args.source, "dataset": str(root), "licence": spec["licence"],
+                          "citation": spec["citation"]}))
+        return 0
     print(f"Dataset ready at {root}")
     print(f"Use it with: export XRAY_DATA_DIR={root}")
     return 0

@@ -71,9 +71,16 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from xray_core import runs
 
     run = runs.load_run(args.run, root=args.runs_dir)
-    report = explain_to_folder(run, args.image, args.out, recipe=args.recipe, num_samples=args.samples,
+    report = explain_to_folder(run, args.image, args.out_dir, recipe=args.recipe, num_samples=args.samples,
                                segmentation=args.segmentation, seed=args.seed, label=args.label,
                                stability_seeds=args.stability_seeds)
+    if args.json:
+        from xray_core.commands import json_line
+
+        json_line({"run": run.run_id, "image": str(args.image), "out_dir": str(args.out_dir),
+                   "files": [*report["files"], JSON_FILE], "prediction": report["prediction"],
+                   "trust": report["trust"]})
+        return 0
     lime = report["lime"]
     trust = report["trust"]
     print(f"{run.run_id}: P(pneumonia) = {report['prediction']['probability_pneumonia']:.3f} "
@@ -85,5 +92,5 @@ def _cmd_explain(args: argparse.Namespace) -> int:
           f"Grad-CAM {areas['gradcam']:.3f}, random {areas['random']:.3f}; "
           f"top-5 stability (Jaccard over {len(trust['stability']['seeds'])} seeds) "
           f"{trust['stability']['jaccard_mean']:.2f}")
-    print(f"wrote {', '.join(report['files'])} and {JSON_FILE} to {args.out}")
+    print(f"wrote {', '.join(report['files'])} and {JSON_FILE} to {args.out_dir}")
     return 0
