@@ -23,13 +23,14 @@ HALF = SIZE // 2
 SEED_SLIC = dict(ex.lime_settings("seed", segmentation="slic"), segmentation_params={"n_segments": 60, "compactness": 10.0})
 
 
-def quadrant_model(size: int = SIZE, units: int = 1):
+def quadrant_model(size: int = SIZE, units: int = 1, channels: int = 1):
     """p = sigmoid(40 * mean(conv map) - 3.5), where the conv map is zero outside the top-left
-    quadrant (cropped, then padded back so positions stay aligned): only that quadrant matters."""
+    quadrant (cropped, then padded back so positions stay aligned): only that quadrant matters.
+    With 3 channels the conv averages them, so a gray film gets the 1-channel model's answer."""
     import keras
 
     h = size // 2
-    inp = keras.Input((size, size, 1), name="image")
+    inp = keras.Input((size, size, channels), name="image")
     x = keras.layers.Rescaling(1 / 255, name="rescale")(inp)
     x = keras.layers.Cropping2D(((0, h), (0, h)), name="crop")(x)
     x = keras.layers.ZeroPadding2D(((0, h), (0, h)), name="pad")(x)
@@ -37,7 +38,8 @@ def quadrant_model(size: int = SIZE, units: int = 1):
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     out = keras.layers.Dense(units, activation="sigmoid", name="output")(x)
     model = keras.Model(inp, out, name="quadrant")
-    model.get_layer("conv").set_weights([np.full((3, 3, 1, 1), 1 / 9, np.float32), np.zeros(1, np.float32)])
+    model.get_layer("conv").set_weights([np.full((3, 3, channels, 1), 1 / (9 * channels), np.float32),
+                                         np.zeros(1, np.float32)])
     if units == 1:
         w, b = np.array([[40.0]]), np.array([-3.5])
     else:  # column 0 falls and column 1 rises with the quadrant's brightness
@@ -167,6 +169,20 @@ def test_weights_equal_lime_library(model, image, hide_color, scale):
     assert exp.local_prediction == pytest.approx(float(ref.local_pred[0]), rel=1e-9)
     black = ex.explain_lime(model, image, seed=3, **dict(SEED_SLIC, num_samples=400, scale=scale))
     assert (hide_color is not None) == np.allclose(black.weights, exp.weights)
+
+
+def test_a_three_channel_model_gets_its_channels(model, image, tmp_path):
+    """lime hands over RGB images: a 3-channel model is given three equal channels, a 1-channel
+    model one; the same network over 1 or 3 channels gives the same explanation."""
+    rgb_model = as_model(quadrant_model(channels=3), tmp_path / "rgb")
+    assert rgb_model.channels == 3
+    for settings in ({}, dict(SEED_SLIC, num_samples=300)):
+        rgb = ex.explain_lime(rgb_model, image, seed=2, **settings)
+        gray = ex.explain_lime(model, image, seed=2, **settings)
+        assert rgb.model_input.shape == (SIZE, SIZE, 3) and gray.model_input.shape == (SIZE, SIZE, 1)
+        assert rgb.probability == pytest.approx(gray.probability, rel=1e-5)
+        np.testing.assert_allclose(rgb.weights, gray.weights, rtol=1e-3, atol=1e-4 * np.abs(gray.weights).max())
+        assert rgb.top_abs[:2] == gray.top_abs[:2]
 
 
 def test_quickshift_matches_the_seed_recipe(image):
