@@ -559,15 +559,6 @@ def render(report: dict) -> str:
             + (f"{s['seconds']:.2f} | {s['model_seconds']:.2f} | {s['lime_own_seconds']:.2f} | "
                f"**{r['speedup']:.1f}x** | {o['n_superpixels']}/{s['n_superpixels']} |" if s else
                f"- | - | - | - | {o['n_superpixels']}/- |"))
-    plain_rows = [r for r in report["results"] if "ours_plain_path" in r]
-    if plain_rows:
-        lines += ["", "The same call with `fast=False` (whole perturbed images in large batches through the "
-                  "traced model call, no look-up), one run each: what batching alone gives.", ""]
-        for r in plain_rows:
-            pp = r["ours_plain_path"]
-            ratio = f", {r['seed_style']['seconds'] / pp['seconds']:.1f}x faster than seed-style" if "seed_style" in r else ""
-            lines.append(f"- {r['subject']}: {pp['seconds']:.2f} s (model {pp['timings']['model']:.2f} s){ratio}; "
-                         f"max |weight difference| to the look-up path {pp['max_abs_weight_difference']:.1e}")
     lines += ["", "Stage times of our fastest call (s):", ""]
     for r in report["results"]:
         o = r["ours"]
