@@ -6,6 +6,7 @@ it into the sentences and tables the page shows. No Streamlit here, so it is tes
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -179,9 +180,11 @@ def explain_film(model: Any, img: np.ndarray, *, num_samples: int, segmentation:
 
     settings = explain.lime_settings(num_samples=num_samples, segmentation=segmentation)
     lime = explain.explain_lime(model, img, seed=seed, progress=progress, **settings)
+    drawn = explain.lime_panels(img, lime)
     cam = explain.grad_cam(model, img)
-    panels = dict(lime.panels.as_dict())
+    panels = drawn.as_dict()
     panels["gradcam"] = explain.make_overlay(img, cam.heatmap)
     return {"lime": lime, "gradcam_overlay": panels["gradcam"], "panels": panels,
-            "panel_help": panel_help(lime.legend.vmax, lime.scale), "notes": explanation_notes(lime, cam.layer, name),
-            "summary": {"lime": lime.to_dict(), "gradcam": {"layer": cam.layer, "seconds": cam.seconds}}}
+            "panel_help": panel_help(drawn.legend.vmax, lime.scale), "notes": explanation_notes(lime, cam.layer, name),
+            "summary": {"lime": {**lime.to_dict(), "heatmap_legend": dataclasses.asdict(drawn.legend)},
+                        "gradcam": {"layer": cam.layer, "seconds": cam.seconds}}}

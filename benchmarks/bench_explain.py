@@ -21,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -119,17 +120,19 @@ def seed_style(model, x: np.ndarray, channels: int, num_samples: int) -> dict:
             "n_superpixels": int(len(np.unique(exp.segments)))}
 
 
-def lime_wrapped(adapter, exp: ex.LimeExplanation) -> dict:
-    """lime_image itself with our classifier adapter (large batches, traced model call) and our
-    segments: how much is lime's own per-sample work, and whether our weights equal lime's."""
+def lime_wrapped(model, exp: ex.LimeExplanation) -> dict:
+    """lime_image's own explain_instance with our classifier (Model.predict_proba in large
+    batches) and our segments: how much is lime's own per-sample work, and whether our weights
+    equal lime's."""
     from lime import lime_image
 
+    from xray_core.explain.lime import class_scores
+
     model_seconds = [0.0]
-    c = adapter.channels
 
     def classifier(batch):
         t = time.perf_counter()
-        out = adapter.class_probabilities(batch[..., :c].astype(np.float32))
+        out = class_scores(model, batch)
         model_seconds[0] += time.perf_counter() - t
         return out
 
@@ -149,12 +152,14 @@ def lime_wrapped(adapter, exp: ex.LimeExplanation) -> dict:
             "max_abs_weight_difference": float(np.max(np.abs(weights - exp.weights)))}
 
 
-def ours(adapter, gray: np.ndarray, num_samples: int, repeats: int) -> dict:
-    cold = ex.explain_lime(adapter, gray, num_samples=num_samples, seed=0)
-    warm = [ex.explain_lime(adapter, gray, num_samples=num_samples, seed=0) for _ in range(repeats)]
+def ours(model, gray: np.ndarray, num_samples: int, repeats: int) -> dict:
+    """explain_lime with the seed study's settings (the seed-style call's), then Grad-CAM."""
+    settings = ex.lime_settings("seed", num_samples=num_samples)
+    cold = ex.explain_lime(model, gray, seed=0, **settings)
+    warm = [ex.explain_lime(model, gray, seed=0, **settings) for _ in range(repeats)]
     best = min(warm, key=lambda e: e.seconds)
-    cam_cold = ex.grad_cam(adapter, gray, label=best.label)
-    cam = min((ex.grad_cam(adapter, gray, label=best.label) for _ in range(repeats)),
+    cam_cold = ex.grad_cam(model, gray, label=best.label)
+    cam = min((ex.grad_cam(model, gray, label=best.label) for _ in range(repeats)),
               key=lambda g: g.seconds)
     t = time.perf_counter()
     ex.make_overlay(gray, cam.heatmap)
@@ -174,6 +179,18 @@ def ours(adapter, gray: np.ndarray, num_samples: int, repeats: int) -> dict:
         "overlay_seconds": overlay_s,
         "explanation": best,
     }
+
+
+def untrained_model(network, folder: Path):
+    """An untrained network saved as a run folder and loaded as the product's Model."""
+    from xray_core.model import load_model
+
+    folder.mkdir(parents=True)
+    network.save(folder / runs.MODEL_FILE)
+    shape = network.inputs[0].shape
+    fileio.atomic_write_json(folder / runs.CONFIG_FILE, {"image_size": [int(shape[1]), int(shape[2])],
+                                                         "channels": int(shape[3])})
+    return load_model(folder)
 
 
 def find_trained_runs() -> list:
@@ -254,7 +271,7 @@ def faithfulness(run: str, n_images: int, samples: int | None, steps: int, stabi
     per_image, stab = [], []
     for i, path in enumerate(films):
         gray = imaging.decode(path)
-        exp = ex.explain_lime(model, gray, seed=0, panels=False, **settings)
+        exp = ex.explain_lime(model, gray, seed=0, **settings)
         cam = ex.grad_cam(model, gray)
         orders = {"lime": ex.lime_order(exp.weights), "gradcam": ex.gradcam_order(cam.heatmap, exp.segments),
                   "random": ex.random_order(exp.n_superpixels, i)}
@@ -264,10 +281,7 @@ def faithfulness(run: str, n_images: int, samples: int | None, steps: int, stabi
                              for name, order in orders.items()}
         per_image.append(row)
         if i < stability_images:
-            st = ex.stability(model, gray, seeds=5, num_samples=settings["num_samples"],
-                              segmentation=settings["segmentation"], segmentation_params=settings["segmentation_params"],
-                              hide_color=settings["hide_color"], sampling=settings["sampling"],
-                              kernel_width=settings["kernel_width"], scale=settings["scale"], first=exp)
+            st = ex.stability(model, gray, seeds=5, first=exp, **settings)
             stab.append({"film": path.name, **stability_row(st),
                          "meets": bool(st.jaccard_min >= 0.8 and min(st.n_superpixels) >= 30)})
         print(f"{i + 1}/{len(films)} {path.name}: {row}", flush=True)
@@ -361,11 +375,17 @@ def timing(run: str, n_images: int, samples: int | None, repeats: int, out: Path
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     load_before = os.getloadavg()
     procs_before = busy_processes()
-    warm = ex.explain_lime(model, grays[0], seed=0, **settings)  # traces the model and warms caches
+    def call(gray):  # as Diagnose: explain, then draw the four panels
+        t = time.perf_counter()
+        exp = ex.explain_lime(model, gray, seed=0, **settings)
+        ex.lime_panels(gray, exp)
+        return exp, time.perf_counter() - t
+
+    cold_seconds = call(grays[0])[1]  # loads the model and warms caches
     rows = []
     for path, gray in zip(films, grays):
-        calls = [ex.explain_lime(model, gray, seed=0, **settings) for _ in range(repeats)]
-        secs = [c.seconds for c in calls]
+        timed = [call(gray) for _ in range(repeats)]
+        calls, secs = [c for c, _ in timed], [t for _, t in timed]
         rows.append({"film": path.name, "seconds": secs, "median": float(np.median(secs)),
                      "n_superpixels": calls[0].n_superpixels,
                      "timings": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in calls[0].timings.items()}})
@@ -375,7 +395,7 @@ def timing(run: str, n_images: int, samples: int | None, repeats: int, out: Path
     command = f"python benchmarks/bench_explain.py --timing {n_images} --repeats {repeats}" + (
         f" --samples {samples}" if samples else "")
     result = {"run": model.run_id, "lime_settings": settings, "films": rows, "repeats": repeats,
-              "cold_seconds": warm.seconds, "median_seconds": float(np.median(every)),
+              "cold_seconds": cold_seconds, "median_seconds": float(np.median(every)),
               "p90_seconds": float(np.quantile(every, 0.9)), "max_seconds": float(max(every)),
               "films_median_within_2s": float(np.mean(np.array(medians) <= 2.0)),
               "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -447,57 +467,55 @@ def main(argv=None) -> int:
     procs_before = other_processes()
     results = []
 
+    from xray_core.model import load_model
+
     trained = find_trained_runs()
     subjects = []
+    scratch = tempfile.TemporaryDirectory()  # untrained networks saved as run folders, for Model
     for arch in ("baseline", "model3"):
         keras.utils.set_random_seed(0)
-        model = architectures.build(arch, input_shape=(100, 100, 3))
-        subjects.append((f"{arch} 100x100x3 (untrained, seed 0: speed only)", ex.as_adapter(model), True))
+        model = untrained_model(architectures.build(arch, input_shape=(100, 100, 3)), Path(scratch.name) / arch)
+        subjects.append((f"{arch} 100x100x3 (untrained, seed 0: speed only)", model, True))
     default = next((r for r in trained if r.config.get("arch") == "pneumonet"), None)
     if default is not None:
-        subjects.append((f"pneumonet run {default.run_id} (trained)", ex.as_adapter(default), True))
+        subjects.append((f"pneumonet run {default.run_id} (trained)", load_model(default), True))
     elif "pneumonet" in architectures.ARCHITECTURES:
         keras.utils.set_random_seed(0)
-        model = architectures.build("pneumonet", input_shape=(128, 128, 1))
-        subjects.append(("pneumonet 128x128x1 (untrained, seed 0: speed only)", ex.as_adapter(model), True))
+        model = untrained_model(architectures.build("pneumonet", input_shape=(128, 128, 1)), Path(scratch.name) / "p")
+        subjects.append(("pneumonet 128x128x1 (untrained, seed 0: speed only)", model, True))
     for run in trained:
         if run is not default:
-            subjects.append((f"run {run.run_id} ({run.config.get('arch')}, trained)", ex.as_adapter(run), False))
+            subjects.append((f"run {run.run_id} ({run.config.get('arch')}, trained)", load_model(run), False))
 
-    for name, adapter, compare in subjects:
+    for name, model, compare in subjects:
         print(f"== {name}", flush=True)
-        row = {"subject": name, "input_shape": list(adapter.input_shape), "samples": args.samples}
-        mine = ours(adapter, gray, args.samples, args.repeats)
+        row = {"subject": name, "input_shape": [*model.input_size, model.channels], "samples": args.samples}
+        mine = ours(model, gray, args.samples, args.repeats)
         exp = mine.pop("explanation")
         row["ours"] = mine
         print(f"   ours: {mine['seconds_median']:.2f} s median (cold {mine['cold_seconds']:.2f} s), "
               f"{mine['timings_of_fastest']}", flush=True)
-        if exp.timings.get("fast_path"):  # what batching alone gives, without the look-up
-            plain = ex.explain_lime(adapter, gray, num_samples=args.samples, seed=0, fast=False)
-            row["ours_plain_path"] = {"seconds": plain.seconds, "timings": plain.timings,
-                                      "max_abs_weight_difference": float(np.max(np.abs(plain.weights - exp.weights)))}
-            print(f"   ours, plain path: {plain.seconds:.2f} s", flush=True)
         if compare and not args.skip_seed_style:
-            seed = seed_style(adapter.model, exp.model_input, adapter.channels, args.samples)
+            seed = seed_style(model.members[0], exp.model_input, model.channels, args.samples)
             row["seed_style"] = seed
             row["speedup"] = seed["seconds"] / mine["seconds_median"]
             print(f"   seed-style: {seed['seconds']:.2f} s (model {seed['model_seconds']:.2f} s) "
                   f"-> {row['speedup']:.1f}x", flush=True)
-            if not exp.timings.get("fast_path"):  # same model path: isolates lime's own work
-                row["lime_wrapped"] = lime_wrapped(adapter, exp)
-                print(f"   lime + our classifier: {row['lime_wrapped']}", flush=True)
+            row["lime_wrapped"] = lime_wrapped(model, exp)  # same model path: isolates lime's own work
+            print(f"   lime + our classifier: {row['lime_wrapped']}", flush=True)
         results.append(row)
 
     trust = []
     for run, segmentation in [(r, m) for r in trained for m in ("quickshift", "slic")]:
-        adapter = ex.as_adapter(run)
-        exp = ex.explain_lime(adapter, gray, num_samples=args.samples, seed=0, segmentation=segmentation)
-        cam = ex.grad_cam(adapter, gray, label=exp.label)
-        figures = ex.trust_figures(adapter, gray, exp, gradcam=cam, seeds=5)
+        model = load_model(run)
+        exp = ex.explain_lime(model, gray, seed=0, **ex.lime_settings("seed", num_samples=args.samples,
+                                                                      segmentation=segmentation))
+        cam = ex.grad_cam(model, gray, label=exp.label)
+        figures = ex.trust_figures(model, gray, exp, gradcam=cam, seeds=5)
         figures.pop("deletion_curves")
         trust.append({"run": run.run_id, "arch": run.config.get("arch"), "segmentation": segmentation,
                       "epochs_run": (run.metrics or {}).get("epochs_run"),
-                      "probability_pneumonia": exp.probability, "threshold": adapter.threshold,
+                      "probability_pneumonia": exp.probability, "threshold": model.threshold,
                       "n_superpixels": exp.n_superpixels, "score_r2": exp.score, **figures})
         print(f"== trust {run.run_id} {segmentation}: {figures['deletion_area']} stability "
               f"{figures['stability']['jaccard_mean']:.3f}", flush=True)
@@ -527,7 +545,7 @@ def render(report: dict) -> str:
         f"Image: `{report['image']}` ({report['image_shape'][1]}x{report['image_shape'][0]} px).",
         "Seed-style = `LimeImageExplainer()` defaults (quickshift, batch_size=10, top_labels=5), "
         "`model.predict(verbose=0)`, hide_color=0, same image and sample count, same process. "
-        "Ours = `explain_lime` (1,000 samples, seed 0) including the four panels; median of warm calls.",
+        "Ours = `explain_lime` with the seed's recipe (`lime_settings(\"seed\")`, seed 0); median of warm calls.",
         "",
         "| subject | input | ours (s) | cold (s) | model (s) | seed-style (s) | its model (s) | its LIME own (s) | speed-up | superpixels ours/seed |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -541,15 +559,6 @@ def render(report: dict) -> str:
             + (f"{s['seconds']:.2f} | {s['model_seconds']:.2f} | {s['lime_own_seconds']:.2f} | "
                f"**{r['speedup']:.1f}x** | {o['n_superpixels']}/{s['n_superpixels']} |" if s else
                f"- | - | - | - | {o['n_superpixels']}/- |"))
-    plain_rows = [r for r in report["results"] if "ours_plain_path" in r]
-    if plain_rows:
-        lines += ["", "The same call with `fast=False` (whole perturbed images in large batches through the "
-                  "traced model call, no look-up), one run each: what batching alone gives.", ""]
-        for r in plain_rows:
-            pp = r["ours_plain_path"]
-            ratio = f", {r['seed_style']['seconds'] / pp['seconds']:.1f}x faster than seed-style" if "seed_style" in r else ""
-            lines.append(f"- {r['subject']}: {pp['seconds']:.2f} s (model {pp['timings']['model']:.2f} s){ratio}; "
-                         f"max |weight difference| to the look-up path {pp['max_abs_weight_difference']:.1e}")
     lines += ["", "Stage times of our fastest call (s):", ""]
     for r in report["results"]:
         o = r["ours"]

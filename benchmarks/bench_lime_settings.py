@@ -33,8 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from xray_core import explain as ex  # noqa: E402
 from xray_core import imaging  # noqa: E402
-from xray_core.explain.fastscore import make_scorer  # noqa: E402
-from xray_core.explain.lime import _fit_local_model, _sample_masks, hidden_fill, segment  # noqa: E402
+from xray_core.explain.lime import class_scores, hidden_fill, sample_masks, segment  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the same film draw (the first n of bench_explain's) and version list as bench_explain
@@ -46,22 +45,42 @@ SEGMENTATIONS = {
     "slic n40 c40": ("slic", {"n_segments": 40, "compactness": 40.0, "sigma": 1.0}),
     "grid 6x6": ("grid", {"rows": 6, "cols": 6}),
 }
-SAMPLINGS = ("lime", "paired", "paired_stratified")
+SAMPLINGS = ("lime", "paired")
 KERNEL_WIDTHS = (0.25, 1.0, None)
 TOP_K = ex.TOP_PROS_CONS
 
 
-def scored(model, adapter, x, segments, sampling, seed, samples, hide_color, cache: Path):
+def scored(model, x, segments, sampling, seed, samples, hide_color, cache: Path):
     key = f"{cache.name}-{sampling}-{seed}-{samples}-{hide_color}.npz"
     path = cache.parent / key
     if path.is_file():
         with np.load(path) as z:
             return z["data"], z["p"]
-    data = _sample_masks(int(segments.max()) + 1, samples, seed, sampling)
-    scorer = make_scorer(adapter, x, segments, fill=hidden_fill(x, segments, hide_color))
-    p = scorer(data, 128)[:, ex.PNEUMONIA]
+    data = sample_masks(int(segments.max()) + 1, samples, np.random.RandomState(seed), sampling)
+    fill = hidden_fill(x, segments, hide_color).astype(np.float32)
+    p = np.concatenate([class_scores(model, np.where(rows[:, segments].astype(bool)[..., None], x[None], fill[None]))
+                        [:, ex.PNEUMONIA] for rows in np.array_split(data, -(-len(data) // 128))])
     np.savez(path, data=data, p=p)
     return data, p
+
+
+def fit(data, targets, kernel_width):
+    """lime's own local fit (lime_base.LimeBase: Ridge(alpha=1), every superpixel) -> (weights, R^2)."""
+    from lime.lime_base import LimeBase
+    from sklearn.metrics import pairwise_distances
+
+    if kernel_width is None:
+        kernel = np.ones_like
+    else:
+        def kernel(d):
+            return np.sqrt(np.exp(-d**2 / kernel_width**2))
+    distances = pairwise_distances(data, data[:1], metric="cosine").ravel()
+    _, local_exp, score, _ = LimeBase(kernel).explain_instance_with_data(
+        data, targets[:, None], distances, 0, data.shape[1], feature_selection="none")
+    weights = np.zeros(data.shape[1])
+    for k, w in local_exp:
+        weights[k] = w
+    return weights, score
 
 
 def top_mask(segments, weights) -> np.ndarray:
@@ -92,7 +111,6 @@ def main(argv=None) -> int:
     from xray_core.model import load_model
 
     model = load_model("default")
-    adapter = ex.as_adapter(model)
     hide_color = None if args.hide_color == "mean" else float(args.hide_color)
     prefixes = [int(v) for v in args.prefixes.split(",") if int(v) <= args.samples]
     seg_names = [s for s in args.segmentations.split(",") if s]
@@ -107,16 +125,16 @@ def main(argv=None) -> int:
         for sampling in samplings:
             for fi, film in enumerate(films):
                 gray = imaging.decode(film)
-                x = adapter.prepare(gray)
+                x = model.preprocess(gray)
                 segments = segment(x, method, params=params)
                 n = int(segments.max()) + 1
                 tag = f"{seg_name.split(' (')[0].replace(' ', '_')}-{film.stem}"
-                runs = [scored(model, adapter, x, segments, sampling, s, args.samples, hide_color,
+                runs = [scored(model, x, segments, sampling, s, args.samples, hide_color,
                                args.cache / tag) for s in range(args.seeds)]
                 for m, width in itertools.product(prefixes, KERNEL_WIDTHS):
                     masks, r2 = [], []
                     for data, p in runs:
-                        w, _, score, _ = _fit_local_model(data[:m], p[:m], width)
+                        w, score = fit(data[:m], p[:m], width)
                         masks.append(top_mask(segments, w))
                         r2.append(score)
                     pairs = [ex.jaccard(a, b) for a, b in itertools.combinations(masks, 2)]

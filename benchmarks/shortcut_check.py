@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xray_core import explain, fileio, imaging, runs  # noqa: E402
-from xray_core.explain import gradcam  # noqa: E402
+from xray_core.architectures import last_conv_layer_name  # noqa: E402
 from xray_core.model import load_model  # noqa: E402
 
 LUNG_ROWS = (0.10, 0.80)
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"filename": row.filename, "label": int(row.label), "predicted": cam.predicted_label,
                  "probability": cam.probability, "gradcam": shares(cam.heat_at(model.input_size), masks)}
         if args.lime_samples:
-            lime = explain.explain_lime(model, gray, num_samples=args.lime_samples, seed=args.seed,
-                                        segmentation=args.segmentation, panels=False)
+            lime = explain.explain_lime(model, gray, seed=args.seed, **explain.lime_settings(
+                "seed", num_samples=args.lime_samples, segmentation=args.segmentation))
             entry["lime_positive"] = shares(lime.weight_map(), masks)
             entry["lime_superpixels"] = lime.n_superpixels
         results.append(entry)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(results)} validation images of the run's own patient-level split ({sum(r['label'] == 0 for r in results)} "
         f"NORMAL, {sum(r['label'] == 1 for r in results)} PNEUMONIA, seeded), explained for the label predicted "
         f"at the operating threshold ({correct}/{len(results)} correct). Model input {model.input_size[0]}x"
-        f"{model.input_size[1]}; Grad-CAM layer `{gradcam._last_conv_layer_name(model.members[0])}`"
+        f"{model.input_size[1]}; Grad-CAM layer `{last_conv_layer_name(model.members[0])}`"
         f" of each of its {model.n_members} network(s).",
         "",
         f"Regions: lung box = rows {LUNG_ROWS[0]:.2f}-{LUNG_ROWS[1]:.2f}, columns {LUNG_COLS[0]:.2f}-"

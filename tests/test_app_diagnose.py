@@ -221,9 +221,9 @@ def test_settings_the_lime_design_cannot_take_are_said_in_place_of_the_panels(di
                                                                               monkeypatch):
     """More superpixels than half the samples: the orthogonal design cannot be built. The verdict
     stays; the explanation fragment says why there are no panels and what to change."""
-    from xray_core.explain import adapter
+    from xray_core.explain import lime
 
-    monkeypatch.setitem(adapter.DEFAULT_SEGMENTATION_PARAMS, "grid", {"rows": 12, "cols": 12})  # 144 superpixels
+    monkeypatch.setitem(lime.DEFAULT_SEGMENTATION_PARAMS, "grid", {"rows": 12, "cols": 12})  # 144 superpixels
     at = diagnose
     at.select_slider(key="diagnose_samples").set_value(128)
     at.selectbox(key="diagnose_segmentation").set_value("grid")

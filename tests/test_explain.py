@@ -5,26 +5,32 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from xray_core import explain as ex
-from xray_core.explain import fastscore, gradcam as gradcam_mod, lime as lime_mod, panels as panels_mod
+from xray_core.explain import gradcam as gradcam_mod, lime as lime_mod, panels as panels_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 48
 HALF = SIZE // 2
+# The seed study's call (lime's random draws, black fill, its kernel, the probability) on SLIC
+# superpixels sized for these 48 px images.
+SEED_SLIC = dict(ex.lime_settings("seed", segmentation="slic"), segmentation_params={"n_segments": 60, "compactness": 10.0})
 
 
-def quadrant_model(size: int = SIZE, units: int = 1):
+def quadrant_model(size: int = SIZE, units: int = 1, channels: int = 1):
     """p = sigmoid(40 * mean(conv map) - 3.5), where the conv map is zero outside the top-left
-    quadrant (cropped, then padded back so positions stay aligned): only that quadrant matters."""
+    quadrant (cropped, then padded back so positions stay aligned): only that quadrant matters.
+    With 3 channels the conv averages them, so a gray film gets the 1-channel model's answer."""
     import keras
 
     h = size // 2
-    inp = keras.Input((size, size, 1), name="image")
+    inp = keras.Input((size, size, channels), name="image")
     x = keras.layers.Rescaling(1 / 255, name="rescale")(inp)
     x = keras.layers.Cropping2D(((0, h), (0, h)), name="crop")(x)
     x = keras.layers.ZeroPadding2D(((0, h), (0, h)), name="pad")(x)
@@ -32,13 +38,28 @@ def quadrant_model(size: int = SIZE, units: int = 1):
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     out = keras.layers.Dense(units, activation="sigmoid", name="output")(x)
     model = keras.Model(inp, out, name="quadrant")
-    model.get_layer("conv").set_weights([np.full((3, 3, 1, 1), 1 / 9, np.float32), np.zeros(1, np.float32)])
+    model.get_layer("conv").set_weights([np.full((3, 3, channels, 1), 1 / (9 * channels), np.float32),
+                                         np.zeros(1, np.float32)])
     if units == 1:
         w, b = np.array([[40.0]]), np.array([-3.5])
     else:  # column 0 falls and column 1 rises with the quadrant's brightness
         w, b = np.array([[-40.0, 40.0]]), np.array([3.5, -3.5])
     model.get_layer("output").set_weights([w.astype(np.float32), b.astype(np.float32)])
     return model
+
+
+def as_model(network, folder: Path, *, threshold: float = 0.5):
+    """A run folder holding `network` (saved, never trained), loaded as the product's Model."""
+    from xray_core import fileio
+    from xray_core.model import load_model
+
+    folder.mkdir(parents=True)
+    network.save(folder / "model.keras")
+    shape = network.inputs[0].shape
+    fileio.atomic_write_json(folder / "config.json", {"image_size": [int(shape[1]), int(shape[2])],
+                                                      "channels": int(shape[3])})
+    fileio.atomic_write_json(folder / "metrics.json", {"threshold": threshold})
+    return load_model(folder)
 
 
 def blob_image(size: int = SIZE, seed: int = 0) -> np.ndarray:
@@ -52,8 +73,13 @@ def blob_image(size: int = SIZE, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model():
+def network():
     return quadrant_model()
+
+
+@pytest.fixture(scope="module")
+def model(network, tmp_path_factory):
+    return as_model(network, tmp_path_factory.mktemp("runs") / "quadrant")
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +89,23 @@ def image():
 
 @pytest.fixture(scope="module")
 def explanation(model, image):
-    return ex.explain_lime(model, image, num_samples=600, segmentation="slic", seed=0)
+    return ex.explain_lime(model, image, seed=0, **dict(SEED_SLIC, num_samples=600))
 
 
 def _share_in_quadrant(mask: np.ndarray) -> float:
     return float(mask[:HALF, :HALF].sum() / mask.sum())
 
 
-def test_import_does_not_load_tensorflow():
-    code = "import sys, xray_core.explain; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+def _lime_weights(local_exp, n: int) -> np.ndarray:
+    weights = np.zeros(n)
+    for k, w in local_exp:
+        weights[k] = w
+    return weights
+
+
+def test_import_loads_neither_tensorflow_nor_lime():
+    code = ("import sys, xray_core.explain; loaded = {'tensorflow', 'lime', 'sklearn'} & set(sys.modules); "
+            "assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
@@ -91,6 +125,7 @@ def test_lime_and_gradcam_find_the_region_that_decides(model, image, explanation
     cam = ex.grad_cam(model, image)
     assert cam.layer == "conv" and cam.heatmap.shape == (SIZE, SIZE)
     assert cam.heatmap.dtype == np.float32 and cam.heatmap.max() == pytest.approx(1.0)
+    assert cam.probability == pytest.approx(exp.probability, abs=1e-7)
     hy, hx = np.unravel_index(np.argmax(cam.heatmap), cam.heatmap.shape)
     assert hy < HALF and hx < HALF
     assert cam.heatmap[HALF + 1 :, :].max() == 0 and cam.heatmap[:, HALF + 1 :].max() == 0
@@ -110,91 +145,116 @@ def test_lime_and_gradcam_find_the_region_that_decides(model, image, explanation
     json.dumps(trust)  # plain numbers only
 
 
-def test_weights_equal_lime_library(model, image, explanation):
-    """Same segments, same random_state: our fast path reproduces lime_image's weights."""
+@pytest.mark.parametrize("hide_color,scale", [(0.0, "probability"), (None, "probability"), (None, "logit")])
+def test_weights_equal_lime_library(model, image, hide_color, scale):
+    """With lime's own draws (sampling="lime"), its kernel and the same random_state, explain_lime
+    gives lime_image.LimeImageExplainer.explain_instance's weights, intercept, R^2 and local
+    prediction, for black and mean fills and with the log-odds as the classifier's output."""
     from lime import lime_image
 
-    exp = explanation
-    adapter = ex.as_adapter(model)
+    from xray_core.model import logit
+
+    exp = ex.explain_lime(model, image, seed=3, **dict(SEED_SLIC, num_samples=400, hide_color=hide_color, scale=scale))
 
     def classifier(rgb_batch):  # lime turns the gray image into RGB; the model takes 1 channel
-        return adapter.class_probabilities(rgb_batch[..., :1].astype(np.float32))
+        scores = lime_mod.class_scores(model, rgb_batch)
+        return scores if scale == "probability" else logit(scores)
 
-    explainer = lime_image.LimeImageExplainer(random_state=exp.seed)
-    ref = explainer.explain_instance(
-        exp.model_input[..., 0].astype(np.float64), classifier, labels=(exp.label,),
-        hide_color=0, top_labels=None, num_samples=exp.num_samples, batch_size=256,
-        segmentation_fn=lambda _img: exp.segments, random_seed=exp.seed,
-    )
-    ref_weights = np.zeros(exp.n_superpixels)
-    for k, w in ref.local_exp[exp.label]:
-        ref_weights[k] = w
-    np.testing.assert_allclose(exp.weights, ref_weights, rtol=1e-6, atol=1e-9)
-    assert exp.intercept == pytest.approx(ref.intercept[exp.label], rel=1e-6)
-    assert exp.score == pytest.approx(ref.score, rel=1e-6)
+    ref = lime_image.LimeImageExplainer(random_state=3).explain_instance(
+        exp.model_input[..., 0].astype(np.float64), classifier, labels=(1,), hide_color=hide_color,
+        top_labels=None, num_samples=400, batch_size=100, segmentation_fn=lambda _img: exp.segments, random_seed=3)
+    np.testing.assert_allclose(exp.weights, _lime_weights(ref.local_exp[1], exp.n_superpixels), rtol=1e-9, atol=1e-12)
+    assert exp.intercept == pytest.approx(ref.intercept[1], rel=1e-9)
+    assert exp.score == pytest.approx(ref.score, rel=1e-9)
+    assert exp.local_prediction == pytest.approx(float(ref.local_pred[0]), rel=1e-9)
+    black = ex.explain_lime(model, image, seed=3, **dict(SEED_SLIC, num_samples=400, scale=scale))
+    assert (hide_color is not None) == np.allclose(black.weights, exp.weights)
+
+
+def test_a_three_channel_model_gets_its_channels(model, image, tmp_path):
+    """lime hands over RGB images: a 3-channel model is given three equal channels, a 1-channel
+    model one; the same network over 1 or 3 channels gives the same explanation."""
+    rgb_model = as_model(quadrant_model(channels=3), tmp_path / "rgb")
+    assert rgb_model.channels == 3
+    for settings in ({}, dict(SEED_SLIC, num_samples=300)):
+        rgb = ex.explain_lime(rgb_model, image, seed=2, **settings)
+        gray = ex.explain_lime(model, image, seed=2, **settings)
+        assert rgb.model_input.shape == (SIZE, SIZE, 3) and gray.model_input.shape == (SIZE, SIZE, 1)
+        assert rgb.probability == pytest.approx(gray.probability, rel=1e-5)
+        np.testing.assert_allclose(rgb.weights, gray.weights, rtol=1e-3, atol=1e-4 * np.abs(gray.weights).max())
+        assert rgb.top_abs[:2] == gray.top_abs[:2]
 
 
 def test_quickshift_matches_the_seed_recipe(image):
     from lime.wrappers.scikit_image import SegmentationAlgorithm
 
-    adapter_input = image[..., None].astype(np.float32)
-    ours = ex.segment(adapter_input, "quickshift", seed=42)
+    model_input = image[..., None].astype(np.float32)
+    ours = ex.segment(model_input, "quickshift", seed=42)
     seed_fn = SegmentationAlgorithm("quickshift", kernel_size=4, max_dist=200, ratio=0.2)
-    theirs = seed_fn(np.repeat(adapter_input / 255.0, 3, axis=2).astype(np.float64))
+    theirs = seed_fn(np.repeat(model_input / 255.0, 3, axis=2).astype(np.float64))
     _, theirs = np.unique(theirs, return_inverse=True)
     np.testing.assert_array_equal(ours, theirs.reshape(ours.shape))
 
 
 def test_same_seed_same_weights_other_seed_differs(model, image, explanation):
-    again = ex.explain_lime(model, image, num_samples=600, segmentation="slic", seed=0, panels=False)
+    again = ex.explain_lime(model, image, seed=0, **dict(SEED_SLIC, num_samples=600))
     np.testing.assert_array_equal(again.weights, explanation.weights)
     np.testing.assert_array_equal(again.segments, explanation.segments)
-    other = ex.explain_lime(model, image, num_samples=600, segmentation="slic", seed=1, panels=False)
+    other = ex.explain_lime(model, image, seed=1, **dict(SEED_SLIC, num_samples=600))
     assert not np.array_equal(other.weights, explanation.weights)
 
 
-def test_one_unit_head_explains_normal_as_one_minus_p(model, image, explanation):
-    normal = ex.explain_lime(model, image, label="NORMAL", num_samples=600, segmentation="slic",
-                             seed=0, panels=False)
+def test_normal_is_explained_as_one_minus_p(model, image, explanation):
+    normal = ex.explain_lime(model, image, label="NORMAL", seed=0, **dict(SEED_SLIC, num_samples=600))
     assert normal.label == 0 and normal.predicted_label == 1
     np.testing.assert_allclose(normal.weights, -explanation.weights, atol=1e-9)
     assert normal.intercept == pytest.approx(1 - explanation.intercept)
     assert normal.label_score == pytest.approx(1 - explanation.probability)
 
 
-def test_two_unit_head_uses_the_label_column(image):
-    model2 = quadrant_model(units=2)
-    adapter = ex.as_adapter(model2)
-    assert adapter.output_units == 2
-    x = adapter.prepare(image)[None]
-    np.testing.assert_allclose(adapter.class_probabilities(x), np.asarray(model2(x)), rtol=1e-6)
-    exp = ex.explain_lime(model2, image, num_samples=300, segmentation="slic", panels=False)
-    assert exp.label == 1
-    assert exp.probability == pytest.approx(float(np.asarray(model2(x))[0, 1]), rel=1e-6)
-    assert _share_in_quadrant(exp.segments == exp.top_abs[0]) > 0.9
+def test_progress_is_reported_and_cancel_stops_between_batches(model, image):
+    """progress(done, total) after each batch of the model; a set Event (or a callable returning
+    True) stops the call before the next batch with ExplainCancelled."""
+    seen = []
+    exp = ex.explain_lime(model, image, batch_size=100, progress=lambda done, total: seen.append((done, total)))
+    assert exp.num_samples == 512 and seen == [(100, 512), (200, 512), (300, 512), (400, 512), (500, 512), (512, 512)]
+    stop = threading.Event()
+    seen.clear()
+
+    def progress(done, total):
+        seen.append(done)
+        if done >= 200:
+            stop.set()
+
+    with pytest.raises(ex.ExplainCancelled, match="200 of 512"):
+        ex.explain_lime(model, image, batch_size=100, progress=progress, cancel=stop)
+    assert seen == [100, 200]
+    with pytest.raises(ex.ExplainCancelled, match="0 of 512"):
+        ex.explain_lime(model, image, cancel=lambda: True)
 
 
 def test_panels_any_input_size_and_rgb_input(model):
     for shape in [(30, 50), (200, 120), (SIZE, SIZE, 3)]:
         rng = np.random.default_rng(1)
         img = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        exp = ex.explain_lime(model, img, num_samples=100, segmentation="felzenszwalb", seed=3)
+        exp = ex.explain_lime(model, img, num_samples=128, segmentation="felzenszwalb", sampling="paired", seed=3)
+        panels = ex.lime_panels(img, exp)
         h, w = shape[:2]
         H, W = ex.display_shape((h, w))
         assert max(H, W) == ex.DISPLAY_SIZE >= 448
         assert abs(H / W - h / w) < 0.02
         assert exp.segments.shape == (SIZE, SIZE)
-        for name, panel in exp.panels.as_dict().items():
+        for name, panel in panels.as_dict().items():
             assert panel.shape == (H, W, 3) and panel.dtype == np.uint8, name
-        assert exp.legend.vmax == pytest.approx(np.abs(exp.weights).max())
-        assert exp.legend.vmin == -exp.legend.vmax and exp.legend.cmap == "RdBu"
+        assert panels.legend.vmax == pytest.approx(np.abs(exp.weights).max())
+        assert panels.legend.vmin == -panels.legend.vmax and panels.legend.cmap == "RdBu"
         assert len(exp.top_abs) == min(5, exp.n_superpixels)
         assert all(exp.weights[k] > 0 for k in exp.top_supporting)
 
 
-def test_panels_show_what_they_promise(explanation):
+def test_panels_show_what_they_promise(image, explanation):
     exp = explanation
-    p = exp.panels
+    p = ex.lime_panels(image, exp)
     seg = ex.upsample_nearest(exp.segments, p.full.shape[:2])
     outside = ~np.isin(seg, exp.top_supporting)
     # partial: black outside the top supporting superpixels (but for their outlines)
@@ -214,9 +274,10 @@ def test_panels_show_what_they_promise(explanation):
 
 def test_heatmap_range_covers_negative_weights_without_clipping():
     seg = np.repeat(np.arange(4, dtype=np.int32), 16).reshape(8, 8)
-    weights = np.array([-0.3, -0.1, 0.0, 0.2])
-    legend = ex.HeatmapLegend(vmin=-0.3, vmax=0.3, cmap="RdBu")
-    panels = ex.lime_panels(np.full((8, 8), 128, np.uint8), seg, weights, [3], [0, 3, 1, 2], legend, 64)
+    drawn = SimpleNamespace(segments=seg, weights=np.array([-0.3, -0.1, 0.0, 0.2]), top_supporting=[3],
+                            top_abs=[0, 3, 1, 2])
+    panels = ex.lime_panels(np.full((8, 8), 128, np.uint8), drawn, display_size=64)
+    assert panels.legend.vmin == -0.3 and panels.legend.vmax == 0.3
     lut = panels_mod._colormap_lut("RdBu")
     big = ex.upsample_nearest(seg, (64, 64))
     inner = ~ex.boundaries(big)
@@ -226,49 +287,41 @@ def test_heatmap_range_covers_negative_weights_without_clipping():
 
 def test_few_superpixels_are_handled(model):
     flat = np.full((SIZE, SIZE), 90, np.uint8)
-    exp = ex.explain_lime(model, flat, num_samples=50, segmentation="quickshift")
+    exp = ex.explain_lime(model, flat, **ex.lime_settings("seed", num_samples=50))
     n = exp.n_superpixels
     assert 1 <= n < 5
     assert sorted(exp.top_abs) == list(range(n)) and len(exp.top_supporting) <= min(2, n)
-    assert exp.panels.heatmap.dtype == np.uint8
+    assert ex.lime_panels(flat, exp).heatmap.dtype == np.uint8
     curve = ex.deletion_curve(model, flat, exp.segments, ex.lime_order(exp.weights), exp.label)
     assert len(curve.fractions) == n + 1 and curve.fractions[-1] == 1.0
 
 
-def test_no_retracing(model, image):
-    import keras
-
-    fresh = keras.models.clone_model(model)
-    fresh.set_weights(model.get_weights())
-    for seed, batch in ((0, 64), (1, 100), (2, None)):
-        ex.explain_lime(fresh, image, num_samples=130, segmentation="slic", seed=seed,
-                        batch_size=batch, panels=False)
-    ex.grad_cam(fresh, image)
-    ex.grad_cam(fresh, image, label=0)
-    forward = ex.compiled_forward(fresh, (SIZE, SIZE, 1))
-    assert forward.experimental_get_tracing_count() == 1
-    gradcam_fn = gradcam_mod._compiled_gradcam(ex.as_adapter(fresh), "conv")
-    assert gradcam_fn.experimental_get_tracing_count() == 1
+def test_grad_cam_traces_once(model, image):
+    ex.grad_cam(model, image)
+    ex.grad_cam(model, image, label=0)
+    ex.grad_cam(model, blob_image(seed=5))
+    fn = gradcam_mod._compiled(model.members[0], "conv", (SIZE, SIZE, 1))
+    assert fn.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize("arch", ["baseline", "model3", "model4"])
-def test_grad_cam_for_seed_architectures(arch):
+def test_grad_cam_for_seed_architectures(arch, tmp_path):
     import keras
 
     from xray_core import architectures
 
     keras.utils.set_random_seed(0)
-    model = architectures.build(arch, input_shape=(40, 40, 1))
+    model = as_model(architectures.build(arch, input_shape=(40, 40, 1)), tmp_path / arch)
     img = blob_image(70)
     cam = ex.grad_cam(model, img)
-    layer = model.get_layer(cam.layer)
+    layer = model.members[0].get_layer(cam.layer)
     assert cam.heatmap.shape == tuple(layer.output.shape[1:3])
     assert np.isfinite(cam.heatmap).all() and 0 <= cam.heatmap.min() <= cam.heatmap.max() <= 1
     overlay = ex.make_overlay(img, cam.heatmap)
     assert overlay.shape == (ex.DISPLAY_SIZE, ex.DISPLAY_SIZE, 3) and overlay.dtype == np.uint8
 
 
-def test_errors_are_sentences(model, image):
+def test_errors_are_sentences(model, network, image):
     with pytest.raises(ex.ExplainError, match="quickshift"):
         ex.explain_lime(model, image, segmentation="watershed")
     with pytest.raises(ex.ExplainError, match="label"):
@@ -277,8 +330,11 @@ def test_errors_are_sentences(model, image):
         ex.explain_lime(model, image.astype(np.float32))
     with pytest.raises(ex.ExplainError, match="every superpixel"):
         ex.deletion_curve(model, image, np.zeros((SIZE, SIZE), np.int32) + np.eye(SIZE, dtype=np.int32), [0], 1)
-    with pytest.raises(ex.ExplainError, match="Cannot explain"):
-        ex.explain_lime(object(), image)
+    for wrong in (object(), network):  # a bare Keras network is not a run's model
+        with pytest.raises(ex.ExplainError, match="Cannot explain.*load_model"):
+            ex.explain_lime(wrong, image)
+        with pytest.raises(ex.ExplainError, match="Cannot explain"):
+            ex.grad_cam(wrong, image)
 
 
 def _first_image(dataset: Path) -> Path:
@@ -292,7 +348,7 @@ def test_cli_writes_five_pngs_and_json(tiny_run, synthetic_dataset, tmp_path):
     out = tmp_path / "explained"
     proc = subprocess.run(
         [sys.executable, "-m", "xray_core", "explain", run_id, str(_first_image(synthetic_dataset)),
-         "--out", str(out), "--samples", "128", "--segmentation", "grid", "--seed", "1",
+         "--out-dir", str(out), "--samples", "128", "--segmentation", "grid", "--seed", "1",
          "--stability-seeds", "2", "--runs-dir", str(runs_root)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -325,58 +381,11 @@ def test_cli_unknown_run_is_a_sentence(tiny_run, synthetic_dataset, tmp_path, ca
     from xray_core import cli
 
     runs_root, _ = tiny_run
-    code = cli.main(["explain", "no-such-run", str(_first_image(synthetic_dataset)), "--out",
+    code = cli.main(["explain", "no-such-run", str(_first_image(synthetic_dataset)), "--out-dir",
                      str(tmp_path / "o"), "--runs-dir", str(runs_root)])
     assert code == 1
     assert "no-such-run" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
-
-
-@pytest.mark.parametrize("arch,shape", [("baseline", (36, 36, 3)), ("model3", (48, 48, 1))])
-def test_fast_path_gives_the_models_own_numbers(arch, shape):
-    """The look-up shortcut for conv-first chains equals scoring whole perturbed images."""
-    import keras
-
-    from xray_core import architectures
-
-    keras.utils.set_random_seed(1)
-    model = architectures.build(arch, input_shape=shape)
-    # sharpen the untrained weights so that outputs vary visibly between samples
-    model.set_weights([w * 3 for w in model.get_weights()])
-    adapter = ex.as_adapter(model)
-    x = adapter.prepare(blob_image(60, seed=2))
-    for method, params in (("quickshift", None), ("slic", {"n_segments": 20})):
-        segments = ex.segment(x, method, params=params)
-        rows = lime_mod._sample_masks(int(segments.max()) + 1, 40, 0)
-        fast = ex.make_scorer(adapter, x, segments)
-        plain = ex.make_scorer(adapter, x, segments, fast=False)
-        assert fast.fast and not plain.fast
-        expected = plain(rows, 16)
-        assert expected[:, 1].std() > 1e-3
-        np.testing.assert_allclose(fast(rows, 16), expected, rtol=1e-4, atol=1e-6)
-        direct = adapter.to_class_columns(np.asarray(model(fastscore._perturbed(x, segments, rows[:4]))).astype(np.float64))
-        np.testing.assert_allclose(fast(rows[:4], 4), direct, rtol=1e-4, atol=1e-6)
-    features_fn, scores_fn = fastscore._compiled_local(model, fastscore._local_plan(model), adapter.input_shape)
-    assert features_fn.experimental_get_tracing_count() == 1
-    assert scores_fn.experimental_get_tracing_count() == 1
-
-
-def test_fast_path_falls_back_when_windows_touch_too_many_superpixels(monkeypatch):
-    import keras
-
-    from xray_core import architectures
-
-    keras.utils.set_random_seed(0)
-    model = architectures.build("model3", input_shape=(32, 32, 1))
-    adapter = ex.as_adapter(model)
-    x = adapter.prepare(blob_image(32))
-    segments = ex.segment(x, "slic", params={"n_segments": 30})
-    assert ex.make_scorer(adapter, x, segments).fast
-    monkeypatch.setattr(fastscore, "MAX_TOUCHED", 1)
-    assert not ex.make_scorer(adapter, x, segments).fast
-    # a model that does not start with a local conv chain (quadrant model: crop first) is plain
-    assert not ex.make_scorer(ex.as_adapter(quadrant_model()), blob_image()[..., None].astype(np.float32),
-                              np.zeros((SIZE, SIZE), np.int32)).fast
 
 
 def test_seed_two_unit_run_explains_pneumonia_on_a_normal_image(tmp_path):
@@ -397,7 +406,7 @@ def test_seed_two_unit_run_explains_pneumonia_on_a_normal_image(tmp_path):
     p = float(model.predict_proba(x)[0])
     raw = np.asarray(net(x))[0]
     assert p == pytest.approx(float(raw[1]), rel=1e-6) and p < 0.5  # a NORMAL verdict
-    exp = ex.explain_lime(model, img, num_samples=400, segmentation="slic", seed=0, panels=False)
+    exp = ex.explain_lime(model, img, seed=0, **dict(SEED_SLIC, num_samples=400))
     assert exp.predicted_label == 0 and exp.label == 1 and exp.label_name == "PNEUMONIA"
     assert exp.label_score == pytest.approx(p, rel=1e-6)  # LIME fitted P(pneumonia) ...
     top = exp.top_abs[0]
@@ -431,30 +440,6 @@ def test_dashboard_lime_settings_on_a_real_film():
         steady = ex.stability(model, gray, seeds=5, **s)
         assert min(steady.n_superpixels) >= 30, (path.name, steady.n_superpixels)
         assert steady.jaccard_min >= 0.8, (path.name, steady.jaccard_min, steady.jaccard_mean)
-
-
-def test_mean_fill_equals_lime_hide_color_none(model, image):
-    """hide_color=None (a hidden superpixel shows its own mean) gives lime_image's weights for
-    hide_color=None, and differs from the black fill."""
-    from lime import lime_image
-
-    exp = ex.explain_lime(model, image, num_samples=400, segmentation="slic", seed=3, panels=False,
-                          hide_color=None)
-    assert exp.hide_color is None and exp.to_dict()["hide_color"] is None
-    adapter = ex.as_adapter(model)
-
-    def classifier(rgb_batch):
-        return adapter.class_probabilities(rgb_batch[..., :1].astype(np.float32))
-
-    ref = lime_image.LimeImageExplainer(random_state=3).explain_instance(
-        exp.model_input[..., 0].astype(np.float64), classifier, labels=(1,), hide_color=None, top_labels=None,
-        num_samples=400, batch_size=256, segmentation_fn=lambda _img: exp.segments, random_seed=3)
-    ref_weights = np.zeros(exp.n_superpixels)
-    for k, w in ref.local_exp[1]:
-        ref_weights[k] = w
-    np.testing.assert_allclose(exp.weights, ref_weights, rtol=1e-5, atol=1e-8)
-    black = ex.explain_lime(model, image, num_samples=400, segmentation="slic", seed=3, panels=False)
-    assert not np.allclose(black.weights, exp.weights)
 
 
 def chest_like_film(size: int = 224, seed: int = 0) -> np.ndarray:
@@ -496,28 +481,25 @@ def test_grid_segmentation_is_a_regular_grid():
         ex.segment(np.zeros((10, 10, 1), np.float32), "grid", params={"rows": 2, "cols": 2, "compactness": 3})
 
 
-@pytest.mark.parametrize("sampling", ["paired", "paired_stratified"])
-def test_paired_designs_are_complementary_pairs(sampling):
-    from xray_core.explain.lime import _sample_masks
+def _design(n: int, m: int, seed: int, sampling: str) -> np.ndarray:
+    return lime_mod.sample_masks(n, m, np.random.RandomState(seed), sampling)
 
-    data = _sample_masks(36, 101, seed=4, sampling=sampling)
+
+def test_paired_design_is_complementary_pairs():
+    data = _design(36, 101, 4, "paired")
     assert data.shape == (101, 36) and set(np.unique(data)) <= {0, 1}
     assert data[0].all() and not data[1].any()  # the image, then everything hidden
     np.testing.assert_array_equal(data[2:100:2], 1 - data[3:101:2])
-    if sampling == "paired_stratified":
-        off = 36 - data[2::2].sum(axis=1)
-        assert off.min() >= 1 and off.max() <= 35 and len(np.unique(off)) > 10
-    assert not np.array_equal(data, _sample_masks(36, 101, seed=5, sampling=sampling))
+    np.testing.assert_array_equal(data[0::2], _design(36, 101, 4, "lime")[:51])  # lime's draws, then their complements
+    assert not np.array_equal(data, _design(36, 101, 5, "paired"))
     with pytest.raises(ex.ExplainError, match="sampling"):
-        _sample_masks(36, 10, 0, "sobol")
+        _design(36, 10, 0, "sobol")
 
 
 def test_orthogonal_design_is_balanced_orthogonal_and_folded_over():
     from itertools import combinations
 
-    from xray_core.explain.lime import _sample_masks
-
-    data = _sample_masks(36, 1024, seed=3, sampling="orthogonal")
+    data = _design(36, 1024, 3, "orthogonal")
     assert data.shape == (1024, 36) and set(np.unique(data)) == {0, 1}
     assert data[0].all() and not data[-1].any()  # the image; everything hidden
     assert (data.mean(axis=0) == 0.5).all()  # each superpixel hidden in exactly half the samples
@@ -531,10 +513,10 @@ def test_orthogonal_design_is_balanced_orthogonal_and_folded_over():
     # interaction into a weight. 36 random odd columns of 1,024 form about 115.
     _, repeats = np.unique(pairs.T, axis=0, return_counts=True)
     assert (repeats * (repeats - 1) // 2).sum() // 3 <= 60
-    assert not np.array_equal(data, _sample_masks(36, 1024, seed=4, sampling="orthogonal"))
+    assert not np.array_equal(data, _design(36, 1024, 4, "orthogonal"))
     for bad in (1000, 64):  # not a power of two; fewer than twice the superpixels
         with pytest.raises(ex.ExplainError, match="power of two"):
-            _sample_masks(36, bad, 0, "orthogonal")
+            _design(36, bad, 0, "orthogonal")
 
 
 def linear_logit_model(weights: np.ndarray, bias: float):
@@ -562,7 +544,7 @@ def test_a_top5_edge_is_a_near_tie_within_two_seed_spreads():
     assert ex.Stability(**base, cut_margin=0.0, cut_spread=0.01).to_dict()["near_tie"] is True
 
 
-def test_logit_scale_recovers_additive_log_odds_exactly_and_the_probability_scale_does_not(image):
+def test_logit_scale_recovers_additive_log_odds_exactly_and_the_probability_scale_does_not(image, tmp_path):
     """A model whose log-odds are a sum over pixels: with the orthogonal design, uniform weights and
     black fill, LIME on the log-odds gives each superpixel its own summed contribution (times ridge's
     known shrinkage m/4 / (m/4 + 1)), the same top 5 for every seed. Fitted on the probability, the
@@ -570,17 +552,17 @@ def test_logit_scale_recovers_additive_log_odds_exactly_and_the_probability_scal
     rng = np.random.default_rng(1)
     w = rng.normal(0, 0.02, (SIZE, SIZE))
     w[:HALF, :HALF] += 0.03  # the top-left quadrant pushes towards pneumonia
-    model = linear_logit_model(w, bias=-1.0)
-    settings = dict(num_samples=256, segmentation="grid", segmentation_params={"rows": 6, "cols": 6},
-                    hide_color=0.0, sampling="orthogonal", kernel_width=None, panels=False)
-    exp = ex.explain_lime(model, image, seed=0, scale="logit", **settings)
-    assert exp.scale == "logit" and exp.to_dict()["scale"] == "logit"
+    model = as_model(linear_logit_model(w, bias=-1.0), tmp_path / "linear")
+    settings = dict(num_samples=256, segmentation="grid", segmentation_params={"rows": 6, "cols": 6}, hide_color=0.0)
+    exp = ex.explain_lime(model, image, seed=0, **settings)  # the dashboard's design, weights and scale
+    assert (exp.scale, exp.sampling, exp.kernel_width) == ("logit", "orthogonal", None)
+    assert exp.to_dict()["scale"] == "logit"
     pixels = exp.model_input[..., 0].astype(np.float64) / 255.0
     truth = np.bincount(exp.segments.ravel(), weights=(w * pixels).ravel(), minlength=exp.n_superpixels)
     shrink = (256 / 4) / (256 / 4 + 1)
     np.testing.assert_allclose(exp.weights, shrink * truth, rtol=1e-3, atol=2e-4)
     assert exp.local_prediction == pytest.approx(np.log(exp.probability / (1 - exp.probability)), abs=0.1)
-    steady = ex.stability(model, image, seeds=5, scale="logit", **{k: v for k, v in settings.items() if k != "panels"})
+    steady = ex.stability(model, image, seeds=5, **settings)
     assert steady.jaccard_min == 1.0
     # the edge of the top 5: the known gap between the 5th and 6th contributions, no seed spread
     edge = np.sort(np.abs(truth))[::-1][4:6]
@@ -594,11 +576,21 @@ def test_logit_scale_recovers_additive_log_odds_exactly_and_the_probability_scal
         ex.explain_lime(model, image, seed=0, scale="odds", **settings)
 
 
+def _lime_fit(data: np.ndarray, targets: np.ndarray, kernel_width: float | None) -> np.ndarray:
+    """lime's own local fit (lime_base.LimeBase, Ridge(alpha=1), every feature) of targets on data."""
+    from lime.lime_base import LimeBase
+    from sklearn.metrics import pairwise_distances
+
+    kernel = (lambda d: np.ones_like(d)) if kernel_width is None else (lambda d: np.sqrt(np.exp(-d**2 / kernel_width**2)))
+    distances = pairwise_distances(data, data[:1], metric="cosine").ravel()
+    _, local_exp, _, _ = LimeBase(kernel).explain_instance_with_data(
+        data, targets[:, None], distances, 0, data.shape[1], feature_selection="none")
+    return _lime_weights(local_exp, data.shape[1])
+
+
 def test_paired_uniform_fit_cancels_even_interactions():
     """A score = linear part + a pairwise interaction (even under switching every superpixel):
     paired samples with uniform weights recover the linear part; lime's draws with its kernel do not."""
-    from xray_core.explain.lime import _fit_local_model, _sample_masks
-
     rng = np.random.default_rng(0)
     beta = rng.normal(0, 1, 12)
 
@@ -606,32 +598,27 @@ def test_paired_uniform_fit_cancels_even_interactions():
         s = 2 * d - 1  # +-1 coding: s_i * s_j is unchanged when every superpixel switches
         return d @ beta + 0.8 * s[:, 0] * s[:, 1] + 0.5 * s[:, 2] * s[:, 5]
 
-    paired = _sample_masks(12, 400, 0, "paired")
-    w, *_ = _fit_local_model(paired, score(paired), kernel_width=None)
+    paired = _design(12, 400, 0, "paired")
+    w = _lime_fit(paired, score(paired), None)
     np.testing.assert_allclose(w, beta, rtol=0.02, atol=0.02)  # only the ridge penalty's ~1 % shrinkage is left
-    lime_draws = _sample_masks(12, 400, 0, "lime")
-    w_lime, *_ = _fit_local_model(lime_draws, score(lime_draws))
-    assert np.max(np.abs(w_lime - beta) / np.abs(beta)) > 0.5
-    w_kernel, *_ = _fit_local_model(paired, score(paired), kernel_width=0.25)  # the kernel breaks the pairs
+    lime_draws = _design(12, 400, 0, "lime")
+    assert np.max(np.abs(_lime_fit(lime_draws, score(lime_draws), 0.25) - beta) / np.abs(beta)) > 0.5
+    w_kernel = _lime_fit(paired, score(paired), 0.25)  # the kernel breaks the pairs
     assert np.max(np.abs(w_kernel - beta) / np.abs(beta)) > 0.5
 
 
 def test_deletion_uses_the_fill_the_explanation_used(model, image):
     """deletion_curve hides with the explanation's fill; the mean fill's end point is the image of
     superpixel means, not black; trust_figures follows the explanation's fill and says which."""
-    exp = ex.explain_lime(model, image, num_samples=200, segmentation="grid", seed=0, panels=False,
-                          hide_color=None, sampling="paired", kernel_width=None)
-    assert exp.sampling == "paired" and exp.kernel_width is None and exp.to_dict()["sampling"] == "paired"
+    exp = ex.explain_lime(model, image, num_samples=200, segmentation="grid", seed=0, sampling="paired")
+    assert exp.sampling == "paired" and exp.hide_color is None and exp.to_dict()["sampling"] == "paired"
     order = ex.lime_order(exp.weights)
     mean_curve = ex.deletion_curve(model, image, exp.segments, order, 1, hide_color=None)
     black_curve = ex.deletion_curve(model, image, exp.segments, order, 1, hide_color=0.0)
-    adapter = ex.as_adapter(model)
-    x = adapter.prepare(image)
-    from xray_core.explain.lime import hidden_fill
-
-    means = hidden_fill(x, exp.segments, None)
-    assert mean_curve.probabilities[-1] == pytest.approx(adapter.class_probabilities(means)[0, 1], abs=1e-6)
-    assert black_curve.probabilities[-1] == pytest.approx(adapter.class_probabilities(np.zeros_like(x))[0, 1], abs=1e-6)
+    x = model.preprocess(image)
+    means = lime_mod.hidden_fill(x, exp.segments, None).astype(np.float32)
+    assert mean_curve.probabilities[-1] == pytest.approx(model.predict_proba(means[None])[0], abs=1e-6)
+    assert black_curve.probabilities[-1] == pytest.approx(model.predict_proba(np.zeros_like(x)[None])[0], abs=1e-6)
     assert mean_curve.probabilities[0] == pytest.approx(black_curve.probabilities[0], abs=1e-9)
     assert not np.allclose(mean_curve.probabilities, black_curve.probabilities)
     trust = ex.trust_figures(model, image, exp, seeds=2)
@@ -663,20 +650,23 @@ def test_panel_help_shows_the_measured_faithfulness_with_its_fill(tmp_path, monk
 
 
 def test_lime_settings_give_diagnose_report_and_cli_one_recipe(model, image):
-    """lime_settings is the one place the recipes live: the dashboard's is DEFAULT_LIME (a copy the
-    caller may change), a new segmentation takes its own parameters, and the seed's recipe is
-    explain_lime's own defaults (quickshift, 1,000 random samples, black fill, probability)."""
+    """lime_settings is the one place the recipes live: the dashboard's is DEFAULT_LIME and
+    explain_lime's own defaults, the seed study's call is SEED_LIME (copies the caller may change),
+    and a new segmentation takes its own parameters."""
     dashboard = ex.lime_settings()
     assert dashboard == ex.DEFAULT_LIME and dashboard["segmentation_params"] is not ex.DEFAULT_LIME["segmentation_params"]
     assert ex.lime_settings(num_samples=256)["num_samples"] == 256
     assert ex.lime_settings(segmentation="grid")["segmentation_params"] is None
     assert ex.lime_settings(segmentation="slic")["segmentation_params"] == ex.DEFAULT_LIME["segmentation_params"]
-    assert ex.lime_settings("seed") == {}
-    assert ex.lime_settings("seed", num_samples=300, segmentation="slic") == {
-        "num_samples": 300, "segmentation": "slic", "segmentation_params": None}
+    assert ex.lime_settings("seed") == ex.SEED_LIME == {
+        "segmentation": "quickshift", "segmentation_params": {"kernel_size": 4, "max_dist": 200, "ratio": 0.2},
+        "num_samples": 1000, "hide_color": 0.0, "sampling": "lime", "kernel_width": 0.25, "scale": "probability"}
+    assert ex.lime_settings("seed", num_samples=300, segmentation="slic") == dict(
+        ex.SEED_LIME, num_samples=300, segmentation="slic", segmentation_params=None)
     with pytest.raises(ex.ExplainError, match="dashboard, seed"):
         ex.lime_settings("lime")
-    seed_call = ex.explain_lime(model, image, seed=3, panels=False, **ex.lime_settings("seed", num_samples=200))
-    plain = ex.explain_lime(model, image, seed=3, panels=False, num_samples=200)
-    assert (seed_call.segmentation, seed_call.sampling, seed_call.scale) == ("quickshift", "lime", "probability")
-    assert np.array_equal(seed_call.weights, plain.weights)
+    plain = ex.explain_lime(model, image, seed=3)
+    assert plain.settings() == ex.DEFAULT_LIME
+    assert np.array_equal(ex.explain_lime(model, image, seed=3, **dashboard).weights, plain.weights)
+    seed_call = ex.explain_lime(model, image, seed=3, **ex.lime_settings("seed", num_samples=200))
+    assert seed_call.settings() == dict(ex.SEED_LIME, num_samples=200)

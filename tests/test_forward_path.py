@@ -18,12 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "xray_core/model.py": "the forward path itself",
     "xray_core/explain/gradcam.py": "Grad-CAM needs the last convolution's activations and their gradients",
-    "xray_core/explain/fastscore.py": "LIME's exact first-layer look-up for conv-first networks (checked "
-                                      "against the model's own outputs in tests/test_explain.py)",
-    "xray_core/explain/adapter.py": "explanations of a bare Keras network (no run folder), as in the tests",
 }
 # Single lines that match the pattern but call no network.
-ALLOWED_LINES = {("xray_core/explain/lime.py", "local_pred = model.predict("): "LIME's local ridge regression"}
+ALLOWED_LINES: dict[tuple[str, str], str] = {}
 CALLS = re.compile(r"\.predict(_on_batch)?\(|\(\s*[\w\[\]:, +]*training\s*=\s*False\s*\)")
 
 

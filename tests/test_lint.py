@@ -18,10 +18,10 @@ PROJECT = Path(__file__).resolve().parents[1]
 SCANNED = ["xray_core", "pages", "app", "streamlit_app.py"]
 
 # Names used where vulture cannot see: called by frameworks (Keras' metric protocol, urllib's
-# handler protocol), option attributes set on TensorFlow's and Ray's objects, a function a
-# subprocess imports by name (scoring's job), a dataclass field written out by dataclasses.asdict.
+# handler protocol, lime's sampling step), option attributes set on TensorFlow's and Ray's objects, a
+# function a subprocess imports by name (scoring's job), a dataclass field written out by dataclasses.asdict.
 NOT_SEEN_BY_VULTURE = ["reset_state", "http_open", "https_open", "auto_shard_policy", "enable_progress_bars",
-                       "_job_main", "probabilities"]
+                       "_job_main", "probabilities", "data_labels"]
 
 
 def _names_used_in(folder: Path) -> set[str]:

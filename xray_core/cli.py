@@ -35,8 +35,8 @@ USER_ERRORS = {
     "xray_core.download": ("DownloadError",),
     "xray_core.evaluation": ("EvaluationError",),
     "xray_core.explain": ("ExplainError",),
+    "xray_core.explain.lime": ("ExplainError",),
     "xray_core.export": ("ExportError",),
-    "xray_core.explain.adapter": ("ExplainError",),
     "xray_core.fileio": ("PathNotAllowed",),
     "xray_core.gate": ("GateError",),
     "xray_core.imaging": ("ImageDecodeError",),
@@ -290,16 +290,16 @@ def _add_explain(sub, common) -> None:
     p.add_argument("run", metavar="RUN", help="run id in the registry (see `xray runs`)")
     p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF or DICOM file")
     p.add_argument("--out-dir", required=True, type=Path, help="folder to write the PNGs and explanation.json into")
-    from xray_core.explain import adapter  # its constants only (no TensorFlow, no scikit-image)
+    from xray_core.explain import lime as recipes  # its constants only (no TensorFlow, no lime)
 
-    p.add_argument("--recipe", choices=adapter.RECIPES, default=adapter.RECIPES[0],
+    p.add_argument("--recipe", choices=list(recipes.RECIPES), default="dashboard",
                    help="LIME's settings: the dashboard's (default; as Diagnose and report explain) or the "
                         "seed study's (quickshift, 1,000 random samples, black fill, the probability fitted)")
     p.add_argument("--samples", type=_positive_int, default=None,
-                   help=f"LIME samples (default: the recipe's, {adapter.DEFAULT_LIME['num_samples']} for the "
+                   help=f"LIME samples (default: the recipe's, {recipes.DEFAULT_LIME['num_samples']} for the "
                         "dashboard's, whose design takes a power of two; 1,000 for the seed's)")
-    p.add_argument("--segmentation", choices=adapter.SEGMENTATIONS, default=None,
-                   help=f"superpixel method (default: the recipe's, {adapter.DEFAULT_LIME['segmentation']} for the "
+    p.add_argument("--segmentation", choices=recipes.SEGMENTATIONS, default=None,
+                   help=f"superpixel method (default: the recipe's, {recipes.DEFAULT_LIME['segmentation']} for the "
                         "dashboard's, quickshift for the seed's)")
     p.add_argument("--seed", type=int, default=0, help="seed for LIME sampling and segmentation")
     p.add_argument("--label", choices=("NORMAL", "PNEUMONIA"), default=None,
@@ -336,10 +336,10 @@ def _add_report(sub, common) -> None:
     p.add_argument("image", metavar="IMAGE", type=Path, help="PNG, JPEG, BMP, TIFF or DICOM file")
     p.add_argument("--out", required=True, type=Path, help="the PDF file to write")
     _add_json(p, "what was written")
-    from xray_core.explain import adapter  # its constants only (no TensorFlow, no scikit-image)
+    from xray_core.explain import lime as recipes  # its constants only (no TensorFlow, no lime)
 
     p.add_argument("--samples", type=_positive_int, default=None,
-                   help=f"LIME samples, a power of two (default: the dashboard's, {adapter.DEFAULT_LIME['num_samples']})")
+                   help=f"LIME samples, a power of two (default: the dashboard's, {recipes.DEFAULT_LIME['num_samples']})")
     p.add_argument("--seed", type=int, default=0, help="seed for LIME")
     p.add_argument("--show-anyway", action="store_true",
                    help="include the verdict and explanations even when the gate refuses the image")

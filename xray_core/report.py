@@ -89,8 +89,9 @@ def build_pdf(assessment, *, lime=None, gradcam_overlay: np.ndarray | None = Non
               show_anyway: bool = False) -> bytes:
     """The PDF bytes for one assessed film (`case.Assessment`), with its explanation panels if given.
 
-    `lime` is an `explain.LimeExplanation` with panels; `gradcam_overlay` an RGB array. A film
-    the gate refused carries no verdict unless `show_anyway` (then it is marked as such).
+    `lime` is an `explain.LimeExplanation` (its panels are drawn here over the film);
+    `gradcam_overlay` an RGB array. A film the gate refused carries no verdict unless
+    `show_anyway` (then it is marked as such).
     """
     from fpdf import FPDF
     from fpdf.enums import XPos, YPos
@@ -161,13 +162,16 @@ def build_pdf(assessment, *, lime=None, gradcam_overlay: np.ndarray | None = Non
         right(f"DICOM: {facts}.", 8)
     pdf.set_y(max(pdf.get_y(), top + side) + 3)
 
-    if lime is not None and lime.panels is not None and (gate_ok or show_anyway):
+    if lime is not None and (gate_ok or show_anyway):
+        from xray_core.explain import lime_panels
+
+        panels = lime_panels(a.image, lime)
         line("Why: explanations of P(pneumonia) (LIME superpixels, Grad-CAM)", 10, "B")
         y = pdf.get_y()
         w = (epw - 8) / 3
-        images = [("LIME pros and cons: green raises P(pneumonia), red lowers it", lime.panels.pros_cons),
-                  (f"LIME weight heatmap (blue raises P(pneumonia); scale +-{lime.legend.vmax:.3g}"
-                   f"{' in log-odds' if lime.scale == 'logit' else ''})", lime.panels.heatmap)]
+        images = [("LIME pros and cons: green raises P(pneumonia), red lowers it", panels.pros_cons),
+                  (f"LIME weight heatmap (blue raises P(pneumonia); scale +-{panels.legend.vmax:.3g}"
+                   f"{' in log-odds' if lime.scale == 'logit' else ''})", panels.heatmap)]
         if gradcam_overlay is not None:
             images.append(("Grad-CAM: warm where the last conv layer saw evidence for pneumonia", gradcam_overlay))
         for i, (caption, arr) in enumerate(images):

@@ -12,13 +12,12 @@ import time
 
 import numpy as np
 
-from xray_core.explain.adapter import (
-    HIDE_COLOR, CLASSES, KERNEL_WIDTH, ExplainError, TOP_PROS_CONS, _check_label, as_adapter, to_gray,
-)
-from xray_core.explain.fastscore import _auto_batch_size, make_scorer
 from xray_core.explain.gradcam import GradCam, grad_cam
-from xray_core.explain.lime import LimeExplanation, explain_lime, hidden_fill
-from xray_core.explain.panels import _resize_float
+from xray_core.explain.lime import (
+    BATCH_SIZE, CLASSES, DEFAULT_LIME, DEFAULT_SEGMENTATION_PARAMS, TOP_PROS_CONS, ExplainError, LimeExplanation,
+    check_model, class_scores, explain_lime, hidden_fill, label_index, to_gray,
+)
+from xray_core.explain.panels import resize_float
 
 
 @dataclasses.dataclass
@@ -36,20 +35,20 @@ class DeletionCurve:
         return dataclasses.asdict(self)
 
 
-def deletion_curve(run_or_model, image: np.ndarray, segments: np.ndarray, order, label, *,
-                   steps: int | None = None, hide_color: float | None = HIDE_COLOR) -> DeletionCurve:
+def deletion_curve(model, image: np.ndarray, segments: np.ndarray, order, label, *,
+                   steps: int | None = None, hide_color: float | None = None) -> DeletionCurve:
     """Hide superpixels in `order`, most important first, and score each step.
 
     `segments` is (h, w) at model input size (e.g. LimeExplanation.segments); `steps` points
     after the start (None: one per superpixel). `hide_color` is what a hidden superpixel shows,
-    as in explain_lime: a gray level (0, black, the default) or None for the superpixel's own
-    mean. Measure an explanation with the fill it was made with (LimeExplanation.hide_color).
+    as in explain_lime: None for the superpixel's own mean (the default) or a gray level (0,
+    black). Measure an explanation with the fill it was made with (LimeExplanation.hide_color).
     """
-    adapter = as_adapter(run_or_model)
-    label = _check_label(label)
+    check_model(model)
     if label is None:
         raise ExplainError("deletion_curve needs the label to follow (0 NORMAL or 1 PNEUMONIA).")
-    x = adapter.prepare(to_gray(image))
+    label = label_index(label)
+    x = model.preprocess(to_gray(image))
     segments = np.asarray(segments)
     n = int(segments.max()) + 1
     order = [int(k) for k in order]
@@ -57,11 +56,12 @@ def deletion_curve(run_or_model, image: np.ndarray, segments: np.ndarray, order,
         raise ExplainError(f"order must list every superpixel 0..{n - 1} once, got {len(order)} entries.")
     steps = n if steps is None else int(np.clip(steps, 1, n))
     counts = np.unique(np.round(np.linspace(0, n, steps + 1)).astype(int))
-    rows = np.ones((len(counts), n), dtype=np.int64)
+    rows = np.ones((len(counts), n), dtype=bool)
     for i, c in enumerate(counts):
-        rows[i, order[:c]] = 0
-    scorer = make_scorer(adapter, x, segments, fill=hidden_fill(x, segments, hide_color))
-    probs = scorer(rows, _auto_batch_size(adapter, scorer))[:, label]
+        rows[i, order[:c]] = False
+    fill = hidden_fill(x, segments, hide_color).astype(np.float32)
+    probs = np.concatenate([class_scores(model, np.where(part[:, segments][..., None], x[None], fill[None]))[:, label]
+                            for part in np.array_split(rows, -(-len(rows) // BATCH_SIZE))])
     fractions = counts / n
     area = float(np.sum((probs[1:] + probs[:-1]) / 2 * np.diff(fractions)))
     return DeletionCurve(fractions=[float(f) for f in fractions],
@@ -75,7 +75,7 @@ def lime_order(weights: np.ndarray) -> list[int]:
 
 def gradcam_order(heatmap: np.ndarray, segments: np.ndarray) -> list[int]:
     """Superpixels by mean Grad-CAM heat (heat resized to the segments' size), hottest first."""
-    heat = _resize_float(heatmap, segments.shape)
+    heat = resize_float(heatmap, segments.shape)
     n = int(segments.max()) + 1
     mean = np.bincount(segments.ravel(), weights=heat.ravel(), minlength=n) / np.maximum(
         np.bincount(segments.ravel(), minlength=n), 1)
@@ -120,31 +120,26 @@ class Stability:
         return dict(dataclasses.asdict(self), near_tie=self.near_tie)
 
 
-def stability(run_or_model, image: np.ndarray, label=None, *, seeds: int | list = 5,
-              num_samples: int = 1000, segmentation: str = "quickshift",
-              segmentation_params: dict | None = None, top_k: int = TOP_PROS_CONS,
-              hide_color: float | None = HIDE_COLOR, sampling: str = "lime",
-              kernel_width: float | None = KERNEL_WIDTH, scale: str = "probability",
-              first: LimeExplanation | None = None) -> Stability:
+def stability(model, image: np.ndarray, label=None, *, seeds: int | list = 5, top_k: int = TOP_PROS_CONS,
+              first: LimeExplanation | None = None, **settings) -> Stability:
     """Mean pairwise Jaccard overlap of the top-k superpixels (by |weight|) over several seeds.
 
-    Overlap is measured on pixels, because superpixels of different seeds need not match
-    one-to-one. `first` reuses an explanation already made with one of the seeds.
+    `settings` are explain_lime's (default the dashboard's). Overlap is measured on pixels,
+    because superpixels of different seeds need not match one-to-one. `first` reuses an
+    explanation already made with one of the seeds and the same settings.
     """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if len(seed_list) < 2:
         raise ExplainError("stability needs at least two seeds.")
+    wanted = {**DEFAULT_LIME, **settings}
+    wanted["segmentation_params"] = {**DEFAULT_SEGMENTATION_PARAMS.get(wanted["segmentation"], {}),
+                                     **(settings.get("segmentation_params") or {})}
     masks, counts, weights = [], [], []
     for s in seed_list:
-        if first is not None and first.seed == s and first.num_samples == num_samples \
-                and first.segmentation == segmentation and first.hide_color == hide_color \
-                and first.sampling == sampling and first.kernel_width == kernel_width and first.scale == scale:
+        if first is not None and first.seed == s and first.settings() == wanted:
             exp = first
         else:
-            exp = explain_lime(run_or_model, image, label=label, num_samples=num_samples,
-                               segmentation=segmentation, segmentation_params=segmentation_params,
-                               seed=s, panels=False, hide_color=hide_color, sampling=sampling,
-                               kernel_width=kernel_width, scale=scale)
+            exp = explain_lime(model, image, label=label, seed=s, **wanted)
         label = exp.label  # every seed explains the same label
         top = sorted(range(exp.n_superpixels), key=lambda k: (-abs(exp.weights[k]), k))[:top_k]
         masks.append(np.isin(exp.segments, top))
@@ -163,20 +158,20 @@ def stability(run_or_model, image: np.ndarray, label=None, *, seeds: int | list 
                      cut_margin=margin, cut_spread=spread)
 
 
-def trust_figures(run_or_model, image: np.ndarray, explanation: LimeExplanation | None = None, *,
+def trust_figures(model, image: np.ndarray, explanation: LimeExplanation | None = None, *,
                   gradcam: GradCam | None = None, seeds: int = 5, steps: int | None = None,
-                  random_seed: int = 0, num_samples: int | None = None) -> dict:
+                  random_seed: int = 0) -> dict:
     """Deletion areas (LIME, Grad-CAM, random) and LIME stability, as plain numbers.
 
-    Reuses `explanation` / `gradcam` when given (their label is followed throughout).
+    Reuses `explanation` / `gradcam` when given (their label and LIME settings are followed
+    throughout); without one, explains with the dashboard's settings.
     """
     t0 = time.perf_counter()
-    adapter = as_adapter(run_or_model)
     if explanation is None:
-        explanation = explain_lime(adapter, image, num_samples=num_samples or 1000, panels=False)
+        explanation = explain_lime(model, image)
     label = explanation.label
     if gradcam is None or gradcam.label != label:
-        gradcam = grad_cam(adapter, image, label=label)
+        gradcam = grad_cam(model, image, label=label)
     segments = explanation.segments
     n = explanation.n_superpixels
     orders = {
@@ -185,14 +180,9 @@ def trust_figures(run_or_model, image: np.ndarray, explanation: LimeExplanation 
         "random": random_order(n, random_seed),
     }
     fill = explanation.hide_color  # hidden regions look as they did when LIME was fitted
-    deletion = {name: deletion_curve(adapter, image, segments, order, label, steps=steps, hide_color=fill).to_dict()
+    deletion = {name: deletion_curve(model, image, segments, order, label, steps=steps, hide_color=fill).to_dict()
                 for name, order in orders.items()}
-    stab = stability(adapter, image, label=label, seeds=seeds,
-                     num_samples=num_samples or explanation.num_samples,
-                     segmentation=explanation.segmentation,
-                     segmentation_params=explanation.segmentation_params, hide_color=fill,
-                     sampling=explanation.sampling, kernel_width=explanation.kernel_width, scale=explanation.scale,
-                     first=explanation)
+    stab = stability(model, image, label=label, seeds=seeds, first=explanation, **explanation.settings())
     return {
         "label": label,
         "label_name": CLASSES[label],

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from pathlib import Path
 
-from xray_core.explain.adapter import CLASSES, as_adapter, lime_settings
 from xray_core.explain.faithfulness import trust_figures
 from xray_core.explain.gradcam import grad_cam
-from xray_core.explain.lime import explain_lime
-from xray_core.explain.panels import make_overlay, png_bytes
+from xray_core.explain.lime import CLASSES, explain_lime, lime_settings
+from xray_core.explain.panels import lime_panels, make_overlay, png_bytes
 
 
 PANEL_FILES = {
@@ -29,34 +29,38 @@ def explain_to_folder(run, image_path: str | os.PathLike, out_dir: str | os.Path
                       stability_seeds: int = 5) -> dict:
     """Write the four LIME panels, the Grad-CAM overlay and explanation.json into out_dir.
 
-    recipe, num_samples, segmentation: LIME's settings (`lime_settings`); by default Diagnose's."""
+    run: a run id, run folder, `runs.Run` or loaded `Model`. recipe, num_samples, segmentation:
+    LIME's settings (`lime_settings`); by default Diagnose's."""
     from xray_core import fileio, imaging
+    from xray_core.model import load_model
 
     gray = imaging.decode(Path(image_path))
     out = Path(out_dir)
     t = time.perf_counter()
-    adapter = as_adapter(run)  # loads the model, so that LIME's time below is LIME's
+    model = load_model(run)
+    model.predict_proba(model.preprocess(gray)[None])  # loads the networks, so that LIME's time below is LIME's
     load_seconds = time.perf_counter() - t
-    exp = explain_lime(adapter, gray, label=label, seed=seed,
+    exp = explain_lime(model, gray, label=label, seed=seed,
                        **lime_settings(recipe, num_samples=num_samples, segmentation=segmentation))
-    cam = grad_cam(adapter, gray, label=exp.label)
+    panels = lime_panels(gray, exp)
+    cam = grad_cam(model, gray, label=exp.label)
     overlay = make_overlay(gray, cam.heatmap)
-    trust = trust_figures(adapter, gray, exp, gradcam=cam, seeds=stability_seeds, random_seed=seed)
+    trust = trust_figures(model, gray, exp, gradcam=cam, seeds=stability_seeds, random_seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     for key, name in PANEL_FILES.items():
-        fileio.atomic_write_bytes(out / name, png_bytes(getattr(exp.panels, key)))
+        fileio.atomic_write_bytes(out / name, png_bytes(getattr(panels, key)))
     fileio.atomic_write_bytes(out / GRADCAM_FILE, png_bytes(overlay))
     report = {
-        "run_id": getattr(run, "run_id", None),
+        "run_id": model.run_id,
         "image": os.fspath(image_path),
         "image_shape": list(gray.shape),
         "prediction": {
             "probability_pneumonia": exp.probability,
-            "threshold": adapter.threshold,
+            "threshold": model.threshold,
             "predicted_label": exp.predicted_label,
             "predicted_label_name": CLASSES[exp.predicted_label],
         },
-        "lime": exp.to_dict(),
+        "lime": {**exp.to_dict(), "heatmap_legend": dataclasses.asdict(panels.legend)},
         "model_load_seconds": load_seconds,
         "gradcam": {"layer": cam.layer, "label": cam.label, "heatmap_shape": list(cam.heatmap.shape),
                     "seconds": cam.seconds},

@@ -1,41 +1,110 @@
-"""LIME for one chest X-ray: superpixels, seeded samples, the local linear fit, typed result.
+"""LIME of P(pneumonia) for one chest X-ray, through the `lime` package.
 
-The algorithm is lime 0.2's (`lime_image.LimeImageExplainer` with `hide_color=0`, cosine
-distance, kernel width 0.25, Ridge(alpha=1), every superpixel kept), re-implemented so the
-perturbed images are built in a few vectorised steps and scored in large batches. With the same
-segments and seed it draws the same samples as lime and gives the same weights
-(tests/test_explain.py checks this against lime itself). By default it explains P(pneumonia),
-whatever the verdict.
-
-Beyond lime: `sampling="paired"` draws antithetic pairs (each sample and its complement) and
-`kernel_width=None` weighs every sample alike; together they cancel the even-order interactions
-between superpixels in the fit (tests/test_explain.py), which steadies the top superpixels across
-seeds. `scale="logit"` fits the log-odds of the explained probability instead of the probability:
-a network's answer is far closer to additive in its superpixels on that scale (a sigmoid flattens
-differences near 0 and 1), so less of it is left to alias into the weights, and the top superpixels
-of a confident film agree across seeds far more often (benchmarks/reports/explain_design.md).
-The dashboard's settings are adapter.DEFAULT_LIME.
+`lime_image.LimeImageExplainer` does the work with its own hooks: `segment` is its
+segmentation_fn, its hide_color fills a hidden superpixel (None: the superpixel's own mean), its
+kernel weighs the samples (uniformly when kernel_width is None), its Ridge(alpha=1) fits the
+scores its classifier returns (the probability or its log-odds). Only the sampling step
+(`data_labels`) is ours: it draws an on/off design (`sample_masks`), scores it in batches through
+`Model.predict_proba`, reports progress and honours a cancel signal. Defaults are the dashboard's;
+`lime_settings("seed")` is the seed study's call. `panels.lime_panels` draws the result.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from xray_core.explain.adapter import (
-    HIDE_COLOR, CLASSES, PNEUMONIA, DEFAULT_SEGMENTATION_PARAMS, DISPLAY_SIZE, ExplainError, HEATMAP_CMAP,
-    KERNEL_WIDTH, SAMPLINGS, SCALES, SEGMENTATIONS, TOP_PROS_CONS, TOP_SUPPORTING, _check_label, as_adapter, to_gray,
-)
-from xray_core.explain.fastscore import _auto_batch_size, make_scorer
-from xray_core.explain.panels import HeatmapLegend, LimePanels, lime_panels
-from xray_core.model import logit
+from xray_core.model import CLASSES, PNEUMONIA  # what every explanation explains unless told otherwise
+SEGMENTATIONS = ("quickshift", "slic", "felzenszwalb", "grid")
+SAMPLINGS = ("orthogonal", "lime", "paired")  # on/off designs, see sample_masks
+SCALES = ("logit", "probability")  # what LIME fits: the label's log-odds or its probability
+DEFAULT_SEGMENTATION_PARAMS: dict[str, dict[str, Any]] = {
+    "quickshift": {"kernel_size": 4, "max_dist": 200, "ratio": 0.2},  # lime's default, the seed's
+    "slic": {"n_segments": 40, "compactness": 40.0, "sigma": 1.0},  # about 36 near-regular superpixels
+    "felzenszwalb": {"scale": 100.0, "sigma": 0.8, "min_size": 40},
+    "grid": {"rows": 6, "cols": 6},
+}
+# The dashboard's recipe, and explain_lime's defaults (benchmarks/reports/explain_*.md say why).
+DEFAULT_LIME: dict[str, Any] = {
+    "segmentation": "slic", "segmentation_params": dict(DEFAULT_SEGMENTATION_PARAMS["slic"]),
+    "num_samples": 512, "hide_color": None, "sampling": "orthogonal", "kernel_width": None, "scale": "logit"}
+# The seed study's call of lime_image: quickshift, lime's random draws, black fill, its kernel, the probability.
+SEED_LIME: dict[str, Any] = {
+    "segmentation": "quickshift", "segmentation_params": dict(DEFAULT_SEGMENTATION_PARAMS["quickshift"]),
+    "num_samples": 1000, "hide_color": 0.0, "sampling": "lime", "kernel_width": 0.25, "scale": "probability"}
+RECIPES = {"dashboard": DEFAULT_LIME, "seed": SEED_LIME}
+LIME_SAMPLE_CHOICES = (128, 256, 512, 1024, 2048, 4096, 8192)  # powers of two: the orthogonal design's sizes
+TOP_SUPPORTING = 2  # panels 1 and 2 (the seed's num_features=2, positive_only)
+TOP_PROS_CONS = 5  # panel 3 (the seed's num_features=5)
+BATCH_SIZE = 32  # samples per model call: a progress and cancel check between calls
 
 
-def segment(model_input: np.ndarray, method: str = "quickshift", *, params: dict | None = None,
+class ExplainError(ValueError):
+    """An explanation was asked for with settings or an image it cannot use."""
+
+
+class ExplainCancelled(RuntimeError):
+    """The caller's cancel signal was set while LIME scored its samples."""
+
+
+def lime_settings(recipe: str = "dashboard", *, num_samples: int | None = None,
+                  segmentation: str | None = None) -> dict:
+    """Keyword arguments of `explain_lime` for a recipe ("dashboard" or "seed"), so Diagnose, the
+    report and `xray explain` explain a film alike. A sample count or segmentation given replaces
+    the recipe's; another segmentation than the recipe's takes its own default parameters."""
+    if recipe not in RECIPES:
+        raise ExplainError(f"Unknown LIME recipe {recipe!r}; choose one of {', '.join(RECIPES)}.")
+    settings = dict(RECIPES[recipe], segmentation_params=dict(RECIPES[recipe]["segmentation_params"]))
+    if num_samples is not None:
+        settings["num_samples"] = int(num_samples)
+    if segmentation is not None and segmentation != settings["segmentation"]:
+        settings.update(segmentation=segmentation, segmentation_params=None)
+    return settings
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """2-D uint8 as given; 3-D (h, w, 1|3|4) uint8 -> gray with ITU-R 601 luma (as Pillow's "L")."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ExplainError(f"The image must be uint8 pixels (0..255), got {image.dtype}; "
+                           "read files with xray_core.imaging.decode.")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    elif image.ndim == 3 and image.shape[2] in (3, 4):
+        rgb = image[..., :3].astype(np.float32)
+        image = np.clip(rgb @ np.array([0.299, 0.587, 0.114], np.float32) + 0.5, 0, 255).astype(np.uint8)
+    elif image.ndim != 2:
+        raise ExplainError(f"The image must be 2-D gray or 3-D (height, width, 1/3/4 channels); "
+                           f"got shape {image.shape}.")
+    if min(image.shape) < 4:
+        raise ExplainError(f"The image is too small to explain ({image.shape[1]}x{image.shape[0]} px).")
+    return np.ascontiguousarray(image)
+
+
+def label_index(label) -> int:
+    """0/1/"NORMAL"/"PNEUMONIA" -> the class index; None -> PNEUMONIA."""
+    if label is None:
+        return PNEUMONIA
+    if isinstance(label, str) and label.upper() in CLASSES:
+        return CLASSES.index(label.upper())
+    if label in (0, 1) and not isinstance(label, (bool, str)):
+        return int(label)
+    raise ExplainError(f"Unknown label {label!r}; use 0 (NORMAL), 1 (PNEUMONIA), their names or None.")
+
+
+def check_model(model) -> None:
+    """Refuse what is not an `xray_core.model.Model` (or has its interface) with a sentence."""
+    if not all(hasattr(model, name) for name in ("predict_proba", "preprocess", "threshold", "channels")):
+        raise ExplainError(f"Cannot explain with a {type(model).__name__}: pass a run's model, "
+                           "xray_core.model.load_model(run).")
+
+
+def segment(model_input: np.ndarray, method: str = "slic", *, params: dict | None = None,
             seed: int = 0) -> np.ndarray:
     """Superpixels of a model input (h, w, c) 0..255 -> int32 (h, w) labels 0..n-1.
 
@@ -46,11 +115,8 @@ def segment(model_input: np.ndarray, method: str = "quickshift", *, params: dict
     from skimage import segmentation as sks
 
     if method not in SEGMENTATIONS:
-        raise ExplainError(
-            f"Unknown segmentation {method!r}; choose one of: {', '.join(SEGMENTATIONS)}."
-        )
-    settings = dict(DEFAULT_SEGMENTATION_PARAMS[method])
-    settings.update(params or {})
+        raise ExplainError(f"Unknown segmentation {method!r}; choose one of: {', '.join(SEGMENTATIONS)}.")
+    settings = {**DEFAULT_SEGMENTATION_PARAMS[method], **(params or {})}
     rgb = np.repeat(np.asarray(model_input, np.float64)[..., :1] / 255.0, 3, axis=2)
     try:
         if method == "grid":
@@ -62,27 +128,10 @@ def segment(model_input: np.ndarray, method: str = "quickshift", *, params: dict
         else:
             labels = sks.felzenszwalb(rgb, **settings)
     except TypeError as exc:
-        raise ExplainError(
-            f"Segmentation {method!r} does not accept {sorted(settings)}: {exc}. "
-            f"Its defaults here are {DEFAULT_SEGMENTATION_PARAMS[method]}."
-        ) from None
+        raise ExplainError(f"Segmentation {method!r} does not accept {sorted(settings)}: {exc}. "
+                           f"Its defaults here are {DEFAULT_SEGMENTATION_PARAMS[method]}.") from None
     _, inverse = np.unique(labels, return_inverse=True)
     return inverse.reshape(labels.shape).astype(np.int32)
-
-
-def hidden_fill(x: np.ndarray, segments: np.ndarray, hide_color: float | None) -> np.ndarray | None:
-    """What a hidden superpixel shows, float32 (h, w, c), for make_scorer: None (the scorer's own
-    black) for HIDE_COLOR, a flat gray level, or with hide_color=None each superpixel's mean
-    (lime's hide_color=None)."""
-    if hide_color is None:
-        n = int(segments.max()) + 1
-        counts = np.maximum(np.bincount(segments.ravel(), minlength=n), 1)
-        means = np.stack([np.bincount(segments.ravel(), weights=x[..., c].ravel(), minlength=n) / counts
-                          for c in range(x.shape[-1])], axis=1)  # (n, c)
-        return means[segments].astype(np.float32)  # (h, w, c)
-    if float(hide_color) == HIDE_COLOR:
-        return None
-    return np.full(x.shape, float(hide_color), np.float32)
 
 
 def _grid(shape: tuple[int, int], rows: int, cols: int) -> np.ndarray:
@@ -91,115 +140,28 @@ def _grid(shape: tuple[int, int], rows: int, cols: int) -> np.ndarray:
     rows, cols = int(rows), int(cols)
     if not (1 <= rows <= h and 1 <= cols <= w):
         raise ExplainError(f"A grid of {rows} x {cols} cells does not fit a {w}x{h} px image.")
-    r = np.arange(h) * rows // h
-    c = np.arange(w) * cols // w
-    return (r[:, None] * cols + c[None, :]).astype(np.int32)
+    return ((np.arange(h) * rows // h)[:, None] * cols + (np.arange(w) * cols // w)[None, :]).astype(np.int32)
 
 
-@dataclasses.dataclass
-class LimeExplanation:
-    """One LIME explanation: the prediction, the superpixels, their weights and the panels."""
-
-    label: int  # the explained class (0 NORMAL, 1 PNEUMONIA)
-    predicted_label: int  # the model's label at its operating threshold
-    probability: float  # pneumonia probability of the unperturbed image
-    label_score: float  # the model's probability for the explained label (LIME fits it, or its log-odds)
-    segments: np.ndarray  # int32 (h, w) at model input size, labels 0..n-1
-    weights: np.ndarray  # float64 (n,): weight of superpixel k for `label`
-    intercept: float
-    score: float  # weighted R^2 of the local linear fit
-    local_prediction: float  # the linear fit's value at the unperturbed image (on `scale`)
-    num_samples: int
-    segmentation: str
-    segmentation_params: dict
-    seed: int
-    seconds: float  # wall time of the whole call
-    timings: dict  # seconds per stage: segmentation, setup, model, fit, panels; fast_path (bool)
-    model_input: np.ndarray  # float32 (h, w, c) 0..255, what the model saw
-    top_supporting: list  # superpixels of panels 1-2 (positive weight, largest first)
-    top_abs: list  # superpixels of panel 3 (largest |weight| first)
-    legend: HeatmapLegend
-    panels: LimePanels | None
-    hide_color: float | None = HIDE_COLOR  # what a hidden superpixel showed (None: its own mean)
-    sampling: str = "lime"  # the on/off design (see _sample_masks)
-    kernel_width: float | None = KERNEL_WIDTH  # lime's kernel width (None: every sample weighs alike)
-    scale: str = "probability"  # what was fitted: the label's probability or its log-odds ("logit")
-
-    @property
-    def label_name(self) -> str:
-        return CLASSES[self.label]
-
-    @property
-    def n_superpixels(self) -> int:
-        return int(len(self.weights))
-
-    def weight_map(self) -> np.ndarray:
-        """float (h, w): each pixel's superpixel weight."""
-        return self.weights[self.segments]
-
-    def to_dict(self) -> dict:
-        """JSON-ready summary (no images)."""
-        return {
-            "label": self.label,
-            "label_name": self.label_name,
-            "predicted_label": self.predicted_label,
-            "predicted_label_name": CLASSES[self.predicted_label],
-            "probability_pneumonia": self.probability,
-            "label_score": self.label_score,
-            "weights": {str(k): float(w) for k, w in enumerate(self.weights)},
-            "superpixel_pixels": {str(k): int(n) for k, n in enumerate(np.bincount(self.segments.ravel(), minlength=self.n_superpixels))},
-            "n_superpixels": self.n_superpixels,
-            "intercept": self.intercept,
-            "score_r2": self.score,
-            "local_prediction": self.local_prediction,
-            "num_samples": self.num_samples,
-            "segmentation": self.segmentation,
-            "segmentation_params": self.segmentation_params,
-            "seed": self.seed,
-            "top_supporting": self.top_supporting,
-            "top_abs": self.top_abs,
-            "heatmap_legend": dataclasses.asdict(self.legend),
-            "seconds": self.seconds,
-            "timings": self.timings,
-            "hide_color": self.hide_color,
-            "sampling": self.sampling,
-            "kernel_width": self.kernel_width,
-            "scale": self.scale,
-        }
-
-
-def _sample_masks(n_superpixels: int, num_samples: int, seed: int, sampling: str = "lime") -> np.ndarray:
+def sample_masks(n_superpixels: int, num_samples: int, rs: np.random.RandomState,
+                 sampling: str = "orthogonal") -> np.ndarray:
     """The on/off design, int (num_samples, n): row 0 is the unperturbed image (all on).
 
-    "lime": lime's samples, each superpixel on or off with probability 1/2 (same RNG stream as
-    lime). "paired": the same draws, each followed by its complement (antithetic pairs; row 1 is
-    all off), so effects that are even in the switched superpixels cancel in the fit.
-    "paired_stratified": as paired, but the number switched off in each pair's first member is
-    drawn uniformly from 1..n-1 before the superpixels are chosen.
-    "orthogonal": see _orthogonal_masks.
+    "lime": lime's own draws (each superpixel on or off with probability 1/2, the same stream as
+    `LimeImageExplainer.data_labels`). "paired": the same draws, each followed by its complement
+    (antithetic pairs; row 1 all off), so effects even in the switched superpixels cancel in the
+    fit. "orthogonal": see _orthogonal_masks.
     """
     if sampling not in SAMPLINGS:
         raise ExplainError(f"Unknown sampling {sampling!r}; choose one of: {', '.join(SAMPLINGS)}.")
-    rs = np.random.RandomState(seed)
     n, m = int(n_superpixels), int(num_samples)
     if sampling == "orthogonal":
         return _orthogonal_masks(n, m, rs)
-    if sampling == "lime":
-        data = rs.randint(0, 2, m * n).reshape((m, n))
-        data[0, :] = 1
-        return data
-    half = (m + 1) // 2
+    data = rs.randint(0, 2, (m if sampling == "lime" else (m + 1) // 2) * n).reshape((-1, n))
+    data[0, :] = 1
     if sampling == "paired":
-        first = rs.randint(0, 2, half * n).reshape((half, n))
-    else:
-        off = rs.randint(1, max(n, 2), half)  # switched off: 1..n-1
-        ranks = np.argsort(rs.random_sample((half, n)), axis=1)
-        first = (ranks >= off[:, None]).astype(np.int64)  # `off` random superpixels switched off
-    first[0, :] = 1
-    data = np.empty((2 * half, n), dtype=first.dtype)
-    data[0::2] = first
-    data[1::2] = 1 - first
-    return data[:m]
+        data = np.stack([data, 1 - data], axis=1).reshape((-1, n))[:m]
+    return data
 
 
 def _orthogonal_masks(n: int, m: int, rs: np.random.RandomState) -> np.ndarray:
@@ -207,9 +169,8 @@ def _orthogonal_masks(n: int, m: int, rs: np.random.RandomState) -> np.ndarray:
     of its columns of odd weight (row r, column c: on unless r & c has an odd number of bits).
     Every superpixel is hidden in exactly half the samples, every two are uncorrelated, and each
     row's complement is in the design (a fold-over: row 0 is all on, row m - 1 all off), so a
-    superpixel's weight is clear of every two-superpixel interaction instead of only on average,
-    as with random pairs. The columns are _low_aberration_columns(n, m); the seed assigns them to
-    the superpixels."""
+    superpixel's weight is clear of every two-superpixel interaction. The columns are
+    _low_aberration_columns(n, m); the random state assigns them to the superpixels."""
     if m < 2 * n or m & (m - 1):
         raise ExplainError(
             f"Orthogonal sampling needs a power of two of at least twice the superpixels ({2 * n}) as the "
@@ -226,8 +187,7 @@ def _low_aberration_columns(n: int, m: int, starts: int = 20) -> tuple[int, ...]
     (a ^ b == c ^ d): each word aliases a three-superpixel interaction into a weight, and those
     aliases are what moves the weights from one assignment of columns to the next. Greedy: each
     step adds the column that closes the fewest new words (ties drawn by a fixed generator); the
-    best of `starts` starts. For 36 columns of 1,024 rows: 59 words, where 36 random odd columns
-    form about 115 (tests/test_explain.py counts them from the design)."""
+    best of `starts` starts (tests/test_explain.py counts the words)."""
     rng = np.random.default_rng(0)
     odd = np.arange(1, m)[np.bitwise_count(np.arange(1, m)) % 2 == 1]
     best: tuple[int, list[int]] | None = None
@@ -250,131 +210,215 @@ def _low_aberration_columns(n: int, m: int, starts: int = 20) -> tuple[int, ...]
     return tuple(best[1])
 
 
-def _kernel_weights(data: np.ndarray, kernel_width: float | None = KERNEL_WIDTH) -> np.ndarray:
-    """lime's sample weights: sqrt(exp(-d^2 / width^2)), d the cosine distance to the unperturbed
-    row (sklearn puts an all-off row at distance 1); None weighs every sample alike."""
-    if kernel_width is None:
-        return np.ones(len(data))
-    from sklearn.metrics import pairwise_distances
-
-    distances = pairwise_distances(data, data[0].reshape(1, -1), metric="cosine").ravel()
-    return np.sqrt(np.exp(-(distances**2) / float(kernel_width) ** 2))
-
-
-def _fit_local_model(data: np.ndarray, targets: np.ndarray, kernel_width: float | None = KERNEL_WIDTH):
-    """lime_base.explain_instance_with_data with every feature kept: weighted Ridge(alpha=1)."""
-    from sklearn.linear_model import Ridge
-
-    sample_weight = _kernel_weights(data, kernel_width)
-    model = Ridge(alpha=1.0, fit_intercept=True)
-    model.fit(data, targets, sample_weight=sample_weight)
-    score = model.score(data, targets, sample_weight=sample_weight)
-    local_pred = model.predict(data[0].reshape(1, -1))[0]
-    return model.coef_.astype(np.float64), float(model.intercept_), float(score), float(local_pred)
+def hidden_fill(x: np.ndarray, segments: np.ndarray, hide_color: float | None) -> np.ndarray:
+    """What a hidden superpixel shows, float64 like x: a flat gray level, or with hide_color=None
+    each superpixel's own mean (lime's fudged image); for deletion curves."""
+    x = np.asarray(x, np.float64)
+    if hide_color is not None:
+        return np.full(x.shape, float(hide_color))
+    n = int(segments.max()) + 1
+    counts = np.maximum(np.bincount(segments.ravel(), minlength=n), 1)
+    means = np.stack([np.bincount(segments.ravel(), weights=x[..., c].ravel(), minlength=n) / counts
+                      for c in range(x.shape[-1])], axis=1)
+    return means[segments]
 
 
-def explain_lime(run_or_model, image: np.ndarray, label=None, *, num_samples: int = 1000,
-                 segmentation: str = "quickshift", segmentation_params: dict | None = None,
-                 seed: int = 0, progress: Callable[[int, int], None] | None = None,
-                 batch_size: int | None = None, panels: bool = True,
-                 display_size: int = DISPLAY_SIZE, fast: bool = True,
-                 hide_color: float | None = HIDE_COLOR, sampling: str = "lime",
-                 kernel_width: float | None = KERNEL_WIDTH, scale: str = "probability") -> LimeExplanation:
-    """Explain one image with LIME; returns weights per superpixel and the four panels.
+def class_scores(model, images: np.ndarray) -> np.ndarray:
+    """float64 (N, 2) probabilities of (NORMAL, PNEUMONIA), (1 - p, p) with p = model.predict_proba,
+    for images (N, h, w, >= c) 0..255 (lime's RGB images give the model its channels)."""
+    p = np.asarray(model.predict_proba(np.asarray(images, np.float32)[..., : model.channels]), np.float64)
+    return np.stack([1.0 - p, p], axis=1)
+
+
+def _cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
+
+
+@functools.cache
+def _explainer_class():
+    """LimeImageExplainer with our sampling step (lime is imported on first use: it takes a second)."""
+    from lime.lime_image import LimeImageExplainer
+
+    class DesignedLimeExplainer(LimeImageExplainer):
+        """lime's explainer whose data_labels draws `sampling`'s design from lime's random state and
+        scores it in batches (float32 images in the model's `channels`: lime's RGB channels of a
+        gray image are equal), with progress and cancellation between batches."""
+
+        def __init__(self, *, sampling: str, kernel_width: float | None, random_state: int, channels: int,
+                     progress: Callable[[int, int], None] | None = None, cancel=None):
+            kernel = (lambda d, kernel_width: np.ones_like(d)) if kernel_width is None else None
+            super().__init__(kernel_width=0.25 if kernel_width is None else float(kernel_width), kernel=kernel,
+                             feature_selection="none", random_state=random_state)
+            self.sampling, self.channels, self.progress, self.cancel = sampling, int(channels), progress, cancel
+            self.model_seconds = 0.0
+
+        def data_labels(self, image, fudged_image, segments, classifier_fn, num_samples, batch_size=BATCH_SIZE):
+            t = time.perf_counter()
+            data = sample_masks(int(segments.max()) + 1, num_samples, self.random_state, self.sampling)
+            shown = np.asarray(image[..., : self.channels], np.float32)[None]
+            hidden = np.asarray(fudged_image[..., : self.channels], np.float32)[None]
+            labels = []
+            for start in range(0, num_samples, batch_size):
+                if _cancelled(self.cancel):
+                    raise ExplainCancelled(f"LIME was cancelled after {start} of {num_samples} samples.")
+                keep = data[start : start + batch_size][:, segments].astype(bool)[..., None]
+                labels.append(classifier_fn(np.where(keep, shown, hidden)))
+                if self.progress is not None:
+                    self.progress(min(start + batch_size, num_samples), num_samples)
+            self.model_seconds = time.perf_counter() - t
+            return data, np.concatenate(labels, axis=0)
+
+    return DesignedLimeExplainer
+
+
+@dataclasses.dataclass
+class LimeExplanation:
+    """One LIME explanation of a label's score: the superpixels and their weights."""
+
+    label: int  # the explained class (0 NORMAL, 1 PNEUMONIA)
+    predicted_label: int  # the model's label at its operating threshold
+    probability: float  # P(pneumonia) of the unperturbed image
+    label_score: float  # the model's probability for the explained label (LIME fits it, or its log-odds)
+    segments: np.ndarray  # int32 (h, w) at model input size, labels 0..n-1
+    weights: np.ndarray  # float64 (n,): weight of superpixel k for `label`, on `scale`
+    intercept: float
+    score: float  # weighted R^2 of the local linear fit
+    local_prediction: float  # the linear fit's value at the unperturbed image (on `scale`)
+    num_samples: int
+    segmentation: str
+    segmentation_params: dict
+    seed: int
+    seconds: float  # wall time of the whole call
+    timings: dict  # seconds: segmentation, model (sampling and scoring), fit (the rest: fill, kernel, ridge)
+    model_input: np.ndarray  # float32 (h, w, c) 0..255, what the model saw
+    top_supporting: list  # superpixels of panels 1-2 (positive weight, largest first)
+    top_abs: list  # superpixels of panel 3 (largest |weight| first)
+    hide_color: float | None  # what a hidden superpixel showed (None: its own mean)
+    sampling: str  # the on/off design (see sample_masks)
+    kernel_width: float | None  # lime's kernel width (None: every sample weighs alike)
+    scale: str  # what was fitted: the label's probability or its log-odds ("logit")
+
+    @property
+    def label_name(self) -> str:
+        return CLASSES[self.label]
+
+    @property
+    def n_superpixels(self) -> int:
+        return int(len(self.weights))
+
+    def weight_map(self) -> np.ndarray:
+        """float (h, w): each pixel's superpixel weight."""
+        return self.weights[self.segments]
+
+    def settings(self) -> dict:
+        """The keyword arguments of explain_lime that made this explanation (seed and label aside)."""
+        return {k: getattr(self, k) for k in DEFAULT_LIME}
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (no images)."""
+        sizes = np.bincount(self.segments.ravel(), minlength=self.n_superpixels)
+        return {
+            "label": self.label, "label_name": self.label_name, "predicted_label": self.predicted_label,
+            "predicted_label_name": CLASSES[self.predicted_label], "probability_pneumonia": self.probability,
+            "label_score": self.label_score, "weights": {str(k): float(w) for k, w in enumerate(self.weights)},
+            "superpixel_pixels": {str(k): int(n) for k, n in enumerate(sizes)}, "n_superpixels": self.n_superpixels,
+            "intercept": self.intercept, "score_r2": self.score, "local_prediction": self.local_prediction,
+            "seed": self.seed, "top_supporting": self.top_supporting, "top_abs": self.top_abs,
+            "seconds": self.seconds, "timings": self.timings, **self.settings(),
+        }
+
+
+def explain_lime(model, image: np.ndarray, label=None, *, num_samples: int = 512, segmentation: str = "slic",
+                 segmentation_params: dict | None = None, seed: int = 0, hide_color: float | None = None,
+                 sampling: str = "orthogonal", kernel_width: float | None = None, scale: str = "logit",
+                 batch_size: int = BATCH_SIZE, progress: Callable[[int, int], None] | None = None,
+                 cancel: threading.Event | Callable[[], bool] | None = None) -> LimeExplanation:
+    """Explain one image's P(pneumonia) (or `label`'s score) with LIME: weights per superpixel.
 
     Parameters
     ----------
-    run_or_model : runs.Run, ModelAdapter or keras.Model (input settings read from its shapes)
-    image : uint8 (H, W) gray, or (H, W, 3|4) which is converted to gray; any size. It is
-        prepared exactly as the run was trained (resized to the model input, channels repeated).
-    label : 0/1/"NORMAL"/"PNEUMONIA"; None (the default) explains P(pneumonia), whatever the verdict.
-    num_samples : perturbed images scored by the model (row 0 is the unperturbed image).
-    segmentation, segmentation_params : "quickshift" (the seed's kernel_size=4, max_dist=200,
-        ratio=0.2), "slic", "felzenszwalb" or "grid" (rows x cols rectangles); params override
+    model : xray_core.model.Model
+        The run's model; samples are scored by `model.predict_proba`.
+    image : uint8 (H, W) gray, or (H, W, 3|4) made gray; any size (`model.preprocess` prepares it).
+    label : 0, 1, "NORMAL", "PNEUMONIA" or None (P(pneumonia), whatever the verdict).
+    num_samples : perturbed images scored, row 0 the image itself; the orthogonal design takes a
+        power of two at least twice the superpixels.
+    segmentation, segmentation_params : one of SEGMENTATIONS; the params update its
         DEFAULT_SEGMENTATION_PARAMS.
-    seed : seeds the sampling (lime's random_state) and quickshift's tie-breaking.
-    progress : called as progress(samples_scored, num_samples) after each model batch.
-    batch_size : samples per model call; None picks the largest that fits about 1 GB of activations.
-    panels : False skips drawing (stability runs only need weights).
-    hide_color : what a hidden superpixel shows: a gray level (0, black, the seed's and the
-        default), or None for the superpixel's own mean (lime's hide_color=None), which the
-        dashboard uses (DEFAULT_LIME): steadier weights on radiographs, see
-        benchmarks/reports/explain_faithfulness.md.
-    sampling : the on/off design, "lime" (lime's own draws, the default), "paired" or
-        "paired_stratified" (antithetic pairs), or "orthogonal" (a fold-over orthogonal design,
-        the dashboard's; num_samples a power of two); see _sample_masks.
-    kernel_width : lime's cosine-distance kernel width (0.25, lime's default); None weighs every
-        sample alike (with paired sampling, this keeps each pair's two halves balanced).
-    scale : "probability" (lime's) fits the label's probability; "logit" fits its log-odds
-        (probabilities clipped to [1e-7, 1 - 1e-7]), the dashboard's: the weights are then in
-        log-odds, and the top superpixels steadier across seeds.
-    fast : use the exact local-prefix shortcut where the architecture allows it (see above);
-        False always scores whole perturbed images (the reference path).
+    seed : lime's random_state (the design's draw) and quickshift's tie-breaking.
+    hide_color : what a hidden superpixel shows: None its own mean (lime's), or a gray level (0 black).
+    sampling : the on/off design, "orthogonal", "lime" or "paired" (see sample_masks).
+    kernel_width : lime's cosine-distance kernel width (0.25 is lime's); None weighs samples alike.
+    scale : "logit" fits the label's log-odds (probabilities clipped to [1e-7, 1 - 1e-7]), closer to
+        additive in the superpixels than the probability, which "probability" fits.
+    batch_size, progress, cancel : samples per model call; progress(done, num_samples) is called
+        after each batch; a set threading.Event or a callable returning True, checked before each
+        batch, stops the call with ExplainCancelled.
+
+    Returns
+    -------
+    LimeExplanation
+        Draw it with `panels.lime_panels(image, explanation)`.
     """
-    t_start = time.perf_counter()
-    adapter = as_adapter(run_or_model)
-    label = _check_label(label)
+    from xray_core.model import logit
+
+    t0 = time.perf_counter()
+    check_model(model)
+    label = label_index(label)
     num_samples = int(num_samples)
-    if scale not in SCALES:
-        raise ExplainError(f"Unknown scale {scale!r}; choose one of: {', '.join(SCALES)}.")
+    for name, value, choices in (("scale", scale, SCALES), ("sampling", sampling, SAMPLINGS),
+                                 ("segmentation", segmentation, SEGMENTATIONS)):
+        if value not in choices:
+            raise ExplainError(f"Unknown {name} {value!r}; choose one of: {', '.join(choices)}.")
     if num_samples < 2:
-        raise ExplainError(f"num_samples must be at least 2 (1,000 is a good start), got {num_samples}.")
+        raise ExplainError(f"num_samples must be at least 2 (512 is the dashboard's), got {num_samples}.")
     gray = to_gray(image)
+    x = model.preprocess(gray)  # (h, w, c) float32
+    params = {**DEFAULT_SEGMENTATION_PARAMS[segmentation], **(segmentation_params or {})}
     timings: dict[str, float] = {}
+    found: list[np.ndarray] = []
 
-    t = time.perf_counter()
-    x = adapter.prepare(gray)
-    settings = dict(DEFAULT_SEGMENTATION_PARAMS.get(segmentation, {}))
-    settings.update(segmentation_params or {})
-    segments = segment(x, segmentation, params=segmentation_params, seed=seed)
-    n = int(segments.max()) + 1
-    timings["segmentation"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    data = _sample_masks(n, num_samples, seed, sampling)
-    fill = hidden_fill(x, segments, hide_color)
-    scorer = make_scorer(adapter, x, segments, fast=fast, fill=fill)
-    batch = int(batch_size) if batch_size else _auto_batch_size(adapter, scorer)
-    timings["setup"] = time.perf_counter() - t
-    scores = np.empty((num_samples, 2), dtype=np.float64)
-    t = time.perf_counter()
-    for start in range(0, num_samples, batch):
-        rows = data[start : start + batch]
-        scores[start : start + len(rows)] = scorer(rows, batch)
-        if progress is not None:
-            progress(min(start + batch, num_samples), num_samples)
-    timings["model"] = time.perf_counter() - t
-    timings["fast_path"] = bool(scorer.fast)
-
-    probs0 = scores[0]  # row 0 is the unperturbed image
-    predicted = adapter.predicted_label(probs0)
-    if label is None:
-        label = PNEUMONIA
-
-    t = time.perf_counter()
-    targets = scores[:, label] if scale == "probability" else logit(scores[:, label])
-    weights, intercept, r2, local_pred = _fit_local_model(data, targets, kernel_width)
-    timings["fit"] = time.perf_counter() - t
-
-    order_abs = sorted(range(n), key=lambda k: (-abs(weights[k]), k))
-    top_abs = order_abs[:TOP_PROS_CONS]
-    top_supporting = [k for k in order_abs if weights[k] > 0][:TOP_SUPPORTING]
-    vmax = float(np.max(np.abs(weights))) if n else 0.0
-    legend = HeatmapLegend(vmin=-vmax, vmax=vmax, cmap=HEATMAP_CMAP)
-
-    drawn = None
-    if panels:
+    def segmentation_fn(rgb: np.ndarray) -> np.ndarray:
         t = time.perf_counter()
-        drawn = lime_panels(gray, segments, weights, top_supporting, top_abs, legend, display_size)
-        timings["panels"] = time.perf_counter() - t
+        found.append(segment(rgb, segmentation, params=params, seed=seed))
+        timings["segmentation"] = time.perf_counter() - t
+        return found[0]
 
+    unperturbed: list[float] = []
+
+    def classifier_fn(images: np.ndarray) -> np.ndarray:
+        probs = class_scores(model, images)
+        if not unperturbed:
+            unperturbed.append(float(probs[0, PNEUMONIA]))  # the first batch starts with the image itself
+        return probs if scale == "probability" else logit(probs)
+
+    explainer = _explainer_class()(sampling=sampling, kernel_width=kernel_width, random_state=int(seed),
+                                   channels=model.channels, progress=progress, cancel=cancel)
+    # lime takes the image as RGB (a 2-D image becomes three equal channels) in float64, so that
+    # each superpixel's mean fill is computed in float64 before the model's float32.
+    result = explainer.explain_instance(
+        x[..., 0].astype(np.float64), classifier_fn, labels=(label,), hide_color=hide_color, top_labels=None,
+        num_features=np.iinfo(np.int32).max, num_samples=num_samples, batch_size=int(batch_size),
+        segmentation_fn=segmentation_fn, random_seed=int(seed))
+    timings["model"] = explainer.model_seconds
+    segments = found[0]
+    n = int(segments.max()) + 1
+    weights = np.zeros(n)
+    for k, w in result.local_exp[label]:
+        weights[k] = w
+    timings["fit"] = time.perf_counter() - t0 - sum(timings.values())
+    p = unperturbed[0]
+    order_abs = sorted(range(n), key=lambda k: (-abs(weights[k]), k))
     return LimeExplanation(
-        label=int(label), predicted_label=predicted, probability=float(probs0[1]),
-        label_score=float(probs0[label]), segments=segments, weights=weights,
-        intercept=intercept, score=r2, local_prediction=local_pred, num_samples=num_samples,
-        segmentation=segmentation, segmentation_params=settings, seed=int(seed),
-        seconds=time.perf_counter() - t_start, timings=timings, model_input=x,
-        top_supporting=[int(k) for k in top_supporting], top_abs=[int(k) for k in top_abs],
-        legend=legend, panels=drawn, hide_color=None if hide_color is None else float(hide_color),
-        sampling=sampling, kernel_width=None if kernel_width is None else float(kernel_width), scale=scale,
+        label=label, predicted_label=int(p >= model.threshold), probability=p,
+        label_score=p if label == PNEUMONIA else 1.0 - p, segments=segments, weights=weights,
+        intercept=float(result.intercept[label]), score=float(result.score),
+        local_prediction=float(np.ravel(result.local_pred)[0]), num_samples=num_samples,
+        segmentation=segmentation, segmentation_params=params, seed=int(seed),
+        seconds=time.perf_counter() - t0, timings=timings, model_input=x,
+        top_supporting=[k for k in order_abs if weights[k] > 0][:TOP_SUPPORTING], top_abs=order_abs[:TOP_PROS_CONS],
+        hide_color=None if hide_color is None else float(hide_color), sampling=sampling,
+        kernel_width=None if kernel_width is None else float(kernel_width), scale=scale,
     )

@@ -11,10 +11,16 @@ import io
 
 import numpy as np
 
-from xray_core.explain.adapter import (
-    BOUNDARY_COLOR, DISPLAY_SIZE, GRADCAM_ALPHA, GRADCAM_CMAP, OPPOSE_COLOR, PROS_CONS_ALPHA,
-    SUPPORT_COLOR, to_gray,
-)
+from xray_core.explain.lime import to_gray
+
+DISPLAY_SIZE = 512  # long side of every panel, in pixels
+BOUNDARY_COLOR = (255, 255, 0)  # skimage.mark_boundaries' default yellow, as in the seed
+SUPPORT_COLOR = (0, 200, 0)
+OPPOSE_COLOR = (230, 0, 0)
+PROS_CONS_ALPHA = 0.45  # colour over anatomy: strong enough to read, weak enough to see through
+HEATMAP_CMAP = "RdBu"  # the seed's map: red against, blue for the label
+GRADCAM_CMAP = "jet"
+GRADCAM_ALPHA = 0.4
 
 
 def display_shape(shape: tuple[int, int], size: int = DISPLAY_SIZE) -> tuple[int, int]:
@@ -33,7 +39,7 @@ def upsample_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
-def _resize_float(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resize_float(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a float map (Grad-CAM heat) with Pillow's 32-bit float mode."""
     from PIL import Image
 
@@ -86,7 +92,7 @@ def _boundary_thickness(shape: tuple[int, int]) -> int:
 
 @dataclasses.dataclass
 class HeatmapLegend:
-    """What a colour bar beside the heatmap panel needs."""
+    """What a colour bar beside the heatmap panel needs: the weights' range is -vmax..vmax."""
 
     vmin: float
     vmax: float
@@ -95,29 +101,36 @@ class HeatmapLegend:
 
 @dataclasses.dataclass
 class LimePanels:
-    """The seed's four pictures, RGB uint8 (H, W, 3) at display size."""
+    """The seed's four pictures, RGB uint8 (H, W, 3) at display size, and the heatmap's legend."""
 
     full: np.ndarray  # 1: image with outlines of the top supporting superpixels
     partial: np.ndarray  # 2: only those superpixels, the rest black
     pros_cons: np.ndarray  # 3: top 5 by |weight|, green supports / red opposes the label
-    heatmap: np.ndarray  # 4: every superpixel filled with its weight (legend: LimeExplanation.legend)
+    heatmap: np.ndarray  # 4: every superpixel filled with its weight
+    legend: HeatmapLegend
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return dataclasses.asdict(self)
+        """The four pictures by name."""
+        return {"full": self.full, "partial": self.partial, "pros_cons": self.pros_cons, "heatmap": self.heatmap}
 
 
-def lime_panels(gray: np.ndarray, segments: np.ndarray, weights: np.ndarray, top_supporting,
-                top_abs, legend: HeatmapLegend, display_size: int = DISPLAY_SIZE) -> LimePanels:
-    """Draw the four panels at display size over the original image (its own aspect ratio).
+def lime_panels(image: np.ndarray, explanation, *, display_size: int = DISPLAY_SIZE) -> LimePanels:
+    """Draw an explanation's four panels over the original image (its own aspect ratio).
 
+    `explanation` is a `LimeExplanation` (its segments, weights, top_supporting and top_abs).
     Superpixels (computed at model input size) are scaled up with nearest neighbour, and
     outlines are drawn at display resolution, so edges stay crisp.
     """
     from xray_core import imaging
 
+    gray = to_gray(image)
+    weights = np.asarray(explanation.weights, np.float64)
+    top_supporting, top_abs = explanation.top_supporting, explanation.top_abs
+    vmax = float(np.max(np.abs(weights))) if weights.size else 0.0
+    legend = HeatmapLegend(vmin=-vmax, vmax=vmax, cmap=HEATMAP_CMAP)
     shape = display_shape(gray.shape, display_size)
     base = _gray_rgb(imaging.resize(gray, shape))  # (H, W, 3) uint8
-    seg = upsample_nearest(segments, shape)  # (H, W) int32
+    seg = upsample_nearest(np.asarray(explanation.segments), shape)  # (H, W) int32
     thick = _boundary_thickness(shape)
     yellow = np.array(BOUNDARY_COLOR, np.uint8)
 
@@ -150,18 +163,18 @@ def lime_panels(gray: np.ndarray, segments: np.ndarray, weights: np.ndarray, top
     edges = boundaries(seg, 1)
     heat[edges] = (0.6 * heat[edges]).astype(np.uint8)  # thin dark edges between superpixels
 
-    return LimePanels(full=full, partial=partial, pros_cons=pros_cons, heatmap=heat)
+    return LimePanels(full=full, partial=partial, pros_cons=pros_cons, heatmap=heat, legend=legend)
 
 
 def make_overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = GRADCAM_ALPHA,
                  display_size: int = DISPLAY_SIZE, cmap: str = GRADCAM_CMAP) -> np.ndarray:
     """RGB uint8 (H, W, 3): the image at display size with the 0..1 heat (any shape) over it."""
-    gray = to_gray(image)
     from xray_core import imaging
 
+    gray = to_gray(image)
     shape = display_shape(gray.shape, display_size)
     base = _gray_rgb(imaging.resize(gray, shape)).astype(np.float32)
-    heat = np.clip(_resize_float(np.asarray(heatmap, np.float32), shape), 0.0, 1.0)
+    heat = np.clip(resize_float(np.asarray(heatmap, np.float32), shape), 0.0, 1.0)
     colour = _colormap_lut(cmap)[np.round(heat * 255).astype(np.int64)].astype(np.float32)
     return np.clip((1 - alpha) * base + alpha * colour + 0.5, 0, 255).astype(np.uint8)
 
