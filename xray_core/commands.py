@@ -237,7 +237,7 @@ def _runs(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from xray_core import evaluation, fileio, runs
+    from xray_core import evaluation, runs
 
     run = runs.load_run(_run_ref(args.run), root=args.runs_dir)
     if getattr(args, "stress", False):
