@@ -58,25 +58,37 @@ CURVE_TITLES = {"loss": "Loss", "sensitivity": "Sensitivity", "specificity": "Sp
                 "precision": "Precision", "auc": "ROC AUC"}
 
 
-def learning_curves_figure(histories: dict[str, pd.DataFrame], metric: str):
-    """One metric for several runs: a colour per run, train dashed, validation solid."""
+def learning_curves_figure(histories: dict[str, pd.DataFrame], metrics=CURVE_METRICS):
+    """Every metric for several runs in one figure with one legend: a colour per run (one legend
+    entry each, which shows or hides the run in every panel), training dashed, validation solid
+    (two grey legend entries say so). Runs without a history (a recalibrated run) are left out."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    fig = go.Figure()
+    cols = 3
+    rows = -(-len(metrics) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[CURVE_TITLES.get(m, m) for m in metrics],
+                        horizontal_spacing=0.06, vertical_spacing=0.14)
     for i, (run_id, hist) in enumerate(histories.items()):
-        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
         if hist is None or hist.empty or "epoch" not in hist:
             continue
-        for column, dash, label in ((metric, "dash", "train"), (f"val_{metric}", "solid", "validation")):
-            if column in hist:
-                name = label if len(histories) == 1 else f"{run_id} ({label})"
-                fig.add_scatter(x=hist["epoch"], y=hist[column], mode="lines+markers",
-                                name=name, legendgroup=run_id,
-                                line=dict(color=colour, dash=dash))
-    fig.update_layout(title=CURVE_TITLES.get(metric, metric), xaxis_title="epoch", height=360,
-                      margin=dict(t=40, b=30, l=40, r=10),
-                      legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.25))
-    fig.update_xaxes(dtick=1)
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        shown = False
+        for k, metric in enumerate(metrics):
+            for column, dash in ((metric, "dash"), (f"val_{metric}", "solid")):
+                if column not in hist:
+                    continue
+                fig.add_scatter(x=hist["epoch"], y=hist[column], mode="lines", name=run_id, legendgroup=run_id,
+                                showlegend=not shown, line=dict(color=colour, dash=dash),
+                                hovertemplate=f"{run_id} {'training' if dash == 'dash' else 'validation'}"
+                                              " %{y:.3f}, epoch %{x}<extra></extra>",
+                                row=k // cols + 1, col=k % cols + 1)
+                shown = True
+    for dash, label in (("dash", "training"), ("solid", "validation")):
+        fig.add_scatter(x=[None], y=[None], mode="lines", name=label, legendgroup=f"style-{label}",
+                        line=dict(color="#888888", dash=dash), row=1, col=1)
+    fig.update_layout(height=300 * rows, margin=dict(t=40, b=30, l=40, r=10), legend=dict(font=dict(size=11)))
+    fig.update_xaxes(title_text="epoch")
     return fig
 
 

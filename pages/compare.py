@@ -130,25 +130,21 @@ else:
     st.dataframe(warnings, hide_index=True, key="compare_health")
 
 st.subheader("Learning curves")
-st.caption("Dashed: training; solid: validation. One colour per run.")
-histories = {r.run_id: history(str(r.path), mtime(Path(r.path) / runs.HISTORY_FILE)) for r in chosen}
-cols = st.columns(2)
-for i, metric in enumerate(view.CURVE_METRICS):
-    cols[i % 2].plotly_chart(view.learning_curves_figure(histories, metric), key=f"compare_curve_{metric}")
+histories = {r.run_id: history(str(r.path), mtime(Path(r.path) / runs.HISTORY_FILE))
+             for r in chosen if (Path(r.path) / runs.HISTORY_FILE).is_file()}
+if histories:
+    st.plotly_chart(view.learning_curves_figure(histories), key="compare_curves")
 
 root = dataset_root()
 st.subheader("Metrics at each run's operating threshold")
 st.caption("Best value per column in bold on green. The seed's micro-averaged recall is the "
            "seed notebook's two-column Keras Recall (close to accuracy, not sensitivity).")
-tabs = st.tabs(["Validation", "Test"])
-with tabs[0]:
-    show_table(view.metrics_table(chosen, "validation"), "validation")
-with tabs[1]:
-    if has_test(root):
-        st.caption("Scored once per model into the cache folder; the run folders are not changed.")
+show_table(view.metrics_table(chosen, "validation"), "validation")
+if has_test(root):
+    # Scoring every run on the test split takes a while: only when asked (then cached).
+    if st.toggle("Also on the dataset's test split", key="compare_show_test",
+                 help="Scored once per model into the cache folder; the run folders are not changed."):
         show_table(view.metrics_table(chosen, "test", parts=test_parts(chosen, root)), "test")
-    else:
-        st.info("The dataset folder has no test split, so there is nothing to evaluate on.")
 
 st.subheader("Plain and stress validation")
 cis = {}

@@ -70,7 +70,11 @@ def test_compare_shows_metrics_on_validation_and_test_without_writing_the_runs(
     assert view.best_rows(validation.reset_index())["sensitivity"] == [list(validation.index).index(run_id)]
     assert view.best_rows(validation.reset_index())["training time (s)"] == [list(validation.index).index(run_id)]
 
-    # The synthetic dataset has a test split: scored once per model into the cache, not the run.
+    # The synthetic dataset has a test split: not scored until asked, then once per model into the
+    # cache, not the run.
+    assert not (cache / "compare").exists() or not list((cache / "compare").glob(f"{run_id}-test-*.csv"))
+    assert len(at.get("download_button")) == 1  # the validation table only
+    at.toggle(key="compare_show_test").set_value(True).run()
     test = table_with(at, "sensitivity", 1).set_index("run")
     assert test.loc[run_id, "images"] == 16
     cached = sorted((cache / "compare").glob(f"{run_id}-test-*.csv"))
@@ -172,14 +176,18 @@ def test_pair_rows_and_health_rows_from_real_statistics(tiny_run):
     assert collapsed["finding"].str.contains("100.0% of the validation images PNEUMONIA").any()
 
 
-def test_learning_curve_figure_has_dashed_train_and_solid_validation(tiny_run):
+def test_learning_curves_are_one_figure_with_one_legend(tiny_run):
+    """A colour per run, training dashed and validation solid, in every panel; the legend lists each
+    run once and the two line styles once, whatever the number of panels."""
     runs_root, run_id = tiny_run
     history = runs.load_run(run_id, root=runs_root).history
-    fig = view.learning_curves_figure({"a": history, "b": history}, "loss")
-    dashes = {(t.name, t.line.dash) for t in fig.data}
-    assert dashes == {("a (train)", "dash"), ("a (validation)", "solid"),
-                      ("b (train)", "dash"), ("b (validation)", "solid")}
-    colours = {t.legendgroup: t.line.color for t in fig.data}
+    fig = view.learning_curves_figure({"a": history, "b": history})
+    panels = {t.xaxis for t in fig.data if t.name in ("a", "b")}
+    assert len(panels) == len([m for m in view.CURVE_METRICS if m in history])  # every metric drawn
+    assert sorted(t.name for t in fig.data if t.showlegend is not False) == ["a", "b", "training", "validation"]
+    assert {(t.name, t.line.dash) for t in fig.data if t.name in ("a", "b")} == {
+        ("a", "dash"), ("a", "solid"), ("b", "dash"), ("b", "solid")}
+    colours = {t.name: t.line.color for t in fig.data if t.name in ("a", "b")}
     assert colours["a"] != colours["b"]
 
 
