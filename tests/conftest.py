@@ -27,20 +27,35 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XRAY_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "xray_cache"))
 
 
+# Two made-up epochs, so the pages that draw learning curves have lines to draw.
+TINY_HISTORY = [
+    {"epoch": 1, "loss": 0.70, "accuracy": 0.55, "auc": 0.55, "val_loss": 0.69, "val_accuracy": 0.5,
+     "val_auc": 0.6, "seconds": 0.5, "images_per_second": 100.0},
+    {"epoch": 2, "loss": 0.60, "accuracy": 0.70, "auc": 0.75, "val_loss": 0.62, "val_accuracy": 0.75,
+     "val_auc": 0.8, "seconds": 0.5, "images_per_second": 100.0},
+]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(synthetic_dataset, tmp_path_factory) -> tuple[Path, str]:
-    """A completed 1-epoch baseline run at 16x16 px on the synthetic dataset: (runs_root, run_id).
+    """A completed run of an untrained baseline at 16x16 px on the synthetic dataset:
+    (runs_root, run_id). Built and saved, never fitted (`training.save_run`): calibrated,
+    thresholded and gated on its validation films like any run, but its verdicts are noise.
+    Tests that need a model that has learned use the shipped runs in trained_models/.
 
     Shared by the session (explanations, dashboard and CLI tests read it; do not modify it).
     """
-    from xray_core import training
+    import keras
+
+    from xray_core import architectures, training
 
     runs_root = tmp_path_factory.mktemp("tiny_runs")
+    keras.utils.set_random_seed(0)
+    network = architectures.build("baseline", input_shape=(16, 16, 1))
     with pytest.MonkeyPatch.context() as mp:
         # Session fixtures run outside the per-test cache isolation: isolate here too.
         mp.setenv("XRAY_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "xray_cache"))
-        run_dir = training.train(training.TrainConfig(
-            arch="baseline", data_root=synthetic_dataset, epochs=1, batch_size=16, image_size=16,
-            channels=1, seed=0, runs_root=runs_root, run_id="tiny-baseline",
-        ))
+        run_dir = training.save_run(network, training.TrainConfig(
+            arch="baseline", data_root=synthetic_dataset, image_size=16, channels=1, seed=0,
+            runs_root=runs_root, run_id="tiny-baseline"), history=TINY_HISTORY)
     return runs_root, run_dir.name
