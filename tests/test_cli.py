@@ -113,6 +113,7 @@ def test_dataset_error_is_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_train_then_runs_then_evaluate(synthetic_dataset, tmp_path, capsys):
     runs_dir = tmp_path / "runs"
     code, out, err = _main(capsys, "train", "--arch", "baseline", "--data", synthetic_dataset, "--epochs", "1",
@@ -217,6 +218,7 @@ def test_pyproject_console_script_and_dependencies():
     assert pins and all("==" in p and not p.startswith("-") for p in pins), pins  # setuptools reads plain pins only
 
 
+@pytest.mark.slow
 def test_pip_install_editable_gives_the_xray_command(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
@@ -256,6 +258,7 @@ def test_every_library_error_class_is_a_user_error():
     assert not missing, f"add these to cli.USER_ERRORS: {sorted(missing)}"
 
 
+@pytest.mark.slow
 def test_train_records_widths_and_schedule(capsys, synthetic_dataset, tmp_path):
     code, out, err = _main(capsys, "train", "--arch", "pneumonet", "--data", synthetic_dataset, "--epochs", "1",
                            "--image-size", "16", "--widths", "4", "8", "8", "8", "--lr-schedule", "cosine",

@@ -45,6 +45,7 @@ def _history(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(architectures.ARCHITECTURES))
 def test_every_architecture_trains_a_complete_run_folder(arch, synthetic_dataset, tmp_path):
     run_dir = training.train(training.TrainConfig(
@@ -85,6 +86,7 @@ def test_every_architecture_trains_a_complete_run_folder(arch, synthetic_dataset
     assert "stress" in metrics and "calibration" in metrics  # every run is reported under shift stress
 
 
+@pytest.mark.slow
 def test_stop_file_cancels_after_the_current_batch_and_keeps_the_model(synthetic_dataset, tmp_path):
     seen = []
 
@@ -108,6 +110,7 @@ def test_stop_file_cancels_after_the_current_batch_and_keeps_the_model(synthetic
     assert runs.list_runs(tmp_path)[0].state == "cancelled"
 
 
+@pytest.mark.slow
 def test_options_and_unreadable_files(tmp_path):
     """Class weights, augmentation, early stopping, image split, Youden; a broken file is skipped."""
     data_root = make_synthetic_dataset(tmp_path / "broken", n_val=(0, 0), n_test=(0, 0), size=16)
@@ -409,6 +412,7 @@ def test_two_trainings_at_once_complete_in_separate_folders_and_files_are_always
     assert reads > 20  # the files were really read while being written
 
 
+@pytest.mark.slow
 def test_preset_trains_members_and_assembles_one_calibrated_ensemble(synthetic_dataset, tmp_path):
     """--preset: k member runs sharing one validation split, then one run folder whose model
     averages them, calibrated and thresholded on the pooled stress validation; a rerun reuses the
