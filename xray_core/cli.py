@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+import xray_core
 from xray_core import settings
 
 # The commands' own matrix work is small (an input gate's distances, a ridge fit of LIME), where
@@ -44,7 +45,7 @@ USER_ERRORS = {
     "xray_core.metrics": ("MetricsInputError",),
     "xray_core.model": ("ModelError",),
     "xray_core.report": ("ReportError",),
-    "xray_core.runs": ("InvalidRunId", "RunNotFound", "RunBusy"),
+    "xray_core.runs": ("InvalidRunId", "RunNotFound", "RunBusy", "RegistryReadOnly"),
     "xray_core.scoring": ("ScoreError",),
     "xray_core.scoring.uploads": ("UploadRecordError",),
     "xray_core.settings": ("SettingsError",),
@@ -145,7 +146,8 @@ def _add_json(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_runs_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", type=Path,
-                   help="run registry folder (default: $XRAY_MODELS_DIR or trained_models/)")
+                   help="run registry folder (default: $XRAY_MODELS_DIR, else the source checkout's "
+                        "trained_models/, else the runs installed with the package)")
 
 
 def _command(sub, name: str, handler: str, common: argparse.ArgumentParser, **texts) -> argparse.ArgumentParser:
@@ -448,6 +450,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow, absl and CUDA log lines (hidden by default)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {xray_core.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(sub, common)
