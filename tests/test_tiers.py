@@ -51,6 +51,8 @@ def test_a_marked_test_may_do_what_its_marker_says():
     (["python", "-m", "xray_core", "score", "r", "f", "--out", "o", "--ray"], "slow"),
     (["python", "-m", "xray_core.jobs", "work", "/models"], "slow"),
     (["python", "-c", "from xray_core.scoring.worklist import _job_main; _job_main()"], "slow"),
+    (["python", "-m", "xray_core.scoring.uploads", "/models/.worklist/job"], "slow"),
+    (["python", "-c", "import xray_core.scoring; print('light')"], None),
     (["python", "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true"], "browser"),
     (["python", "-m", "streamlit", "--version"], None),
     (["/usr/bin/chromium", "--headless"], "browser"),
