@@ -82,6 +82,15 @@ def test_xray_version_prints_the_package_version(capsys):
     assert exc.value.code == 0 and capsys.readouterr().out == f"xray {xray_core.__version__}\n"
 
 
+def test_a_command_that_needs_a_missing_extra_says_which_to_install(monkeypatch, capsys, tmp_path):
+    film = tmp_path / "film.png"
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(film)
+    monkeypatch.setitem(sys.modules, "keras", None)  # as in an install without the train extra
+    assert cli.main(["explain", "default", str(film), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == ("error: `xray explain` needs keras, which is not installed: pip install "
+                                       "'xray-core[train]' (or pip install -r requirements.txt).\n")
+
+
 def test_the_registry_lookup_order_and_the_read_only_packaged_copy(monkeypatch, tmp_path):
     checkout, packaged = tmp_path / "checkout" / "trained_models", (tmp_path / "site" / "bundled_runs").resolve()
     monkeypatch.setattr(runs, "CHECKOUT_RUNS_DIR", checkout)

@@ -54,6 +54,11 @@ USER_ERRORS = {
 }
 
 
+# Packages of the optional extras (pyproject.toml) by the extra that installs them: a command that
+# needs one that is missing says which extra to install.
+OPTIONAL_PACKAGES = {"tensorflow": "train", "keras": "train", "ray": "ray", "pyarrow": "ray"}
+
+
 class UsageError(ValueError):
     """Arguments that cannot go together, found after parsing (printed like an argparse error)."""
 
@@ -495,4 +500,11 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
         return 130
     except user_errors() as exc:  # evaluated when an exception arrives, after the handler's imports
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        extra = OPTIONAL_PACKAGES.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"error: `{prog} {args.command}` needs {exc.name}, which is not installed: pip install "
+              f"'xray-core[{extra}]' (or pip install -r requirements.txt).", file=sys.stderr)
         return 1
