@@ -16,8 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-import xray_core
-from xray_core import settings
+from xray_core import __version__, settings
 
 # The commands' own matrix work is small (an input gate's distances, a ridge fit of LIME), where
 # OpenBLAS's worker threads only spin against the network's threads: one thread, unless the user
@@ -52,11 +51,6 @@ USER_ERRORS = {
     "xray_core.training": ("TrainingDataError",),
     "xray_core.uncertainty": ("UncertaintyError",),
 }
-
-
-# Packages of the optional extras (pyproject.toml) by the extra that installs them: a command that
-# needs one that is missing says which extra to install.
-OPTIONAL_PACKAGES = {"tensorflow": "train", "keras": "train", "ray": "ray", "pyarrow": "ray"}
 
 
 class UsageError(ValueError):
@@ -151,8 +145,8 @@ def _add_json(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_runs_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", type=Path,
-                   help="run registry folder (default: $XRAY_MODELS_DIR, else the source checkout's "
-                        "trained_models/, else the runs installed with the package)")
+                   help="run registry folder (default: $XRAY_MODELS_DIR, else a clone's trained_models/, "
+                        "else the runs installed with the package)")
 
 
 def _command(sub, name: str, handler: str, common: argparse.ArgumentParser, **texts) -> argparse.ArgumentParser:
@@ -455,7 +449,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow, absl and CUDA log lines (hidden by default)")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {xray_core.__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(sub, common)
@@ -501,8 +495,8 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     except user_errors() as exc:  # evaluated when an exception arrives, after the handler's imports
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ModuleNotFoundError as exc:
-        extra = OPTIONAL_PACKAGES.get((exc.name or "").partition(".")[0])
+    except ModuleNotFoundError as exc:  # a package of an optional extra (pyproject.toml): say which extra
+        extra = {"tensorflow": "train", "keras": "train", "ray": "ray"}.get(str(exc.name).split(".")[0])
         if extra is None:
             raise
         print(f"error: `{prog} {args.command}` needs {exc.name}, which is not installed: pip install "
