@@ -47,6 +47,7 @@ def test_settings_show_layer_table_and_parameter_count(train_page):
     assert not at.exception
 
 
+@pytest.mark.slow
 def test_start_runs_in_background_queues_the_second_and_both_complete(train_page):
     at, models = train_page
     at.number_input(key="train_epochs_baseline").set_value(1)
@@ -109,6 +110,7 @@ def test_cancel_button_writes_stop_file_and_queue_can_be_emptied(train_page, tin
     lock.close()
 
 
+@pytest.mark.slow
 def test_launch_that_fails_before_its_run_folder_is_shown(train_page):
     at, models = train_page
     # An option the train command refuses: it exits in argparse, before any run folder exists.

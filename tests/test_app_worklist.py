@@ -43,6 +43,7 @@ def only_job(models):
     return jobs[0]
 
 
+@pytest.mark.slow
 def test_folder_job_runs_in_background_and_table_puts_urgent_films_first(worklist):
     at, models, films = worklist
     at.text_input(key="worklist_folder").set_value(str(films))
@@ -91,6 +92,7 @@ def test_folder_outside_the_allowed_roots_is_refused(worklist, tmp_path_factory)
     assert scoring.list_jobs(models) == []
 
 
+@pytest.mark.slow
 def test_interrupted_job_resumes_from_its_scores(worklist, tiny_run):
     at, models, films = worklist
     run_id = tiny_run[1]

@@ -165,6 +165,7 @@ def _one_unit_model():
     return keras.Model(inputs, outputs)
 
 
+@pytest.mark.slow
 def test_one_unit_head_trains_and_reports_history(tmp_path):
     keras.utils.set_random_seed(0)
     model = _one_unit_model()
@@ -177,6 +178,7 @@ def test_one_unit_head_trains_and_reports_history(tmp_path):
         assert key in hist and "val_" + key in hist
 
 
+@pytest.mark.slow
 def test_trained_model_saves_and_reloads_safely(tmp_path):
     keras.utils.set_random_seed(0)
     model = A.build("baseline", (24, 24, 1))

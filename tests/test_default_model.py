@@ -93,6 +93,7 @@ def test_default_beats_chance_by_a_wide_margin_on_plain_validation_films(model, 
     assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (stored["tp"], stored["fp"], stored["tn"], stored["fn"])
 
 
+@pytest.mark.slow
 @requires_real_data
 def test_default_holds_up_under_shift_stress(model, validation):
     from xray_core import metrics, stress
@@ -109,6 +110,7 @@ def test_default_holds_up_under_shift_stress(model, validation):
         assert m["specificity"] >= 0.88 and m["sensitivity"] >= 0.80, (name, m["specificity"], m["sensitivity"])
 
 
+@pytest.mark.slow
 @requires_real_data
 def test_framing_changes_flip_few_normal_films(model, validation):
     """The first default turned 76 % of NORMAL films to PNEUMONIA when 10 % was cut off the top and

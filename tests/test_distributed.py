@@ -42,6 +42,7 @@ def _finish(procs, timeout=900) -> None:
     assert not failed, "\n\n".join(failed)  # every worker's own error: the first to fail may be either
 
 
+@pytest.mark.slow
 def test_two_workers_make_one_run_that_loads_and_beats_chance(synthetic_dataset, tmp_path):
     from sklearn.metrics import roc_auc_score
 
@@ -111,6 +112,7 @@ def test_a_resuming_worker_copies_the_run_without_the_chiefs_writes_in_progress(
     assert (root / "shared-run" / runs.CONFIG_FILE).read_text() == runs.CONFIG_FILE
 
 
+@pytest.mark.slow
 def test_stop_on_the_chief_stops_every_worker_and_the_run_resumes_across_workers(synthetic_dataset, tmp_path):
     """STOP in the chief's run folder (the dashboard's Cancel) ends both workers after the batch,
     with a resumable run; `--resume` with the same workers continues it from its last epoch."""

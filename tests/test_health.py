@@ -122,6 +122,7 @@ def _fit(model, x, y, xv, yv, epochs, tmp_path, **kw):
     return cb, status
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_training_and_is_written_to_status(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 16)).astype("float32")
@@ -138,6 +139,7 @@ def test_a_nan_loss_stops_the_training_and_is_written_to_status(tmp_path):
     assert [(h["code"], h["severity"]) for h in status["health"]] == [("nan_loss", "stop")]
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_learn_is_collapsed_at_chance_and_flat(tmp_path):
     # Identical (all-zero) images and a learning rate of ~0: every output is the same number.
     rng = np.random.default_rng(1)
@@ -151,6 +153,7 @@ def test_a_model_that_cannot_learn_is_collapsed_at_chance_and_flat(tmp_path):
     assert all(h["suggestion"] for h in status["health"])
 
 
+@pytest.mark.slow
 def test_a_learning_model_is_healthy(tmp_path):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(256, 16)).astype("float32")
@@ -160,6 +163,7 @@ def test_a_learning_model_is_healthy(tmp_path):
     assert status["health"] == [] and cb.warnings == []
 
 
+@pytest.mark.slow
 def test_memorising_noise_diverges(tmp_path):
     # Random labels on random inputs: a wide layer memorises the training set, validation worsens.
     rng = np.random.default_rng(3)
@@ -200,6 +204,7 @@ def test_train_page_shows_the_running_runs_health_warnings(monkeypatch, syntheti
                for text in shown), shown
 
 
+@pytest.mark.slow
 def test_cli_train_stops_on_a_nan_loss_and_exits_non_zero(synthetic_dataset, tmp_path):
     import os
     import subprocess

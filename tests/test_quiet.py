@@ -64,6 +64,7 @@ def test_the_variable_is_set_before_tensorflow_is_imported():
     assert user.stdout.split() == ["1", "False"]  # the user's own setting wins
 
 
+@pytest.mark.slow
 def test_predict_is_quiet_and_verbose_lets_the_lines_through(tiny_run, synthetic_dataset, tmp_path):
     runs_root, run_id = tiny_run
     image = sorted((synthetic_dataset / "test" / "PNEUMONIA").iterdir())[0]

@@ -12,6 +12,7 @@ from tests.test_scoring import PROJECT, add_bad_files, make_films, read_rows
 from xray_core import scoring
 
 pytest.importorskip("ray", reason="ray is a pinned requirement; install requirements.txt")
+pytestmark = pytest.mark.slow  # a real local Ray
 
 
 def _by_path(rows):

@@ -100,6 +100,7 @@ def test_dicom_facts_in_the_report_and_no_patient_data(tiny_run, tmp_path):
         assert secret not in text
 
 
+@pytest.mark.slow
 def test_cli_report_writes_the_pdf(tiny_run, synthetic_dataset, tmp_path):
     runs_root, run_id = tiny_run
     path = film_file(synthetic_dataset, tmp_path)

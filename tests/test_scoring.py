@@ -218,6 +218,7 @@ def test_torn_last_line_is_dropped_and_rescored(tiny_run, films, tmp_path):
         assert abs(float(a["probability"]) - float(b["probability"])) < 1e-6  # batch of 1 vs 20: float rounding
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_has_every_file_exactly_once(tiny_run, tmp_path):
     folder = tmp_path / "archive"
     files = make_films(folder, 600, size=32)

@@ -74,6 +74,7 @@ def _non_loopback_address() -> str | None:
 # ------------------------------------------------------------------------ localhost by default
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc/net/tcp")
 def test_streamlit_run_with_the_project_config_listens_on_loopback_only(tmp_path):
     env = dict(os.environ, HOME=str(tmp_path))  # no user-level config.toml interferes
@@ -290,7 +291,8 @@ def test_viewer_mode_refuses_job_submission_in_the_library(monkeypatch, tmp_path
 
 
 @pytest.mark.parametrize("argv", [
-    ["train", "--arch", "baseline", "--epochs", "1", "--data", "{data}", "--runs-dir", "{runs}"],
+    pytest.param(["train", "--arch", "baseline", "--epochs", "1", "--data", "{data}", "--runs-dir", "{runs}"],
+                 marks=pytest.mark.slow),  # a training command, refused
     ["download", "--dest", "{runs}", "--url", "http://127.0.0.1:9/x.zip"],
     ["fit-gate", "{runs}/some-run", "--data", "{data}"],
 ])
@@ -380,6 +382,7 @@ def test_training_cap_one_running_three_waiting_with_real_submissions(busy_slot,
     jobs.submit_training(models, TRAIN_OPTIONS)
 
 
+@pytest.mark.slow
 def test_the_cap_holds_when_submissions_arrive_at_once(busy_slot):
     """Six processes submit together (as six browser tabs would): three places, three accepted."""
     script = ("import sys, time\n"
@@ -414,6 +417,7 @@ def test_an_idle_queue_accepts_a_job_that_starts_at_once_and_zero_switches_train
         jobs.submit_training(models, TRAIN_OPTIONS, start=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slots", [1, 2])
 def test_the_running_limit_is_the_number_of_workers_started(tmp_path, monkeypatch, slots):
     """Real workers on two queued jobs whose train command stops at its first argument (an
@@ -457,6 +461,7 @@ def test_worklist_capacity_for_the_batch_scoring_page(monkeypatch):
         jobs.check_capacity("worklist", running=0, queued=0)
 
 
+@pytest.mark.slow
 def test_a_corrupt_job_file_is_reported_not_skipped(tmp_path, synthetic_dataset, monkeypatch):
     models = tmp_path / "models"
     jobs.submit_training(models, TRAIN_OPTIONS, start=False)
@@ -518,6 +523,7 @@ def _traces(folders: list[Path], since: float) -> list[str]:
     return hits
 
 
+@pytest.mark.slow
 def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_score_report_and_diagnose(
         monkeypatch, synthetic_dataset, tiny_run, tmp_path):
     runs_root, run_id = tiny_run
@@ -691,6 +697,7 @@ def test_the_worklist_page_refuses_more_files_than_the_cap_with_a_sentence(monke
     assert scoring.list_jobs(models) == [] and list(private_tmp.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_worklist_upload_with_patient_fields_leaves_nothing_on_disk_after_its_job(
         monkeypatch, synthetic_dataset, tiny_run, tmp_path):
     from tests.test_scoring import make_films
@@ -749,6 +756,7 @@ def test_a_worklist_upload_with_patient_fields_leaves_nothing_on_disk_after_its_
     assert "uploaded films were removed (job completed)" in log and "scan.dcm" not in log
 
 
+@pytest.mark.slow
 def test_a_failed_worklist_upload_job_has_its_uploads_removed(monkeypatch, tiny_run, tmp_path):
     from tests.test_scoring import make_films
     from xray_core import scoring

@@ -45,6 +45,7 @@ def _history(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(architectures.ARCHITECTURES))
 def test_every_architecture_trains_a_complete_run_folder(arch, synthetic_dataset, tmp_path):
     run_dir = training.train(training.TrainConfig(
@@ -85,6 +86,7 @@ def test_every_architecture_trains_a_complete_run_folder(arch, synthetic_dataset
     assert "stress" in metrics and "calibration" in metrics  # every run is reported under shift stress
 
 
+@pytest.mark.slow
 def test_stop_file_cancels_after_the_current_batch_and_keeps_the_model(synthetic_dataset, tmp_path):
     seen = []
 
@@ -108,6 +110,7 @@ def test_stop_file_cancels_after_the_current_batch_and_keeps_the_model(synthetic
     assert runs.list_runs(tmp_path)[0].state == "cancelled"
 
 
+@pytest.mark.slow
 def test_options_and_unreadable_files(tmp_path):
     """Class weights, augmentation, early stopping, image split, Youden; a broken file is skipped."""
     data_root = make_synthetic_dataset(tmp_path / "broken", n_val=(0, 0), n_test=(0, 0), size=16)
@@ -201,6 +204,34 @@ def test_bad_settings_fail_before_a_run_folder_exists(synthetic_dataset, tmp_pat
     with pytest.raises(runs.InvalidRunId):
         training.train(training.TrainConfig(resume="../../etc", runs_root=tmp_path))
     assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+
+
+def test_save_run_makes_a_completed_run_of_a_network_never_fitted(tiny_run, synthetic_dataset, tmp_path):
+    """The session's tiny run comes from save_run (conftest.py): the files and fields a training
+    writes, read back through the registry and the model like any run."""
+    runs_root, run_id = tiny_run
+    run_dir = runs_root / run_id
+    assert (RUN_FILES - {"checkpoint.keras", "checkpoint.json"}) | {"model.json", "validation.csv",
+                                                                     "predictions_validation.csv"} <= {
+        p.name for p in run_dir.iterdir()}
+    config = json.loads((run_dir / "config.json").read_text())
+    assert CONFIG_KEYS <= set(config) and config["given_network"] and config["epochs"] == 2
+    assert config["counts"]["train"]["n"] + config["counts"]["validation"]["n"] == 60
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "completed" and status["error"] is None and status["fraction"] == 1.0
+    assert [row["epoch"] for row in _history(run_dir)] == ["1", "2"]
+    info = runs.list_runs(runs_root)[0]
+    assert info.run_id == run_id and info.state == "completed"
+    assert info.metrics["epochs_run"] == 2 and info.metrics["selection"] == "given network"
+    assert info.metrics["validation"]["n"] == config["counts"]["validation"]["n"]
+    assert info.metrics["test"]["n"] == 16 and info.metrics["official_val"]["n"] == 8
+    assert load_model(run_id, root=runs_root).threshold == info.metrics["threshold"]
+    # A network built for another input is refused with a sentence, and the run says it failed.
+    network = architectures.build("baseline", input_shape=(24, 24, 1))
+    with pytest.raises(ValueError, match=r"inputs of shape \(24, 24, 1\), not the 16 px, 1 channel"):
+        training.save_run(network, training.TrainConfig(data_root=synthetic_dataset, image_size=16, channels=1,
+                                                        runs_root=tmp_path, run_id="mismatch"))
+    assert runs.load_run("mismatch", root=tmp_path).status["state"] == "failed"
 
 
 def test_evaluate_run_caches_into_metrics(tiny_run, synthetic_dataset, tmp_path):
@@ -381,6 +412,7 @@ def test_two_trainings_at_once_complete_in_separate_folders_and_files_are_always
     assert reads > 20  # the files were really read while being written
 
 
+@pytest.mark.slow
 def test_preset_trains_members_and_assembles_one_calibrated_ensemble(synthetic_dataset, tmp_path):
     """--preset: k member runs sharing one validation split, then one run folder whose model
     averages them, calibrated and thresholded on the pooled stress validation; a rerun reuses the

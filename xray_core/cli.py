@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from xray_core import settings
+from xray_core import __version__, settings
 
 # The commands' own matrix work is small (an input gate's distances, a ridge fit of LIME), where
 # OpenBLAS's worker threads only spin against the network's threads: one thread, unless the user
@@ -44,7 +44,7 @@ USER_ERRORS = {
     "xray_core.metrics": ("MetricsInputError",),
     "xray_core.model": ("ModelError",),
     "xray_core.report": ("ReportError",),
-    "xray_core.runs": ("InvalidRunId", "RunNotFound", "RunBusy"),
+    "xray_core.runs": ("InvalidRunId", "RunNotFound", "RunBusy", "RegistryReadOnly"),
     "xray_core.scoring": ("ScoreError",),
     "xray_core.scoring.uploads": ("UploadRecordError",),
     "xray_core.settings": ("SettingsError",),
@@ -145,7 +145,8 @@ def _add_json(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_runs_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", type=Path,
-                   help="run registry folder (default: $XRAY_MODELS_DIR or trained_models/)")
+                   help="run registry folder (default: $XRAY_MODELS_DIR, else a clone's trained_models/, "
+                        "else the runs installed with the package)")
 
 
 def _command(sub, name: str, handler: str, common: argparse.ArgumentParser, **texts) -> argparse.ArgumentParser:
@@ -448,6 +449,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow, absl and CUDA log lines (hidden by default)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(sub, common)
@@ -492,4 +494,11 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
         return 130
     except user_errors() as exc:  # evaluated when an exception arrives, after the handler's imports
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:  # a package of an optional extra (pyproject.toml): say which extra
+        extra = {"tensorflow": "train", "keras": "train", "ray": "ray"}.get(str(exc.name).split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: `{prog} {args.command}` needs {exc.name}, which is not installed: pip install "
+              f"'xray-core[{extra}]' (or pip install -r requirements.txt).", file=sys.stderr)
         return 1

@@ -27,7 +27,11 @@ import numpy as np
 from xray_core.fileio import atomic_write_json, atomic_write_text, read_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RUNS_DIR = Path(os.environ.get("XRAY_MODELS_DIR") or PROJECT_ROOT / "trained_models")
+# The bundled runs (default and the seed's four) are in trained_models/ of a source checkout (a
+# clone, or `pip install -e .`), and installed inside the package by `pip install .`
+# (pyproject.toml's package data). runs_root() says which folder is the registry.
+CHECKOUT_RUNS_DIR = PROJECT_ROOT / "trained_models"
+PACKAGED_RUNS_DIR = Path(__file__).resolve().parent / "bundled_runs"
 
 STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
@@ -59,6 +63,10 @@ class RunNotFound(ValueError):
 
 class RunBusy(ValueError):
     """The run is still training; the operation would break it."""
+
+
+class RegistryReadOnly(ValueError):
+    """The registry is the copy of the bundled runs inside the installed package: nothing is written there."""
 
 
 
@@ -110,11 +118,34 @@ def now_iso() -> str:
 
 
 def runs_root(root: str | os.PathLike | None = None) -> Path:
-    """The registry folder: root if given, else $XRAY_MODELS_DIR (read now), else trained_models/."""
+    """The registry folder, the first of:
+
+    1. root, when given (the command line's --runs-dir, the dashboard's models folder);
+    2. $XRAY_MODELS_DIR, read now;
+    3. trained_models/ of the source checkout this package runs from (a clone, `pip install -e .`);
+    4. the bundled runs installed inside the package (`pip install .`): read-only, so new runs
+       need 1 or 2 (`RegistryReadOnly` says so).
+    """
     if root is not None:
         return Path(root)
     env = os.environ.get("XRAY_MODELS_DIR")
-    return Path(env) if env else PROJECT_ROOT / "trained_models"
+    if env:
+        return Path(env)
+    return CHECKOUT_RUNS_DIR if CHECKOUT_RUNS_DIR.is_dir() else PACKAGED_RUNS_DIR
+
+
+DEFAULT_RUNS_DIR = runs_root()  # the registry as found at import: the benchmarks' default folder
+
+
+def writable_root(root: str | os.PathLike | None = None) -> Path:
+    """runs_root(root), refused with a sentence when it is the installed package's own copy."""
+    base = runs_root(root)
+    if base.resolve() == PACKAGED_RUNS_DIR:
+        raise RegistryReadOnly(
+            f"The runs folder is the copy of the bundled runs inside the installed package ({base}), which is "
+            "not written to. Give a folder for your runs: --runs-dir DIR, or set XRAY_MODELS_DIR=DIR."
+        )
+    return base
 
 
 def validate_run_id(run_id: Any) -> str:
@@ -153,7 +184,7 @@ def new_run_id(arch: str, root: str | os.PathLike | None = None, *, create: bool
     can never share one: the loser of the race simply draws another suffix.
     """
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", str(arch)).strip("-") or "run"
-    base = runs_root(root)
+    base = writable_root(root)
     for _ in range(100):
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         run_id = validate_run_id(f"{stamp}-{slug}-{secrets.token_hex(2)}")
@@ -172,7 +203,7 @@ def new_run_id(arch: str, root: str | os.PathLike | None = None, *, create: bool
 
 def create_run_dir(run_id: str, root: str | os.PathLike | None = None) -> Path:
     """Create the folder of a user-chosen run id; refuse one that already exists."""
-    path = run_path(run_id, root)
+    path = writable_root(root) / validate_run_id(run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         path.mkdir(exist_ok=False)
@@ -442,7 +473,7 @@ def delete_run(run_id: str, root: str | os.PathLike | None = None, *, allow_defa
     The folder is first renamed to a hidden name (atomic), so it vanishes from listings at
     once even if removing its files takes a while or fails halfway.
     """
-    path = run_path(run_id, root)
+    path = writable_root(root) / validate_run_id(run_id)
     if not path.is_dir():
         raise RunNotFound(f"There is no run {run_id!r} in {path.parent}; nothing was deleted.")
     if run_id == "default" and not allow_default:

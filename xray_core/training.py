@@ -1,4 +1,4 @@
-"""Train one run into its folder: `train(TrainConfig(...)) -> Path`.
+"""Train one run into its folder: `train(TrainConfig(...)) -> Path` (`save_run`: one trained elsewhere).
 
 The run folder is the only channel between a training process and the rest of the project
 (dashboard, CLI, another process): config.json first, then status.json (throttled, plus a
@@ -21,13 +21,13 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 
 from xray_core import fileio, health, runs
-from xray_core.callbacks import RunCallback, StressSelection, save_model_atomically
+from xray_core.callbacks import RunCallback, StressSelection, history_text, save_model_atomically
 
 Progress = Callable[[dict], None]
 
@@ -315,7 +315,7 @@ def _train_one(config: TrainConfig, progress: Progress | None, strategy=None) ->
 
 def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusWriter,
               progress: Progress | None, strategy=None) -> None:
-    from xray_core import architectures, data, metrics
+    from xray_core import architectures, data
 
     keras.utils.set_random_seed(int(cfg["seed"]) + initial_epoch)
     gpus = _use_gpu_politely()
@@ -420,25 +420,29 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
 
         if not distributed.is_chief(distributed.cluster_spec()):
             return  # the chief evaluates and writes the run; this worker's folder is a temporary copy
+    result: dict[str, Any] = {
+        "train_seconds": round(train_seconds, 3), "params": int(model.count_params()),
+        "epochs_run": int(run_cb.completed_epochs), "cancelled": bool(run_cb.cancelled),
+        "selection": cfg.get("selection", "plain") if stopper is not None else "last epoch"}
+    if stopper is not None and stopper.best_weights is not None:
+        # The saved model holds this epoch's weights (restored), not the last epoch's.
+        result["best_epoch"] = int(stopper.best_epoch) + 1
+    _complete(run_dir, cfg, model, result, df=df, val_df=val_df, x_val=x_val, y_val=y_val, status=status,
+              progress=progress)
+
+
+def _complete(run_dir: Path, cfg: dict, model, result: dict, *, df, val_df, x_val, y_val,
+              status: runs.StatusWriter, progress: Progress | None) -> None:
+    """The end of every run: model, validation list, metrics.json, evaluation, final status."""
     status.update(state="running", phase="evaluating", eta_seconds=None)
     if progress is not None:
         progress(dict(status.current, phase="evaluating"))
     save_model_atomically(model, run_dir / runs.MODEL_FILE)
 
-    from xray_core import evaluation
+    from xray_core import evaluation, metrics
     from xray_core import model as model_mod
 
     evaluation.write_validation_list(run_dir, val_df, cfg["data_root"])
-    result: dict[str, Any] = {
-        "train_seconds": round(train_seconds, 3),
-        "params": int(model.count_params()),
-        "epochs_run": int(run_cb.completed_epochs),
-        "cancelled": bool(run_cb.cancelled),
-        "selection": cfg.get("selection", "plain") if stopper is not None else "last epoch",
-    }
-    if stopper is not None and stopper.best_weights is not None:
-        # The saved model holds this epoch's weights (restored), not the last epoch's.
-        result["best_epoch"] = int(stopper.best_epoch) + 1
     fileio.atomic_write_json(run_dir / runs.METRICS_FILE, result)
     evaluation.finalize_run(run_dir, progress=progress)
     loaded = model_mod.load_model(run_dir, cache=False)
@@ -450,9 +454,47 @@ def _train_in(run_dir: Path, cfg: dict, initial_epoch: int, status: runs.StatusW
         if (df["split"] == split).any():
             evaluation.evaluate_run(runs.Run(run_dir), cfg["data_root"], split=key, refresh=True, cache=True)
 
-    final = "cancelled" if run_cb.cancelled else "completed"
+    final = "cancelled" if result.get("cancelled") else "completed"
     status.update(state=final, phase="done", fraction=1.0 if final == "completed" else status.current["fraction"],
                   eta_seconds=0.0, error=None)
     (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
     if progress is not None:
         progress(dict(status.current, phase="done"))
+
+
+def save_run(network, config: TrainConfig, *, history: Sequence[dict] = (),
+             progress: Progress | None = None) -> Path:
+    """A completed run folder around a Keras network trained elsewhere (or never): what `train`
+    writes, evaluated on config's dataset and validation split, so every reader takes it for a
+    run. config gives the architecture and the input (image_size, channels) the network was built
+    for; history (one dict per epoch, `callbacks.HISTORY_COLUMNS`) becomes history.csv."""
+    from xray_core import data
+
+    if config.resume or config.distributed:  # train()'s
+        raise ValueError("save_run makes a new run folder: it neither resumes nor distributes.")
+    run_dir, cfg, _ = _resolve(config)
+    rows, status = [dict(row) for row in history], runs.StatusWriter(run_dir)
+    status.update(state="running", epochs=len(rows), epoch=len(rows))
+    try:
+        if tuple(network.input_shape[1:]) != (cfg["image_size"], cfg["image_size"], cfg["channels"]):
+            raise ValueError(f"The network takes inputs of shape {tuple(network.input_shape[1:])}, not the "
+                             f"{cfg['image_size']} px, {cfg['channels']} channel(s) of the configuration.")
+        df = data.index_dataset(cfg["data_root"])
+        train_df, val_df = data.split_train(df, method=cfg["split"]["method"],
+                                            val_fraction=cfg["split"]["val_fraction"], seed=cfg["split"]["seed"])
+        x_val, y_val, failed, _ = _load_split(val_df, cfg, progress, "validation")
+        cfg.update(epochs=len(rows), given_network=True, counts={
+            "train": {"n": int(len(train_df)), "pneumonia": int(train_df["label"].sum())},
+            "validation": {"n": int(len(y_val)), "pneumonia": int(y_val.sum())}, "skipped": len(failed)})
+        fileio.atomic_write_json(run_dir / runs.CONFIG_FILE, cfg)
+        fileio.atomic_write_json(run_dir / runs.SKIPPED_FILE, [{"path": p, "reason": r, "split": "validation"}
+                                                                for p, r in failed])
+        fileio.atomic_write_text(run_dir / runs.HISTORY_FILE, history_text(rows))
+        result = {"train_seconds": round(sum(float(r.get("seconds") or 0) for r in rows), 3),
+                  "params": int(network.count_params()), "epochs_run": len(rows), "selection": "given network"}
+        _complete(run_dir, cfg, network, result, df=df, val_df=val_df, x_val=x_val, y_val=y_val, status=status,
+                  progress=progress)
+    except BaseException as exc:
+        status.update(state="failed", error=f"{type(exc).__name__}: {exc}", eta_seconds=None)
+        raise
+    return run_dir
