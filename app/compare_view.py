@@ -62,7 +62,6 @@ def learning_curves_figure(histories: dict[str, pd.DataFrame], metrics=CURVE_MET
     """Every metric for several runs in one figure with one legend: a colour per run (one legend
     entry each, which shows or hides the run in every panel), training dashed, validation solid
     (two grey legend entries say so). Runs without a history (a recalibrated run) are left out."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     cols = 3

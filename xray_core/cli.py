@@ -496,7 +496,8 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as exc:  # a package of an optional extra (pyproject.toml): say which extra
-        extra = {"tensorflow": "train", "keras": "train", "ray": "ray"}.get(str(exc.name).split(".")[0])
+        extra = {"tensorflow": "train", "keras": "train", "ray": "ray", "tf2onnx": "export", "onnx": "export",
+                 "onnxruntime": "export"}.get(str(exc.name).split(".")[0])
         if extra is None:
             raise
         print(f"error: `{prog} {args.command}` needs {exc.name}, which is not installed: pip install "
