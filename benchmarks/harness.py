@@ -101,9 +101,9 @@ def validation_films(run: str = "default", *, n: int | None = None, seed: int = 
     not train on. A seeded sample of n when n is given (the same films every time)."""
     import numpy as np
 
-    from xray_core import evaluation, runs
+    from xray_core import runs, splits
 
-    paths, labels = evaluation.validation_rows(runs.load_run(run), str(data_root(root)))
+    paths, labels = splits.validation_rows(runs.load_run(run), str(data_root(root)))
     pairs = [(Path(p), int(y)) for p, y in zip(paths, labels)]
     if n is not None and n < len(pairs):
         order = np.random.default_rng(seed).permutation(len(pairs))[:n]

@@ -14,7 +14,7 @@ from sklearn.covariance import LedoitWolf
 
 from tests.conftest import REAL_DATA, SHARED_DATA, requires_real_data
 from tests.synthetic import _image
-from xray_core import gate, imaging
+from xray_core import gate, gate_fit, imaging
 from xray_core.model import load_model, write_spec
 
 
@@ -50,7 +50,7 @@ def fitted(tmp_path_factory):
     rng = np.random.default_rng(1)
     films = [film(rng, i % 2) for i in range(400)]
     x = model.prepare_batch(films)
-    g = gate.fit_gate(model, x[:300], x[300:], save=False)
+    g = gate_fit.fit_gate(model, x[:300], x[300:], save=False)
     return model, g, films
 
 
@@ -158,7 +158,7 @@ def test_too_few_films_to_fit_is_a_sentence(fitted):
     model, _, films = fitted
     x = model.prepare_batch(films[:10])
     with pytest.raises(gate.GateError, match="at least 50 training"):
-        gate.fit_gate(model, x, x, save=False)
+        gate_fit.fit_gate(model, x, x, save=False)
 
 
 
@@ -191,10 +191,10 @@ def test_default_gate_passes_originals_and_refuses_a_photo_and_an_inverted_film(
 
 @requires_real_data
 def test_default_knows_its_training_and_validation_files():
-    from xray_core import evaluation, runs
+    from xray_core import runs, splits
 
     model = load_model("default")
-    val_paths, _ = evaluation.validation_rows(runs.Run(model.path), str(REAL_DATA))
+    val_paths, _ = splits.validation_rows(runs.Run(model.path), str(REAL_DATA))
     held_out = {Path(p).name for p in val_paths}
     train_file = next(p for p in sorted((REAL_DATA / "train" / "NORMAL").glob("*.jpeg")) if p.name not in held_out)
     assert gate.seen_in(model.path, train_file.read_bytes()) == "training"
@@ -303,12 +303,12 @@ def test_pixel_and_feature_distances_by_hand():
     v = np.full((1, T), 1.0)
     v[0, :3] += [2.0, 3.0, 4.0]  # 2 and 3 along the axes, 4 in the residual
     # (2^2 / 4 + 3^2 / 1 + 4^2 / 2) / T
-    assert gate._pixel_distance(v, g)[0] == pytest.approx(np.sqrt(18.0 / T))
-    assert gate._feature_distance(np.array([[3.0, 1.5]]), g)[0] == pytest.approx(np.sqrt(5.0 / 2))
-    assert gate._feature_distance(np.array([[1.0, 1.0]]), g)[0] == 0.0
+    assert gate.pixel_distance(v, g)[0] == pytest.approx(np.sqrt(18.0 / T))
+    assert gate.feature_distance(np.array([[3.0, 1.5]]), g)[0] == pytest.approx(np.sqrt(5.0 / 2))
+    assert gate.feature_distance(np.array([[1.0, 1.0]]), g)[0] == 0.0
     # A precision that is not positive (rounding) gives distance 0, never nan.
     negative = hand_gate(feat_precision=-np.eye(2))
-    assert gate._feature_distance(np.array([[3.0, 1.5]]), negative)[0] == 0.0
+    assert gate.feature_distance(np.array([[3.0, 1.5]]), negative)[0] == 0.0
 
 
 # ----------------------------------------------------------------------------- the decision, branch by branch
@@ -493,7 +493,7 @@ def test_fit_figures_follow_the_documented_rules(fitted):
     model, _, films = fitted
     x = model.prepare_batch(films)
     train, val = x[:300], x[300:]
-    g = gate.fit_gate(model, train, val, save=False)
+    g = gate_fit.fit_gate(model, train, val, save=False)
     assert set(g.thresholds) == {"feature", "pixel", "orientation"}
     res = gate.check_batch(model, x=val, gate=g)
     feat = np.array([r.checks["feature_distance_ratio"] for r in res])
@@ -543,16 +543,16 @@ def test_fit_needs_50_training_and_20_validation_films(fitted):
     model, _, films = fitted
     x = model.prepare_batch(films[:70])
     with pytest.raises(gate.GateError, match="got 49 and 20"):
-        gate.fit_gate(model, x[:49], x[50:], save=False)
+        gate_fit.fit_gate(model, x[:49], x[50:], save=False)
     with pytest.raises(gate.GateError, match="got 50 and 19"):
-        gate.fit_gate(model, x[:50], x[51:], save=False)
-    small = gate.fit_gate(model, x[:50], x[50:], save=False)
+        gate_fit.fit_gate(model, x[:50], x[51:], save=False)
+    small = gate_fit.fit_gate(model, x[:50], x[50:], save=False)
     assert small.info["n_corrupted_each"] == 20 and small.info["pixel_components"] == gate.PIXEL_COMPONENTS
 
 
 def test_corruptions_are_the_named_transformations():
     x = np.stack([_asymmetric()[:, :, None]] * 2).repeat(3, axis=3)  # (2, 64, 64, 3)
-    bad = gate.corruptions(x, seed=5)
+    bad = gate_fit.corruptions(x, seed=5)
     np.testing.assert_array_equal(bad["inverted"], 255 - x)
     np.testing.assert_array_equal(bad["rotated 90"], np.rot90(x, 1, axes=(1, 2)))
     np.testing.assert_array_equal(bad["upside down"], x[:, ::-1, ::-1])
@@ -564,25 +564,25 @@ def test_corruptions_are_the_named_transformations():
     assert bad["noise"].shape == x.shape and 0 <= bad["noise"].min() < 0.5 and 254.5 < bad["noise"].max() <= 255
     assert bad["noise"].std() > 60
     assert abs(bad["flat"].mean() - 128) < 0.1 and 0.9 < bad["flat"].std() < 1.1
-    again = gate.corruptions(x, seed=5)
+    again = gate_fit.corruptions(x, seed=5)
     np.testing.assert_array_equal(again["noise"], bad["noise"])
-    assert not np.array_equal(gate.corruptions(x, seed=6)["noise"], bad["noise"])
-    default = gate.corruptions(x)
-    np.testing.assert_array_equal(default["noise"], gate.corruptions(x, seed=0)["noise"])
+    assert not np.array_equal(gate_fit.corruptions(x, seed=6)["noise"], bad["noise"])
+    default = gate_fit.corruptions(x)
+    np.testing.assert_array_equal(default["noise"], gate_fit.corruptions(x, seed=0)["noise"])
     # Prepared inputs are float32, whatever came in.
-    assert all(v.dtype == np.float32 for v in gate.corruptions(x.astype(np.float64)).values())
+    assert all(v.dtype == np.float32 for v in gate_fit.corruptions(x.astype(np.float64)).values())
 
 
 def test_corner_crop_is_the_top_left_third_enlarged_without_ringing():
     ramp = np.tile(np.arange(66, dtype=np.float32), (66, 1))  # gray level = column
     ramp[:, 30:] = 200  # and a step outside the crop
-    crop = gate.corruptions(ramp[None, :, :, None])["corner crop"][0, :, :, 0]
+    crop = gate_fit.corruptions(ramp[None, :, :, None])["corner crop"][0, :, :, 0]
     # The top-left 22 x 22 px (columns 0..21) stretched over 66 px: the right edge reaches column 21's level.
     assert crop[0, -1] == pytest.approx(21, abs=1) and crop[0, 0] == pytest.approx(0, abs=1)
     np.testing.assert_allclose(crop[0], crop[-1])  # rows are alike: it is the same crop top to bottom
     step = np.zeros((66, 66), np.float32)
     step[:, 11:] = 200  # a step inside the crop: bilinear enlarging stays within 0..200 (no overshoot)
-    big = gate.corruptions(step[None, :, :, None])["corner crop"]
+    big = gate_fit.corruptions(step[None, :, :, None])["corner crop"]
     assert big.min() >= 0 and big.max() <= 200
 
 
@@ -654,7 +654,7 @@ def test_seen_hashes_say_which_split_a_file_was_in(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     assert gate.seen_in(run, b"aaaaaaaaaa") is None  # no list yet
-    written = gate.write_seen_hashes(run, {"training": [files["a"], files["b"]], "validation": [str(files["c"])]})
+    written = gate_fit.write_seen_hashes(run, {"training": [files["a"], files["b"]], "validation": [str(files["c"])]})
     assert written == run / gate.SEEN_HASHES
     lines = written.read_text().splitlines()
     assert lines == sorted(lines) and len(lines) == 3
@@ -673,7 +673,7 @@ def test_fit_saves_into_the_run_and_auto_loads_it(tmp_path):
     x = model.prepare_batch([film(rng, i % 2) for i in range(80)])
     seen = tmp_path / "seen.jpeg"
     seen.write_bytes(b"a training file")
-    g = gate.fit_gate(model, x[:55], x[55:], seen={"training": [seen]})
+    g = gate_fit.fit_gate(model, x[:55], x[55:], seen={"training": [seen]})
     assert (model.path / gate.GATE_ARRAYS).is_file() and (model.path / gate.GATE_JSON).is_file()
     assert gate.seen_in(model.path, b"a training file") == "training"
     upright = film(np.random.default_rng(5), 0)
@@ -683,7 +683,7 @@ def test_fit_saves_into_the_run_and_auto_loads_it(tmp_path):
     _, from_file, _ = check_file(model, png(upright))  # the same default for a file
     assert from_file.ood_score == pytest.approx(auto.ood_score, rel=1e-4)
     nothing = load_model(tiny_net_run(tmp_path / "unsaved-run"), cache=False)
-    gate.fit_gate(nothing, x[:55], x[55:], seen={"training": [seen]}, save=False)
+    gate_fit.fit_gate(nothing, x[:55], x[55:], seen={"training": [seen]}, save=False)
     assert sorted(p.name for p in nothing.path.iterdir()) == ["model.json", "model.keras"]
 
 
@@ -855,8 +855,8 @@ def test_distances_are_per_film():
     v = np.zeros((2, T))
     v[0, 2] = 4.0  # residual only: 16 / 2
     v[1, 0] = 2.0  # along the first axis only: 4 / 4
-    np.testing.assert_allclose(gate._pixel_distance(v, g), np.sqrt(np.array([8.0, 1.0]) / T))
-    np.testing.assert_allclose(gate._feature_distance(np.array([[3.0, 1.0], [1.0, 1.5]]), g),
+    np.testing.assert_allclose(gate.pixel_distance(v, g), np.sqrt(np.array([8.0, 1.0]) / T))
+    np.testing.assert_allclose(gate.feature_distance(np.array([[3.0, 1.0], [1.0, 1.5]]), g),
                                np.sqrt(np.array([4.0, 1.0]) / 2))
 
 

@@ -92,7 +92,6 @@ def test_run_all_runs_every_benchmark():
 MODULE_LINES = 500
 MODULE_LINES_MOST = 600
 LONG_BUT_ONE_JOB = {
-    "xray_core/gate.py": "the input gate: its checks and the fitting of their thresholds, one set of arrays",
     "xray_core/runs.py": "the run folder: ids, status, liveness of its process, its files",
     "xray_core/data.py": "the dataset on disk: layout, index, patient split, cached loading",
     "xray_core/cli.py": "the command line: every command's arguments, in one place",
@@ -249,3 +248,64 @@ def test_any_os_pathlike_is_taken_where_a_path_goes(synthetic_dataset, tiny_run,
     assert input_kind(_FsPath(synthetic_dataset)) == "folder"
     assert layout_root(_FsPath(synthetic_dataset)) == synthetic_dataset
     assert fileio.check_allowed(_FsPath(tmp_path), what="folder", roots=[_FsPath(tmp_path)]) == tmp_path.resolve()
+
+
+def _library_imports() -> dict[str, set[str]]:
+    """{module: the xray_core modules it imports, at the top or inside a function}."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((PROJECT / "xray_core").rglob("*.py")):
+        rel = path.relative_to(PROJECT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("xray_core"):
+                for alias in node.names:  # `from xray_core import gate` names a module
+                    sub = f"{node.module}.{alias.name}"
+                    found.add(sub if (PROJECT / (sub.replace(".", "/") + ".py")).is_file() else node.module)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("xray_core")}
+        graph[name] = {m for m in found if m != name and m != "xray_core"}
+    return graph
+
+
+def test_no_import_cycle_in_the_library_even_through_lazy_imports():
+    """A cycle closed by an import inside a function still ties two rooms together: none is left."""
+    graph = _library_imports()
+    assert {"xray_core.model", "xray_core.case", "xray_core.gate"} <= set(graph)  # the scan found modules
+    cycles = set()
+
+    def visit(node, stack):
+        for nxt in graph.get(node, ()):
+            if nxt in stack:
+                cycle = stack[stack.index(nxt):]
+                i = cycle.index(min(cycle))
+                cycles.add(" -> ".join(cycle[i:] + cycle[:i] + [min(cycle)]))
+            elif len(stack) < 12:
+                visit(nxt, stack + [nxt])
+
+    for start in graph:
+        visit(start, [start])
+    assert not cycles, "\n".join(sorted(cycles))
+
+
+def test_no_private_name_crosses_modules():
+    """The library, the app and the pages use each other's public names only."""
+    crossings = []
+    files = [*sorted((PROJECT / "xray_core").rglob("*.py")), *sorted((PROJECT / "app").glob("*.py")),
+             *sorted((PROJECT / "pages").glob("*.py")), PROJECT / "streamlit_app.py"]
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        modules = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("xray_core", "app"):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        crossings.append(f"{path.relative_to(PROJECT)}:{node.lineno}: imports {alias.name}")
+                    modules.add(alias.asname or alias.name)
+            elif isinstance(node, ast.Import):
+                modules |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("xray_core")}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                crossings.append(f"{path.relative_to(PROJECT)}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not crossings, "\n".join(crossings)

@@ -161,7 +161,7 @@ def test_folder_zip_and_list_give_the_same_scores(tiny_run, films, tmp_path):
 def test_rows_carry_the_answer_of_the_gate_run_on_its_own(tiny_run, tmp_path):
     """The rows take the gate's features from the scoring's own forward pass: the gate fields
     equal those of gate.check_batch computing its features with a pass of its own."""
-    from xray_core import gate, imaging
+    from xray_core import gate, gate_fit, imaging
     from xray_core.model import load_model
 
     runs_root, run_id = tiny_run
@@ -172,7 +172,7 @@ def test_rows_carry_the_answer_of_the_gate_run_on_its_own(tiny_run, tmp_path):
     model = load_model(root / run_id, cache=False)
     images = [imaging.decode(p) for p in paths]
     x = model.prepare_batch(images)
-    fitted = gate.fit_gate(model, x[:70], x[70:])
+    fitted = gate_fit.fit_gate(model, x[:70], x[70:])
     out = tmp_path / "scores.csv"
     scoring.score(run_id, folder, out, root=root, workers=0, progress=False, draft=False, batch_size=32)
     rows = {r["path"]: r for r in read_rows(out)}

@@ -22,7 +22,7 @@ import pytest
 
 from tests.synthetic import make_synthetic_dataset
 from xray_core import architectures, augment, callbacks, ensemble, evaluation, fileio, runs, training
-from xray_core.model import load_model
+from xray_core.model import load_model, load_network
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -367,7 +367,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert listed["victim"].status["recorded_state"] == "running"
     done_epochs = json.loads((run_dir / "checkpoint.json").read_text())["epoch"]
     assert done_epochs >= killed_at[0]
-    model = runs.load_model_file(run_dir / "checkpoint.keras")
+    model = load_network(run_dir / "checkpoint.keras")
     assert model.count_params() > 0
     rows_before = _history(run_dir)
     assert len(rows_before) >= done_epochs  # history may hold one row more than the checkpoint

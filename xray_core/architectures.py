@@ -185,7 +185,7 @@ def encode_targets(labels, output_units: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_input_shape(input_shape, min_size: int) -> tuple[int, int, int]:
+def check_input_shape(input_shape, min_size: int) -> tuple[int, int, int]:
     try:
         h, w, c = (int(v) for v in input_shape)
         ok = tuple(input_shape) == (h, w, c)
@@ -229,7 +229,7 @@ def _assemble(name: str, input_shape, stack: list) -> keras.Model:
 
 def build_baseline(*, input_shape=(100, 100, 1)) -> keras.Model:
     """Seed "base_line": one 5x5 conv, 2x2 pool, Dense 16, two sigmoid outputs."""
-    _check_input_shape(input_shape, ARCHITECTURES["baseline"].min_size)
+    check_input_shape(input_shape, ARCHITECTURES["baseline"].min_size)
     return _assemble("baseline", input_shape, [
         layers.Conv2D(32, 5, padding="same", activation="relu", name="conv1"),
         layers.MaxPooling2D(2, name="pool1"),
@@ -241,7 +241,7 @@ def build_baseline(*, input_shape=(100, 100, 1)) -> keras.Model:
 
 def build_model2(*, input_shape=(100, 100, 1)) -> keras.Model:
     """Seed "model 2": a wider 5x5 conv (128), 4x4 pool, Dense 32 -> 16, two sigmoid outputs."""
-    _check_input_shape(input_shape, ARCHITECTURES["model2"].min_size)
+    check_input_shape(input_shape, ARCHITECTURES["model2"].min_size)
     return _assemble("model2", input_shape, [
         layers.Conv2D(128, 5, padding="same", activation="relu", name="conv1"),
         layers.MaxPooling2D(4, name="pool1"),
@@ -254,7 +254,7 @@ def build_model2(*, input_shape=(100, 100, 1)) -> keras.Model:
 
 def build_model3(*, input_shape=(100, 100, 1)) -> keras.Model:
     """Seed "model 3" (model_3.yaml): conv 256, per-pixel Dense 128/64, dropout, sigmoid Dense 16."""
-    _check_input_shape(input_shape, ARCHITECTURES["model3"].min_size)
+    check_input_shape(input_shape, ARCHITECTURES["model3"].min_size)
     return _assemble("model3", input_shape, [
         layers.Conv2D(256, 5, padding="same", activation="relu", name="conv1"),
         layers.Dense(128, activation="relu", name="pixel_dense1"),
@@ -271,7 +271,7 @@ def build_model3(*, input_shape=(100, 100, 1)) -> keras.Model:
 
 def build_model4(*, input_shape=(100, 100, 1)) -> keras.Model:
     """Seed "model 4" (model_4.yaml): three convs with per-pixel Dense layers between them."""
-    _check_input_shape(input_shape, ARCHITECTURES["model4"].min_size)
+    check_input_shape(input_shape, ARCHITECTURES["model4"].min_size)
     return _assemble("model4", input_shape, [
         layers.Conv2D(256, 5, padding="same", activation="relu", name="conv1"),
         layers.Dense(128, activation="tanh", name="pixel_dense1"),
@@ -304,7 +304,7 @@ def build_pneumonet(*, input_shape=(128, 128, 1), widths=(16, 48, 96, 192), drop
     slower moving statistics lag the weights and squash validation scores towards 1 for the
     first epochs. The last convolution, ``block3_sepconv2`` (8x8 at 128 px), is Grad-CAM's layer.
     """
-    _check_input_shape(input_shape, ARCHITECTURES["pneumonet"].min_size)
+    check_input_shape(input_shape, ARCHITECTURES["pneumonet"].min_size)
     try:
         widths = tuple(int(v) for v in widths)
     except (TypeError, ValueError):
@@ -409,7 +409,7 @@ def build(name: str, input_shape=(100, 100, 1), *, learning_rate: float = 1e-3,
     """
     spec = _spec(name)
     lr = _check_learning_rate(learning_rate)
-    _check_input_shape(input_shape, spec.min_size)
+    check_input_shape(input_shape, spec.min_size)
     model = spec.builder(input_shape=tuple(int(v) for v in input_shape), **dict(options or {}))
     if schedule_steps:
         # Cosine decay to 5 % of the initial rate over the whole training.

@@ -313,7 +313,7 @@ def _add_explain(sub, common) -> None:
 
 def _add_fit_gate(sub, common) -> None:
     p = _command(
-        sub, "fit-gate", "xray_core.gate:_cmd_fit_gate", common,
+        sub, "fit-gate", "xray_core.gate_fit:_cmd_fit_gate", common,
         help="fit a run's input gate (is this a chest film the model can read?)",
         description="Fit the run's input gate on its own training films and set its thresholds on its "
                     "validation films (the split rebuilt from the run's config). Writes gate.npz, gate.json "

@@ -6,45 +6,10 @@ so `python -m xray_core --help` stays fast.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import sys
-from pathlib import Path
 
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _run_ref(text: str):
-    """A run argument: a path when it points at an existing folder through a separator, else an id."""
-    if (os.sep in text or "/" in text) and Path(text).is_dir():
-        return Path(text)
-    return text
-
-
-def _table(headers: list[str], rows: list[list]) -> str:
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
-
-
-def json_line(obj) -> None:
-    """A command's `--json` output: one JSON object on one line of stdout."""
-    from xray_core import fileio
-
-    print(json.dumps(fileio.to_jsonable(obj)))
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+from xray_core.console import fmt, json_line, run_ref, table
 
 
 class ProgressBar:
@@ -105,7 +70,7 @@ def _dataset(args) -> int:
         total = sum(counts.values())
         rows.append([split, counts.get("NORMAL", 0), counts.get("PNEUMONIA", 0), total,
                      pats.get("NORMAL", 0), pats.get("PNEUMONIA", 0)])
-    print(_table(["split", "NORMAL", "PNEUMONIA", "total", "patients N", "patients P"], rows))
+    print(table(["split", "NORMAL", "PNEUMONIA", "total", "patients N", "patients P"], rows))
     sizes = stats["image_sizes"]
     w, h = sizes["width"], sizes["height"]
     print(f"image width  min {w['min']} median {w['median']} max {w['max']}")
@@ -198,13 +163,13 @@ def _print_run_summary(run_dir, *, as_json: bool = False) -> None:
         return
     print(run_dir.name)
     print(f"state {info.state if info else '?'}  epochs {metrics.get('epochs_run')}  "
-          f"train {_fmt(metrics.get('train_seconds'), 1)} s  threshold {_fmt(metrics.get('threshold'))}  "
-          f"validation: AUC {_fmt(val.get('roc_auc'))} sensitivity {_fmt(val.get('sensitivity'))} "
-          f"specificity {_fmt(val.get('specificity'))} (n={val.get('n')})", file=sys.stderr)
+          f"train {fmt(metrics.get('train_seconds'), 1)} s  threshold {fmt(metrics.get('threshold'))}  "
+          f"validation: AUC {fmt(val.get('roc_auc'))} sensitivity {fmt(val.get('sensitivity'))} "
+          f"specificity {fmt(val.get('specificity'))} (n={val.get('n')})", file=sys.stderr)
     if summary:
-        print(f"stress validation: worst AUC {_fmt(summary['roc_auc']['worst'])}, worst specificity "
-              f"{_fmt(summary['specificity']['worst'])} ({summary['specificity']['worst_change']}), "
-              f"worst sensitivity {_fmt(summary['sensitivity']['worst'])}", file=sys.stderr)
+        print(f"stress validation: worst AUC {fmt(summary['roc_auc']['worst'])}, worst specificity "
+              f"{fmt(summary['specificity']['worst'])} ({summary['specificity']['worst_change']}), "
+              f"worst sensitivity {fmt(summary['sensitivity']['worst'])}", file=sys.stderr)
     print(f"run folder: {run_dir}", file=sys.stderr)
 
 
@@ -230,16 +195,16 @@ def _runs(args) -> int:
         else:
             progress = f"{st.get('epoch') or 0}/{planned or '?'}"
         rows.append([r.run_id, r.config.get("arch", "-"), r.state, progress,
-                     _fmt(val.get("roc_auc")), _fmt(val.get("sensitivity")), _fmt(val.get("specificity")),
-                     _fmt((r.metrics or {}).get("threshold")), (r.config.get("created") or "")[:19]])
-    print(_table(["run", "arch", "state", "epoch", "val AUC", "sens", "spec", "threshold", "created"], rows))
+                     fmt(val.get("roc_auc")), fmt(val.get("sensitivity")), fmt(val.get("specificity")),
+                     fmt((r.metrics or {}).get("threshold")), (r.config.get("created") or "")[:19]])
+    print(table(["run", "arch", "state", "epoch", "val AUC", "sens", "spec", "threshold", "created"], rows))
     return 0
 
 
 def _evaluate(args) -> int:
     from xray_core import evaluation, runs
 
-    run = runs.load_run(_run_ref(args.run), root=args.runs_dir)
+    run = runs.load_run(run_ref(args.run), root=args.runs_dir)
     if getattr(args, "stress", False):
         if evaluation.is_bundled(run.path):
             raise ValueError(f"The run {run.run_id!r} ships with the project; its figures are not recomputed "
@@ -250,20 +215,20 @@ def _evaluate(args) -> int:
                                                                          "threshold")}})
             return 0
         summary = result["stress"]["summary"]
-        print(f"run {run.run_id}: threshold {_fmt(result['threshold'])} (stress policy), temperature "
-              f"{_fmt(result['calibration']['temperature'])}, ECE {_fmt(result['calibration']['ece'])}")
-        rows = [[name, _fmt(c["roc_auc"]), _fmt(c["sensitivity"]), _fmt(c["specificity"])]
+        print(f"run {run.run_id}: threshold {fmt(result['threshold'])} (stress policy), temperature "
+              f"{fmt(result['calibration']['temperature'])}, ECE {fmt(result['calibration']['ece'])}")
+        rows = [[name, fmt(c["roc_auc"]), fmt(c["sensitivity"]), fmt(c["specificity"])]
                 for name, c in result["stress"]["changes"].items()]
-        print(_table(["change", "AUC", "sensitivity", "specificity"], rows))
-        print(f"worst specificity {_fmt(summary['specificity']['worst'])} ({summary['specificity']['worst_change']})")
+        print(table(["change", "AUC", "sensitivity", "specificity"], rows))
+        print(f"worst specificity {fmt(summary['specificity']['worst'])} ({summary['specificity']['worst_change']})")
         return 0
     result = evaluation.evaluate_run(run, args.data, split=args.split, refresh=args.refresh)
     if args.json:
         json_line({"run": run.run_id, "split": args.split, **result})
         return 0
-    print(f"run {run.run_id} on {args.split} ({result.get('n')} images, threshold {_fmt(result.get('threshold'))})")
+    print(f"run {run.run_id} on {args.split} ({result.get('n')} images, threshold {fmt(result.get('threshold'))})")
     keys = ["sensitivity", "specificity", "precision", "npv", "accuracy", "f1", "roc_auc", "pr_auc"]
-    print(_table(["metric", "value"], [[k, _fmt(result.get(k))] for k in keys if k in result]))
+    print(table(["metric", "value"], [[k, fmt(result.get(k))] for k in keys if k in result]))
     print(f"confusion: tn {result.get('tn')} fp {result.get('fp')} fn {result.get('fn')} tp {result.get('tp')}")
     return 0
 
@@ -275,7 +240,7 @@ def _predict(args) -> int:
     from xray_core.cli import UsageError
     from xray_core.model import load_model
 
-    model = load_model(_run_ref(args.run), root=args.runs_dir)
+    model = load_model(run_ref(args.run), root=args.runs_dir)
     read, failures = {}, 0
     for path in args.images:
         if path.is_dir():
@@ -293,11 +258,11 @@ def _predict(args) -> int:
     for path, value in read.items():
         if isinstance(value, dict):
             if args.json:
-                print(json.dumps(value))
+                json_line(value)
             continue
         a = next(assessed)
         if args.json:
-            print(json.dumps(a.to_json()))
+            json_line(a.to_json())
             continue
         check = "ok" if a.in_distribution else "NOT A READABLE CHEST FILM"
         rows.append([str(path), a.verdict, f"{a.probability:.4f}", f"{a.threshold:.4f}",
@@ -305,5 +270,5 @@ def _predict(args) -> int:
         for warning in a.gate.warnings:
             print(f"warning: {path}: {warning}", file=sys.stderr)
     if rows:
-        print(_table(["image", "label", "pneumonia probability", "threshold", "90% set", "input check"], rows))
+        print(table(["image", "label", "pneumonia probability", "threshold", "90% set", "input check"], rows))
     return 1 if failures else 0

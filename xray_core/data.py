@@ -309,10 +309,10 @@ def load_images(paths: Iterable[str | os.PathLike], *, size=(100, 100), channels
     "thread", or "auto" (processes when forking is safe: Linux and no other Python thread
     running, as in the CLI; threads otherwise, as inside the Streamlit server).
     """
-    size = imaging._check_size(size)
+    size = imaging.check_size(size)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    imaging._check_method(method)
+    imaging.check_method(method)
     if pool not in ("auto", "process", "thread"):
         raise ValueError(f"pool must be 'auto', 'process' or 'thread', got {pool!r}")
     paths = [os.path.abspath(os.fspath(p)) for p in paths]

@@ -55,7 +55,7 @@ def train_preset(name: str, data_root: str | os.PathLike, *, run_id: str | None 
     for i in range(k):
         member_id = f"{run_id}-member{i}"
         path = runs.run_path(member_id, runs_root)
-        state = runs._run_info(path).state if path.is_dir() else None
+        state = runs.read_run_info(path).state if path.is_dir() else None
         if state == "completed" and (path / runs.MODEL_FILE).is_file():
             member_dirs.append(path)
             continue
@@ -76,7 +76,7 @@ def assemble_ensemble(member_dirs, *, run_id: str, runs_root: str | os.PathLike 
     history, a config naming the members; then calibrated, thresholded and reported on the shared
     validation split under shift stress (`evaluation.finalize_run`). Members must share the input
     and the validation split."""
-    from xray_core import evaluation
+    from xray_core import evaluation, splits
     from xray_core import model as model_mod
 
     target = runs.run_path(run_id, runs_root)
@@ -98,7 +98,7 @@ def assemble_ensemble(member_dirs, *, run_id: str, runs_root: str | os.PathLike 
         name = runs.MODEL_FILE if i == 0 else f"member-{i}.keras"
         shutil.copy2(p / runs.MODEL_FILE, staging / name)
         names.append(name)
-    for f in (runs.HISTORY_FILE, evaluation.VALIDATION_FILE, runs.SKIPPED_FILE):
+    for f in (runs.HISTORY_FILE, splits.VALIDATION_FILE, runs.SKIPPED_FILE):
         if (member_dirs[0] / f).is_file():
             shutil.copy2(member_dirs[0] / f, staging / f)
     cfg = dict(configs[0])

@@ -18,11 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from xray_core import fileio, metrics, runs
+from xray_core import fileio, metrics, runs, splits
 
 Progress = Callable[[dict], None]
 
-VALIDATION_FILE = "validation.csv"  # the run's validation films: path (relative to data_root), label
 STRESS_PREDICTIONS_FILE = "predictions_stress.csv"
 # Validation films are brought to this size before a stress change, whatever their resolution:
 # the dataset copy this project trains on is 224 px, and full-resolution films (1-3 k px) would
@@ -53,38 +52,6 @@ def data_root_of(run: runs.Run, data_root: str | os.PathLike | None) -> str:
 
 
 # --------------------------------------------------------------------------- validation films
-
-
-def write_validation_list(run_dir: str | os.PathLike, val_df, data_root: str | os.PathLike) -> Path:
-    """Store the run's validation split (file list) so every later evaluation reuses it as is."""
-    base = Path(data_root).absolute()
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["path", "label"])
-    for path, label in zip(val_df["path"], val_df["label"]):
-        p = Path(path).absolute()
-        writer.writerow([(p.relative_to(base) if p.is_relative_to(base) else p).as_posix(), int(label)])
-    return fileio.atomic_write_text(Path(run_dir) / VALIDATION_FILE, out.getvalue())
-
-
-def validation_rows(run: runs.Run, data_root: str) -> tuple[list[str], np.ndarray]:
-    """(paths, labels) of the run's validation films: its stored list, or (older runs) the split
-    rebuilt from its config (same method, fraction and seed, hence the same patients)."""
-    from xray_core import data
-
-    stored = run.path / VALIDATION_FILE
-    if stored.is_file():
-        with open(stored, encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        paths = [str(Path(data_root) / r["path"]) if not os.path.isabs(r["path"]) else r["path"] for r in rows]
-        return paths, np.array([int(r["label"]) for r in rows], dtype=int)
-    cfg = run.config
-    split_cfg = cfg.get("split") or {"method": "patient", "val_fraction": 0.2}
-    df = data.index_dataset(data_root)
-    seed = split_cfg.get("seed", cfg.get("seed", 0))
-    _, val = data.split_train(df, method=split_cfg["method"], val_fraction=split_cfg["val_fraction"],
-                              seed=int(seed[0] if isinstance(seed, list) else seed))
-    return val["path"].tolist(), val["label"].to_numpy().astype(int)
 
 
 def load_films(paths: list[str], *, size: int = STRESS_SOURCE_SIZE, progress: Progress | None = None):
@@ -133,7 +100,7 @@ def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | N
                                         "input_size": [cfg["image_size"], cfg["image_size"]],
                                         "channels": int(cfg["channels"]), "litert": old_spec.get("litert")})
 
-    paths, labels = validation_rows(run, root)
+    paths, labels = splits.validation_rows(run, root)
     y, kept, raw = raw_stress_scores(m, paths, labels, progress=progress)
     result, scores = stress_figures(y, raw, method=method, min_sensitivity=min_sensitivity, n_boot=n_boot)
     threshold, temperature = result["threshold"], result["calibration"]["temperature"]
@@ -145,18 +112,18 @@ def finalize_run(run_dir: str | os.PathLike, *, data_root: str | os.PathLike | N
                          bias=bias, threshold_policy=described, extra=extra)
     runs.write_predictions(run.path, "validation", kept, y, plain, root)
     _write_stress_predictions(run.path, kept, y, scores, root)
-    merged = _merge_metrics(run.path, result)
+    merged = merge_metrics(run.path, result)
     # What the model needs at the point of use, fitted on the same films: the conformal sets
     # (on the stress predictions just written) and the input gate (training films only).
-    from xray_core import gate, uncertainty
+    from xray_core import gate_fit, uncertainty
 
     uncertainty.calibrate_run(run.path)
     if fit_gate:
         try:
-            gate.fit_gate_for_run(run.path, root)
-            merged = _merge_metrics(run.path, {"gate": {"fitted": True}})
-        except gate.GateError as exc:  # too few films (a toy dataset): say so in the run, not silently
-            merged = _merge_metrics(run.path, {"gate": {"fitted": False, "reason": str(exc)}})
+            gate_fit.fit_gate_for_run(run.path, root)
+            merged = merge_metrics(run.path, {"gate": {"fitted": True}})
+        except gate_fit.GateError as exc:  # too few films (a toy dataset): say so in the run, not silently
+            merged = merge_metrics(run.path, {"gate": {"fitted": False, "reason": str(exc)}})
     return merged
 
 
@@ -254,7 +221,7 @@ def evaluate_run(run: runs.Run | str | os.PathLike, data_root: str | os.PathLike
                  data_root=root_dir, skipped=failed)
     entry = fileio.to_jsonable(entry)  # NaN -> None, as it reads back from metrics.json
     if cache:
-        _merge_metrics(run.path, {key: entry})
+        merge_metrics(run.path, {key: entry})
     return entry
 
 
@@ -266,7 +233,7 @@ def predict_split(run: runs.Run, data_root: str, key: str, progress: Progress | 
     from xray_core import model as model_mod
 
     if key == "validation":
-        paths, labels = validation_rows(run, data_root)
+        paths, labels = splits.validation_rows(run, data_root)
     else:
         df = data.index_dataset(data_root)
         rows = df[df["split"] == ("test" if key == "test" else "val")]
@@ -314,9 +281,9 @@ def is_bundled(run_dir: str | os.PathLike) -> bool:
     return spec.is_file() and bool(fileio.read_json(spec).get("bundled"))
 
 
-def _merge_metrics(run_dir: Path, entries: dict) -> dict:
+def merge_metrics(run_dir: str | os.PathLike, entries: dict) -> dict:
     """Read-modify-write metrics.json under an exclusive lock (two evaluations may race)."""
-    path = run_dir / runs.METRICS_FILE
+    path = Path(run_dir) / runs.METRICS_FILE
 
     def merge():
         current = fileio.read_json(path) if path.is_file() else {}

@@ -148,9 +148,9 @@ def _cmd_export(args) -> int:
     import json
     import sys
 
-    from xray_core.commands import _run_ref
+    from xray_core.console import run_ref
 
-    result = export(_run_ref(args.run), fmt=args.format, out=args.out_dir, root=args.runs_dir)
+    result = export(run_ref(args.run), fmt=args.format, out=args.out_dir, root=args.runs_dir)
     if args.json:
         print(json.dumps(result))
     else:

@@ -113,7 +113,7 @@ def _signature_format(raw: bytes) -> str | None:
     return next((fmt for sig, fmt in _SIGNATURE_FORMATS.items() if raw.startswith(sig)), None)
 
 
-def _is_dicom(raw: bytes) -> bool:
+def is_dicom(raw: bytes) -> bool:
     """By content: the DICM preamble, or (preamble-less files) a leading group 0002 or 0008 tag."""
     if has_dicm_preamble(raw):
         return True
@@ -191,7 +191,7 @@ def decode(data: bytes | str | os.PathLike | BinaryIO, filename: str | None = No
         For anything that is not a readable image within `max_bytes` and `max_pixels`.
     """
     raw, filename = _read_source(data, filename, max_bytes)
-    if _is_dicom(raw):
+    if is_dicom(raw):
         from xray_core import dicom
 
         return dicom.to_gray(raw, filename, max_pixels)
@@ -208,10 +208,10 @@ def decode_resized(data: bytes | str | os.PathLike | BinaryIO, size, *, method: 
     JPEG pixels differ from the full decode by a gray level or so on average; inference that
     wants the training pixels exactly can call this too.
     """
-    h, w = _check_size(size)
-    _check_method(method)
+    h, w = check_size(size)
+    check_method(method)
     raw, filename = _read_source(data, filename, max_bytes)
-    if _is_dicom(raw):
+    if is_dicom(raw):
         from xray_core import dicom
 
         return resize(dicom.to_gray(raw, filename, max_pixels), (h, w), method)
@@ -310,7 +310,7 @@ def _pillow_to_gray(im: Image.Image) -> Image.Image:
 # ----------------------------------------------------------------------------------- model input
 
 
-def _check_size(size) -> tuple[int, int]:
+def check_size(size) -> tuple[int, int]:
     if isinstance(size, (int, np.integer)):
         size = (int(size), int(size))
     try:
@@ -322,7 +322,7 @@ def _check_size(size) -> tuple[int, int]:
     return h, w
 
 
-def _check_method(method: str) -> None:
+def check_method(method: str) -> None:
     if method not in RESIZE_METHODS:
         raise ValueError(f"method must be one of {sorted(RESIZE_METHODS)}, got {method!r}")
 
@@ -332,8 +332,8 @@ def resize(img: np.ndarray, size, method: str = "bilinear") -> np.ndarray:
 
     The seed and the 224 px dataset copy both squash, so the models expect squashed anatomy.
     """
-    h, w = _check_size(size)
-    _check_method(method)
+    h, w = check_size(size)
+    check_method(method)
     img = np.asarray(img)
     if img.ndim != 2:
         raise ValueError(f"resize() takes a 2-D gray image, got shape {img.shape}")
@@ -362,7 +362,7 @@ def dicom_facts(data: bytes | str | os.PathLike | BinaryIO, filename: str | None
     Values are plain str/float/int/list; a missing attribute is None.
     """
     raw, filename = _read_source(data, filename, max_bytes)
-    if not _is_dicom(raw):
+    if not is_dicom(raw):
         return None
     from xray_core import dicom
 
@@ -379,7 +379,7 @@ def colour_saturation(data: bytes | str | os.PathLike | BinaryIO, filename: str 
     colour DICOMs (secondary captures) are measured too.
     """
     raw, filename = _read_source(data, filename, max_bytes)
-    if _is_dicom(raw):
+    if is_dicom(raw):
         from xray_core import dicom
 
         rgb = dicom.first_frame_rgb(raw)

@@ -301,7 +301,7 @@ class Model:
         if self._members is None:
             with self._lock:
                 if self._members is None:
-                    self._members = [runs.load_model_file(p) for p in self._member_files]
+                    self._members = [load_network(p) for p in self._member_files]
         return self._members
 
     @property
@@ -396,6 +396,21 @@ class Model:
                 else:
                     self._runner, self.backend = self.keras_forward(), "tensorflow"
             return self._runner
+
+
+def load_network(path: str | os.PathLike):
+    """One Keras network file, for inference (uncompiled: the training metrics it names are not
+    needed, so nothing of the training code is imported) and in safe mode (no Lambda layers or
+    other arbitrary code); a sentence when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise runs.RunNotFound(
+            f"There is no model file at {path}. The run may still be training, or it failed before "
+            "saving; check its status with `python -m xray_core runs`."
+        )
+    import keras
+
+    return keras.models.load_model(path, safe_mode=True, compile=False)
 
 
 _NETWORK_FNS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()

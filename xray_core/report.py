@@ -44,10 +44,6 @@ def _pil(arr: np.ndarray):
     return Image.fromarray(np.asarray(arr, np.uint8))
 
 
-def _fmt(v, digits: int = 3) -> str:
-    return "-" if v is None else f"{float(v):.{digits}f}"
-
-
 def context_lines(metrics: dict | None) -> list[str]:
     """The validation figures a verdict is read against, each naming where it comes from."""
     metrics = metrics or {}
@@ -216,15 +212,15 @@ def _cmd_report(args) -> int:
     from xray_core import fileio
     from xray_core.model import load_model
 
-    from xray_core.commands import _run_ref
+    from xray_core.console import run_ref
 
-    model = load_model(_run_ref(str(args.run)), root=getattr(args, "runs_dir", None))
+    model = load_model(run_ref(str(args.run)), root=getattr(args, "runs_dir", None))
     pdf = report_for_file(model, args.image, num_samples=getattr(args, "samples", None),
                           seed=getattr(args, "seed", 0), show_anyway=getattr(args, "show_anyway", False))
     out = Path(args.out)
     fileio.atomic_write_bytes(out, pdf)
     if getattr(args, "json", False):
-        from xray_core.commands import json_line
+        from xray_core.console import json_line
 
         json_line({"run": model.run_id, "image": str(args.image), "out": str(out), "bytes": len(pdf)})
         return 0

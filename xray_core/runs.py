@@ -353,7 +353,9 @@ class RunInfo:
         return str(self.status.get("state") or "unknown")
 
 
-def _run_info(path: Path) -> RunInfo:
+def read_run_info(path: str | os.PathLike) -> RunInfo:
+    """A run folder's files as a RunInfo (what list_runs gives per folder), with the problems found."""
+    path = Path(path)
     problems = []
     config, note = _read_json_or_note(path / CONFIG_FILE)
     problems += [note] if note else []
@@ -384,7 +386,7 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
     for path in sorted(base.iterdir(), key=lambda p: p.name):
         if path.name.startswith(".") or not _RUN_ID_RE.match(path.name) or not _is_run_folder(path):
             continue
-        out.append(_run_info(path))
+        out.append(read_run_info(path))
     return out
 
 
@@ -426,23 +428,6 @@ class Run:
         return pd.read_csv(path)
 
 
-def load_model_file(path: str | os.PathLike):
-    """keras.models.load_model with safe_mode=True, with a sentence when the file is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunNotFound(
-            f"There is no model file at {path}. The run may still be training, or it failed before "
-            "saving; check its status with `python -m xray_core runs`."
-        )
-    import keras
-
-    # Our own metrics must be registered for deserialisation; safe_mode still refuses Lambda
-    # layers and other arbitrary code.
-    from xray_core import architectures  # noqa: F401
-
-    return keras.models.load_model(path, safe_mode=True, compile=False)
-
-
 def load_run(run_id_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Run:
     """A Run from a run id (validated against the registry) or a path to a run folder: a
     PathLike, or a str holding a path separator (`runs/default`, `./my-run`)."""
@@ -478,7 +463,7 @@ def delete_run(run_id: str, root: str | os.PathLike | None = None, *, allow_defa
         raise RunNotFound(f"There is no run {run_id!r} in {path.parent}; nothing was deleted.")
     if run_id == "default" and not allow_default:
         raise RunBusy("The run 'default' is the bundled model the dashboard uses; it is not deleted.")
-    status = _run_info(path).status
+    status = read_run_info(path).status
     if status.get("state") in ACTIVE_STATES and status.get("pid") is not None:
         raise RunBusy(
             f"The run {run_id!r} is still training (pid {status.get('pid')}). Stop it first "

@@ -152,7 +152,7 @@ def stressed_inputs(images: Sequence[np.ndarray], *, size, channels: int = 1,
     unknown = [n for n in names if n != PLAIN and n not in CHANGES]
     if unknown:
         raise ValueError(f"Unknown stress change(s) {unknown}; choose from {', '.join(CHANGES)}.")
-    h, w = imaging._check_size(size)
+    h, w = imaging.check_size(size)
     out = {}
     for name in names:
         fn = (lambda im: im) if name == PLAIN else CHANGES[name].apply

@@ -205,7 +205,7 @@ def _resolve(config: TrainConfig) -> tuple[Path, dict, int]:
         raise ValueError(f"early-stopping patience must be at least 1 epoch; got {config.early_stopping}.")
     image_size = int(config.image_size if config.image_size is not None else spec.image_size)
     channels = int(config.channels if config.channels is not None else spec.channels)
-    architectures._check_input_shape((image_size, image_size, channels), spec.min_size)
+    architectures.check_input_shape((image_size, image_size, channels), spec.min_size)
     from xray_core import augment
 
     augment_level = augment.check_level(config.augment)
@@ -439,14 +439,14 @@ def _complete(run_dir: Path, cfg: dict, model, result: dict, *, df, val_df, x_va
         progress(dict(status.current, phase="evaluating"))
     save_model_atomically(model, run_dir / runs.MODEL_FILE)
 
-    from xray_core import evaluation, metrics
+    from xray_core import evaluation, metrics, splits
     from xray_core import model as model_mod
 
-    evaluation.write_validation_list(run_dir, val_df, cfg["data_root"])
+    splits.write_validation_list(run_dir, val_df, cfg["data_root"])
     fileio.atomic_write_json(run_dir / runs.METRICS_FILE, result)
     evaluation.finalize_run(run_dir, progress=progress)
     loaded = model_mod.load_model(run_dir, cache=False)
-    evaluation._merge_metrics(run_dir, {"seed_micro_recall": float(metrics.seed_micro_recall(
+    evaluation.merge_metrics(run_dir, {"seed_micro_recall": float(metrics.seed_micro_recall(
         y_val, _two_columns(model_mod.network_outputs(loaded.members[0], x_val)), threshold=0.5))})
     # The official test split, when present, is scored once here at the validation threshold;
     # the 16-image official val folder is too small to select on and is only reported.

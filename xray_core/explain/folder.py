@@ -79,7 +79,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                                segmentation=args.segmentation, seed=args.seed, label=args.label,
                                stability_seeds=args.stability_seeds)
     if args.json:
-        from xray_core.commands import json_line
+        from xray_core.console import json_line
 
         json_line({"run": run.run_id, "image": str(args.image), "out_dir": str(args.out_dir),
                    "files": [*report["files"], JSON_FILE], "prediction": report["prediction"],

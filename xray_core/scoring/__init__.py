@@ -49,15 +49,15 @@ __all__ = ["COLUMNS", "DecodedChunk", "Item", "JOB_LOG", "JOB_SCORES", "JOB_STAT
 
 def _cmd_score(args) -> int:
     """The `score` command (see cli.py for its options)."""
-    from xray_core.commands import _run_ref
+    from xray_core.console import run_ref
 
     kwargs = dict(root=args.runs_dir, batch_size=args.batch_size, draft=not args.no_draft,
                   progress=not args.quiet, status_path=args.status)
     if args.ray:
-        summary = score_ray(_run_ref(args.run), args.input, args.out,
+        summary = score_ray(run_ref(args.run), args.input, args.out,
                             address=None if args.ray == "local" else args.ray, **kwargs)
     else:
-        summary = score(_run_ref(args.run), args.input, args.out, workers=args.workers, **kwargs)
+        summary = score(run_ref(args.run), args.input, args.out, workers=args.workers, **kwargs)
     if args.json:
         print(json.dumps(summary))
     else:

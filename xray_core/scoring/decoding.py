@@ -62,7 +62,7 @@ def _original_shape(raw: bytes) -> tuple[int, int] | None:
 def _decode_one(raw: bytes, name: str, size: tuple[int, int], draft: bool):
     """(image at `size`, original shape, colour share, DICOM facts) of one file's bytes."""
     facts = None
-    if imaging._is_dicom(raw):
+    if imaging.is_dicom(raw):
         full = imaging.decode(raw, filename=name)
         img, shape = imaging.resize(full, size), full.shape
         facts = imaging.dicom_facts(raw, filename=name)
