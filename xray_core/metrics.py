@@ -17,8 +17,11 @@ import numpy as np
 
 __all__ = [
     "MetricsInputError", "OneClassError", "binary_metrics", "confusion_matrix",
-    "choose_threshold", "seed_micro_recall", "roc_points", "bootstrap_ci",
+    "choose_threshold", "seed_micro_recall", "roc_points", "bootstrap_ci", "site_figures",
 ]
+
+#: What `site_figures` measures, in the order a report lists them.
+SITE_FIGURES = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "roc_auc", "ece", "brier")
 
 
 class MetricsInputError(ValueError):
@@ -289,4 +292,82 @@ def bootstrap_ci(y_true, y_score, *, threshold: float, n_boot: int = 1000, seed:
         else:
             low = high = float("nan")
         out[name] = {"estimate": point[name], "low": float(low), "high": float(high)}
+    return out
+
+
+def _weighted_figures(weights: np.ndarray, y: np.ndarray, s: np.ndarray, pred: np.ndarray,
+                      n_bins: int) -> dict[str, np.ndarray]:
+    """SITE_FIGURES for each row of film weights (b, n): a resample's count of each film."""
+    w = np.asarray(weights, dtype=np.float64)
+    pos, neg = y == 1, y == 0
+    tp, fn = w[:, pos & pred].sum(axis=1), w[:, pos & ~pred].sum(axis=1)
+    tn, fp = w[:, neg & ~pred].sum(axis=1), w[:, neg & pred].sum(axis=1)
+    total = w.sum(axis=1)
+    order = np.argsort(s, kind="mergesort")
+    starts = np.r_[0, np.flatnonzero(np.diff(s[order])) + 1]
+    w_pos = np.add.reduceat(w[:, order] * y[order], starts, axis=1)
+    w_neg = np.add.reduceat(w[:, order] * (1 - y[order]), starts, axis=1)
+    # the 15 equal-width bins of stress.expected_calibration_error: a score on an edge joins the lower bin
+    edges = np.linspace(0, 1, n_bins + 1)
+    bins = np.clip(np.digitize(s, edges[1:-1], right=True), 0, n_bins - 1)
+    gap = (w * (s - y)) @ np.eye(n_bins)[bins]
+    return {
+        "accuracy": _ratio(tp + tn, total), "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp), "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn),
+        "roc_auc": _auc_rows(w_pos, w_neg), "ece": _ratio(np.abs(gap).sum(axis=1), total),
+        "brier": _ratio(w @ (s - y) ** 2, total),
+    }
+
+
+def site_figures(y_true, y_score, *, threshold, groups=None, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95, n_bins: int = 15) -> dict:
+    """A site acceptance test's figures with percentile bootstrap intervals over patients.
+
+    accuracy, sensitivity, specificity, PPV, NPV (at `threshold`), ROC AUC, the calibration
+    error (ECE, `n_bins` equal-width bins, as `stress.expected_calibration_error`) and the Brier
+    score. `threshold` is one number, or one per film (cross-fitted verdicts, each film at the
+    threshold fitted without its fold). `groups` holds a patient id per film: a resample draws
+    patients with all their films, since one patient's films are not independent; None draws
+    films. Returns {figure: {"estimate", "low", "high"}} plus "n", "clusters" and "n_clusters";
+    a figure undefined on a resample (no PNEUMONIA film drawn) is left out of its interval.
+    """
+    y = _check_labels(y_true)
+    s = _check_scores(y_score, y.size)
+    t = np.asarray(threshold, dtype=np.float64)
+    if t.ndim == 0:
+        t = np.full(y.size, _check_threshold(threshold))
+    if t.shape != (y.size,) or not np.isfinite(t).all():
+        raise MetricsInputError(f"threshold must be one finite number or one per film ({y.size}); got shape "
+                                f"{t.shape}.")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
+        raise MetricsInputError(f"n_boot must be a whole number >= 10; got {n_boot!r}.")
+    if not 0 < float(level) < 1:
+        raise MetricsInputError(f"level must be a fraction in (0, 1); got {level!r}.")
+    if groups is None:
+        cluster = np.arange(y.size)
+    else:
+        g = np.asarray(groups, dtype=object)
+        if g.shape != (y.size,):
+            raise MetricsInputError(f"groups must hold one patient id per film ({y.size}); got shape {g.shape}.")
+        cluster = np.unique(g.astype(str), return_inverse=True)[1].ravel()
+    n_clusters = int(cluster.max()) + 1
+    pred = s >= t
+    point = _weighted_figures(np.ones((1, y.size)), y, s, pred, n_bins)
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list] = {name: [] for name in SITE_FIGURES}
+    for start in range(0, int(n_boot), 200):  # bounded memory: 200 resamples x films at a time
+        b = min(200, int(n_boot) - start)
+        draws = rng.integers(0, n_clusters, size=(b, n_clusters))
+        drawn = np.zeros((b, n_clusters))
+        np.add.at(drawn, (np.repeat(np.arange(b), n_clusters), draws.ravel()), 1.0)
+        for name, values in _weighted_figures(drawn[:, cluster], y, s, pred, n_bins).items():
+            samples[name].append(values)
+    tail = (1 - float(level)) / 2 * 100
+    out: dict = {}
+    for name in SITE_FIGURES:
+        values = np.concatenate(samples[name])
+        finite = values[np.isfinite(values)]
+        low, high = np.percentile(finite, [tail, 100 - tail]) if finite.size else (np.nan, np.nan)
+        out[name] = {"estimate": float(point[name][0]), "low": float(low), "high": float(high)}
+    out.update(n=int(y.size), clusters="films" if groups is None else "patients", n_clusters=n_clusters)
     return out
