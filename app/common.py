@@ -5,12 +5,14 @@ Page-side code (the library, `xray_core`, returns data; this words and shapes it
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
+from xray_core.model import SPEC_FILE
 from xray_core.runs import MODEL_FILE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +56,23 @@ def format_seconds(seconds: float | None) -> str:
     return format_duration(float(seconds))
 
 
+def has_networks(path: str | Path) -> bool:
+    """Whether a run folder holds its model file, or names (model.json's "parent", a site-calibrated
+    run) a folder that does."""
+    path = Path(path)
+    if (path / MODEL_FILE).is_file():
+        return True
+    spec = path / SPEC_FILE
+    try:
+        parent = json.loads(spec.read_text()).get("parent") if spec.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(parent, str) and (path / parent / MODEL_FILE).is_file()
+
+
 def usable_runs(infos: Iterable[Any]) -> list:
-    """Completed runs that have a model file: `default` first, then the newest first."""
-    done = [r for r in infos if r.state == "completed" and (Path(r.path) / MODEL_FILE).is_file()]
+    """Completed runs that have a model file (or a parent's): `default` first, then the newest first."""
+    done = [r for r in infos if r.state == "completed" and has_networks(r.path)]
     done.sort(key=lambda r: str((r.config or {}).get("created") or r.run_id), reverse=True)
     done.sort(key=lambda r: r.run_id != "default")
     return done

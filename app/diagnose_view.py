@@ -20,6 +20,7 @@ import pandas as pd
 from xray_core.explain import png_bytes
 from xray_core.fileio import to_jsonable
 from xray_core.report import RESEARCH_LINE, context_lines
+from xray_core.site import SITE_TOKEN
 
 ROOT = Path(__file__).resolve().parents[1]
 FAITHFULNESS_REPORT = ROOT / "benchmarks" / "reports" / "explain_faithfulness.json"
@@ -130,6 +131,9 @@ def uncertainty_caption(assessment) -> str:
 def seen_caption(assessment) -> str | None:
     if assessment.seen_in is None:
         return None
+    if assessment.seen_in == SITE_TOKEN:
+        return (f"This exact file was one of the films the run {assessment.run_id}'s site calibration was fitted on "
+                "(its calibration, threshold and prediction sets): its answer here is not a fair test of them.")
     return (f"This exact file was one of the run's {assessment.seen_in} films, so the model has seen it "
             "(or was tuned on it): its answer here says nothing about new patients.")
 

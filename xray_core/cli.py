@@ -48,6 +48,7 @@ USER_ERRORS = {
     "xray_core.scoring": ("ScoreError",),
     "xray_core.scoring.uploads": ("UploadRecordError",),
     "xray_core.settings": ("SettingsError",),
+    "xray_core.site": ("SiteError",),
     "xray_core.training": ("TrainingDataError",),
     "xray_core.uncertainty": ("UncertaintyError",),
 }
@@ -429,13 +430,70 @@ def _add_export(sub, common) -> None:
     _add_json(p, "what was written")
 
 
+def _add_validate(sub, common) -> None:
+    p = _command(
+        sub, "validate", "xray_core.site_report:_cmd_validate", common,
+        help="how a run does on your own labelled films (figures with 95 %% intervals over patients)",
+        description="Every film of a label list through the product's assessment at the run's threshold: accuracy, "
+                    "sensitivity, specificity, PPV, NPV, ROC AUC, calibration error (15 bins) and Brier score, each "
+                    "with a 95 % bootstrap interval over patients, the input check's refusals and the prediction "
+                    "sets' coverage. LABELS: a folder (or zip) with NORMAL/ and PNEUMONIA/ folders at any depth, or a "
+                    "CSV path,label[,patient] (NORMAL/PNEUMONIA; paths relative to the CSV). Research software, not "
+                    "a medical device.",
+    )
+    p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
+    p.add_argument("labels", type=Path, help="the labelled films: a folder, a zip or a CSV")
+    p.add_argument("--out-dir", type=Path, help="report folder to write (validation.json, films.csv, PNG figures, "
+                                                "report.pdf); without it the summary is only printed")
+    p.add_argument("--exclude-seen", action="store_true",
+                   help="leave out films the run saw (its training, validation or site-calibration films)")
+    _add_site_options(p)
+    _add_json(p, "the report")
+
+
+def _add_site_options(p: argparse.ArgumentParser) -> None:
+    _add_runs_dir(p)
+    p.add_argument("--workers", type=int, help="decoding processes (default: the CPUs available; 0: none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _check_site(args: argparse.Namespace) -> None:
+    if getattr(args, "out_dir", None) is not None and settings.viewer_mode():
+        raise settings.ViewerModeError(
+            "`validate --out-dir` writes a report folder, and this installation is in viewer mode, where nothing "
+            "is written. Leave --out-dir out to print the figures only, or run it where writing is allowed.")
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"--workers is 0 or more, got {args.workers}.")
+
+
+def _add_recalibrate(sub, common) -> None:
+    p = _command(
+        sub, "recalibrate", "xray_core.site_report:_cmd_recalibrate", common,
+        help="fit a run's calibration, threshold and prediction sets to your site's films (no retraining)",
+        description="Fit Platt scaling (temperature and bias), the operating threshold and the conformal sets on a "
+                    "site's labelled films, and write a derived run that uses the parent's networks without copying "
+                    "them. Its figures are cross-fitted: folds by patient, each measured with what was fitted on the "
+                    "others. Refused with fewer than 20 films of either class. Research software, not a medical device.",
+    )
+    p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
+    p.add_argument("labels", type=Path, help="the labelled films: a folder, a zip or a CSV (as for validate)")
+    p.add_argument("--out", required=True, help="the new run: a run id (made in the registry) or a path to a new run")
+    p.add_argument("--sensitivity", type=_fraction, default=0.95,
+                   help="the threshold keeps at least this sensitivity on the site's films (default 0.95)")
+    p.add_argument("--policy", choices=("sensitivity", "youden"), default="sensitivity",
+                   help="threshold: highest specificity at --sensitivity (default) or Youden's J")
+    p.add_argument("--folds", type=_positive_int, default=5, help="cross-fitting folds by patient (default 5)")
+    _add_site_options(p)
+    _add_json(p, "the new run's figures")
+
+
 # Checks of argument combinations, run after parsing and before the handler, by command.
 _CHECKS = {"train": _check_train, "download": _check_download, "fit-gate": _check_fit_gate,
-           "dataset": _check_dataset}
+           "dataset": _check_dataset, "validate": _check_site, "recalibrate": _check_site}
 
 # Subcommands in the order `--help` lists them.
 _SUBCOMMANDS = (_add_dataset, _add_train, _add_runs, _add_evaluate, _add_predict, _add_explain, _add_download,
-                _add_score, _add_fit_gate, _add_report, _add_export)
+                _add_score, _add_fit_gate, _add_report, _add_export, _add_validate, _add_recalibrate)
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:

@@ -144,6 +144,7 @@ WRITING_COMMANDS = {
     "score": "writes a table of scores",
     "report": "writes a PDF report",
     "explain": "writes explanation images",
+    "recalibrate": "writes a site-calibrated run into the models folder",
 }
 
 
