@@ -86,6 +86,7 @@ pages = [
     st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
     *([] if viewer else [st.Page("pages/train.py", title="Train", icon=":material/model_training:")]),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/validate.py", title="Validate", icon=":material/fact_check:"),
 ]
 page = st.navigation(pages)
 
