@@ -59,6 +59,8 @@ BENCHMARKS = (
     Benchmark("verdict_latency", "verdict_latency.py", (),
               (f"{REPORTS}/verdict_latency.md", f"{REPORTS}/verdict_latency.json")),
     Benchmark("mutation", "mutation.py", (), (f"{REPORTS}/mutation.md", f"{REPORTS}/mutation.json")),
+    Benchmark("site_check", "site_check.py", ("--data", "{data}"),
+              (f"{REPORTS}/site_check.md", f"{REPORTS}/site_check.json")),
 )
 
 # Reports in benchmarks/reports/ that the plan does not rewrite, and why they are kept.
