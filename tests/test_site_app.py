@@ -56,6 +56,7 @@ def run_validation(at, folder: Path) -> dict:
     return job
 
 
+@pytest.mark.slow  # starts a validation job's process
 def test_validate_page_runs_in_the_background_and_saves_a_site_calibrated_run(monkeypatch, folders):
     data, models, run_id = folders
     at = open_page(monkeypatch, data, models, "pages/validate.py", timeout=120)
@@ -84,6 +85,7 @@ def test_validate_page_runs_in_the_background_and_saves_a_site_calibrated_run(mo
         f"{saved['validation']['specificity']:.3f}")
 
 
+@pytest.mark.slow  # starts a validation job's process
 def test_validate_page_in_viewer_mode_shows_results_but_saves_no_run(monkeypatch, folders):
     data, models, run_id = folders
     monkeypatch.setenv("XRAY_MODE", "viewer")
@@ -98,6 +100,7 @@ def test_validate_page_in_viewer_mode_shows_results_but_saves_no_run(monkeypatch
         site_job.submit(run_id, models, upload=b"PK\x03\x04 a zip")
 
 
+@pytest.mark.slow  # starts a validation job's process
 def test_a_zip_upload_is_removed_when_its_validation_ends(monkeypatch, folders):
     data, models, run_id = folders
     buf = io.BytesIO()

@@ -39,7 +39,7 @@ def resolve_out(out: str | os.PathLike, *, root: str | os.PathLike | None = None
         path = Path(text).expanduser().absolute()
         runs.validate_run_id(path.name)
     else:
-        path = runs.run_path(text, root).absolute()
+        path = (runs.writable_root(root) / runs.validate_run_id(text)).absolute()
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise SiteError(f"{path} already exists; a recalibration never overwrites a run. Choose another name "
                         "for --out.")
