@@ -20,7 +20,7 @@ import pandas as pd
 from xray_core.explain import png_bytes
 from xray_core.fileio import to_jsonable
 from xray_core.report import RESEARCH_LINE, context_lines
-from xray_core.site import SITE_TOKEN
+from xray_core.site_run import SITE_TOKEN
 
 ROOT = Path(__file__).resolve().parents[1]
 FAITHFULNESS_REPORT = ROOT / "benchmarks" / "reports" / "explain_faithfulness.json"

@@ -48,7 +48,7 @@ USER_ERRORS = {
     "xray_core.scoring": ("ScoreError",),
     "xray_core.scoring.uploads": ("UploadRecordError",),
     "xray_core.settings": ("SettingsError",),
-    "xray_core.site": ("SiteError",),
+    "xray_core.site_labels": ("SiteError",),
     "xray_core.training": ("TrainingDataError",),
     "xray_core.uncertainty": ("UncertaintyError",),
 }
@@ -432,7 +432,7 @@ def _add_export(sub, common) -> None:
 
 def _add_validate(sub, common) -> None:
     p = _command(
-        sub, "validate", "xray_core.site_report:_cmd_validate", common,
+        sub, "validate", "xray_core.site:_cmd_validate", common,
         help="how a run does on your own labelled films (figures with 95 %% intervals over patients)",
         description="Every film of a label list through the product's assessment at the run's threshold: accuracy, "
                     "sensitivity, specificity, PPV, NPV, ROC AUC, calibration error (15 bins) and Brier score, each "
@@ -468,7 +468,7 @@ def _check_site(args: argparse.Namespace) -> None:
 
 def _add_recalibrate(sub, common) -> None:
     p = _command(
-        sub, "recalibrate", "xray_core.site_report:_cmd_recalibrate", common,
+        sub, "recalibrate", "xray_core.site:_cmd_recalibrate", common,
         help="fit a run's calibration, threshold and prediction sets to your site's films (no retraining)",
         description="Fit Platt scaling (temperature and bias), the operating threshold and the conformal sets on a "
                     "site's labelled films, and write a derived run that uses the parent's networks without copying "

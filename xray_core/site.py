@@ -7,21 +7,16 @@ run's threshold, and measures it with intervals over patients (`metrics.site_fig
 bias of the networks' mean), the operating threshold and the conformal sets, and writes a
 derived run that uses the parent's networks (`site_run`). Its figures are cross-fitted: the
 films are split by patient into folds, and each fold is measured with what was fitted on the
-others, never on itself, since figures on the fitting films flatter.
-
-A label list is a folder (or a zip) whose films sit in NORMAL/ and PNEUMONIA/ folders at any
-depth (a Kermany dataset, or its test/ folder), or a CSV `path,label[,patient]` with labels
-NORMAL/PNEUMONIA (or 0/1) and paths relative to the CSV. Patient ids come from the CSV's patient
-column, else from Kermany file names; a film of neither is its own patient.
+others, never on itself, since figures on the fitting films flatter. The label lists are
+`site_labels`'; the report folder and the printed summaries `site_report`'s; the two commands'
+handlers are here.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import hashlib
-import io
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -30,8 +25,9 @@ import pandas as pd
 
 from xray_core import metrics, settings
 from xray_core.model import CLASSES
+from xray_core.site_labels import LabelList, SiteError, read_labels
+from xray_core.site_run import SITE_TOKEN
 
-SITE_TOKEN = "site-calibration"  # seen_hashes.txt's word for a derived run's fitting films
 MIN_PER_CLASS = 20  # fewer films of a class than this: recalibration is refused
 WIDE_BELOW = 50  # fewer films of a class than this: the intervals are said to be wide
 DEFAULT_FOLDS = 5
@@ -41,136 +37,6 @@ TABLE_COLUMNS = ["path", "sha256", "label", "patient", "error", "probability", "
                  "excluded_because"]
 
 Progress = Callable[[int, int], None]  # (films done, films in all)
-
-
-class SiteError(ValueError):
-    """A label list or a recalibration that cannot be used; the sentence says why and what to do."""
-
-
-@dataclasses.dataclass
-class LabelList:
-    """The films of a label list, each with its label (0 NORMAL, 1 PNEUMONIA) and patient id."""
-
-    source: str
-    items: list  # scoring.inputs.Item, one per film
-    labels: list[int]
-    patients: list[str | None]  # None: unknown (the film is its own cluster)
-    patients_from: str
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-# ------------------------------------------------------------------------------ label lists
-
-
-def _label_of(value: str, where: str) -> int:
-    text = str(value).strip().upper()
-    if text in ("NORMAL", "0"):
-        return 0
-    if text in ("PNEUMONIA", "1"):
-        return 1
-    raise SiteError(f"{where}: the label {value!r} is neither NORMAL nor PNEUMONIA (nor 0 or 1). "
-                    "Correct it, or leave the film out.")
-
-
-def _class_from_parts(parts) -> int | None:
-    """The class of a film from its folders: the nearest one named NORMAL or PNEUMONIA."""
-    for part in reversed(list(parts)[:-1]):
-        if part.upper() in CLASSES:
-            return CLASSES.index(part.upper())
-    return None
-
-
-def _patient_from_name(name: str) -> str | None:
-    """A Kermany file name's patient id; None for a name in no known form."""
-    from xray_core import data
-
-    patient, _ = data.parse_filename(name)
-    return None if patient == Path(name).stem else patient
-
-
-def _read_csv(path: Path) -> LabelList:
-    from xray_core.scoring.inputs import Item
-
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise SiteError(f"{path} is not a UTF-8 text CSV. Save it as CSV (UTF-8) with the columns "
-                        "path,label[,patient].") from None
-    rows = list(csv.reader(io.StringIO(text)))
-    header = [h.strip().lower() for h in (rows[0] if rows else [])]
-    if "path" not in header or "label" not in header:
-        raise SiteError(f"{path} needs a header line with the columns path and label (and optionally patient); "
-                        f"its first line is {','.join(rows[0]) if rows else 'empty'}.")
-    col = {name: header.index(name) for name in ("path", "label", "patient") if name in header}
-    items, labels, patients, seen = [], [], [], {}
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) <= max(col.values()):
-            raise SiteError(f"{path}, line {line}: it has {len(row)} columns where the header has {len(header)}.")
-        film = Path(row[col["path"]].strip())
-        film = film if film.is_absolute() else path.parent / film
-        label = _label_of(row[col["label"]], f"{path}, line {line}")
-        if str(film) in seen:
-            if seen[str(film)] != label:
-                raise SiteError(f"{path}, line {line}: {film} is listed twice with different labels. Keep one.")
-            continue
-        seen[str(film)] = label
-        try:
-            st = film.stat()
-            item = Item(str(film), int(st.st_size), int(st.st_mtime_ns))
-        except OSError as exc:
-            item = Item(str(film), -1, -1, f"{film} cannot be read ({exc.strerror}). Check the path in the list.")
-        patient = row[col["patient"]].strip() if "patient" in col else ""
-        items.append(item)
-        labels.append(label)
-        patients.append(patient or _patient_from_name(film.name))
-    source = "the CSV's patient column" if "patient" in col else "Kermany file names"
-    return LabelList(str(path), items, labels, patients, source)
-
-
-def _read_tree(path: Path) -> LabelList:
-    """A folder or zip: every film under a NORMAL or PNEUMONIA folder; the others are left out."""
-    from xray_core.scoring.inputs import ZIP_SEP, iter_items
-
-    items, labels, patients = [], [], []
-    for item in iter_items(path):
-        inner = item.path.split(ZIP_SEP, 1)[1] if ZIP_SEP in item.path and path.is_file() else \
-            Path(item.path).relative_to(path).as_posix()
-        label = _class_from_parts(inner.split("/"))
-        if label is None:
-            continue
-        items.append(item)
-        labels.append(label)
-        patients.append(_patient_from_name(inner.rsplit("/", 1)[-1]))
-    if not items:
-        raise SiteError(f"{path} holds no films in NORMAL or PNEUMONIA folders. Put each film in a folder named "
-                        "for its class (e.g. site/NORMAL/..., site/PNEUMONIA/...), or give a CSV path,label[,patient].")
-    return LabelList(str(path), items, labels, patients, "Kermany file names")
-
-
-def read_labels(labels: str | os.PathLike) -> LabelList:
-    """The films and labels of a folder, a zip or a CSV (see the module's docstring)."""
-    import zipfile
-
-    path = Path(labels)
-    if not path.exists():
-        raise SiteError(f"{path} does not exist. Give a folder with NORMAL/ and PNEUMONIA/ folders, a zip of one, "
-                        "or a CSV with the columns path,label[,patient].")
-    if path.is_dir() or zipfile.is_zipfile(path):
-        found = _read_tree(path)
-    else:
-        found = _read_csv(path)
-    if not found.items:
-        raise SiteError(f"{path} lists no films. Add rows path,label (label NORMAL or PNEUMONIA).")
-    known = sum(p is not None for p in found.patients)
-    if known == 0:
-        found.patients_from = "none known: each film is counted as its own patient"
-    elif known < len(found):
-        found.patients_from += f" ({len(found) - known} films without one each count as their own patient)"
-    return found
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -484,3 +350,65 @@ def recalibrate(run, labels: str | os.PathLike | None = None, *, out: str | os.P
     path = site_run.write_derived_run(target, model, fit=fit, site=site, fitting_hashes=rows["sha256"].tolist())
     return {"kind": "recalibration", "run": path.name, "path": str(path), "parent": model.run_id,
             "temperature": fit["temperature"], "bias": fit["bias"], "threshold": fit["threshold"], **site}
+
+
+# ------------------------------------------------------------------------------ the commands
+
+
+def _progress(quiet: bool):
+    """(callback, bar): a tqdm bar on stderr of the films assessed, or (None, None)."""
+    if quiet:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(unit="film", file=sys.stderr, dynamic_ncols=True, desc="assessing films")
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+    return update, bar
+
+
+def _workers(args) -> int:
+    from xray_core.scoring.decoding import default_workers
+
+    return default_workers() if args.workers is None else args.workers
+
+
+def _cmd_validate(args) -> int:
+    """`xray validate RUN LABELS` (its options: cli.py)."""
+    from xray_core import site_report
+    from xray_core.console import json_line, run_ref
+
+    update, bar = _progress(args.quiet or args.json)
+    try:
+        report = validate(run_ref(args.run), args.labels, root=args.runs_dir, out=args.out_dir,
+                          exclude_seen=args.exclude_seen, workers=_workers(args), progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        json_line(report)
+    else:
+        print("\n".join(site_report.summary_lines(report)))
+    return 0
+
+
+def _cmd_recalibrate(args) -> int:
+    """`xray recalibrate RUN LABELS --out NEW_RUN` (its options: cli.py)."""
+    from xray_core import site_report
+    from xray_core.console import json_line, run_ref
+
+    update, bar = _progress(args.quiet or args.json)
+    try:
+        result = recalibrate(run_ref(args.run), args.labels, out=args.out, root=args.runs_dir,
+                             sensitivity=args.sensitivity, policy=args.policy, folds=args.folds,
+                             workers=_workers(args), progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        json_line(result)
+    else:
+        print("\n".join(site_report.recalibration_lines(result)))
+    return 0

@@ -4,15 +4,13 @@ The folder holds validation.json (every figure with its interval, the counts, th
 ROC points and the reliability bins), films.csv (one row per film: hash, label, patient,
 probability before and after calibration, verdict, input check, prediction set, whether it
 counts and why not), roc.png, reliability.png, confusion.png and report.pdf (one or two pages,
-with the research-software line). `xray validate` and `xray recalibrate` print from here.
+with the research-software line); and the summaries `xray validate` and `xray recalibrate` print.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,11 +163,14 @@ def recalibration_lines(result: dict) -> list[str]:
 # ------------------------------------------------------------------------------ the folder
 
 
+def _latin1(text) -> str:
+    """fpdf2's core fonts write Latin-1: anything else (a file name in another script) becomes '?'."""
+    return str(text).encode("latin-1", "replace").decode("latin-1")
+
+
 def _pdf(report: dict, pngs: dict[str, bytes]) -> bytes:
     from fpdf import FPDF
     from fpdf.enums import XPos, YPos
-
-    from xray_core.report import _latin1
 
     pdf = FPDF(format="A4")
     pdf.set_auto_page_break(auto=True, margin=12)
@@ -221,64 +222,3 @@ def write_report(out: str | os.PathLike, report: dict, table: pd.DataFrame) -> P
     fileio.atomic_write_bytes(out / REPORT_PDF, _pdf(report, pngs))
     fileio.atomic_write_json(out / REPORT_JSON, {**report, "report_folder": str(out)})
     return out
-
-
-# ------------------------------------------------------------------------------ the commands
-
-
-def _workers(args) -> int:
-    from xray_core.scoring.decoding import default_workers
-
-    return default_workers() if args.workers is None else args.workers
-
-
-def _progress(quiet: bool):
-    if quiet:
-        return None, None
-    from tqdm import tqdm
-
-    bar = tqdm(unit="film", file=sys.stderr, dynamic_ncols=True, desc="assessing films")
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-    return update, bar
-
-
-def _cmd_validate(args) -> int:
-    """`xray validate RUN LABELS` (see cli.py for its options)."""
-    from xray_core import site
-    from xray_core.commands import _run_ref
-
-    update, bar = _progress(args.quiet or args.json)
-    try:
-        report = site.validate(_run_ref(args.run), args.labels, root=args.runs_dir, out=args.out_dir,
-                               exclude_seen=args.exclude_seen, workers=_workers(args), progress=update)
-    finally:
-        if bar is not None:
-            bar.close()
-    if args.json:
-        print(json.dumps(fileio.to_jsonable(report)))
-    else:
-        print("\n".join(summary_lines(report)))
-    return 0
-
-
-def _cmd_recalibrate(args) -> int:
-    """`xray recalibrate RUN LABELS --out NEW_RUN` (see cli.py for its options)."""
-    from xray_core import site
-    from xray_core.commands import _run_ref
-
-    update, bar = _progress(args.quiet or args.json)
-    try:
-        result = site.recalibrate(_run_ref(args.run), args.labels, out=args.out, root=args.runs_dir,
-                                  sensitivity=args.sensitivity, policy=args.policy, folds=args.folds,
-                                  workers=_workers(args), progress=update)
-    finally:
-        if bar is not None:
-            bar.close()
-    if args.json:
-        print(json.dumps(fileio.to_jsonable(result)))
-    else:
-        print("\n".join(recalibration_lines(result)))
-    return 0

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from xray_core import fileio, runs
+from xray_core.site_labels import SiteError
 
+SITE_TOKEN = "site-calibration"  # seen_hashes.txt's word for a derived run's fitting films (no space)
 CARD_FILE = "MODEL_CARD.md"
 RESEARCH_LINE = ("**Research software, not a medical device.** Not validated for clinical use; it must not be "
                  "used to diagnose, triage or treat anyone.")
@@ -32,8 +34,6 @@ ROWS = (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ppv", 
 def resolve_out(out: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Path:
     """The folder of a new derived run: a run id in the models folder `root`, or a folder path
     (a PathLike, or text with a separator); refused when it already holds something."""
-    from xray_core.site import SiteError
-
     text = os.fspath(out)
     if isinstance(out, os.PathLike) or "/" in text or os.sep in text:
         path = Path(text).expanduser().absolute()
@@ -85,13 +85,10 @@ def write_derived_run(target: str | os.PathLike, model, *, fit: dict, site: dict
     """Write the derived run folder `target` of `model` (its networks) with a site fit."""
     from xray_core import __version__
     from xray_core.model import SPEC_FILE
-    from xray_core.site import SITE_TOKEN
     from xray_core.uncertainty import CONFORMAL_FILE
 
     target = Path(target)
     if target.exists() and any(target.iterdir()):
-        from xray_core.site import SiteError
-
         raise SiteError(f"{target} appeared while the recalibration ran; choose another name for --out.")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
