@@ -146,3 +146,19 @@ def test_threads_follow_omp_num_threads_as_ray_sets_it(monkeypatch):
     assert litert.default_threads() == len(os.sched_getaffinity(0))
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert litert.default_threads() == len(os.sched_getaffinity(0))
+
+
+def test_one_core_lanes_side_by_side_give_the_same_numbers(monkeypatch):
+    """Batch scoring runs chunks on one-thread lanes from several threads at once: every batch
+    comes back with the numbers the all-cores interpreter gives, row for row, whatever ran beside it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv(litert.ENV, "litert")
+    model = Model(ROOT / "trained_models" / "default")
+    batches = [_inputs(model, 11)[k:] for k in range(4)]
+    alone = [model.forward(x).raw for x in batches]
+    with ThreadPoolExecutor(2) as pool:
+        side_by_side = list(pool.map(lambda x: model.forward(x, throughput=True).raw, batches))
+    for a, b in zip(alone, side_by_side):
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1e-6
+    assert model._lanes.threads == 1 and model._runner.threads == litert.default_threads()

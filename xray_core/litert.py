@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
+import queue
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -149,16 +149,25 @@ def _allocate(interpreter) -> None:
 
 class Program:
     """Calls a converted forward function on float32 batches: batch -> tuple of numpy outputs,
-    in the order of the function's outputs. One interpreter per batch size seen recently (a
-    resize re-plans the kernels); calls are serialised, as an interpreter is not thread-safe."""
+    in the order of the function's outputs.
 
-    def __init__(self, flatbuffer: bytes, *, threads: int | None = None, chunk: int = CHUNK):
+    `threads` is each interpreter's thread count (all the cores by default: the lowest latency
+    for one batch); `lanes` how many batches may run at once, from different threads, each on
+    interpreters of its own (batch scoring runs one-thread lanes side by side: no thread of one
+    waits at another's barrier). A lane keeps an interpreter per batch size seen recently (a
+    resize re-plans the kernels); an interpreter is not thread-safe, so a lane serves one call
+    at a time and a call waits for a free lane.
+    """
+
+    def __init__(self, flatbuffer: bytes, *, threads: int | None = None, lanes: int = 1, chunk: int = CHUNK):
         from ai_edge_litert.interpreter import Interpreter
 
         self.chunk = int(chunk)
-        self._make = lambda: Interpreter(model_content=flatbuffer, num_threads=threads or default_threads())
-        self._ready: OrderedDict[int, object] = OrderedDict()
-        self._lock = threading.Lock()
+        self.threads = int(threads or default_threads())
+        self._make = lambda: Interpreter(model_content=flatbuffer, num_threads=self.threads)
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(max(1, int(lanes))):
+            self._free.put(OrderedDict())
         probe = self._make()
         self._input = probe.get_input_details()[0]["index"]
         # outputs come back in the function's order: the converter names them ...:0, ...:1
@@ -166,25 +175,28 @@ class Program:
         self._outputs = [o["index"] for o in sorted(outputs, key=lambda o: int(o["name"].rsplit(":", 1)[-1]))]
         self._shape = [int(v) for v in probe.get_input_details()[0]["shape_signature"]]
 
-    def _interpreter(self, n: int):
-        it = self._ready.pop(n, None)
+    def _interpreter(self, lane: OrderedDict, n: int):
+        it = lane.pop(n, None)
         if it is None:
             it = self._make()
             it.resize_tensor_input(self._input, [n, *self._shape[1:]], strict=True)
             _allocate(it)
-        self._ready[n] = it
-        while len(self._ready) > _INTERPRETERS_KEPT:
-            self._ready.popitem(last=False)
+        lane[n] = it
+        while len(lane) > _INTERPRETERS_KEPT:
+            lane.popitem(last=False)
         return it
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         parts = []
-        with self._lock:
+        lane = self._free.get()  # waits while every lane is busy
+        try:
             for start in range(0, len(batch), self.chunk):
                 piece = batch[start : start + self.chunk]
-                it = self._interpreter(len(piece))
+                it = self._interpreter(lane, len(piece))
                 it.set_tensor(self._input, piece)
                 it.invoke()
                 parts.append([it.get_tensor(i) for i in self._outputs])  # get_tensor copies
+        finally:
+            self._free.put(lane)
         return tuple(np.concatenate(column, axis=0) for column in zip(*parts))

@@ -16,11 +16,12 @@ def trust_rules(model):
 
 
 def forward(model, chunk: DecodedChunk):
-    """(prepared batch, Scores) of a chunk's decoded images; None when no file was readable."""
+    """(prepared batch, Scores) of a chunk's decoded images; None when no file was readable.
+    On the model's one-core lanes: overlapped_rows runs a chunk per core side by side."""
     if not len(chunk.images):
         return None
     prepared = model.prepare_batch(list(chunk.images))
-    return prepared, model.forward(prepared)
+    return prepared, model.forward(prepared, throughput=True)
 
 
 def _films(chunk: DecodedChunk) -> list:
@@ -69,16 +70,22 @@ def rows_for_batch(model, chunk: DecodedChunk, *, rules=(None, None)) -> list[di
 
 
 def overlapped_rows(model, chunks: Iterable[DecodedChunk], rules=(None, None)) -> Iterator[list[dict]]:
-    """rows_for_batch over a stream of chunks, the network running on the next chunk (in a thread:
-    LiteRT and TensorFlow release the GIL while they compute) while this one's rows are made."""
+    """rows_for_batch over a stream of chunks, in order: the network runs on the next chunks, one
+    per core, each on a one-thread lane (in threads: LiteRT and TensorFlow release the GIL while
+    they compute), while this chunk's rows are made."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(1, thread_name_prefix="xray-forward") as pool:
-        previous = None
+    from xray_core.litert import default_threads
+
+    ahead = max(1, default_threads())
+    with ThreadPoolExecutor(ahead, thread_name_prefix="xray-forward") as pool:
+        waiting: deque = deque()
         for chunk in chunks:
-            current = (chunk, pool.submit(forward, model, chunk))
-            if previous is not None:
-                yield rows_of(model, previous[0], previous[1].result(), rules)
-            previous = current
-        if previous is not None:
-            yield rows_of(model, previous[0], previous[1].result(), rules)
+            waiting.append((chunk, pool.submit(forward, model, chunk)))
+            if len(waiting) > ahead:
+                done, future = waiting.popleft()
+                yield rows_of(model, done, future.result(), rules)
+        while waiting:
+            done, future = waiting.popleft()
+            yield rows_of(model, done, future.result(), rules)
