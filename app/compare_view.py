@@ -417,10 +417,13 @@ def confusion_figure(part: dict, title: str):
 
 
 def cache_file(info: Any, data_root: str | Path, cache_dir: str | Path) -> Path:
-    """Where a run's scores on the test split live in the cache: keyed by run folder, model file
-    time and dataset folder, so a retrained model or another dataset gets its own file."""
-    model_file = Path(info.path) / runs.MODEL_FILE
-    stamp = model_file.stat().st_mtime_ns if model_file.exists() else 0
+    """Where a run's scores on the test split live in the cache: keyed by run folder, what the
+    model answers with (Model.fingerprint: its model.json and network files, a recalibrated run's
+    own calibration included) and dataset folder, so a retrained or recalibrated model or another
+    dataset gets its own file."""
+    from xray_core.model import load_model
+
+    stamp = load_model(info.path).fingerprint
     key = hashlib.sha256(f"{Path(info.path).resolve()}|{stamp}|{Path(data_root).resolve()}|test".encode()
                          ).hexdigest()[:16]
     return Path(cache_dir) / "compare" / f"{info.run_id}-test-{key}.csv"

@@ -91,6 +91,8 @@ def test_any_case_folders_and_junk_ignored(tmp_path):
 
 @pytest.mark.parametrize("name, patient, pathogen", [
     ("IM-0115-0001.jpeg", "0115", "none"),
+    ("IM-0429-0001-0002.jpeg", "0429", "none"),  # 133 of the train folder's names have two numbers
+    ("NORMAL2-IM-1427-0001-0002.jpeg", "NORMAL2-1427", "none"),
     ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-1427", "none"),
     ("person1946_bacteria_4874.jpeg", "person1946", "bacteria"),
     ("person1_virus_6.jpeg", "person1", "virus"),

@@ -110,15 +110,16 @@ def find_dataset(root: str | os.PathLike) -> Path:
 
 # ------------------------------------------------------------------------------------- indexing
 
-_NORMAL2 = re.compile(r"^NORMAL2-IM-(\d+)-\d+$", re.IGNORECASE)
-_IM = re.compile(r"^IM-(\d+)-\d+$", re.IGNORECASE)
+_NORMAL2 = re.compile(r"^NORMAL2-IM-(\d+)(?:-\d+)+$", re.IGNORECASE)
+_IM = re.compile(r"^IM-(\d+)(?:-\d+)+$", re.IGNORECASE)
 _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)?", re.IGNORECASE)
 
 
 def parse_filename(filename: str) -> tuple[str, str]:
     """(patient_id, pathogen) from a Kermany file name.
 
-    `IM-0115-0001` -> ("0115", "none"); `NORMAL2-IM-1427-0001` -> ("NORMAL2-1427", "none"), a
+    `IM-0115-0001` and `IM-0429-0001-0002` (a patient's second film of a study) -> ("0115", "none")
+    and ("0429", "none"); `NORMAL2-IM-1427-0001` -> ("NORMAL2-1427", "none"), a
     separate numbering; `person1946_bacteria_4874` -> ("person1946", "bacteria"). A name in no
     known form is its own patient (its stem), so it can never join two sides of a split.
     """
