@@ -38,10 +38,6 @@ class GradCam:
     def label_name(self) -> str:
         return CLASSES[self.label]
 
-    def heat_at(self, shape: tuple[int, int]) -> np.ndarray:
-        """float32 heat resized (bilinear) to shape, e.g. the model input (h, w)."""
-        return resize_float(self.heatmap, shape)
-
 
 def _compiled(network, layer_name: str, input_shape: tuple[int, int, int]):
     """tf.function (x (1,h,w,c), label int32) -> heat (hc, wc), traced once per network and layer.

@@ -308,10 +308,6 @@ class LimeExplanation:
     def n_superpixels(self) -> int:
         return int(len(self.weights))
 
-    def weight_map(self) -> np.ndarray:
-        """float (h, w): each pixel's superpixel weight."""
-        return self.weights[self.segments]
-
     def settings(self) -> dict:
         """The keyword arguments of explain_lime that made this explanation (seed and label aside)."""
         return {k: getattr(self, k) for k in DEFAULT_LIME}
