@@ -62,7 +62,8 @@ KEPT = {
                                   "the default's model card quotes it"),
     "epochs-ablation": ("b8b7794", "which change bought the epoch speed-up (1 channel, oneDNN, XLA), measured "
                                    "under load; epochs.md compares the two setups that matter"),
-    "seed_model3_probe": ("585ec47", "model 3's learning-rate probe (hours of training); seed_models.md quotes it"),
+    "seed_model3_probe": ("585ec47", "model 3's collapse probe (class weights, learning rate; hours of training); "
+                                    "seed_models.md quotes it"),
     "seed_models": ("df0e946", "written by `python -m tools.seed_runs --ship` when the seed runs are shipped"),
     "mutation": ("d098865", "written by `python -m tools.mutation` (test tooling, hours of CPU)"),
 }
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in plan:
             print(f"{b.report:22s} python -m benchmarks.{b.module} {' '.join(command(b, args.data)[3:])}")
         for name, (commit, why) in KEPT.items():
-            print(f"{name:22s} frozen at {commit}: {why}")
+            print(f"{name:22s} kept as measured at {commit}: {why}")
         return 0
     if not args.data.is_dir():
         parser.error(f"{args.data} is not a folder: give the dataset with --data (see README, Get the data)")
