@@ -162,7 +162,9 @@ def strip_optimizer(path: Path) -> tuple[int, int]:
     with zipfile.ZipFile(path) as archive:
         if not (json.loads(archive.read("config.json")).get("compile_config") or {}).get("optimizer"):
             return before, before  # already saved without optimizer state: leave the bytes alone
-    model = runs.load_model_file(path)
+    from xray_core.model import load_network
+
+    model = load_network(path)
     tmp = path.with_name(f".{path.stem}.strip.tmp.keras")
     model.save(tmp)
     again = keras.models.load_model(tmp, safe_mode=True, compile=False)
