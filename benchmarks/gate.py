@@ -1,38 +1,29 @@
-"""How well the input gate separates chest films from what it must refuse.
+"""Does the input gate let real chest films through and flag what it must refuse?
 
-Real chest films (must pass): the run's validation split and the 118 full-resolution
-originals. Unsuitable inputs (must be flagged): scikit-image's and pydicom's bundled sample
-images (never used to fit the gate), synthetic non-X-rays made here, and the originals made
-unsuitable (inverted, turned, upside down, a corner crop). Every input goes through the product
-path: file bytes -> `gate.check_source` (decode, colour, DICOM header, gate). A file the decoder
-refuses counts as refused (no verdict is given for it), and is listed apart.
+    python -m benchmarks.gate [--run default] [--data ../shared/data]
 
-    python benchmarks/gate.py [--run default] [--data ../shared/data]
-
-writes benchmarks/reports/gate.md and gate.json.
+Real chest films (must pass; goal: at most 2 % flagged): the run's validation films and the 118
+full-resolution originals. Unsuitable inputs (must be flagged; goal: at least 90 %): scikit-image's
+and pydicom's bundled sample images (never used to fit the gate), synthetic non-X-rays made here,
+and the originals made unsuitable (inverted, turned, upside down, a corner crop). Every input
+goes the product's way: file bytes -> `case.read` -> `case.assess_films` (decode, colour, DICOM
+header, gate). A file the decoder refuses counts as flagged (no verdict is given for it) and is
+counted apart.
 """
 
 from __future__ import annotations
 
 import argparse
-import warnings
 import io
-import json
-import platform
-import sys
-import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from xray_core import data, gate, imaging  # noqa: E402
-from xray_core.model import load_model  # noqa: E402
-
-REPORTS = ROOT / "benchmarks" / "reports"
+from benchmarks.harness import SHARED_DATA, Bench, validation_films
+from xray_core import case, gate, imaging
+from xray_core.model import load_model
 
 
 def png(arr: np.ndarray) -> bytes:
@@ -65,8 +56,6 @@ def skimage_samples() -> dict[str, bytes]:
 
 
 def pydicom_samples() -> dict[str, bytes]:
-    import warnings
-
     import pydicom
     from pydicom.data import get_testdata_files
 
@@ -131,35 +120,26 @@ def corrupted_originals(paths: list[Path]) -> dict[str, bytes]:
 
 
 def run_set(model, items: dict[str, bytes]) -> list[dict]:
-    rows = []
+    """Each file the product's way (`case.read`, then `case.assess_films` in batches): flagged or not."""
+    rows, names, films = [], [], []
     for name, raw in items.items():
         try:
-            _, res, _ = gate.check_source(model, raw, filename=name.split(":", 1)[1])
+            films.append(case.read(raw, name.split(":", 1)[1]))
+            names.append(name)
         except imaging.ImageDecodeError as exc:
             rows.append({"name": name, "refused_by_decoder": True, "flagged": True, "reason": str(exc)})
-            continue
-        rows.append({"name": name, "refused_by_decoder": False, "flagged": not res.in_distribution,
-                     "ood_score": res.ood_score, "warnings": res.warnings})
+    for i in range(0, len(films), 64):
+        for name, a in zip(names[i:i + 64], case.assess_films(model, films[i:i + 64])):
+            rows.append({"name": name, "refused_by_decoder": False, "flagged": not a.in_distribution,
+                         "ood_score": a.gate.ood_score, "warnings": a.gate.warnings})
     return rows
 
 
-def main(argv=None) -> int:
-    warnings.simplefilter("ignore")  # pydicom's notes on its own odd sample files
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", default="default")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    model = load_model(Path(args.run) if "/" in args.run else args.run)
-    if gate.load_gate(model.path) is None:
-        raise SystemExit(f"run {model.run_id} has no fitted gate: python -m xray_core fit-gate {model.run_id} --data DIR")
-    data_root = Path(args.data)
-    from xray_core import evaluation, runs
-
-    val_paths, _ = evaluation.validation_rows(runs.Run(model.path), str(data.find_dataset(data_root / "chest_xray")))
-    originals = sorted(p for p in (data_root / "originals").rglob("*") if p.is_file())
+def measure(model, data: Path) -> dict:
+    originals = sorted(p for p in (data / "originals").rglob("*") if p.is_file())
     sets = {
-        "real: validation split": {f"val:{p}": Path(p).read_bytes() for p in val_paths},
+        "real: validation films": {f"val:{p}": p.read_bytes() for p, _ in validation_films(str(model.path),
+                                                                                        root=data / "chest_xray")},
         "real: full-resolution originals": {f"orig:{p.name}": p.read_bytes() for p in originals},
         "unsuitable: scikit-image samples": skimage_samples(),
         "unsuitable: pydicom samples": pydicom_samples(),
@@ -167,52 +147,47 @@ def main(argv=None) -> int:
         "unsuitable: originals inverted / turned / cropped": corrupted_originals(originals),
     }
     results = {name: run_set(model, items) for name, items in sets.items()}
-    summary = {}
-    for name, rows in results.items():
-        flagged = sum(r["flagged"] for r in rows)
-        summary[name] = {"n": len(rows), "flagged": flagged, "flagged_share": flagged / max(len(rows), 1),
-                         "refused_by_decoder": sum(r["refused_by_decoder"] for r in rows)}
+    summary = {name: {"n": len(rows), "flagged": sum(r["flagged"] for r in rows),
+                      "flagged_share": sum(r["flagged"] for r in rows) / max(len(rows), 1),
+                      "refused_by_decoder": sum(r["refused_by_decoder"] for r in rows)}
+               for name, rows in results.items()}
     real = [r for k, rows in results.items() if k.startswith("real") for r in rows]
     bad = [r for k, rows in results.items() if k.startswith("unsuitable") for r in rows]
-    overall = {"real_flagged_share": float(np.mean([r["flagged"] for r in real])),
-               "unsuitable_flagged_share": float(np.mean([r["flagged"] for r in bad])),
-               "n_real": len(real), "n_unsuitable": len(bad)}
-    import sklearn
-    import tensorflow as tf
+    return {"run": model.run_id, "gate_fit": gate.load_gate(model.path).info, "sets": summary,
+            "real_flagged_share": float(np.mean([r["flagged"] for r in real])), "n_real": len(real),
+            "unsuitable_flagged_share": float(np.mean([r["flagged"] for r in bad])), "n_unsuitable": len(bad),
+            "missed_unsuitable": [r["name"] for r in bad if not r["flagged"]],
+            "flagged_real": [{"name": Path(r["name"]).name, "warnings": r.get("warnings")}
+                             for r in real if r["flagged"]]}
 
-    meta = {"command": "python benchmarks/gate.py " + " ".join(argv or sys.argv[1:]), "run": model.run_id,
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores (shared)",
-            "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                         "tensorflow": tf.__version__, "scikit-learn": sklearn.__version__},
-            "seconds": round(time.perf_counter() - t0, 1), "gate_fit": gate.load_gate(model.path).info}
-    missed = [r["name"] for r in bad if not r["flagged"]]
-    false_flags = [{"name": r["name"].split("/")[-1], "warnings": r.get("warnings")} for r in real if r["flagged"]]
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / "gate.json").write_text(json.dumps({"meta": meta, "overall": overall, "sets": summary,
-                                                   "missed_unsuitable": missed, "flagged_real": false_flags},
-                                                  indent=2) + "\n")
-    lines = [
-        "# Input gate: chest films let through, unsuitable inputs flagged", "",
-        f"Run `{model.run_id}`; command `{meta['command']}`; {meta['machine']}; "
-        f"Python {meta['versions']['python']}, TensorFlow {meta['versions']['tensorflow']}; {meta['seconds']} s.", "",
-        f"**Real chest films flagged: {overall['real_flagged_share']:.1%}** of {overall['n_real']} "
-        f"(goal <= 2 %). **Unsuitable inputs flagged: {overall['unsuitable_flagged_share']:.1%}** of "
-        f"{overall['n_unsuitable']} (goal >= 90 %).", "",
+
+def render(r: dict) -> str:
+    return "\n".join([
+        f"Run `{r['run']}`. **Real chest films flagged: {r['real_flagged_share']:.1%}** of {r['n_real']} "
+        f"(goal <= 2 %). **Unsuitable inputs flagged: {r['unsuitable_flagged_share']:.1%}** of "
+        f"{r['n_unsuitable']} (goal >= 90 %).", "",
         "| set | images | flagged | share | refused by the decoder |", "|---|---|---|---|---|",
-    ]
-    for name, s in summary.items():
-        lines.append(f"| {name} | {s['n']} | {s['flagged']} | {s['flagged_share']:.1%} | {s['refused_by_decoder']} |")
-    lines += ["", "The gate was fitted on the run's training films only (`python -m xray_core fit-gate`); its "
-              "thresholds were set on the validation films, so the validation row measures the threshold's "
-              "own quantile and the originals row is the fairer figure for films it never saw (they are "
-              "the full-resolution versions of dataset films, not new patients). The scikit-image and "
-              "pydicom samples were never used in fitting.", "",
-              "Unsuitable inputs not flagged: " + (", ".join(missed) if missed else "none") + ".", "",
-              "Real films flagged: " + (", ".join(f["name"] for f in false_flags) if false_flags else "none") + ".",
-              "", "Images: Kermany, Zhang, Goldbaum (2018), Mendeley Data, CC BY 4.0. Research software, not a "
-              "medical device."]
-    (REPORTS / "gate.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        *[f"| {name} | {s['n']} | {s['flagged']} | {s['flagged_share']:.1%} | {s['refused_by_decoder']} |"
+          for name, s in r["sets"].items()], "",
+        "The gate was fitted on the run's training films only (`xray fit-gate`) and its thresholds set on the "
+        "validation films, so the validation row measures the threshold's own quantile; the originals row is the "
+        "fairer figure for films it never saw (full-resolution versions of dataset films, not new patients).", "",
+        "Unsuitable inputs not flagged: " + (", ".join(r["missed_unsuitable"]) or "none") + ".", "",
+        "Real films flagged: " + (", ".join(f["name"] for f in r["flagged_real"]) or "none") + "."])
+
+
+def main(argv=None) -> int:
+    warnings.simplefilter("ignore")  # pydicom's notes on its own odd sample files
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", default="default")
+    ap.add_argument("--data", type=Path, default=SHARED_DATA, help="folder holding chest_xray/ and originals/")
+    args = ap.parse_args(argv)
+    model = load_model(args.run)
+    if gate.load_gate(model.path) is None:
+        raise SystemExit(f"run {model.run_id} has no fitted gate: xray fit-gate {model.run_id} --data DIR")
+    with Bench("gate", question="Does the input gate let chest films through and flag unsuitable inputs?") as bench:
+        result = measure(model, args.data)
+        print(bench.write(render(result), result))
     return 0
 
 

@@ -77,7 +77,7 @@ def busy_processes(seconds: float = 1.0) -> list[str]:
         if pid != os.getpid() and share >= 0.05:
             with contextlib.suppress(OSError):
                 cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                busy.append(f"{share:.0%} {cmd.strip()[:100]}")
+                busy.append(f"{share:.0%} {' '.join(cmd.split())[:100]}")
     return busy
 
 
@@ -111,6 +111,12 @@ def validation_films(run: str = "default", *, n: int | None = None, seed: int = 
     return pairs
 
 
+def _module(name: str) -> str:
+    """The module this process runs (`python -m benchmarks.explain` writes several reports)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None and spec.name.startswith("benchmarks.") else f"benchmarks.{name}"
+
+
 class Bench:
     """One measurement: the machine lock, the record of load and busy processes, and the report."""
 
@@ -139,7 +145,7 @@ class Bench:
         # the load average after includes this benchmark's own work: judge the others by the busy lists
         quiet = self.load_before[0] <= QUIET_LOAD and not (self.busy_before or busy_after)
         conditions = {
-            "question": self.question, "command": "python -m benchmarks." + self.name + " " + " ".join(sys.argv[1:]),
+            "question": self.question, "command": f"python -m {_module(self.name)} " + " ".join(sys.argv[1:]),
             "started": self.started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "versions": versions(),

@@ -1,7 +1,6 @@
-"""Benchmark: does a site recalibration hold on the site's other patients? (issue 26's "Done means")
+"""Does a site recalibration hold on the site's other patients?
 
-Run by hand: `python benchmarks/site_check.py [--run default] [--data DIR]`. Writes
-benchmarks/reports/site_check.md and site_check.json.
+    python -m benchmarks.site_check [--run default] [--data DIR] [--limit N]
 
 The site: the run's own validation films (patients its networks never trained on), each put
 through one acquisition change of `xray_core.stress`, as if every film came from a machine that
@@ -13,28 +12,23 @@ patient (both classes in each); the run is recalibrated (`site.recalibrate`) on 
 the derived run is validated (`site.validate`, every film through `case`) on the other, and the
 other way round; the two directions are averaged. Reported beside it: the parent run on the same
 held films, and the calibration error a perfectly calibrated model would show on as many films
-(labels drawn from the derived run's own probabilities), the floor of a 15-bin ECE.
+(labels drawn from the derived run's own probabilities), the floor of a 15-bin ECE. `--limit`
+takes that many films per change: a smoke run, and the report says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import shutil
-import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from xray_core import fileio, imaging, site, site_report, stress  # noqa: E402
-from xray_core.model import CLASSES, load_model  # noqa: E402
+from benchmarks.harness import SHARED_DATA, Bench
+from xray_core import imaging, site, site_report, stress
+from xray_core.model import CLASSES, load_model
 
 DEFAULT_CHANGES = ("zoom_in_25", "crop_sides_10")
 CRITERIA = {"ece_at_most": 0.045, "ece_share_of_parent_at_most": 0.75, "sensitivity_at_least": 0.93,
@@ -127,28 +121,8 @@ def check_change(model, data: Path, change: str, tmp: Path, seed: int, limit: in
             "halves": [len(a), len(b)], "directions": ways, "summary": summary}
 
 
-def versions() -> dict:
-    from importlib.metadata import version
-
-    from xray_core import __version__, litert
-
-    return {"python": platform.python_version(), "numpy": np.__version__, "scikit-learn": version("scikit-learn"),
-            "ai-edge-litert": version("ai-edge-litert"), "xray_core": __version__, "backend": litert.chosen_backend()}
-
-
-def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return {"cpu": cpu, "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform()}
-
-
 def markdown(r: dict) -> str:
-    m, v = r["machine"], r["versions"]
-    lines = ["# Site check: recalibrate on half a site's patients, measure on the other half", "",
-             "> Research software, not a medical device. Images: Kermany et al. 2018 (CC BY 4.0).", "",
-             f"Date {r['date']}; machine: {m['cpu']}, {m['cpus']} CPUs, {m['platform']}; Python {v['python']}, "
-             f"NumPy {v['numpy']}, scikit-learn {v['scikit-learn']}, ai-edge-litert {v['ai-edge-litert']}, "
-             f"xray_core {v['xray_core']}; networks on {v['backend']}. Command: `{r['command']}`.", "",
-             f"Run `{r['run']}`; its {r['films_listed']} validation films (patients its networks never trained on), each "
+    lines = [f"Networks on {r['backend']}. Run `{r['run']}`; its {r['films_listed']} validation films (patients its networks never trained on), each "
              "through one acquisition change (the two that move its calibration most, in opposite directions). Per "
              "change: split in two by patient, recalibrated on one half, the derived run measured on the other (every "
              "film through the product's assessment), both ways, averaged. ECE: 15 equal-width bins.", "",
@@ -171,37 +145,33 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default="default")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "chest_xray",
+    ap.add_argument("--data", type=Path, default=SHARED_DATA / "chest_xray",
                     help="the dataset folder the run's validation.csv is relative to")
     ap.add_argument("--changes", default=",".join(DEFAULT_CHANGES), help="stress changes, comma-separated")
     ap.add_argument("--limit", type=int, help="films per change (a smoke run; the report says so)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "reports")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    from xray_core import litert
+
     model = load_model(args.run)
     if not (model.path / "validation.csv").is_file() or not args.data.is_dir():
-        print(f"needs {model.path / 'validation.csv'} and the dataset folder {args.data}", file=sys.stderr)
-        return 2
+        ap.error(f"needs {model.path / 'validation.csv'} and the dataset folder {args.data} (give it with --data)")
     with open(model.path / "validation.csv") as fh:
         listed = sum(1 for _ in fh) - 1
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-              "versions": versions(), "run": args.run, "films_listed": listed, "limit": args.limit,
-              "command": "python benchmarks/site_check.py " + " ".join(sys.argv[1:]), "criteria": CRITERIA,
-              "changes": []}
-    tmp = Path(tempfile.mkdtemp(prefix="site_check_"))
-    try:
-        for change in args.changes.split(","):
-            print(f"{change}: films, validation, two recalibrations", file=sys.stderr)
-            report["changes"].append(check_change(model, args.data, change, tmp, args.seed, args.limit))
-    finally:
-        shutil.rmtree(tmp)
-    args.out.mkdir(parents=True, exist_ok=True)
-    fileio.atomic_write_json(args.out / "site_check.json", report)
-    fileio.atomic_write_text(args.out / "site_check.md", markdown(report))
-    print(markdown(report))
+    report = {"run": args.run, "backend": litert.chosen_backend(), "films_listed": listed, "limit": args.limit,
+              "criteria": CRITERIA, "changes": []}
+    with Bench("site_check", question="Does a site recalibration hold on the site's other patients?") as bench:
+        tmp = Path(tempfile.mkdtemp(prefix="site_check_"))
+        try:
+            for change in args.changes.split(","):
+                print(f"{change}: films, validation, two recalibrations", flush=True)
+                report["changes"].append(check_change(model, args.data, change, tmp, args.seed, args.limit))
+        finally:
+            shutil.rmtree(tmp)
+        print(bench.write(markdown(report), report))
     return 0
 
 

@@ -23,7 +23,7 @@ from keras import layers
 
 # XLA compilation of the train step. "auto" lets Keras compile with XLA where an accelerator is
 # present (GPU: no code change needed) and run plain graphs on CPU-only machines.
-# benchmarks/bench_epochs.py measures the alternatives side by side; see its report.
+# benchmarks/reports/epochs-ablation.md measured the alternatives side by side.
 DEFAULT_JIT_COMPILE: bool | str = "auto"
 
 PNEUMONIA_THRESHOLD = 0.5

@@ -17,7 +17,7 @@ from xray_core import fileio, runs
 from xray_core.training import Progress, TrainConfig, train
 
 # The recipe of the bundled default (issue: hold up on new patients). Chosen on the shift-stress
-# validation; benchmarks/generalization.py keeps the ablation behind it.
+# validation; benchmarks/reports/generalization.md holds the ablation behind it.
 PRESETS: dict[str, dict] = {
     "default": {
         "arch": "pneumonet", "image_size": 192, "channels": 1, "epochs": 14, "batch_size": 32,

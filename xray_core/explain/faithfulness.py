@@ -37,12 +37,22 @@ class DeletionCurve:
 
 def deletion_curve(model, image: np.ndarray, segments: np.ndarray, order, label, *,
                    steps: int | None = None, hide_color: float | None = None) -> DeletionCurve:
-    """Hide superpixels in `order`, most important first, and score each step.
+    """Hide superpixels in `order`, most important first, and score the label at each step.
 
-    `segments` is (h, w) at model input size (e.g. LimeExplanation.segments); `steps` points
-    after the start (None: one per superpixel). `hide_color` is what a hidden superpixel shows,
-    as in explain_lime: None for the superpixel's own mean (the default) or a gray level (0,
-    black). Measure an explanation with the fill it was made with (LimeExplanation.hide_color).
+    Parameters
+    ----------
+    model : xray_core.model.Model
+    image : uint8 (H, W) gray or (H, W, 3|4), as given to explain_lime.
+    segments : int (h, w) labels at model input size (LimeExplanation.segments).
+    order : every superpixel once, most important first (lime_order, gradcam_order, random_order).
+    label : 0, 1, "NORMAL" or "PNEUMONIA".
+    steps : points after the start; None: one per superpixel.
+    hide_color : what a hidden superpixel shows, as in explain_lime: None its own mean, or a gray
+        level (0 black). Measure an explanation with its own fill (LimeExplanation.hide_color).
+
+    Returns
+    -------
+    DeletionCurve
     """
     check_model(model)
     if label is None:
@@ -122,11 +132,21 @@ class Stability:
 
 def stability(model, image: np.ndarray, label=None, *, seeds: int | list = 5, top_k: int = TOP_PROS_CONS,
               first: LimeExplanation | None = None, **settings) -> Stability:
-    """Mean pairwise Jaccard overlap of the top-k superpixels (by |weight|) over several seeds.
+    """How much the top-k superpixels (by |weight|) move when only LIME's seed changes.
 
-    `settings` are explain_lime's (default the dashboard's). Overlap is measured on pixels,
-    because superpixels of different seeds need not match one-to-one. `first` reuses an
-    explanation already made with one of the seeds and the same settings.
+    Parameters
+    ----------
+    model, image, label : as explain_lime.
+    seeds : how many seeds (0, 1, ...), or the seeds themselves; at least two.
+    top_k : superpixels compared (panel 3's five).
+    first : an explanation already made with one of the seeds and the same settings, reused.
+    **settings : explain_lime's keyword arguments (default the dashboard's).
+
+    Returns
+    -------
+    Stability
+        The pairwise Jaccard overlap of the top-k regions, measured on pixels (superpixels of
+        different seeds need not match one-to-one), and whether the top k end at a near-tie.
     """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if len(seed_list) < 2:
@@ -161,10 +181,20 @@ def stability(model, image: np.ndarray, label=None, *, seeds: int | list = 5, to
 def trust_figures(model, image: np.ndarray, explanation: LimeExplanation | None = None, *,
                   gradcam: GradCam | None = None, seeds: int = 5, steps: int | None = None,
                   random_seed: int = 0) -> dict:
-    """Deletion areas (LIME, Grad-CAM, random) and LIME stability, as plain numbers.
+    """Deletion areas of LIME's, Grad-CAM's and a random order, and LIME's stability, as plain numbers.
 
-    Reuses `explanation` / `gradcam` when given (their label and LIME settings are followed
-    throughout); without one, explains with the dashboard's settings.
+    Parameters
+    ----------
+    model, image : as explain_lime.
+    explanation, gradcam : reused when given (their label, LIME settings and fill are followed
+        throughout); without them, made with the dashboard's settings.
+    seeds, steps : for `stability` and `deletion_curve`.
+    random_seed : the random order's seed.
+
+    Returns
+    -------
+    dict
+        JSON-ready: label, deletion areas and curves, the fill, stability, seconds.
     """
     t0 = time.perf_counter()
     if explanation is None:

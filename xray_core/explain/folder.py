@@ -27,10 +27,22 @@ JSON_FILE = "explanation.json"
 def explain_to_folder(run, image_path: str | os.PathLike, out_dir: str | os.PathLike, *, recipe: str = "dashboard",
                       num_samples: int | None = None, segmentation: str | None = None, seed: int = 0, label=None,
                       stability_seeds: int = 5) -> dict:
-    """Write the four LIME panels, the Grad-CAM overlay and explanation.json into out_dir.
+    """Write the four LIME panels, the Grad-CAM overlay and explanation.json into a folder.
 
-    run: a run id, run folder, `runs.Run` or loaded `Model`. recipe, num_samples, segmentation:
-    LIME's settings (`lime_settings`); by default Diagnose's."""
+    Parameters
+    ----------
+    run : a run id, run folder, `runs.Run` or loaded `Model`.
+    image_path : the film (PNG, JPEG, BMP, TIFF or DICOM).
+    out_dir : created when absent; the files in PANEL_FILES, GRADCAM_FILE and JSON_FILE are written.
+    recipe, num_samples, segmentation : LIME's settings (`lime_settings`), by default Diagnose's.
+    seed, label : as explain_lime.
+    stability_seeds : seeds of the stability figure in the trust block.
+
+    Returns
+    -------
+    dict
+        What explanation.json holds: the prediction, LIME's weights and settings, Grad-CAM, trust.
+    """
     from xray_core import fileio, imaging
     from xray_core.model import load_model
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_core.explain.lime import CLASSES, ExplainError, check_model, label_index, to_gray
+from xray_core.explain.lime import ExplainError, check_model, label_index, to_gray
 from xray_core.explain.panels import resize_float
 
 _CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
@@ -27,20 +27,10 @@ class GradCam:
     """Grad-CAM for one image: the class-discriminative heat of the last feature map."""
 
     heatmap: np.ndarray  # float32 (hc, wc) in 0..1, the last conv layer's spatial size
-    label: int
-    predicted_label: int
+    label: int  # the explained class (0 NORMAL, 1 PNEUMONIA)
     probability: float  # P(pneumonia) of the image (model.predict_proba)
     layer: str  # the layer whose feature map was used (the first member's)
     seconds: float
-    model_input: np.ndarray  # float32 (h, w, c)
-
-    @property
-    def label_name(self) -> str:
-        return CLASSES[self.label]
-
-    def heat_at(self, shape: tuple[int, int]) -> np.ndarray:
-        """float32 heat resized (bilinear) to shape, e.g. the model input (h, w)."""
-        return resize_float(self.heatmap, shape)
 
 
 def _compiled(network, layer_name: str, input_shape: tuple[int, int, int]):
@@ -116,5 +106,4 @@ def grad_cam(model, image: np.ndarray, label=None, *, layer: str | None = None) 
     heat = np.mean(heats, axis=0).astype(np.float32)
     if len(heats) > 1 and heat.max() > 0:
         heat = heat / heat.max()
-    return GradCam(heatmap=heat, label=label, predicted_label=int(p >= model.threshold), probability=p,
-                   layer=names[0], seconds=time.perf_counter() - t0, model_input=x)
+    return GradCam(heatmap=heat, label=label, probability=p, layer=names[0], seconds=time.perf_counter() - t0)

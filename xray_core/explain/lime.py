@@ -20,16 +20,16 @@ from typing import Any, Callable
 import numpy as np
 
 from xray_core.model import CLASSES, PNEUMONIA  # what every explanation explains unless told otherwise
-SEGMENTATIONS = ("quickshift", "slic", "felzenszwalb", "grid")
-SAMPLINGS = ("orthogonal", "lime", "paired")  # on/off designs, see sample_masks
+
+SEGMENTATIONS = ("quickshift", "slic", "grid")
+SAMPLINGS = ("orthogonal", "lime")  # on/off designs, see sample_masks
 SCALES = ("logit", "probability")  # what LIME fits: the label's log-odds or its probability
 DEFAULT_SEGMENTATION_PARAMS: dict[str, dict[str, Any]] = {
     "quickshift": {"kernel_size": 4, "max_dist": 200, "ratio": 0.2},  # lime's default, the seed's
-    "slic": {"n_segments": 40, "compactness": 40.0, "sigma": 1.0},  # about 36 near-regular superpixels
-    "felzenszwalb": {"scale": 100.0, "sigma": 0.8, "min_size": 40},
+    "slic": {"n_segments": 40, "compactness": 40.0, "sigma": 1.0},  # a few dozen near-regular superpixels
     "grid": {"rows": 6, "cols": 6},
 }
-# The dashboard's recipe, and explain_lime's defaults (benchmarks/reports/explain_*.md say why).
+# The dashboard's recipe and explain_lime's defaults (benchmarks/reports/explain_*.md measure it).
 DEFAULT_LIME: dict[str, Any] = {
     "segmentation": "slic", "segmentation_params": dict(DEFAULT_SEGMENTATION_PARAMS["slic"]),
     "num_samples": 512, "hide_color": None, "sampling": "orthogonal", "kernel_width": None, "scale": "logit"}
@@ -54,9 +54,19 @@ class ExplainCancelled(RuntimeError):
 
 def lime_settings(recipe: str = "dashboard", *, num_samples: int | None = None,
                   segmentation: str | None = None) -> dict:
-    """Keyword arguments of `explain_lime` for a recipe ("dashboard" or "seed"), so Diagnose, the
-    report and `xray explain` explain a film alike. A sample count or segmentation given replaces
-    the recipe's; another segmentation than the recipe's takes its own default parameters."""
+    """Keyword arguments of `explain_lime` for a recipe: Diagnose, the report and `xray explain` share them.
+
+    Parameters
+    ----------
+    recipe : "dashboard" (DEFAULT_LIME) or "seed" (SEED_LIME, the seed study's call).
+    num_samples : replaces the recipe's sample count.
+    segmentation : replaces the recipe's method; another method takes its own default parameters.
+
+    Returns
+    -------
+    dict
+        A copy the caller may change: ``explain_lime(model, image, **lime_settings())``.
+    """
     if recipe not in RECIPES:
         raise ExplainError(f"Unknown LIME recipe {recipe!r}; choose one of {', '.join(RECIPES)}.")
     settings = dict(RECIPES[recipe], segmentation_params=dict(RECIPES[recipe]["segmentation_params"]))
@@ -106,11 +116,18 @@ def check_model(model) -> None:
 
 def segment(model_input: np.ndarray, method: str = "slic", *, params: dict | None = None,
             seed: int = 0) -> np.ndarray:
-    """Superpixels of a model input (h, w, c) 0..255 -> int32 (h, w) labels 0..n-1.
+    """Superpixels of a model input.
 
-    Segmentation runs on the gray image as RGB in 0..1, as in the seed (lime turns gray into RGB;
-    the seed's pixels were divided by 255, which quickshift's `ratio` and `max_dist` assume).
-    Labels are renumbered 0..n-1 because lime indexes its samples by label.
+    Parameters
+    ----------
+    model_input : (h, w, c) in 0..255; segmented as gray RGB in 0..1, the scale quickshift's
+        `ratio` and `max_dist` assume (lime's image, the seed's pixels divided by 255).
+    method : one of SEGMENTATIONS; `params` update its DEFAULT_SEGMENTATION_PARAMS.
+    seed : quickshift's tie-breaking.
+
+    Returns
+    -------
+    int32 (h, w) labels 0..n-1 (lime indexes its samples by label).
     """
     from skimage import segmentation as sks
 
@@ -123,10 +140,8 @@ def segment(model_input: np.ndarray, method: str = "slic", *, params: dict | Non
             return _grid(np.shape(model_input)[:2], **settings)
         if method == "quickshift":
             labels = sks.quickshift(rgb, rng=int(seed), **settings)
-        elif method == "slic":
-            labels = sks.slic(rgb, start_label=0, **settings)
         else:
-            labels = sks.felzenszwalb(rgb, **settings)
+            labels = sks.slic(rgb, start_label=0, **settings)
     except TypeError as exc:
         raise ExplainError(f"Segmentation {method!r} does not accept {sorted(settings)}: {exc}. "
                            f"Its defaults here are {DEFAULT_SEGMENTATION_PARAMS[method]}.") from None
@@ -148,19 +163,15 @@ def sample_masks(n_superpixels: int, num_samples: int, rs: np.random.RandomState
     """The on/off design, int (num_samples, n): row 0 is the unperturbed image (all on).
 
     "lime": lime's own draws (each superpixel on or off with probability 1/2, the same stream as
-    `LimeImageExplainer.data_labels`). "paired": the same draws, each followed by its complement
-    (antithetic pairs; row 1 all off), so effects even in the switched superpixels cancel in the
-    fit. "orthogonal": see _orthogonal_masks.
+    `LimeImageExplainer.data_labels`). "orthogonal": see _orthogonal_masks.
     """
     if sampling not in SAMPLINGS:
         raise ExplainError(f"Unknown sampling {sampling!r}; choose one of: {', '.join(SAMPLINGS)}.")
     n, m = int(n_superpixels), int(num_samples)
     if sampling == "orthogonal":
         return _orthogonal_masks(n, m, rs)
-    data = rs.randint(0, 2, (m if sampling == "lime" else (m + 1) // 2) * n).reshape((-1, n))
+    data = rs.randint(0, 2, m * n).reshape((m, n))
     data[0, :] = 1
-    if sampling == "paired":
-        data = np.stack([data, 1 - data], axis=1).reshape((-1, n))[:m]
     return data
 
 
@@ -175,7 +186,7 @@ def _orthogonal_masks(n: int, m: int, rs: np.random.RandomState) -> np.ndarray:
         raise ExplainError(
             f"Orthogonal sampling needs a power of two of at least twice the superpixels ({2 * n}) as the "
             f"number of samples; got {m}. Choose a power of two that large (1024, 2048, 4096, ...), a "
-            "segmentation with fewer superpixels, or sampling='paired' for any count.")
+            "segmentation with fewer superpixels, or sampling='lime' for any count.")
     chosen = np.asarray(_low_aberration_columns(n, m))[rs.permutation(n)]
     parity = np.bitwise_count(np.arange(m)[:, None] & chosen[None, :]) % 2
     return (1 - parity).astype(np.int64)
@@ -308,10 +319,6 @@ class LimeExplanation:
     def n_superpixels(self) -> int:
         return int(len(self.weights))
 
-    def weight_map(self) -> np.ndarray:
-        """float (h, w): each pixel's superpixel weight."""
-        return self.weights[self.segments]
-
     def settings(self) -> dict:
         """The keyword arguments of explain_lime that made this explanation (seed and label aside)."""
         return {k: getattr(self, k) for k in DEFAULT_LIME}
@@ -349,7 +356,7 @@ def explain_lime(model, image: np.ndarray, label=None, *, num_samples: int = 512
         DEFAULT_SEGMENTATION_PARAMS.
     seed : lime's random_state (the design's draw) and quickshift's tie-breaking.
     hide_color : what a hidden superpixel shows: None its own mean (lime's), or a gray level (0 black).
-    sampling : the on/off design, "orthogonal", "lime" or "paired" (see sample_masks).
+    sampling : the on/off design, "orthogonal" or "lime" (see sample_masks).
     kernel_width : lime's cosine-distance kernel width (0.25 is lime's); None weighs samples alike.
     scale : "logit" fits the label's log-odds (probabilities clipped to [1e-7, 1 - 1e-7]), closer to
         additive in the superpixels than the probability, which "probability" fits.

@@ -115,11 +115,19 @@ class LimePanels:
 
 
 def lime_panels(image: np.ndarray, explanation, *, display_size: int = DISPLAY_SIZE) -> LimePanels:
-    """Draw an explanation's four panels over the original image (its own aspect ratio).
+    """Draw an explanation's four panels over the original image, in its own aspect ratio.
 
-    `explanation` is a `LimeExplanation` (its segments, weights, top_supporting and top_abs).
-    Superpixels (computed at model input size) are scaled up with nearest neighbour, and
-    outlines are drawn at display resolution, so edges stay crisp.
+    Parameters
+    ----------
+    image : the uint8 image that was explained, any size.
+    explanation : a LimeExplanation (its segments, weights, top_supporting and top_abs).
+    display_size : long side of each panel in pixels.
+
+    Returns
+    -------
+    LimePanels
+        Superpixels are scaled up with nearest neighbour and outlined at display resolution, so
+        edges stay crisp.
     """
     from xray_core import imaging
 
@@ -168,7 +176,18 @@ def lime_panels(image: np.ndarray, explanation, *, display_size: int = DISPLAY_S
 
 def make_overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = GRADCAM_ALPHA,
                  display_size: int = DISPLAY_SIZE, cmap: str = GRADCAM_CMAP) -> np.ndarray:
-    """RGB uint8 (H, W, 3): the image at display size with the 0..1 heat (any shape) over it."""
+    """The image at display size with a 0..1 heat map (Grad-CAM's, any shape) over it.
+
+    Parameters
+    ----------
+    image : the uint8 image, any size.
+    heatmap : float in 0..1, any shape (resized bilinearly).
+    alpha, display_size, cmap : the heat's opacity, the long side in pixels, a matplotlib colormap.
+
+    Returns
+    -------
+    uint8 (H, W, 3) RGB.
+    """
     from xray_core import imaging
 
     gray = to_gray(image)

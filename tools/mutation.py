@@ -1,4 +1,4 @@
-"""Mutation testing of the modules whose every line a wrong answer would pass through.
+"""Mutation testing: what share of the changes mutmut makes to metrics.py, gate.py and model.py do their tests notice?
 
 mutmut changes one thing at a time in xray_core/metrics.py, gate.py and model.py (an operator, a
 constant, a comparison...) and runs the tests that cover the changed function; a mutant the tests
@@ -14,8 +14,8 @@ and each mutant's test run is forked from a server that imported the tests but r
 
 Run by hand (CPU-heavy: it runs under `nice -n 10`, at most --max-children test processes):
 
-    python benchmarks/mutation.py [--modules metrics,gate,model] [--workdir DIR] [--max-children 2]
-    python benchmarks/mutation.py --report-only --workdir DIR    # report an earlier run again
+    python -m tools.mutation [--modules metrics,gate,model] [--workdir DIR] [--max-children 2]
+    python -m tools.mutation --report-only --workdir DIR    # report an earlier run again
 
 With --modules a subset, the other modules keep their results from the report being replaced,
 marked with that report's date.
@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sources": {m: read_record(workdir / m) for m in modules},
-        "command": "python benchmarks/mutation.py" + (f" --modules {args.modules}" if modules != list(MODULES)
+        "command": "python -m tools.mutation" + (f" --modules {args.modules}" if modules != list(MODULES)
                                                      else ""),
         "mutmut_command": mutmut_command,
         "mutmut": installed("mutmut"),

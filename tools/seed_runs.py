@@ -1,22 +1,18 @@
-"""The seed's four architectures through this pipeline, shipped as reference runs, beside the seed's figures.
+"""Train and ship the seed study's four architectures as reference runs, and report them beside the
+seed's own figures.
 
-Why: the seed study reported "recall" on a leaky image-level split (several images of one patient
-on both sides) and micro-averaged over two one-hot columns. This script trains the same four
-networks with the seed's settings (100 px, Adam 1e-3, the seed's epochs and batch sizes, no
-augmentation) on this project's patient-level split, with one gray channel (the seed copied gray
-into 3), and for model 3 with balanced class weights (the fix for its collapse, see
-``--probe-model3``). It then prepares each run for shipping in ``trained_models/seed-<arch>/``
-(model file without optimizer state, no absolute path, a model card) and writes the comparison
-report.
+The seed study reported "recall" on a leaky image-level split (several images of one patient on
+both sides), micro-averaged over two one-hot columns. These runs train the same four networks
+with the seed's settings (100 px, Adam 1e-3, its epochs and batch sizes, no augmentation) on
+this project's patient-level split, with one gray channel (the seed copied gray into 3), model 3
+with balanced class weights (the fix for its collapse; the probe behind it is frozen in
+benchmarks/reports/seed_model3_probe.json). Shipping a run prepares it for
+`trained_models/seed-<arch>/`: model file without optimizer state, no absolute path, a model card.
 
-Usage (from the project root):
-
-    # train (sequentially; each is a normal `python -m xray_core train` run)
-    python benchmarks/bench_seed_models.py --launch --data ../shared/data/chest_xray
-    # the cheap experiment behind model 3's fix (subset, 2 epochs per variant)
-    python benchmarks/bench_seed_models.py --probe-model3 --data ../shared/data/chest_xray
-    # after `python -m xray_core evaluate seed-<arch> --stress`: ship (cards) and report
-    python benchmarks/bench_seed_models.py --ship
+    # train, one after the other (each a normal `python -m xray_core train` run)
+    python -m tools.seed_runs --launch --data ../shared/data/chest_xray
+    # after `python -m xray_core evaluate seed-<arch> --stress`: cards, shipped files, the report
+    python -m tools.seed_runs --ship
 
 The report goes to benchmarks/reports/seed_models.md (+ .json).
 """
@@ -30,13 +26,11 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from xray_core import fileio, runs
 
-from xray_core import fileio, runs  # noqa: E402  (after the path fix, so the script runs from anywhere)
+ROOT = Path(__file__).resolve().parents[1]
 
 SEED_ARCHS = ("baseline", "model2", "model3", "model4")
 SEED_EPOCHS = {"baseline": 5, "model2": 5, "model3": 10, "model4": 15}
@@ -95,57 +89,6 @@ def launch(arch: str, data: Path, epochs: int, runs_dir: Path, seed: int) -> int
     cmd[0] = sys.executable
     print("$", " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=ROOT)
-
-
-# ------------------------------------------------------------------------------ model 3's probe
-
-
-def probe_model3(data: Path, *, n_train: int = 1280, n_val: int = 400, epochs: int = 2,
-                 variants=("seed", "balanced", "lr1e-4")) -> list[dict]:
-    """Why model 3 collapses: train it on a subset for a few epochs per variant and watch the
-    validation AUC, the share called PNEUMONIA, the spread of the scores, the share of dead
-    `dense1` ReLU units (never positive on validation) and of saturated `dense3` sigmoid outputs."""
-    import keras
-    import numpy as np
-
-    from xray_core import architectures, data as data_mod, metrics, training
-
-    df = data_mod.index_dataset(data)
-    train_df, val_df = data_mod.split_train(df, method="patient", val_fraction=0.2, seed=0)
-    rng = np.random.default_rng(0)
-    train_df = train_df.iloc[rng.permutation(len(train_df))[:n_train]]
-    val_df = val_df.iloc[rng.permutation(len(val_df))[:n_val]]
-    xt = data_mod.load_images(train_df["path"].tolist(), size=(100, 100), channels=1)
-    xv = data_mod.load_images(val_df["path"].tolist(), size=(100, 100), channels=1)
-    yt, yv = train_df["label"].to_numpy()[xt.ok], val_df["label"].to_numpy()[xv.ok]
-    rows = []
-    for variant in variants:
-        keras.utils.set_random_seed(0)
-        lr = float(variant[2:]) if variant.startswith("lr") else 1e-3
-        model = architectures.build("model3", input_shape=(100, 100, 1), learning_rate=lr)
-        weights = None
-        if variant == "balanced":
-            cw = training.balanced_class_weights(yt)
-            weights = np.array([cw[int(c)] for c in yt], np.float32)
-        probe = keras.Model(model.inputs, [model.get_layer("dense1").output, model.get_layer("dense3").output,
-                                           model.output])
-        for epoch in range(epochs + 1):
-            seconds = None
-            if epoch:
-                started = time.perf_counter()
-                model.fit(xt.images, architectures.encode_targets(yt, 2), sample_weight=weights, batch_size=64,
-                          epochs=1, verbose=0, shuffle=True)
-                seconds = round(time.perf_counter() - started, 1)
-            outs = [probe(xv.images[i:i + 200], training=False) for i in range(0, len(yv), 200)]
-            d1, d3, out = (np.concatenate([np.asarray(o[k]) for o in outs]) for k in range(3))
-            s = out[:, 1]
-            row = {"variant": variant, "epoch": epoch, "val_auc": metrics.binary_metrics(yv, s)["roc_auc"],
-                   "called_pneumonia": float((s >= 0.5).mean()), "score_std": float(s.std()),
-                   "dead_dense1": float((d1.max(axis=0) <= 0).mean()),
-                   "saturated_dense3": float(((d3 < 0.01) | (d3 > 0.99)).mean()), "seconds": seconds}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    return rows
 
 
 # ------------------------------------------------------------------------------ shipping a run
@@ -219,7 +162,9 @@ def strip_optimizer(path: Path) -> tuple[int, int]:
     with zipfile.ZipFile(path) as archive:
         if not (json.loads(archive.read("config.json")).get("compile_config") or {}).get("optimizer"):
             return before, before  # already saved without optimizer state: leave the bytes alone
-    model = runs.load_model_file(path)
+    from xray_core.model import load_network
+
+    model = load_network(path)
     tmp = path.with_name(f".{path.stem}.strip.tmp.keras")
     model.save(tmp)
     again = keras.models.load_model(tmp, safe_mode=True, compile=False)
@@ -473,9 +418,9 @@ def report(rows: list[dict], missing: list[str], notes: str, probe: list[dict] |
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other trainings and test suites; "
         f"Python {platform.python_version()}, TensorFlow {tf.__version__}. Commands: "
-        "`python benchmarks/bench_seed_models.py --launch --data ../shared/data/chest_xray` (or the four "
+        "`python -m tools.seed_runs --launch --data ../shared/data/chest_xray` (or the four "
         "`python -m xray_core train` commands on the cards), `python -m xray_core evaluate seed-<arch> --stress`, "
-        "then `python benchmarks/bench_seed_models.py --ship`.",
+        "then `python -m tools.seed_runs --ship`.",
         "",
         "Settings, as the seed trained them: 100x100 px, Adam 1e-3, binary cross-entropy on the 2-unit sigmoid "
         "head, the seed's batch sizes and epochs, no augmentation, seed 0. Departures: 1 gray channel (the seed "
@@ -495,8 +440,8 @@ def report(rows: list[dict], missing: list[str], notes: str, probe: list[dict] |
     ]
     if probe:
         parts += ["", "## Why model 3 collapsed, and the fix", "",
-                  "Subset probe (`--probe-model3`: 1,280 training and 400 validation images of the patient split, "
-                  "batch 64, seed 0; epoch 0 is the initialisation). *dead dense1*: share of the 32 `dense1` ReLU "
+                  "Subset probe (frozen in seed_model3_probe.json: 1,280 training and 400 validation images of the "
+                  "patient split, batch 64, seed 0; epoch 0 is the initialisation). *dead dense1*: share of the 32 `dense1` ReLU "
                   "units never positive on the validation images; *saturated dense3*: share of the sigmoid "
                   "`dense3` outputs below 0.01 or above 0.99.", "",
                   "| variant | epoch | val AUC | called PNEUMONIA | score s.d. | dead dense1 | saturated dense3 | s |",
@@ -519,10 +464,9 @@ def report(rows: list[dict], missing: list[str], notes: str, probe: list[dict] |
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--launch", action="store_true", help="train the runs first (sequentially)")
-    p.add_argument("--probe-model3", action="store_true", help="run the cheap model 3 collapse probe")
     p.add_argument("--ship", action="store_true", help="prepare finished runs for committing (cards, no optimizer)")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "chest_xray",
-                   help="dataset folder for --launch and --probe-model3")
+                   help="dataset folder for --launch")
     p.add_argument("--arch", action="append", choices=SEED_ARCHS, help="only this architecture (repeatable)")
     p.add_argument("--epochs", action="append", default=[], metavar="ARCH=N",
                    help="override an architecture's seed epochs, e.g. model4=6 (say so in --notes)")
@@ -547,9 +491,6 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--card-note wants ARCH=TEXT with ARCH one of {', '.join(SEED_ARCHS)}; got {item!r}.")
         card_notes[arch] = text
     chosen = args.arch or list(SEED_ARCHS)
-    if args.probe_model3:
-        rows = probe_model3(args.data)
-        fileio.atomic_write_json(PROBE_REPORT, rows)
     if args.launch:
         for arch in chosen:
             if launch(arch, args.data, epochs[arch], args.runs_dir, args.seed) != 0:

@@ -2,22 +2,20 @@
 
 Every figure in the card is read from trained_models/default/{config,metrics,model}.json (written
 by `python -m xray_core train --preset default`) and benchmarks/reports/generalization.json
-(written by benchmarks/generalization.py); the prose around them is fixed here.
+(the frozen ablation report); the prose around them is fixed here.
 
-Usage: python benchmarks/default_card.py [--run trained_models/default]
+Usage: python -m tools.default_card [--run trained_models/default]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from xray_core import fileio
 
-from xray_core import fileio  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _f(v, d=3):
