@@ -40,7 +40,8 @@ BENCHMARKS = (
     Benchmark("explain", ("--samples", "256,512,1024,2048"), "explain_samples"),
     Benchmark("gate", ("--data", "{data_parent}"), "gate"),
     Benchmark("forward", (), "forward"),
-    Benchmark("score", ("--data", "{data_parent}"), "score"),
+    Benchmark("score", ("--data", "{data_parent}", "--int8"), "score"),
+    Benchmark("cold_start", ("--baseline", "dca2f7d"), "cold_start"),
     Benchmark("verdict_latency", (), "verdict_latency"),
     Benchmark("site_check", ("--data", "{data}"), "site_check"),
 )
