@@ -94,7 +94,7 @@ def render(run_dir: Path, ablation: dict | None) -> str:
         "training: `--threshold-method`).",
         f"- **Calibration**: Platt scaling of the ensemble's mean probability, sigmoid(logit(p) / T + b) with "
         f"T = {_f(cal['temperature'], 2)} and b = {_f(cal.get('bias', 0.0), 2)} (the bias undoes the balanced class "
-        "weights' equal prior), fitted on the pooled stress validation and applied inside `Model.predict_proba`. "
+        "weights' equal prior), fitted on the pooled stress validation and applied inside `Model.forward`. "
         "Expected calibration "
         f"error (15 bins) on the pooled stress set {_f(cal['ece_uncalibrated'])} before and {_f(cal['ece'])} "
         f"after; on the plain films {_f(cal['ece_plain'])} after.",
@@ -187,6 +187,12 @@ def render(run_dir: Path, ablation: dict | None) -> str:
         "framed like the training ones for specificity on films framed otherwise (a threshold for 0.95 on the "
         "plain films alone let one framing change flip 15 % of NORMAL films). A NORMAL verdict with pneumonia in "
         "the prediction set is a film to read; a PNEUMONIA verdict is a prompt for a reader, not a diagnosis.",
+        "- The split by patient read 133 NORMAL file names of the form IM-NNNN-NNNN-NNNN as one patient each "
+        "(fixed since; the stored split is kept): 32 children have films on both sides, 37 of the 1,044 "
+        "validation films, all NORMAL, so the validation counts those 37 as new patients when they are not quite.",
+        "- Measure it on your own films before use: `xray validate default LABELS` gives the figures with "
+        "intervals over patients, and `xray recalibrate` fits the calibration and threshold to a site without "
+        "retraining (docs/site-validation.md).",
         "",
     ]
     return "\n".join(lines)
