@@ -112,6 +112,16 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(fh)
 
 
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A status or job file that may be missing, mid-write by another process or damaged: its JSON
+    object, or {} (the caller treats it as not there yet)."""
+    try:
+        value = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 # --------------------------------------------------------------------------- allowed roots
 
 

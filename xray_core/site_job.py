@@ -11,7 +11,6 @@ it ends, and the page removes it for a job whose process died (`sweep_uploads`).
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -35,19 +34,11 @@ def jobs_root() -> Path:
     return fileio.default_cache_dir() / VALIDATIONS_DIR
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def job_info(job_dir: str | os.PathLike) -> dict:
     """job.json and status.json merged, with `state`: starting, running, completed, failed or
     interrupted (its process died)."""
     job_dir = Path(job_dir)
-    job, status = _read_json(job_dir / JOB_FILE), _read_json(job_dir / JOB_STATUS)
+    job, status = fileio.read_json_object(job_dir / JOB_FILE), fileio.read_json_object(job_dir / JOB_STATUS)
     info = {**job, **status, "path": str(job_dir), "job_id": job_dir.name}
     state = status.get("state")
     if state == "running" and not runs.pid_alive(status.get("pid"), status.get("pid_started")):
@@ -142,7 +133,7 @@ def _job_main(job_dir: str) -> int:
     from xray_core.scoring.decoding import default_workers
 
     job_dir = Path(job_dir)
-    job = _read_json(job_dir / JOB_FILE)
+    job = fileio.read_json_object(job_dir / JOB_FILE)
     path = job_dir / JOB_STATUS
     base = {"state": "running", "pid": os.getpid(), **runs.process_identity(), "done": 0, "total": job.get("films"),
             "started": runs.now_iso()}

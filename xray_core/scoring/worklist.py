@@ -11,7 +11,6 @@ How many run and wait at once is the administrator's (jobs.check_capacity).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -96,20 +95,12 @@ def submit_job(models_root: str | os.PathLike, run_id: str, source: str | os.Pat
     return job_dir.name
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def job_info(job_dir: str | os.PathLike) -> dict:
     """job.json and status.json merged, with `state`: queued, starting, running, completed,
     failed, cancelled or interrupted (its process died: resume it)."""
     job_dir = Path(job_dir)
-    job = _read_json(job_dir / JOB_FILE)
-    status = _read_json(job_dir / JOB_STATUS)
+    job = fileio.read_json_object(job_dir / JOB_FILE)
+    status = fileio.read_json_object(job_dir / JOB_STATUS)
     info = {**job, **{k: v for k, v in status.items() if k != "state"}, "path": str(job_dir),
             "job_id": job_dir.name}
     state = status.get("state")
@@ -172,7 +163,7 @@ def resume_job(models_root: str | os.PathLike, job_id: str) -> None:
 
     settings.refuse_writes("score")
     job_dir = worklists_root(models_root) / runs.validate_run_id(job_id)
-    job = _read_json(job_dir / JOB_FILE)
+    job = fileio.read_json_object(job_dir / JOB_FILE)
     if not job:
         raise ScoreError(f"There is no worklist job {job_id!r}. Start a new one.")
     (job_dir / JOB_STATUS).unlink(missing_ok=True)
@@ -185,7 +176,7 @@ _SPAWNED: list = []  # job processes started here, reaped once they end (no zomb
 
 def _launch(job_dir: Path) -> None:
     _SPAWNED[:] = [p for p in _SPAWNED if p.poll() is None]
-    job = _read_json(job_dir / JOB_FILE)
+    job = fileio.read_json_object(job_dir / JOB_FILE)
     fileio.atomic_write_json(job_dir / JOB_FILE, {**job, "state": "launched", "launched_at": time.time()})
     package_parent = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
@@ -201,14 +192,14 @@ def _job_main(job_dir: str) -> int:
     """The detached process of one job: score, then hand the slot to the next queued job."""
     job_dir = Path(job_dir)
     models_root = job_dir.parents[1]
-    job = _read_json(job_dir / JOB_FILE)
+    job = fileio.read_json_object(job_dir / JOB_FILE)
     status = job_dir / JOB_STATUS
     try:
         score(job["run_id"], job["input"], job_dir / JOB_SCORES, root=models_root, progress=False,
               status_path=status)
         code = 0
     except (ValueError, OSError) as exc:  # a sentence for the page (ScoreError, RunNotFound, ...)
-        fileio.atomic_write_json(status, {**_read_json(status), "state": "failed", "error": str(exc),
+        fileio.atomic_write_json(status, {**fileio.read_json_object(status), "state": "failed", "error": str(exc),
                                         "updated": runs.now_iso()})
         print(f"error: {exc}", file=sys.stderr)
         code = 1
