@@ -1,0 +1,49 @@
+"""The docs that are generated or run: docs/cli.md is what the parser says, and its examples parse."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools import cli_reference
+from xray_core import cli
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_docs_cli_md_is_what_the_parser_says():
+    written = (PROJECT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert written == cli_reference.render(), "docs/cli.md is out of date: run `python -m tools.cli_reference`"
+
+
+def test_the_check_command_fails_on_a_stale_page(tmp_path, monkeypatch):
+    stale = tmp_path / "cli.md"
+    stale.write_text(cli_reference.render().replace("## xray score", "## xray scour"), encoding="utf-8")
+    monkeypatch.setattr(cli_reference, "TARGET", stale)
+    monkeypatch.setattr(cli_reference, "PROJECT", tmp_path)
+    assert cli_reference.main(["--check"]) == 1
+    assert cli_reference.main([]) == 0 and cli_reference.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("command", sorted(cli_reference.EXAMPLES))
+def test_every_commands_example_parses_as_that_command(command):
+    words = shlex.split(cli_reference.EXAMPLES[command])
+    assert words[0] == "xray"
+    args = cli.build_parser().parse_args(words[1:])
+    assert args.command == command and args.handler
+
+
+def test_a_command_without_an_example_is_refused(monkeypatch):
+    monkeypatch.delitem(cli_reference.EXAMPLES, "score")
+    with pytest.raises(ValueError, match="score"):
+        cli_reference.render()
+
+
+def test_the_reference_is_written_by_running_the_module(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tools.cli_reference", "--check"], cwd=PROJECT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
