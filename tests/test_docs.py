@@ -1,7 +1,9 @@
-"""The docs that are generated or run: docs/cli.md is what the parser says, and its examples parse."""
+"""The docs that are generated or run: docs/cli.md is what the parser says, its examples parse, and
+the pages the README links exist."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -47,3 +49,39 @@ def test_the_reference_is_written_by_running_the_module(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tools.cli_reference", "--check"], cwd=PROJECT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_local_link_of_the_readme_and_docs_resolves():
+    pages = [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = (page.parent / target.split("#")[0]).resolve()
+            if not path.exists():
+                broken.append(f"{page.relative_to(PROJECT)} -> {target}")
+    assert len(pages) > 5 and not broken, broken
+
+
+@pytest.mark.browser
+def test_the_readme_screenshot_is_retaken_by_its_script(tmp_path):
+    """`python -m tools.screenshot` serves the app, uploads a val/ film in Chromium and writes a light PNG."""
+    from PIL import Image
+
+    from tests.browser_helpers import CHROMIUM_MISSING, have_chromium
+
+    if not have_chromium():
+        pytest.skip(CHROMIUM_MISSING)
+    films = sorted((PROJECT.parent / "shared" / "data" / "chest_xray" / "val" / "PNEUMONIA").glob("*.jpeg"))
+    if not films:
+        pytest.skip("the real dataset is not at ../shared/data")
+    out = tmp_path / "diagnose.png"
+    proc = subprocess.run([sys.executable, "-m", "tools.screenshot", "--film", str(films[0]), "--out", str(out),
+                           "--width", "1024"], cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    image = Image.open(out)
+    assert image.width == 1024 and image.height > 1200  # the verdict and the panels below it
+    assert out.stat().st_size < 400_000 and image.mode == "P"
+    assert f"from {films[0].name}" in proc.stdout
