@@ -78,16 +78,48 @@ def usable_runs(infos: Iterable[Any]) -> list:
     return done
 
 
+#: What the original study (the notebook this project reproduces) called its architectures.
+ORIGINAL_STUDY_MODELS = {"baseline": "baseline model", "model2": "model 2", "model3": "model 3",
+                         "model4": "model 4"}
+
+
+def _spec_of(info: Any) -> dict:
+    path = getattr(info, "path", None)
+    try:
+        spec = json.loads((Path(path) / SPEC_FILE).read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return spec if isinstance(spec, dict) else {}
+
+
+def run_description(info: Any) -> str:
+    """What a run is, in a few words: its model and where it comes from, never a figure (a
+    training-hospital AUC beside a new patient's verdict reads as a promise about that patient)."""
+    config, spec = info.config or {}, _spec_of(info)
+    derived = config.get("derived_from") if isinstance(config.get("derived_from"), dict) else None
+    if derived or spec.get("parent"):
+        parent = (derived or {}).get("run") or Path(str(spec.get("parent"))).name
+        films = (spec.get("provenance") or {}).get("films")
+        n = sum(v for v in films.values() if isinstance(v, int)) if isinstance(films, dict) else None
+        return f"{parent} recalibrated on {n} films of a site" if n else f"{parent} recalibrated for a site"
+    arch = config.get("arch")
+    members = config.get("members")
+    if isinstance(members, list) and len(members) > 1 and arch:
+        what = f"ensemble of {len(members)} {arch}"
+    elif arch in ORIGINAL_STUDY_MODELS:
+        what = f"the original study's {ORIGINAL_STUDY_MODELS[arch]}"
+    else:
+        what = str(arch or "")
+    if spec.get("bundled"):
+        return f"{what}, the bundled model" if info.run_id == "default" else what
+    created = str(config.get("created") or "")[:10]
+    return f"{what}, trained {created}" if what and created else what
+
+
 def run_label(info: Any) -> str:
-    """`run id · architecture · validation AUC` for select boxes."""
-    parts = [info.run_id]
-    arch = (info.config or {}).get("arch")
-    if arch:
-        parts.append(str(arch))
-    auc = ((info.metrics or {}).get("validation") or {}).get("roc_auc")
-    if auc is not None:
-        parts.append(f"val AUC {auc:.3f}")
-    return " · ".join(parts)
+    """`run id — what it is` for the model pickers (see `run_description`)."""
+    what = run_description(info)
+    return f"{info.run_id} — {what}" if what else info.run_id
 
 
 def fmt(value: Any, digits: int = 3) -> str:

@@ -110,8 +110,9 @@ def metrics_table(infos: Iterable[Any], split: str = "validation",
     """One row per run with a split's metrics and the run's cost, from metrics.json.
 
     parts: {run_id: metrics dict} to use instead of metrics.json's entry (e.g. test-split figures
-    computed into the cache). Runs without figures for that split are left out. The seed's
-    micro-averaged two-column recall keeps its own name: it is close to accuracy, not sensitivity.
+    computed into the cache). Runs without figures for that split are left out. The original
+    study's micro-averaged two-column recall keeps its own name: it is close to accuracy, not
+    sensitivity.
     """
     rows = []
     for run in infos:
@@ -126,7 +127,7 @@ def metrics_table(infos: Iterable[Any], split: str = "validation",
         micro = part.get("seed_micro_recall")
         if micro is None and split == "validation":
             micro = saved.get("seed_micro_recall")
-        row["seed micro-averaged recall"] = micro
+        row["original study's recall (micro-averaged)"] = micro
         row["training time (s)"] = saved.get("train_seconds")
         row["parameters"] = saved.get("params")
         epochs = saved.get("epochs_run")  # a list for an ensemble: one count per member
@@ -141,7 +142,7 @@ def best_rows(table: pd.DataFrame) -> dict[str, list[int]]:
     """For each column with a 'better' direction, the positional rows holding the best value."""
     best = {}
     directions = {label: how for label, _, how in METRIC_COLUMNS}
-    directions["seed micro-averaged recall"] = "max"
+    directions["original study's recall (micro-averaged)"] = "max"
     directions["training time (s)"] = "min"
     for column, how in directions.items():
         if how is None or column not in table or table[column].isna().all():
@@ -162,7 +163,7 @@ def style_best(table: pd.DataFrame):
                 for i in range(len(column))]
 
     fmt = {c: "{:.3f}" for c in table.columns
-           if c in {label for label, _, _ in METRIC_COLUMNS} | {"seed micro-averaged recall"}}
+           if c in {label for label, _, _ in METRIC_COLUMNS} | {"original study's recall (micro-averaged)"}}
     fmt["training time (s)"] = "{:.1f}"
     return table.style.apply(mark, axis=0).format(fmt, na_rep="–")
 
@@ -265,8 +266,8 @@ def reliability_figure(calibrations: dict[str, dict]):
 
 def health_rows(infos: Iterable[Any], scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> pd.DataFrame:
     """Training-health warnings per run: those the training wrote to status.json, plus, for a
-    finished run without any, a check of its saved history and validation scores (so runs trained
-    before the health checks existed are covered too)."""
+    finished run without any, a check of its saved history and validation scores (so a run whose
+    status.json holds none, such as a bundled run, is checked too)."""
     rows = []
     for info in infos:
         found = health.from_status(info.status)
@@ -299,23 +300,22 @@ def seed_reconciler(infos: Iterable[Any]) -> pd.DataFrame:
         seed = SEED_FIGURES[arch]
         rows.append({
             "run": info.run_id,
-            "seed's 'recall' (micro-averaged, 0.5)": _num(saved.get("seed_micro_recall")),
+            "the study's 'recall' (micro-averaged, 0.5)": _num(saved.get("seed_micro_recall")),
             "accuracy @0.5": _num(at05.get("accuracy")),
             "sensitivity @0.5": _num(at05.get("sensitivity")),
             "specificity @0.5": _num(at05.get("specificity")),
             "sensitivity @threshold": _num(op.get("sensitivity")),
             "specificity @threshold": _num(op.get("specificity")),
-            "seed notebook: val 'recall'": seed["val_recall"],
-            "seed notebook: holdout 'recall'": seed["holdout_recall"],
+            "as the study printed: validation 'recall'": seed["val_recall"],
+            "as the study printed: test 'recall'": seed["holdout_recall"],
         })
     return pd.DataFrame(rows)
 
 
 SEED_RECONCILER_NOTE = (
-    "The seed notebook's \"recall\" is Keras' Recall() over both one-hot columns: the share of "
-    "images, NORMAL and PNEUMONIA alike, whose true-class output is above 0.5. It tracks accuracy, "
-    "not pneumonia sensitivity, and says nothing about how many healthy children are called "
-    "PNEUMONIA (specificity). The seed's own figures were measured on an image-level split that "
+    "The original study reported a \"recall\" that is the share of films, NORMAL and PNEUMONIA "
+    "alike, called right at 0.5: it tracks accuracy, not pneumonia sensitivity, and says nothing "
+    "about how many healthy children are called PNEUMONIA. Its own figures came from a split that "
     "put films of one patient on both sides, so they are optimistic."
 )
 

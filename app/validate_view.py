@@ -20,10 +20,9 @@ INTRO = ("How does a model do on your own children's films, and can it be set fo
          "whose diagnosis you know, in NORMAL/ and PNEUMONIA/ folders (a folder on the server, or a zip). "
          "Every film goes through the same check and verdict as Diagnose; the figures come with 95 % intervals "
          "over patients.")
-SAVE_HELP = ("Fits the model's calibration, its operating threshold and its prediction sets to these films, "
-             "without retraining, and saves them as a new run beside the original (its networks are not copied). "
-             "The figures beside the button are cross-fitted: measured, fold by fold of patients, with what was "
-             "fitted on the other folds, so they estimate how the saved run does on new patients of your site.")
+SAVE_HELP = ("Sets the model's probabilities, threshold and prediction sets to these films, without retraining, "
+             "as a new run beside the original. The figures below are cross-fitted: each group of patients is "
+             "measured with what was fitted on the others, as new patients of your site would be.")
 SEEN_HINT = ("Tick 'Leave out films the model has seen' when you start a validation to measure on the other "
              "films only.")
 

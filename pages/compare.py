@@ -1,5 +1,5 @@
 """Compare: training health, learning curves, metrics (plain and stress), paired evidence that one
-run beats another, the seed's figures reconciled, calibration, ROC curves and confusion matrices.
+run beats another, the original study's figures set right, calibration, ROC curves and confusion matrices.
 
 Layout only: tables, figures and wording come from app.compare_view; the statistics from
 xray_core.comparison. Nothing here writes into a run folder: test-split scores go to the cache.
@@ -101,8 +101,9 @@ def show_table(table: pd.DataFrame, split_name: str) -> None:
 
 
 st.title("Compare runs")
-st.caption("Research software, not a medical device. Figures are on this project's patient-level "
-           "validation split of Kermany et al. 2018 (CC BY 4.0).")
+st.caption("Research software, not a medical device. Each run is measured on its own validation films: "
+           "training-hospital patients kept out of its training (Kermany et al. 2018, CC BY 4.0), or, for a "
+           "site-calibrated run, its site's films, cross-fitted.")
 models = common.resolve_folder(st.session_state.get("models_dir", "trained_models"))
 completed = [r for r in runs.list_runs(models) if r.state == "completed"]
 if not completed:
@@ -137,8 +138,8 @@ if histories:
 
 root = dataset_root()
 st.subheader("Metrics at each run's operating threshold")
-st.caption("Best value per column in bold on green. The seed's micro-averaged recall is the "
-           "seed notebook's two-column Keras Recall (close to accuracy, not sensitivity).")
+st.caption("Best value per column in bold on green. The original study's recall is the figure it "
+           "reported: close to accuracy, not sensitivity.")
 show_table(view.metrics_table(chosen, "validation"), "validation")
 if has_test(root):
     # Scoring every run on the test split takes a while: only when asked (then cached).
@@ -153,8 +154,8 @@ for r in chosen:
     if ci is not None:
         cis[r.run_id] = ci
 st.caption("Plain: the validation films as they are. Stress: the same films under fixed acquisition "
-           "changes (framing, body habitus, exposure, sharpness), pooled, and the worst single change. "
-           "In brackets: bootstrap 95 % intervals.")
+           "changes (framing, body habitus, exposure, sharpness), all together and the one that hurts most. "
+           "In brackets: 95 % intervals.")
 st.dataframe(view.plain_stress_table(chosen, cis), hide_index=True, key="compare_stress")
 missing = view.stress_missing(chosen)
 if missing:
@@ -162,9 +163,8 @@ if missing:
                "`python -m xray_core evaluate RUN --stress` to add it.")
 
 st.subheader("Is one run better than another?")
-st.caption("Paired tests on the same validation images: DeLong for the AUC difference, McNemar for "
-           "the mistakes at each run's own threshold, paired bootstrap 95 % intervals (1000 "
-           "resamples within each class). With many pairs, expect some small p-values by chance.")
+st.caption("Paired tests on the same validation films (DeLong for the AUC, McNemar for the mistakes, "
+           "bootstrap 95 % intervals). With many pairs, some small p-values arise by chance.")
 if len(chosen) < 2:
     st.info("Choose two runs above to compare them.")
 else:
@@ -195,7 +195,7 @@ else:
 
 seed_table = view.seed_reconciler(chosen)
 if not seed_table.empty:
-    st.subheader("The seed's figures, reconciled")
+    st.subheader("The original study's figures, set right")
     st.caption(view.SEED_RECONCILER_NOTE)
     st.dataframe(seed_table, hide_index=True, key="compare_seed")
 

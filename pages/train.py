@@ -39,20 +39,20 @@ def settings(specs: dict, models: Path) -> dict:
     spec = specs[arch]
     st.caption(spec.description)
     cols = st.columns(4)
-    # Keys carry the architecture, so switching it brings back its seed settings.
+    # Keys carry the architecture, so switching it brings back its own default settings.
     epochs = cols[0].number_input("Epochs", 1, 500, int(spec.epochs), key=f"train_epochs_{arch}")
     batch = cols[1].number_input("Batch size", 1, 1024, int(spec.batch_size), key=f"train_batch_{arch}")
     size = cols[2].number_input("Image size (px)", 8, 512, int(spec.image_size), step=4,
                                 key=f"train_size_{arch}")
     channels = cols[3].selectbox("Channels", [1, 3], index=[1, 3].index(int(spec.channels)),
                                  key=f"train_channels_{arch}",
-                                 help="1: gray (same information, less compute); 3: the seed's duplicated gray.")
+                                 help="1: gray (same information, less compute); 3: the original study's duplicated gray.")
     cols = st.columns(4)
     lr = cols[0].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", key="train_lr")
     seed = cols[1].number_input("Seed", 0, 2**31 - 1, 0, key="train_seed",
                                 help="Seeds the split, the shuffling and the initial weights.")
     split = cols[2].selectbox("Validation split", ["patient", "image"], key="train_split",
-                              help="patient: no patient on both sides (honest); image: the seed's leaky split.")
+                              help="patient: no patient on both sides (honest); image: the original study's leaky split.")
     val_fraction = cols[3].number_input("Validation share", 0.05, 0.5,
                                         0.2 if split == "patient" else 0.25, step=0.05,
                                         key=f"train_val_fraction_{split}")
@@ -74,7 +74,7 @@ def settings(specs: dict, models: Path) -> dict:
                      f"{int(table['params'].sum()):,} parameters"):
         st.dataframe(table, hide_index=True, key="train_layers")
     per_epoch = train_view.seconds_per_epoch(runs.list_runs(models), arch, int(size), int(channels))
-    st.caption(f"Seed settings: {spec.epochs} epochs, batch {spec.batch_size}, "
+    st.caption(f"Default settings: {spec.epochs} epochs, batch {spec.batch_size}, "
                f"{spec.image_size}×{spec.image_size}×{spec.channels}. "
                + (f"On this machine an epoch has taken about {common.format_seconds(per_epoch)}."
                   if per_epoch else "No completed run of this setup yet, so no epoch time to show."))

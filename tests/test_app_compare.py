@@ -64,7 +64,7 @@ def test_compare_shows_metrics_on_validation_and_test_without_writing_the_runs(
     for column, key in (("sensitivity", "sensitivity"), ("specificity", "specificity"),
                         ("ROC AUC", "roc_auc"), ("operating threshold", "threshold")):
         assert validation.loc[run_id, column] == pytest.approx(saved["validation"][key])
-    assert validation.loc[run_id, "seed micro-averaged recall"] == pytest.approx(saved["seed_micro_recall"])
+    assert validation.loc[run_id, "original study's recall (micro-averaged)"] == pytest.approx(saved["seed_micro_recall"])
     assert validation.loc[run_id, "parameters"] == saved["params"]
     assert validation.loc[run_id, "epochs"] == str(saved["epochs_run"])
     assert view.best_rows(validation.reset_index())["sensitivity"] == [list(validation.index).index(run_id)]
@@ -141,9 +141,9 @@ def test_health_stress_calibration_and_seed_figures_are_shown(monkeypatch, synth
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     reliability = [c for c in charts if "Reliability" in json.dumps(c.get("layout", {}).get("title", ""))]
     assert reliability and any("ECE 0.123" in (t.get("name") or "") for t in reliability[0]["data"])
-    seed = table_with(at, "seed's 'recall' (micro-averaged, 0.5)").set_index("run")
-    assert seed.loc[run_id, "seed's 'recall' (micro-averaged, 0.5)"] == pytest.approx(m["seed_micro_recall"])
-    assert seed.loc[run_id, "seed notebook: val 'recall'"] == pytest.approx(0.9702)  # baseline's
+    seed = table_with(at, "the study's 'recall' (micro-averaged, 0.5)").set_index("run")
+    assert seed.loc[run_id, "the study's 'recall' (micro-averaged, 0.5)"] == pytest.approx(m["seed_micro_recall"])
+    assert seed.loc[run_id, "as the study printed: validation 'recall'"] == pytest.approx(0.9702)  # baseline's
     assert not at.exception
 
 

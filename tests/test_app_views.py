@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from app import common, dataset_view, train_view
+from xray_core import runs
 
 INDEX = pd.DataFrame({
     "split": ["train", "train", "val", "test", "test"],
@@ -34,11 +36,28 @@ def test_format_seconds(seconds, text):
     assert common.format_seconds(seconds) == text
 
 
-def test_fmt_and_run_label():
+def test_fmt():
     assert common.fmt(None) == "–" and common.fmt(0.12345) == "0.123" and common.fmt("n/a") == "n/a"
-    info = SimpleNamespace(run_id="r1", config={"arch": "baseline"}, metrics={"validation": {"roc_auc": 0.9123}})
-    assert common.run_label(info) == "r1 · baseline · val AUC 0.912"
+
+
+def test_run_label_names_the_run_and_what_it_is_not_a_training_hospital_figure(tmp_path):
+    shipped = {r.run_id: common.run_label(r) for r in runs.list_runs(common.PROJECT_ROOT / "trained_models")}
+    assert shipped["default"] == "default — ensemble of 3 pneumonet, the bundled model"
+    assert shipped["seed-model3"] == "seed-model3 — the original study's model 3"
+    assert shipped["seed-baseline"] == "seed-baseline — the original study's baseline model"
+    trained = SimpleNamespace(run_id="r1", path=tmp_path / "r1", config={"arch": "baseline", "created": "2026-12-03T10:00"},
+                              metrics={"validation": {"roc_auc": 0.9123}})
+    assert common.run_label(trained) == "r1 — the original study's baseline model, trained 2026-12-03"
+    derived = tmp_path / "site-a"
+    derived.mkdir()
+    (derived / "model.json").write_text(json.dumps({"parent": "../default", "provenance": {
+        "films": {"NORMAL": 120, "PNEUMONIA": 180}}}))
+    info = SimpleNamespace(run_id="site-a", path=derived, metrics={"validation": {"roc_auc": 0.97}},
+                           config={"arch": "pneumonet", "members": [{}, {}, {}],
+                                   "derived_from": {"run": "default", "kind": "site recalibration"}})
+    assert common.run_label(info) == "site-a — default recalibrated on 300 films of a site"
     assert common.run_label(SimpleNamespace(run_id="r2", config={}, metrics=None)) == "r2"
+    assert not [label for label in [*shipped.values(), common.run_label(trained)] if "AUC" in label]
 
 
 def test_usable_runs_puts_default_first_then_the_newest(tmp_path):

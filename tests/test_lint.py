@@ -113,6 +113,7 @@ LONG_BUT_ONE_JOB = {
     "xray_core/runs.py": "the run folder: ids, status, liveness of its process, its files",
     "xray_core/data.py": "the dataset on disk: layout, index, patient split, cached loading",
     "xray_core/cli.py": "the command line: every command's arguments, in one place",
+    "xray_core/model.py": "the model of a run: what its folder says, its one forward pass, its networks",
 }
 
 

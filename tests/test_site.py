@@ -364,3 +364,20 @@ def test_viewer_mode_refuses_recalibrate_and_a_validation_report_but_prints_figu
 
     with pytest.raises(settings.ViewerModeError):
         site.recalibrate(models / tiny_run[1], site_films, out="viewer-site", root=models)
+
+
+def test_a_recalibrated_runs_figures_are_read_as_the_sites_cross_fitted_ones(derived, models, tiny_run):
+    """The report's and Diagnose's context lines, and the model pickers, say what a derived run is."""
+    from app import common
+    from xray_core import report, runs
+    from xray_core.model import load_model
+
+    model = load_model(derived)
+    lines = report.context_lines(model.metrics)
+    site_line = next(line for line in lines if "cross-fitted" in line)
+    assert site_line.startswith("The site's films, cross-fitted (60 films, 5 folds by patient")
+    assert f"{model.metrics['validation']['sensitivity']:.3f}" in site_line and f"{tiny_run[1]}'s" in site_line
+    assert not any("same hospital" in line for line in lines)
+    assert any("same hospital" in line for line in report.context_lines(load_model(models / tiny_run[1]).metrics))
+    listed = {r.run_id: r for r in runs.list_runs(models)}
+    assert common.run_label(listed["tiny-site"]) == f"tiny-site — {tiny_run[1]} recalibrated on 60 films of a site"

@@ -133,5 +133,6 @@ def test_compare_and_diagnose_list_a_site_calibrated_run(monkeypatch, folders):
     assert table.loc["tiny-site", "sensitivity"] == pytest.approx(saved["validation"]["sensitivity"])
     assert table.loc["tiny-site", "operating threshold"] == pytest.approx(saved["threshold"])
     at = open_page(monkeypatch, data, models, None, timeout=120)
-    assert any(o.startswith("tiny-site · ") for o in at.selectbox(key="diagnose_run").options)
+    labels = [o for o in at.selectbox(key="diagnose_run").options if o.startswith("tiny-site — ")]
+    assert labels == [f"tiny-site — {run_id} recalibrated on 48 films of a site"], at.selectbox(key="diagnose_run").options
     assert [r.run_id for r in runs.list_runs(models)] == [run_id, "tiny-site"]

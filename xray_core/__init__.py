@@ -7,11 +7,10 @@ importing this package (and the dashboard's first page) stays fast.
 import logging
 import os
 
-# TensorFlow enables its oneDNN CPU kernels by default only on some Intel CPUs. Elsewhere (the
-# AMD EPYC development machine) turning them on trained the seed models several times faster
-# with deterministic results (benchmarks/reports/epochs.md). TensorFlow reads this variable
-# when it is imported, so it is set here, before any xray_core module imports it; an explicit
-# setting by the user wins. GPUs are unaffected.
+# TensorFlow enables its oneDNN CPU kernels by default only on some Intel CPUs; elsewhere, turning
+# them on trains faster with deterministic results (benchmarks/reports/epochs.md). TensorFlow reads
+# this variable when it is imported, so it is set here, before any xray_core module imports it; an
+# explicit setting by the user wins. GPUs are unaffected.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 # Quiet by default: no TensorFlow, absl or CUDA lines on stderr (oneDNN and CPU-instruction

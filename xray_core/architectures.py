@@ -22,8 +22,8 @@ import numpy as np
 from keras import layers
 
 # XLA compilation of the train step. "auto" lets Keras compile with XLA where an accelerator is
-# present (GPU: no code change needed) and run plain graphs on CPU-only machines.
-# benchmarks/reports/epochs-ablation.md measured the alternatives side by side.
+# present (GPU: no code change needed) and run plain graphs on CPU-only machines, where XLA was
+# slower (benchmarks/reports/epochs-ablation.md).
 DEFAULT_JIT_COMPILE: bool | str = "auto"
 
 PNEUMONIA_THRESHOLD = 0.5
@@ -197,7 +197,7 @@ def check_input_shape(input_shape, min_size: int) -> tuple[int, int, int]:
         )
     if c not in (1, 3):
         raise ValueError(
-            f"channels must be 1 (gray) or 3 (the seed's duplicated gray); got {c} in "
+            f"channels must be 1 (gray) or 3 (the original study's duplicated gray); got {c} in "
             f"input_shape {input_shape!r}."
         )
     if h < min_size or w < min_size:
@@ -299,10 +299,9 @@ def build_pneumonet(*, input_shape=(128, 128, 1), widths=(16, 48, 96, 192), drop
     and contrast differences between films matter less; a plain 3x3 stride-2 stem and a 2x2 pool
     bring 128 px down to 32 px cheaply; then three blocks of separable 3x3 convolutions with
     batch normalisation (1, 2, 2 convs; 2x2 pools between blocks); global average pooling,
-    dropout and a single sigmoid unit. About 77k parameters at the default widths. Batch
-    normalisation uses momentum 0.9 instead of Keras' 0.99: with ~130 batches an epoch the
-    slower moving statistics lag the weights and squash validation scores towards 1 for the
-    first epochs. The last convolution, ``block3_sepconv2`` (8x8 at 128 px), is Grad-CAM's layer.
+    dropout and a single sigmoid unit. Batch normalisation uses momentum 0.9 instead of Keras'
+    0.99: with the hundred-odd batches of an epoch on this dataset, the slower moving statistics
+    lag the weights and squash validation scores towards 1 for the first epochs. The last convolution, ``block3_sepconv2`` (8x8 at 128 px), is Grad-CAM's layer.
     """
     check_input_shape(input_shape, ARCHITECTURES["pneumonet"].min_size)
     try:
@@ -349,21 +348,21 @@ def build_pneumonet(*, input_shape=(128, 128, 1), widths=(16, 48, 96, 192), drop
 ARCHITECTURES: dict[str, ArchSpec] = {
     "baseline": ArchSpec(
         name="baseline",
-        description=("The seed's baseline: one convolution layer (32 filters) and a small dense "
+        description=("The original study's baseline: one convolution layer (32 filters) and a small dense "
                      "layer. Fast to train; a reference point rather than a strong model."),
         epochs=5, batch_size=32, image_size=100, channels=1, output_units=2,
         builder=build_baseline, min_size=2,
     ),
     "model2": ArchSpec(
         name="model2",
-        description=("The seed's model 2: one wider convolution layer (128 filters), coarser "
+        description=("The original study's model 2: one wider convolution layer (128 filters), coarser "
                      "pooling and two dense layers. About twice the baseline's parameters."),
         epochs=5, batch_size=32, image_size=100, channels=1, output_units=2,
         builder=build_model2, min_size=4,
     ),
     "model3": ArchSpec(
         name="model3",
-        description=("The seed's model 3, the one its README picked: a 256-filter convolution "
+        description=("The original study's model 3, the one it picked: a 256-filter convolution "
                      "followed by per-pixel dense layers and dropout. Slow to start learning "
                      "(predicts one class for the first epochs)."),
         epochs=10, batch_size=64, image_size=100, channels=1, output_units=2,
@@ -371,7 +370,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     ),
     "model4": ArchSpec(
         name="model4",
-        description=("The seed's model 4, its deepest: three convolution layers with per-pixel "
+        description=("The original study's model 4, its deepest: three convolution layers with per-pixel "
                      "dense layers and dropout between them. Fewest parameters, slowest to train."),
         epochs=15, batch_size=64, image_size=100, channels=1, output_units=2,
         builder=build_model4, min_size=38,
@@ -404,7 +403,7 @@ def build(name: str, input_shape=(100, 100, 1), *, learning_rate: float = 1e-3,
 
     Targets are one-hot (N, 2) for 2-unit heads and (N, 1) for 1-unit heads (`encode_targets`).
     Compiled metrics are the pneumonia-column figures of `compile_metrics`.
-    `jit_compile=None` uses DEFAULT_JIT_COMPILE (the fastest setting measured by the benchmark).
+    `jit_compile=None` uses DEFAULT_JIT_COMPILE.
     Seed with `keras.utils.set_random_seed` before calling for reproducible initial weights.
     """
     spec = _spec(name)

@@ -2,8 +2,8 @@
 
 Two levels:
 
-- "mild": the first default's small perturbations (rotation +-5 deg, shift and zoom +-5..10 %,
-  brightness and contrast +-10 %).
+- "mild": small perturbations (rotation +-5 deg, shift and zoom +-5..10 %, brightness and
+  contrast +-10 %).
 - "strong": so that framing carries no information. Each film gets its own random affine map
   with independent vertical and horizontal zoom (0.80x..1.30x: tighter or looser collimation,
   a taller or wider chest), translation up to 10 %, rotation up to 7 deg, the uncovered margin
@@ -24,7 +24,7 @@ LEVELS = ("none", "mild", "strong")
 
 
 def check_level(level) -> str:
-    """True/False (the old flag) -> "mild"/"none"; a level name is returned as is."""
+    """True/False (augmentation on or off) -> "mild"/"none"; a level name is returned as is."""
     if level is True:
         return "mild"
     if level in (False, None):

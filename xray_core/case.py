@@ -51,7 +51,7 @@ class Assessment:
     verdict: str  # NORMAL or PNEUMONIA at the threshold (shown only when the gate lets it through)
     gate: gate_mod.GateResult
     uncertainty: uncertainty.Uncertainty
-    seen_in: str | None  # "training" / "validation" / "site calibration" when these bytes were used
+    seen_in: str | None  # "training" / "validation" / "site-calibration" when these bytes were used
     dicom: dict | None
     image: np.ndarray | None = dataclasses.field(repr=False)  # decoded 2-D uint8
     model_input: np.ndarray = dataclasses.field(repr=False)  # (h, w, c) float32
@@ -83,7 +83,20 @@ def refused(name: str, run_id: str, reason: str) -> dict:
 
 
 def read(source: Any, filename: str | None = None) -> Film:
-    """Decode a path or bytes into a Film; imaging.ImageDecodeError when it cannot be read."""
+    """Decode one file into a Film, with what the gate reads of its bytes.
+
+    Parameters
+    ----------
+    source : bytes, str or os.PathLike
+        The file's bytes (an upload, read in memory) or its path.
+    filename : str, optional
+        Names the file in messages (default: the path's name, or "upload").
+
+    Raises
+    ------
+    imaging.ImageDecodeError
+        With a sentence saying what was wrong with the file and what to upload instead.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
         raw = bytes(source)
         name = filename or "upload"
@@ -100,12 +113,24 @@ def read(source: Any, filename: str | None = None) -> Film:
 
 def assess_films(model, films: Sequence[Film], *, x: np.ndarray | None = None, scores: Scores | None = None,
                  gate="auto", conformal="auto") -> list[Assessment]:
-    """Assess films with one forward pass.
+    """Assess films with one forward pass: the one place a film's answer is made.
 
-    `x` is their prepared batch (default: `model.prepare_batch` of their images) and `scores`
-    its `model.forward(x)` when the caller already ran it (batch scoring overlaps the network
-    with this step). `gate` and `conformal` are the run's fitted rules ("auto": loaded; None:
-    none).
+    Parameters
+    ----------
+    model : model.Model
+    films : sequence of Film
+    x : ndarray of shape (n, h, w, c) float32, optional
+        Their prepared batch (default: `model.prepare_batch` of their images).
+    scores : model.Scores, optional
+        `model.forward(x)` when the caller already ran it (batch scoring overlaps the network
+        with this step).
+    gate, conformal : "auto", None or the fitted rule
+        The run's input gate and conformal rule: "auto" loads the run's, None checks without.
+
+    Returns
+    -------
+    list of Assessment
+        One per film, in order.
     """
     if not films:
         return []
@@ -141,7 +166,13 @@ def assess_prepared(model, x: np.ndarray, names: Sequence[str]) -> list[Assessme
 
 
 def assess(model, source: Any, filename: str | None = None, **kw) -> Assessment:
-    """Assess one file (path or bytes). Raises imaging.ImageDecodeError when it cannot be read."""
+    """Assess one file (path or bytes): `read`, then `assess_films`, whose options `kw` takes.
+
+    Raises
+    ------
+    imaging.ImageDecodeError
+        When the file cannot be read as an image.
+    """
     return assess_films(model, [read(source, filename)], **kw)[0]
 
 

@@ -136,8 +136,8 @@ def _hex_digest(length: int, name: str):
 
 def _add_data(p: argparse.ArgumentParser, *, help_default: str = "$XRAY_DATA_DIR") -> None:
     """The dataset folder, given the same way to every command: --data, else $XRAY_DATA_DIR."""
-    p.add_argument("--data", type=Path, default=Path(os.environ["XRAY_DATA_DIR"]) if os.environ.get("XRAY_DATA_DIR")
-                   else None, help=f"dataset folder in the Kermany layout (default: {help_default})")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   default=Path(os.environ["XRAY_DATA_DIR"]) if os.environ.get("XRAY_DATA_DIR") else None, help=f"dataset folder in the Kermany layout (default: {help_default})")
 
 
 def _add_json(p: argparse.ArgumentParser, what: str) -> None:
@@ -145,7 +145,7 @@ def _add_json(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_runs_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs-dir", type=Path,
+    p.add_argument("--runs-dir", type=Path, metavar="DIR",
                    help="run registry folder (default: $XRAY_MODELS_DIR, else a clone's trained_models/, "
                         "else the runs installed with the package)")
 
@@ -179,16 +179,17 @@ def _add_train(sub, common) -> None:
     p.add_argument("--arch", default="baseline", type=_architecture,
                    help="architecture: baseline, model2, model3, model4, pneumonet (default baseline)")
     _add_data(p, help_default="$XRAY_DATA_DIR; required unless --resume")
-    p.add_argument("--epochs", type=_positive_int, help="epochs (default: the architecture's seed setting)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs (default: the architecture's own setting)")
     p.add_argument("--batch-size", type=_positive_int,
-                   help="batch size (default: the architecture's seed setting)")
+                   help="batch size (default: the architecture's own setting)")
     p.add_argument("--image-size", type=_positive_int,
-                   help="square input size in pixels (default: the architecture's seed setting)")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="1 gray (default) or 3 (the seed's copies)")
+                   help="square input size in pixels (default: the architecture's own setting)")
+    p.add_argument("--channels", type=int, choices=(1, 3),
+                   help="1 gray (default) or 3 (the original study's copies of the gray)")
     p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 0.001)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, shuffling and weights (default 0)")
     p.add_argument("--split", choices=("patient", "image"), default="patient",
-                   help="train/validation split by patient (default) or by image (the seed's, leaky)")
+                   help="train/validation split by patient (default) or by image (the original study's, leaky)")
     p.add_argument("--val-fraction", type=_fraction,
                    help="validation share (default 0.2; 0.25 for --split image)")
     p.add_argument("--class-weight", choices=("balanced", "none"), default="none",
@@ -226,7 +227,7 @@ def _add_train(sub, common) -> None:
 
 def _check_train(args: argparse.Namespace) -> None:
     if args.widths and args.arch != "pneumonet":
-        raise UsageError(f"--widths sets pneumonet's widths; {args.arch} has the seed's fixed layers.")
+        raise UsageError(f"--widths sets pneumonet's widths; {args.arch} has the original study's fixed layers.")
     if args.preset and args.resume:
         raise UsageError("--preset continues by itself when run again; do not combine it with --resume.")
     if args.resume is None and args.data is None:
@@ -252,7 +253,7 @@ def _add_evaluate(sub, common) -> None:
     p = _command(
         sub, "evaluate", "xray_core.commands:_evaluate", common,
         help="metrics of a run on a split, at its operating threshold",
-        description="Evaluate a run on its validation split (rebuilt from its seed), the test folder or "
+        description="Evaluate a run on its own validation split (the list stored in the run), the test folder or "
                     "the official 16-image val folder. Results are cached in the run's metrics.json.",
     )
     p.add_argument("run", help="run id (or a path to a run folder)")
@@ -291,18 +292,19 @@ def _add_explain(sub, common) -> None:
     )
     p.add_argument("run", metavar="RUN", help="run id in the registry (see `xray runs`)")
     p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF or DICOM file")
-    p.add_argument("--out-dir", required=True, type=Path, help="folder to write the PNGs and explanation.json into")
+    p.add_argument("--out-dir", required=True, type=Path, metavar="DIR",
+                   help="folder to write the PNGs and explanation.json into")
     from xray_core.explain import lime as recipes  # its constants only (no TensorFlow, no lime)
 
     p.add_argument("--recipe", choices=list(recipes.RECIPES), default="dashboard",
                    help="LIME's settings: the dashboard's (default; as Diagnose and report explain) or the "
-                        "seed study's (quickshift, 1,000 random samples, black fill, the probability fitted)")
+                        "original study's (quickshift, 1,000 random samples, black fill, the probability fitted)")
     p.add_argument("--samples", type=_positive_int, default=None,
                    help=f"LIME samples (default: the recipe's, {recipes.DEFAULT_LIME['num_samples']} for the "
-                        "dashboard's, whose design takes a power of two; 1,000 for the seed's)")
+                        "dashboard's, whose design takes a power of two; 1,000 for the original study's)")
     p.add_argument("--segmentation", choices=recipes.SEGMENTATIONS, default=None,
                    help=f"superpixel method (default: the recipe's, {recipes.DEFAULT_LIME['segmentation']} for the "
-                        "dashboard's, quickshift for the seed's)")
+                        "dashboard's, quickshift for the original study's)")
     p.add_argument("--seed", type=int, default=0, help="seed for LIME sampling and segmentation")
     p.add_argument("--label", choices=("NORMAL", "PNEUMONIA"), default=None,
                    help="class to explain (default: PNEUMONIA, whatever the verdict)")
@@ -336,7 +338,7 @@ def _add_report(sub, common) -> None:
     )
     p.add_argument("run", metavar="RUN", help="run id (e.g. default) or a path to a run folder")
     p.add_argument("image", metavar="IMAGE", type=Path, help="PNG, JPEG, BMP, TIFF or DICOM file")
-    p.add_argument("--out", required=True, type=Path, help="the PDF file to write")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="the PDF file to write")
     _add_json(p, "what was written")
     from xray_core.explain import lime as recipes  # its constants only (no TensorFlow, no lime)
 
@@ -401,7 +403,7 @@ def _add_score(sub, common) -> None:
     )
     p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
     p.add_argument("input", type=Path, help="a folder (recursive), a .zip, or a text/CSV file listing paths")
-    p.add_argument("--out", type=Path, required=True, help="output file: .csv, or .parquet for Parquet")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file: .csv, or .parquet for Parquet")
     _add_runs_dir(p)
     p.add_argument("--workers", type=int, help="decoding processes (default: the CPUs available; 0: none)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="files per batch and per write (default 64)")
@@ -425,7 +427,8 @@ def _add_export(sub, common) -> None:
     )
     p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
     p.add_argument("--format", choices=("onnx", "litert"), required=True, help="onnx (model.onnx) or litert (model.tflite)")
-    p.add_argument("--out-dir", type=Path, required=True, help="folder to write the model file and model.json into")
+    p.add_argument("--out-dir", type=Path, required=True, metavar="DIR",
+                   help="folder to write the model file and model.json into")
     _add_runs_dir(p)
     _add_json(p, "what was written")
 
@@ -443,8 +446,9 @@ def _add_validate(sub, common) -> None:
     )
     p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
     p.add_argument("labels", type=Path, help="the labelled films: a folder, a zip or a CSV")
-    p.add_argument("--out-dir", type=Path, help="report folder to write (validation.json, films.csv, PNG figures, "
-                                                "report.pdf); without it the summary is only printed")
+    p.add_argument("--out-dir", type=Path, metavar="DIR",
+                   help="report folder to write (validation.json, films.csv, PNG figures, report.pdf); without it "
+                        "the summary is only printed")
     p.add_argument("--exclude-seen", action="store_true",
                    help="leave out films the run saw (its training, validation or site-calibration films)")
     _add_site_options(p)
@@ -477,7 +481,8 @@ def _add_recalibrate(sub, common) -> None:
     )
     p.add_argument("run", help="run id (e.g. default) or a path to a run folder")
     p.add_argument("labels", type=Path, help="the labelled films: a folder, a zip or a CSV (as for validate)")
-    p.add_argument("--out", required=True, help="the new run: a run id (made in the registry) or a path to a new run")
+    p.add_argument("--out", required=True, metavar="NEW_RUN",
+                   help="the new run: a run id (made in the registry) or a path to a new run")
     p.add_argument("--sensitivity", type=_fraction, default=0.95,
                    help="the threshold keeps at least this sensitivity on the site's films (default 0.95)")
     p.add_argument("--policy", choices=("sensitivity", "youden"), default="sensitivity",

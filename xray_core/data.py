@@ -1,8 +1,8 @@
 """Find a Kermany-layout chest X-ray dataset, index it, split it by patient, and load it as arrays.
 
-The seed split images at random, so one patient's radiographs fell on both sides of its
-validation split. Here the unit of splitting is the patient (parsed from the file name), and
-loading is fast enough to repeat: JPEG draft decoding, all cores, and a persistent cache that a
+A split of images at random puts one patient's radiographs on both sides of a validation split,
+which flatters every figure measured on it. Here the unit of splitting is the patient (parsed from
+the file name), and loading is fast enough to repeat: JPEG draft decoding, all cores, and a persistent cache that a
 second load of the same files reads without decoding anything.
 """
 
@@ -420,11 +420,8 @@ def _decode_all(paths: list[str], size: tuple[int, int], method: str, workers: i
 
 
 def _idle_workers() -> int:
-    """Cores not already busy (1-minute load average), at least 1.
-
-    Measured on a shared 2-core machine: with the other core busy, 2 workers (processes or
-    threads) took 1.3-1.7x the wall time and up to 1.9x the CPU of decoding in one process.
-    """
+    """Cores not already busy (1-minute load average), at least 1: a worker on a core that another
+    process holds only competes with it, and makes the load slower than decoding in one process."""
     cores = _cpu_count()
     try:
         load = os.getloadavg()[0]

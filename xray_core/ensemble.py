@@ -16,8 +16,8 @@ from pathlib import Path
 from xray_core import fileio, runs
 from xray_core.training import Progress, TrainConfig, train
 
-# The recipe of the bundled default (issue: hold up on new patients). Chosen on the shift-stress
-# validation; benchmarks/reports/generalization.md holds the ablation behind it.
+# The recipe of the bundled default, chosen to hold up on new patients: each choice on the
+# shift-stress validation (benchmarks/reports/generalization.md holds the ablation behind it).
 PRESETS: dict[str, dict] = {
     "default": {
         "arch": "pneumonet", "image_size": 192, "channels": 1, "epochs": 14, "batch_size": 32,

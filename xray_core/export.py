@@ -88,8 +88,26 @@ def _check_films(model, n: int = 8) -> np.ndarray:
 
 
 def export(run, *, fmt: str, out: str | os.PathLike, root: str | os.PathLike | None = None) -> dict:
-    """Write `out`/model.onnx or model.tflite and `out`/model.json for a run; returns what was
-    written and the largest difference from Model.forward on the check films."""
+    """Write a run as one self-contained file, `out`/model.onnx or model.tflite, and `out`/model.json.
+
+    Parameters
+    ----------
+    run : str, os.PathLike, runs.Run or model.Model
+        The run (an id in the models folder `root`, or a folder).
+    fmt : {"onnx", "litert"}
+    out : str or os.PathLike
+        The folder to write into (created if needed).
+
+    Returns
+    -------
+    dict
+        The files written and the largest difference from `Model.forward` on the check films.
+
+    Raises
+    ------
+    ExportError
+        For an unknown format, or a file that does not reproduce the model (then nothing is kept).
+    """
     from importlib.metadata import version
 
     from xray_core import __version__

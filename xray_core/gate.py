@@ -119,9 +119,9 @@ _PARSED_LOCK = threading.Lock()
 
 
 def _by_content(raw: bytes, parse):
-    """parse(raw), remembered by the bytes' hash: a verdict re-reads a run's gate.npz and
-    seen_hashes.txt (a fraction of a millisecond) but parses them once (7 and 2 ms), and a file
-    rewritten in place is parsed anew however quickly it changed."""
+    """parse(raw), remembered by the bytes' hash: every verdict re-reads a run's gate.npz and
+    seen_hashes.txt, which is cheap, but parses them once, since parsing is not; keyed by content
+    rather than mtime, so a file rewritten in place is parsed anew however quickly it changed."""
     key = (parse.__name__, hashlib.blake2b(raw, digest_size=16).digest())
     with _PARSED_LOCK:
         if key in _PARSED:
@@ -185,8 +185,7 @@ def intensity_stats(x: np.ndarray) -> np.ndarray:
 def _level_percentiles(cumulative: np.ndarray, q: Sequence[float]) -> np.ndarray:
     """(n, len(q)) percentiles of images of whole gray levels 0..255 from their cumulative
     histograms (n, 256): the same order statistics and linear interpolation as `np.percentile`
-    (bit for bit, tested), without sorting the pixels: with the histograms, 11 ms instead of 65 for
-    a batch of 64 films at 192 px on the 2-core development machine."""
+    (bit for bit, tested), without sorting the pixels, which is the costly part of a percentile."""
     m = int(cumulative[0, -1])
     virtual = (m - 1) * (np.asarray(q, np.float64) / 100)
     below = np.floor(virtual).astype(np.int64)
@@ -234,11 +233,25 @@ def feature_distance(features: np.ndarray, g: FittedGate) -> np.ndarray:
 
 def check(model, image: np.ndarray, *, saturation: float | None = None, dicom: dict | None = None,
           gate: FittedGate | None | str = "auto") -> GateResult:
-    """Gate one decoded 2-D uint8 image for `model` (an `xray_core.model.Model`).
+    """Whether one decoded film is a frontal chest X-ray `model` can read.
 
-    `saturation` is `imaging.colour_saturation` of the file (None: not measured); `dicom` is
-    `imaging.dicom_facts` of the file (None: not a DICOM). `gate="auto"` loads the run's fitted
-    gate; None runs only the simple checks.
+    Parameters
+    ----------
+    model : model.Model
+    image : ndarray of shape (height, width), uint8
+        The decoded film at its own size.
+    saturation : float, optional
+        `imaging.colour_saturation` of the file (None: not measured).
+    dicom : dict, optional
+        `imaging.dicom_facts` of the file (None: not a DICOM).
+    gate : "auto", None or FittedGate
+        "auto" loads the run's fitted gate; None runs only the simple checks.
+
+    Returns
+    -------
+    GateResult
+        `in_distribution`, the `ood_score` (above 1: further out than the validation films the
+        thresholds allow), a sentence per warning, and every figure measured.
     """
     return check_batch(model, [image], saturations=[saturation], dicoms=[dicom], gate=gate)[0]
 
@@ -247,11 +260,23 @@ def check_batch(model, images: Sequence[np.ndarray] | None = None, *, x: np.ndar
                 features: np.ndarray | None = None, saturations: Sequence[float | None] | None = None,
                 dicoms: Sequence[dict | None] | None = None, shapes: Sequence[tuple] | None = None,
                 gate: FittedGate | None | str = "auto") -> list[GateResult]:
-    """Gate many images at once (batch scoring): one forward pass for the features.
+    """`check` for many films at once (batch scoring): one forward pass for the features.
 
-    Pass the decoded `images`, or (cheaper) the prepared batch `x` (n, h, w, c) with the
-    original `shapes` (h, w) for the size checks; `features` saves the forward pass when the
-    caller has already computed `model.forward(x).features`.
+    Parameters
+    ----------
+    images : sequence of 2-D uint8 arrays, optional
+        The decoded films; or, cheaper, give `x` and `shapes`.
+    x : ndarray of shape (n, h, w, c) float32, optional
+        The prepared batch.
+    features : ndarray of shape (n, d), optional
+        `model.forward(x).features`, when the caller already ran the forward pass.
+    saturations, dicoms, shapes : sequences of length n, optional
+        Per film, as `check` takes them; `shapes` the original (height, width), for the size check.
+
+    Returns
+    -------
+    list of GateResult
+        One per film, in order.
     """
     if x is None:
         if images is None:

@@ -150,7 +150,7 @@ def _collapse_warning(share: float, cls: str, epoch: int | None, auc: float | No
         f"The model calls {share:.1%} of the validation images {cls} at threshold {threshold:g}: it "
         f"has collapsed onto one class.{ranking}",
         "Use class weights (--class-weight balanced), a lower learning rate (for example 1e-4) or "
-        "more epochs; some architectures (the seed's model 3) stay stuck for several epochs before "
+        "more epochs; some architectures (the original study's model 3) stay stuck for several epochs before "
         "they learn.",
     )
 

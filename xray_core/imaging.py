@@ -175,15 +175,28 @@ def read_bytes(data: bytes | str | os.PathLike | BinaryIO, filename: str | None 
 
 def decode(data: bytes | str | os.PathLike | BinaryIO, filename: str | None = None, *, max_pixels: int = MAX_PIXELS,
            max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
-    """Decode an image (bytes, a path or a binary file) to a 2-D uint8 gray array (height, width).
+    """Decode an image to a 2-D uint8 gray array, as a viewer shows it.
 
-    The format is recognised by content, not by the file name (a PNG named .jpg decodes);
-    `filename` only names the file in error messages. EXIF orientation is applied, colour is
+    The format is recognised by content, not by the file name (a PNG named .jpg decodes).
+    EXIF orientation is applied, colour is
     converted to gray (ITU-R 601 luma), transparency is composited on black and images of more than
     8 bits (16-bit PNG/TIFF, DICOM) are scaled to 0..255: DICOMs through their modality LUT or
     rescale and their VOI LUT or window (else their own minimum..maximum), shown white-on-black
     (MONOCHROME1 or a Presentation LUT Shape of INVERSE inverted; see `dicom.to_gray`), others over
     their own minimum..maximum.
+
+    Parameters
+    ----------
+    data : bytes, str, os.PathLike or binary file
+        The file (an upload is read in memory and never written to disk).
+    filename : str, optional
+        Names the file in error messages only.
+    max_pixels, max_bytes : int
+        Refuse larger images (a decompression-bomb guard) and larger files.
+
+    Returns
+    -------
+    ndarray of shape (height, width), uint8
 
     Raises
     ------
@@ -207,6 +220,15 @@ def decode_resized(data: bytes | str | os.PathLike | BinaryIO, size, *, method: 
     target (Pillow's draft mode), and the resize happens before any NumPy copy. The draft makes
     JPEG pixels differ from the full decode by a gray level or so on average; inference that
     wants the training pixels exactly can call this too.
+
+    Returns
+    -------
+    ndarray of shape `size` (height, width), uint8
+
+    Raises
+    ------
+    ImageDecodeError
+        As `decode`; ValueError for a size or method it does not know.
     """
     h, w = check_size(size)
     check_method(method)
@@ -328,9 +350,21 @@ def check_method(method: str) -> None:
 
 
 def resize(img: np.ndarray, size, method: str = "bilinear") -> np.ndarray:
-    """Squash a 2-D uint8 image to size (height, width) with Pillow, ignoring the aspect ratio.
+    """Squash a 2-D uint8 image to `size` with Pillow, ignoring the aspect ratio.
 
-    The seed and the 224 px dataset copy both squash, so the models expect squashed anatomy.
+    The original study and the 224 px dataset copy both squash, so the models expect squashed
+    anatomy.
+
+    Parameters
+    ----------
+    img : ndarray of shape (h0, w0), uint8
+    size : int or (height, width)
+    method : str
+        A key of RESIZE_METHODS ("nearest", "bilinear", "bicubic", ...).
+
+    Returns
+    -------
+    ndarray of shape (height, width), uint8
     """
     h, w = check_size(size)
     check_method(method)
@@ -345,7 +379,8 @@ def resize(img: np.ndarray, size, method: str = "bilinear") -> np.ndarray:
 
 
 def to_model_input(img: np.ndarray, size, *, channels: int = 1, method: str = "bilinear") -> np.ndarray:
-    """Resize and return float32 (h, w, channels) in 0..255: models rescale inside themselves."""
+    """A decoded gray image as a model's input: float32 of shape (height, width, channels) in
+    0..255 (the networks rescale inside themselves; 3 channels are copies of the gray)."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     small = resize(img, size, method).astype(np.float32)[..., None]
@@ -397,8 +432,7 @@ def colour_saturation(data: bytes | str | os.PathLike | BinaryIO, filename: str 
             try:
                 if im.format == "JPEG":
                     # the smallest DCT scale with a side of at least side / 2: a 224 px film decodes
-                    # at 112 px and needs no resampling, which cost more than the decode itself
-                    # (0.8-1.3 ms against 0.55 ms per 224 px film on the development machine)
+                    # at 112 px and needs no resampling, which would cost more than the decode itself
                     im.draft("RGB", (side // 2, side // 2))
                 im.load()
                 small = im.convert("RGB")
@@ -415,9 +449,8 @@ _CHROMA_MIN = 0.12 * 255.0
 
 def _coloured_share(rgb: np.ndarray) -> float:
     """Share of pixels whose chroma exceeds 0.12 of full scale. For 8-bit pixels the channels are
-    compared as uint8: a max and a min over three slices, 0.05 ms for a 128 px copy where reducing a
-    float copy over its last axis took 1.9 ms, and exact, since an integer chroma c exceeds 30.6
-    when c >= 31."""
+    compared as uint8 (a max and a min over three slices, far cheaper than reducing a float copy
+    over its last axis), which is exact, since an integer chroma c exceeds 30.6 when c >= 31."""
     rgb = np.asarray(rgb)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     chroma = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)

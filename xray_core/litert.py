@@ -24,7 +24,7 @@ import numpy as np
 BACKENDS = ("auto", "litert", "tensorflow")
 ENV = "XRAY_BACKEND"
 PROGRAM_FORMAT = "members-proba+features/v1"  # what the program computes, part of its cache key
-CHUNK = 8  # images per invoke: 4-8 run fastest on 2 CPU cores; larger ones only miss the caches
+CHUNK = 8  # images per invoke: small enough that a batch's activations stay in the CPU caches
 _INTERPRETERS_KEPT = 6  # batch sizes with a ready interpreter (a full batch and a few tails)
 
 

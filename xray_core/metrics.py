@@ -102,11 +102,23 @@ def binary_metrics(y_true, y_score, *, threshold: float = 0.5) -> dict:
 
     Parameters
     ----------
-    y_true : array (N,) of 0/1.
-    y_score : array (N,) pneumonia probability.
-    threshold : a score >= threshold is called PNEUMONIA.
+    y_true : array-like of shape (n,)
+        Labels, 0 NORMAL and 1 PNEUMONIA.
+    y_score : array-like of shape (n,)
+        P(pneumonia).
+    threshold : float
+        A score at or above it is called PNEUMONIA.
 
-    Returns a JSON-ready dict of floats/ints; AUCs are nan when only one class is present.
+    Returns
+    -------
+    dict
+        JSON-ready floats and ints (tn, fp, fn, tp, threshold, n too); a ratio without a
+        denominator is nan, and the AUCs are nan when only one class is present.
+
+    Raises
+    ------
+    MetricsInputError
+        For labels or scores of the wrong shape, values or lengths.
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -248,9 +260,21 @@ def bootstrap_ci(y_true, y_score, *, threshold: float, n_boot: int = 1000, seed:
                  level: float = 0.95) -> dict:
     """Percentile bootstrap confidence intervals, resampling images with replacement.
 
-    Returns {"sensitivity"|"specificity"|"accuracy"|"roc_auc": {"estimate", "low", "high"}}.
-    Resamples in which a figure is undefined (e.g. no pneumonia image drawn) are left out of
-    that figure's interval. Vectorised: all resamples are scored at once.
+    Parameters
+    ----------
+    y_true, y_score : array-like of shape (n,)
+        Labels (0/1) and P(pneumonia).
+    threshold : float
+        The operating threshold the verdicts are taken at.
+    n_boot, seed, level : int, int, float
+        Resamples (at least 10), their seed, and the interval's level.
+
+    Returns
+    -------
+    dict
+        {"sensitivity"|"specificity"|"accuracy"|"roc_auc": {"estimate", "low", "high"}}.
+        Resamples in which a figure is undefined (e.g. no pneumonia image drawn) are left out
+        of that figure's interval.
     """
     y = _check_labels(y_true)
     s = _check_scores(y_score, y.size)
@@ -323,13 +347,27 @@ def site_figures(y_true, y_score, *, threshold, groups=None, n_boot: int = 1000,
                  level: float = 0.95, n_bins: int = 15) -> dict:
     """A site acceptance test's figures with percentile bootstrap intervals over patients.
 
-    accuracy, sensitivity, specificity, PPV, NPV (at `threshold`), ROC AUC, the calibration
+    Accuracy, sensitivity, specificity, PPV, NPV (at `threshold`), ROC AUC, the calibration
     error (ECE, `n_bins` equal-width bins, as `stress.expected_calibration_error`) and the Brier
-    score. `threshold` is one number, or one per film (cross-fitted verdicts, each film at the
-    threshold fitted without its fold). `groups` holds a patient id per film: a resample draws
-    patients with all their films, since one patient's films are not independent; None draws
-    films. Returns {figure: {"estimate", "low", "high"}} plus "n", "clusters" and "n_clusters";
-    a figure undefined on a resample (no PNEUMONIA film drawn) is left out of its interval.
+    score.
+
+    Parameters
+    ----------
+    y_true, y_score : array-like of shape (n,)
+        Labels (0/1) and P(pneumonia).
+    threshold : float or array-like of shape (n,)
+        One number, or one per film (cross-fitted verdicts, each film at the threshold fitted
+        without its fold).
+    groups : array-like of shape (n,), optional
+        A patient id per film: a resample draws patients with all their films, since one
+        patient's films are not independent; None draws films.
+
+    Returns
+    -------
+    dict
+        {figure: {"estimate", "low", "high"}} (keys SITE_FIGURES) plus "n", "clusters" and
+        "n_clusters"; a figure undefined on a resample (no PNEUMONIA film drawn) is left out
+        of its interval.
     """
     y = _check_labels(y_true)
     s = _check_scores(y_score, y.size)

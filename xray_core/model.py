@@ -63,8 +63,11 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def calibrate(p: np.ndarray, temperature: float, bias: float = 0.0) -> np.ndarray:
-    """Platt scaling of probabilities: sigmoid(logit(p) / T + bias). T = 1 and bias = 0 change
-    nothing; bias = 0 is plain temperature scaling. Monotone (T > 0): it never reorders films."""
+    """Platt scaling of probabilities, ``sigmoid(logit(p) / temperature + bias)``.
+
+    Monotone for a temperature above 0, so it never reorders films; temperature 1 and bias 0 change
+    nothing, and bias 0 alone is temperature scaling. Returns float64 of the shape of `p`.
+    """
     if temperature == 1.0 and bias == 0.0:
         return np.asarray(p, dtype=np.float64)
     return sigmoid(logit(p) / float(temperature) + float(bias))
@@ -97,15 +100,21 @@ class Scores:
 
 
 class Model:
-    """A trained pneumonia model loaded from its run folder.
+    """A trained pneumonia model loaded from its run folder (use `load_model`, which shares them).
 
     The networks load lazily and once, thread-safely: the dashboard's sessions share one Model.
     On a machine without a GPU they run as the run's LiteRT program, and TensorFlow is never
     imported; `members` (the Keras networks, for Grad-CAM and conversion) imports it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The run folder.
+    spec : dict, optional
+        Replaces model.json (e.g. temperature 1 to score uncalibrated while fitting it).
     """
 
     def __init__(self, path: str | os.PathLike, *, spec: dict | None = None):
-        """`spec` replaces model.json (e.g. temperature 1 to score uncalibrated while fitting it)."""
         self.path = Path(path)
         self.run_id = self.path.name
         spec_path = self.path / SPEC_FILE
@@ -268,12 +277,27 @@ class Model:
         return x
 
     def forward(self, x: Any, *, batch_size: int = 256, throughput: bool = False) -> Scores:
-        """The one forward pass: a prepared batch (N, h, w, c) float32 0..255 (or a list of
-        decoded 2-D images) -> Scores. Every probability the product shows comes from here.
+        """The one forward pass: every probability the product shows comes from here.
 
-        `throughput=True` runs the batch on one core, so that as many batches as there are cores
-        run at once from different threads (batch scoring); the default spreads one batch over
-        every core (the lowest latency for one film). The numbers are the same either way."""
+        Parameters
+        ----------
+        x : ndarray of shape (n, h, w, c) float32 in 0..255, or a list of decoded 2-D images
+            A prepared batch at `input_size` and `channels` (see `prepare_batch`).
+        throughput : bool
+            Run the batch on one core, so that as many batches as there are cores run at once
+            from different threads (batch scoring); the default spreads one batch over every
+            core (the lowest latency for one film). The numbers are the same either way.
+
+        Returns
+        -------
+        Scores
+            Members' and calibrated probabilities and the gate's features of the n films.
+
+        Raises
+        ------
+        ModelError
+            For an array of another shape.
+        """
         x = self._as_batch(x)
         if len(x) == 0:
             empty = np.zeros((0, self.n_members), np.float64)
@@ -456,9 +480,20 @@ def _stamp(path: Path) -> float:
 
 
 def load_model(run: Any, *, root: str | os.PathLike | None = None, cache: bool = True) -> Model:
-    """The Model of a run: a run id (looked up in the registry `root`), a path to a run folder
-    (str or PathLike), or a `runs.Run`. Loaded models are shared per folder and reloaded when
-    the run's model.json or network changes."""
+    """The Model of a run, shared per folder and reloaded when its model.json or network changes.
+
+    Parameters
+    ----------
+    run : str, os.PathLike, runs.Run or Model
+        A run id (looked up in the registry `root`; see `runs.runs_root`) or a run folder.
+    cache : bool
+        False builds a Model of its own.
+
+    Raises
+    ------
+    runs.RunNotFound, runs.InvalidRunId
+        With a sentence naming the run and what to do (also for a missing network file).
+    """
     if isinstance(run, Model):
         return run
     if isinstance(run, runs.Run):

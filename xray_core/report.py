@@ -75,8 +75,16 @@ def context_lines(metrics: dict | None) -> list[str]:
                 interval = (f" (95 % CI {lo_hi[0]:.3f}-{lo_hi[1]:.3f})"
                             if lo_hi and None not in lo_hi else "")
                 parts.append(f"{key.replace('_', ' ')} {val[key]:.3f}{interval}")
-        out.append(f"Validation split ({val.get('n', '?')} films, patients apart from training): " + "; ".join(parts)
-                   + ". Films like these, from the same hospital; new sites will do worse.")
+        site = metrics.get("site") if isinstance(metrics.get("site"), dict) else None
+        if site is not None:  # a recalibrated run: its figures are the site's, not the training hospital's
+            parent = (metrics.get("parent") or {}).get("run_id") or "its parent"
+            out.append(f"The site's films, cross-fitted ({val.get('n', '?')} films, {site.get('folds', '?')} folds by "
+                       "patient, each measured with a calibration and threshold fitted on the others): "
+                       + "; ".join(parts) + f". The networks are {parent}'s, recalibrated on this site's films: "
+                       "figures for new patients of that site, on films like these.")
+        else:
+            out.append(f"Validation split ({val.get('n', '?')} films, patients apart from training): "
+                       + "; ".join(parts) + ". Films like these, from the same hospital; new sites will do worse.")
     return out
 
 

@@ -204,8 +204,30 @@ def _warnings(table: pd.DataFrame, counts: dict, *, run_id: str, fitting: bool =
 def validate(run, labels: str | os.PathLike, *, root: str | os.PathLike | None = None,
              out: str | os.PathLike | None = None, exclude_seen: bool = False, n_boot: int = 1000, seed: int = 0,
              workers: int = 0, progress: Progress | None = None) -> dict:
-    """Validate `run` on a label list: the report (a dict ready for JSON); with `out`, also the
-    report folder (validation.json, films.csv, PNG figures, report.pdf)."""
+    """Validate `run` on a site's labelled films: every film through `case.assess_films`, at the
+    run's threshold, measured with 95 % intervals over patients.
+
+    Parameters
+    ----------
+    run : str, os.PathLike, runs.Run or model.Model
+        The run (an id in the models folder `root`, or a folder).
+    labels : str or os.PathLike
+        A folder or zip with NORMAL/ and PNEUMONIA/ folders, or a CSV `path,label[,patient]`.
+    out : str or os.PathLike, optional
+        Also write the report folder (validation.json, films.csv, PNG figures, report.pdf).
+    exclude_seen : bool
+        Leave out the films the run was trained, validated or site-calibrated on.
+
+    Returns
+    -------
+    dict
+        The report, ready for JSON: counts, figures, warnings, ROC points, reliability bins.
+
+    Raises
+    ------
+    SiteError
+        For a label list it cannot use, or when no film can count in the figures.
+    """
     from xray_core import __version__, runs
     from xray_core.model import load_model
 
@@ -301,9 +323,32 @@ def cross_fit(table: pd.DataFrame, *, folds: int = DEFAULT_FOLDS, seed: int = 0,
 def site_fit(model, table: pd.DataFrame, *, labels: str = "a validation's films", sensitivity: float = 0.95,
              policy: str = "sensitivity", folds: int = DEFAULT_FOLDS, seed: int = 0, alpha: float = 0.1,
              n_boot: int = 1000) -> tuple[dict, dict, pd.DataFrame]:
-    """(fit, site figures, fitting films) of `model`'s networks on a films table: the final fit on
-    every counted film, the figures before (the run as it is) and after (cross-fitted). Writes
-    nothing; refused (SiteError) with too few films or settings it cannot use."""
+    """Fit `model`'s networks to a site's films, and measure the fit honestly. Writes nothing.
+
+    Parameters
+    ----------
+    model : model.Model
+    table : pandas.DataFrame
+        The films' rows, as `assess_label_list` makes them (or a validation's films.csv).
+    sensitivity, policy : float, {"sensitivity", "youden"}
+        How the threshold is chosen on the site's films.
+    folds : int
+        Folds by patient for the cross-fitted figures.
+
+    Returns
+    -------
+    fit : dict
+        temperature, bias, threshold and the conformal rule, fitted on every counted film.
+    site : dict
+        Counts, warnings, and the figures "before" (the run as it is) and "cross_fitted".
+    rows : pandas.DataFrame
+        The films the fit used.
+
+    Raises
+    ------
+    SiteError
+        With fewer than MIN_PER_CLASS films of a class, or settings it cannot use.
+    """
     if policy not in ("sensitivity", "youden"):
         raise SiteError(f"The threshold policy is 'sensitivity' or 'youden', not {policy!r}.")
     if not 0.5 <= float(sensitivity) < 1:
@@ -331,9 +376,29 @@ def recalibrate(run, labels: str | os.PathLike | None = None, *, out: str | os.P
                 root: str | os.PathLike | None = None, table: pd.DataFrame | None = None,
                 sensitivity: float = 0.95, policy: str = "sensitivity", folds: int = DEFAULT_FOLDS, seed: int = 0,
                 alpha: float = 0.1, n_boot: int = 1000, workers: int = 0, progress: Progress | None = None) -> dict:
-    """Fit `run` to a site's films and write the derived run `out` (a run id in the models folder
-    `root`, or a folder path); return its site figures, cross-fitted. `table`: the films' rows from
-    a validation (films.csv) instead of scoring `labels` again. Refused in viewer mode."""
+    """Fit `run` to a site's films without retraining and write the derived run `out`.
+
+    Parameters
+    ----------
+    run : str, os.PathLike, runs.Run or model.Model
+    labels : str or os.PathLike, optional
+        The site's label list (as `validate` reads it); or give `table`.
+    out : str or os.PathLike
+        A new run id in the models folder `root`, or a folder path; never overwritten.
+    table : pandas.DataFrame, optional
+        The films' rows from a validation (films.csv) instead of scoring `labels` again.
+
+    Returns
+    -------
+    dict
+        The new run's id and path, its calibration and threshold, and the site figures
+        (cross-fitted) as `site_fit` gives them.
+
+    Raises
+    ------
+    SiteError
+        As `site_fit`, or when `out` exists; settings.ViewerModeError in viewer mode.
+    """
     from xray_core import site_run
     from xray_core.model import load_model
 

@@ -24,7 +24,7 @@ from xray_core import imaging, metrics
 
 PLAIN = "plain"
 # The changes scored after every epoch to pick the best one (the full set is scored once, at the
-# end): the framing and habitus changes that moved the first default most, plus two intensity ones.
+# end): framing and habitus changes, which move a model's verdicts most, plus two intensity ones.
 SELECTION_CHANGES = ("crop_top_bottom_10", "crop_sides_10", "zoom_in_25", "zoom_out_10", "shift_down_10",
                      "taller_narrower", "narrower_15", "gamma_1.25", "blur")
 

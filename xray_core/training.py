@@ -122,8 +122,8 @@ def _dataset(x, y, w, batch_size: int, *, shuffle: bool, seed: int, augment: boo
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     # Training drops the last partial batch: one batch shape means one trace of the train step
-    # (a second shape costs a retrace, seconds on small data); the reshuffle each epoch means
-    # every image is still seen.
+    # (a second shape would cost a retrace); the reshuffle each epoch means every image is still
+    # seen.
     ds = ds.batch(batch_size, drop_remainder=shuffle and len(x) > batch_size)
     ds = augment_mod.augment_dataset(ds, augment_mod.check_level(augment), seed)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -73,7 +73,28 @@ class Conformal:
 
 def fit_conformal(y_true: Sequence[int], y_score: Sequence[float], *, alpha: float = DEFAULT_ALPHA,
                   source: str = "") -> Conformal:
-    """Split-conformal calibration from labels (0 NORMAL, 1 PNEUMONIA) and P(pneumonia) scores."""
+    """Split-conformal calibration from labelled films.
+
+    Parameters
+    ----------
+    y_true : sequence of int, shape (n,)
+        Labels, 0 NORMAL and 1 PNEUMONIA.
+    y_score : sequence of float, shape (n,)
+        P(pneumonia) of the same films.
+    alpha : float
+        1 - the coverage asked for (0.1: sets that hold the true class of 90 % of films).
+    source : str
+        What the films were, recorded with the rule.
+
+    Returns
+    -------
+    Conformal
+
+    Raises
+    ------
+    UncertaintyError
+        For labels or scores it cannot use, or too few films for the coverage asked.
+    """
     y = np.asarray(y_true).astype(int).ravel()
     s = np.asarray(y_score, np.float64).ravel()
     if len(y) != len(s):
@@ -170,7 +191,19 @@ class Uncertainty:
 
 def describe(p: float, threshold: float, conf: Conformal | None,
              member_p: Sequence[float] | None = None) -> Uncertainty:
-    """Uncertainty of one film with probability p (and its members' probabilities, if an ensemble)."""
+    """Uncertainty of one film, as shown beside its verdict.
+
+    Parameters
+    ----------
+    p : float
+        The film's calibrated P(pneumonia).
+    threshold : float
+        The run's operating threshold (a set that disagrees with the verdict is shown as uncertain).
+    conf : Conformal or None
+        The run's rule; None gives no prediction set.
+    member_p : sequence of float, optional
+        The ensemble members' calibrated P(pneumonia), for their spread.
+    """
     members = [float(v) for v in (member_p if member_p is not None else [p])]
     spread = std = None
     if len(members) > 1:
