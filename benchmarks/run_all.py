@@ -56,8 +56,8 @@ BENCHMARKS = (
     Benchmark("gate", "gate.py", ("--data", "{data_parent}"), (f"{REPORTS}/gate.md", f"{REPORTS}/gate.json")),
     Benchmark("forward", "forward.py", (), (f"{REPORTS}/forward.md", f"{REPORTS}/forward.json")),
     Benchmark("score", "score.py", ("--data", "{data_parent}"), (f"{REPORTS}/score.md", f"{REPORTS}/score.json")),
-    Benchmark("verdict_latency", "verdict_latency.py", (),
-              (f"{REPORTS}/verdict_latency.md", f"{REPORTS}/verdict_latency.json")),
+    Benchmark("load_clients", "load_clients.py", (),
+              (f"{REPORTS}/load_clients.md", f"{REPORTS}/load_clients.json")),
     Benchmark("mutation", "mutation.py", (), (f"{REPORTS}/mutation.md", f"{REPORTS}/mutation.json")),
 )
 
