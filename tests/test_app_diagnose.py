@@ -204,8 +204,8 @@ def test_result_zip_holds_the_panels_and_json(synthetic_dataset, tiny_run):
     raw = enlarged(image_bytes(synthetic_dataset, "test", "PNEUMONIA")[1])
     a = case.assess(model, raw, "film.png")
     result = explain.explain_film(model, a.image, num_samples=128, segmentation="slic", seed=1)
-    archive = zipfile.ZipFile(io.BytesIO(view.result_zip(result.panels, {**view.summary(a),
-                                                                          **view.explained_summary(result)})))
+    given = {**view.summary(a), **view.explained_summary(result)}
+    archive = zipfile.ZipFile(io.BytesIO(view.result_zip(result.panels, given)))
     names = sorted(archive.namelist())
     assert names == sorted(f"{k}.png" for k in ("full", "partial", "pros_cons", "heatmap", "gradcam")) + ["result.json"]
     summary = json.loads(archive.read("result.json"))
