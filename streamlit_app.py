@@ -1,7 +1,7 @@
 """The dashboard's entry point: page config, the shared sidebar, and the router over pages/.
 
-Run with `streamlit run streamlit_app.py`. Nothing here imports TensorFlow, so the app opens
-fast; a page imports it only when it needs a model.
+Run with `streamlit run streamlit_app.py`. The server process never imports TensorFlow, Keras or
+lime: verdicts run on LiteRT, and explanations in worker processes (`xray_core.explain.service`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import streamlit as st
 from streamlit.errors import StreamlitSecretNotFoundError
 
 from app.entry import entry_ran
-from app.runtime import keep_models_between_runs
 from xray_core import fileio, settings
 
 st.set_page_config(
@@ -20,9 +19,6 @@ st.set_page_config(
     page_icon=":material/radiology:",
     layout="wide",
 )
-
-# The cached models stay warm between runs (Streamlit would clear Keras' session after each).
-keep_models_between_runs()
 
 try:
     viewer = settings.viewer_mode()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xray_core.explain import png_bytes
+from xray_core.explain.panels import png_bytes
 from xray_core.fileio import to_jsonable
 from xray_core.report import RESEARCH_LINE, context_lines
 from xray_core.site_run import SITE_TOKEN
@@ -27,6 +27,7 @@ FAITHFULNESS_REPORT = ROOT / "benchmarks" / "reports" / "explain_faithfulness.js
 
 REFUSED_TITLE = "Not a chest X-ray this model can read"
 SHOW_ANYWAY = "Show the model's output anyway"
+EXPLANATIONS_OFF = "Explanations are switched off on this server; the verdict above stands on its own."
 
 PANEL_TITLES = {
     "full": "1 · Top superpixels",
@@ -167,28 +168,42 @@ def summary(assessment) -> dict:
     return {"file": assessment.name, **assessment.to_json()}
 
 
-def result_zip(images: dict[str, np.ndarray], summary_json: dict) -> bytes:
-    """A zip of named PNGs plus result.json, built in memory (nothing touches the disk)."""
+def result_zip(images: dict[str, Any], summary_json: dict) -> bytes:
+    """A zip of named PNGs (PNG bytes, or RGB arrays encoded here) plus result.json, built in
+    memory (nothing touches the disk)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, array in images.items():
-            archive.writestr(f"{name}.png", png_bytes(array))
+        for name, image in images.items():
+            archive.writestr(f"{name}.png", image if isinstance(image, bytes) else png_bytes(image))
         archive.writestr("result.json", json.dumps(to_jsonable(summary_json), indent=2, allow_nan=False))
     return buffer.getvalue()
 
 
-def explain_film(model: Any, img: np.ndarray, *, num_samples: int, segmentation: str, seed: int,
-                 progress=None, name: str = "") -> dict:
-    """LIME panels and Grad-CAM of P(pneumonia) for one film, as display data."""
-    from xray_core import explain
+def png_array(png: bytes) -> np.ndarray:
+    """An RGB array from PNG bytes (the report draws arrays)."""
+    from PIL import Image
 
-    settings = explain.lime_settings(num_samples=num_samples, segmentation=segmentation)
-    lime = explain.explain_lime(model, img, seed=seed, progress=progress, **settings)
-    drawn = explain.lime_panels(img, lime)
-    cam = explain.grad_cam(model, img)
-    panels = drawn.as_dict()
-    panels["gradcam"] = explain.make_overlay(img, cam.heatmap)
-    return {"lime": lime, "gradcam_overlay": panels["gradcam"], "panels": panels,
-            "panel_help": panel_help(drawn.legend.vmax, lime.scale), "notes": explanation_notes(lime, cam.layer, name),
-            "summary": {"lime": {**lime.to_dict(), "heatmap_legend": dataclasses.asdict(drawn.legend)},
-                        "gradcam": {"layer": cam.layer, "seconds": cam.seconds}}}
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def explained_summary(result) -> dict:
+    """The explanation's part of the download's JSON, from an `explain.Explained`."""
+    return {"lime": {**result.lime.to_dict(), "heatmap_legend": dataclasses.asdict(result.legend)},
+            "gradcam": {"layer": result.cam_layer, "seconds": result.cam_seconds}}
+
+
+def waiting_line(status) -> tuple[str, float]:
+    """What the panel area says while the explanation waits or runs, and how far it is (0..1)."""
+    if status.state == "queued":
+        if status.ahead:
+            return f"Explanations queued: {status.ahead} ahead.", 0.0
+        return "Explanation starting…", 0.0
+    if status.state == "running" and status.total:
+        if status.done >= status.total:
+            return "Explaining: drawing the panels (Grad-CAM)…", 1.0
+        return f"Explaining: LIME, {status.done} of {status.total} samples.", status.done / status.total
+    return "Explanation starting…", 0.0
+
+
+def failed_line(message: str) -> str:
+    return f"No explanation for this film: {message}"

@@ -42,7 +42,7 @@ BENCHMARKS = (
     Benchmark("forward", (), "forward"),
     Benchmark("score", ("--data", "{data_parent}", "--int8"), "score"),
     Benchmark("cold_start", ("--baseline", "dca2f7d"), "cold_start"),
-    Benchmark("verdict_latency", (), "verdict_latency"),
+    Benchmark("load_clients", (), "load_clients"),
     Benchmark("site_check", ("--data", "{data}"), "site_check"),
 )
 

@@ -1,14 +1,18 @@
 """Diagnose: one chest X-ray in; first whether the model can read it and its answer, then why.
 
-The verdict (gate, prediction, probability, threshold, prediction set, context) is drawn first,
-from one forward pass; the LIME panels and Grad-CAM fill in afterwards in their own fragment.
-The upload is decoded from memory and never written to disk; results live in this browser
-session only. Models come from `load_model`, one per run shared by every session, never changed.
+The verdict (gate, prediction, probability, threshold, prediction set, context) is computed here,
+at once, from one forward pass on LiteRT, and drawn first. The explanation (LIME panels and
+Grad-CAM) is a job for the server's explanation workers (`xray_core.explain.service`): the page
+asks for it, says where it stands while it waits or runs (a fragment that polls), and draws it
+when it is done. Another film, another model or leaving the page drops the job. The upload is
+decoded from memory and never written to disk; results live in this browser session only.
+Models come from `load_model`, one per run shared by every session, never changed.
 """
 
 from __future__ import annotations
 
-import time
+import hashlib
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -17,10 +21,13 @@ import streamlit as st
 from app import common
 from app import diagnose_view as view
 from app.entry import require_entry
-from xray_core import case, data, explain, imaging, runs
+from xray_core import case, data, explain, imaging, runs, settings
+from xray_core.explain import service
 from xray_core.model import load_model
 
 require_entry()  # first: no page runs unless streamlit_app.py ran first (app/entry.py)
+
+POLL_SECONDS = 0.25  # how often a waiting page asks where its explanation stands
 
 
 @st.cache_data(show_spinner=False)
@@ -84,7 +91,7 @@ def pick_image():
     return name, Path(rows.loc[rows["filename"] == name, "path"].iloc[0]).read_bytes()
 
 
-def settings() -> dict:
+def explanation_settings() -> dict:
     with st.expander("Explanation settings"):
         cols = st.columns(3)
         samples = cols[0].select_slider("LIME samples", list(explain.LIME_SAMPLE_CHOICES),
@@ -127,44 +134,117 @@ def show_verdict(a, metrics: dict) -> bool:
     return shown
 
 
-@st.fragment
-def explanations(key: tuple, model, a, options: dict, metrics: dict) -> None:
-    """LIME and Grad-CAM of P(pneumonia), filled in after the verdict, with the downloads."""
-    store = st.session_state.setdefault("diagnose_explained", {})
-    if key not in store:
-        # A moment for the server's event loop to send the verdict before LIME takes the CPU.
-        time.sleep(0.15)
-        with st.spinner("Explaining the probability of pneumonia (LIME and Grad-CAM)…"):
-            try:
-                result = view.explain_film(model, a.image, name=a.name, **options)
-            except explain.ExplainError as exc:  # settings this film cannot take, e.g. too few samples
-                st.error(f"No explanation with these settings: {exc}")
-                return
-        store.clear()  # keep only the latest explanation in the session
-        store[key] = result
-    result = store[key]
+def owner() -> str:
+    """This browser session, as the explanation service knows it."""
+    return st.session_state.setdefault("diagnose_owner", uuid.uuid4().hex)
+
+
+def read_film(name: str, raw: bytes) -> case.Film:
+    """The decoded film, decoded once per file for this session (reruns reuse it)."""
+    digest = hashlib.sha256(raw).hexdigest()
+    kept = st.session_state.get("diagnose_film")
+    if kept is not None and kept[0] == (digest, name):
+        return kept[1]
+    film = case.read(raw, name)
+    st.session_state["diagnose_film"] = ((digest, name), film)
+    return film
+
+
+def explainer(*, quiet: bool = False):
+    """The server's explanation service, or None when explanations are switched off (said unless
+    `quiet`)."""
+    try:
+        workers = settings.limit("explain_workers")
+    except settings.SettingsError as exc:
+        if not quiet:
+            st.error(f"The server's settings cannot be used: {exc}")
+        return None
+    if workers == 0:
+        if not quiet:
+            st.info(view.EXPLANATIONS_OFF)
+        return None
+    return service.shared(workers=workers)
+
+
+def drop_explanation() -> None:
+    """No explanation wanted any more on this page (no film, or a refused one)."""
+    running = service.existing()
+    if running is not None:
+        running.drop(owner())
+
+
+def ask(svc, key, run_path, film: case.Film, options: dict, *, retry: bool = False):
+    ticket = svc.submit(owner(), key, run_path, film.image, options, retry=retry)
+    return svc.status(ticket, owner=owner())
+
+
+def explanations(film: case.Film, a, model, options: dict, metrics: dict) -> None:
+    """LIME and Grad-CAM of P(pneumonia): drawn when done, else where the job stands."""
+    svc = explainer()
+    if svc is None:
+        return
+    key = explain.JobKey.of(film.sha256, model.fingerprint, options)
+    st.session_state["diagnose_explain_key"] = key
+    kept = st.session_state.get("diagnose_explained")
+    if kept is not None and kept.key == key:
+        show_explanation(kept, a, metrics)
+        return
+    retry = st.session_state.pop("diagnose_retry", False)
+    status = ask(svc, key, model.path, film, options, retry=retry)
+    if status.state == "done" and status.result.key == key:
+        st.session_state["diagnose_explained"] = status.result
+        show_explanation(status.result, a, metrics)
+    elif status.state == "failed":
+        st.error(view.failed_line(status.message))
+        if st.button("Try again", key="diagnose_retry_button"):
+            st.session_state["diagnose_retry"] = True
+            st.rerun()
+    else:
+        waiting(svc, key, model.path, film, options)
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def waiting(svc, key, run_path, film: case.Film, options: dict) -> None:
+    """Where the explanation stands, asked again every POLL_SECONDS; a full rerun draws it."""
+    if st.session_state.get("diagnose_explain_key") != key:
+        return  # the page has moved on to another film or model
+    status = ask(svc, key, run_path, film, options)
+    if status.state in ("done", "failed"):
+        st.rerun()
+    line, fraction = view.waiting_line(status)
+    st.progress(fraction, text=line)
+
+
+def show_explanation(result, a, metrics: dict) -> None:
+    """The five panels of `result` (the film's own: its key names the film's hash), their notes
+    and the downloads, built when clicked."""
     st.subheader("Why: what raises and lowers the probability of pneumonia")
-    panels = result["panels"]
-    names = list(panels)
-    for row in (names[:3], names[3:]):  # three per row: large enough to read
-        cols = st.columns(3)
-        for col, name in zip(cols, row):
-            col.image(panels[name], width="stretch")
-            col.markdown(f"**{view.PANEL_TITLES.get(name, name)}**")
-            col.caption(result["panel_help"].get(name, ""))
-    for note in result["notes"]:
-        st.caption(note)
-    if "pdf" not in result:  # built once per explanation, not on every rerun
+    helps = view.panel_help(result.legend.vmax, result.lime.scale)
+    with st.container(key=f"explained-{result.key.film[:16]}"):
+        names = list(result.panels)
+        for row in (names[:3], names[3:]):  # three per row: large enough to read
+            cols = st.columns(3)
+            for col, name in zip(cols, row):
+                col.image(result.panels[name], width="stretch")
+                col.markdown(f"**{view.PANEL_TITLES.get(name, name)}**")
+                col.caption(helps.get(name, ""))
+        for note in view.explanation_notes(result.lime, result.cam_layer, a.name):
+            st.caption(note)
+
+    def pdf() -> bytes:
         from xray_core import report
 
-        result["pdf"] = report.build_pdf(a, lime=result["lime"], gradcam_overlay=result["gradcam_overlay"],
-                                         metrics=metrics, show_anyway=not a.in_distribution)
-        result["zip"] = view.result_zip(panels, {**view.summary(a), **result["summary"]})
+        return report.build_pdf(a, lime=result.lime, gradcam_overlay=view.png_array(result.panels["gradcam"]),
+                                metrics=metrics, show_anyway=not a.in_distribution)
+
+    def panels_zip() -> bytes:
+        return view.result_zip(result.panels, {**view.summary(a), **view.explained_summary(result)})
+
     stem = Path(a.name).stem
     cols = st.columns(2)
-    cols[0].download_button("Download report (PDF)", data=result["pdf"], key="diagnose_pdf",
+    cols[0].download_button("Download report (PDF)", data=pdf, key="diagnose_pdf",
                             file_name=f"{stem}-{a.run_id}-report.pdf", mime="application/pdf")
-    cols[1].download_button("Download the panels (PNG) and JSON", data=result["zip"], key="diagnose_download",
+    cols[1].download_button("Download the panels (PNG) and JSON", data=panels_zip, key="diagnose_download",
                             file_name=f"{stem}-{a.run_id}-explained.zip", mime="application/zip")
 
 
@@ -173,14 +253,20 @@ models = common.resolve_folder(st.session_state.get("models_dir", "trained_model
 run_info = pick_run(models)
 if run_info is None:
     st.stop()
+explaining = explainer(quiet=True)
+if explaining is not None:
+    explaining.warm(run_info.path)  # the workers load this model before the first film comes
 chosen = pick_image()
-options = settings()
+options = explanation_settings()
 
-if chosen is not None:
+if chosen is None:
+    drop_explanation()
+else:
     name, raw = chosen
     try:
-        film = case.read(raw, name)
+        film = read_film(name, raw)
     except imaging.ImageDecodeError as exc:
+        drop_explanation()
         st.error(str(exc))
         st.stop()
     model = load_model(run_info.path)  # one Model per run and model.json, shared by every session
@@ -191,5 +277,9 @@ if chosen is not None:
         assessed[key] = case.assess_films(model, [film])[0]
     assessment = assessed[key]
     metrics = run_info.metrics or {}
-    if show_verdict(assessment, metrics):
-        explanations(key + tuple(sorted(options.items())), model, assessment, options, metrics)
+    with st.container(key=f"verdict-{film.sha256[:16]}"):
+        shown = show_verdict(assessment, metrics)
+    if shown:
+        explanations(film, assessment, model, options, metrics)
+    else:
+        drop_explanation()

@@ -64,7 +64,8 @@ def _healthy(base: str) -> bool:
 @contextmanager
 def streamlit_server(script: str | os.PathLike = "streamlit_app.py", *, env: dict | None = None,
                      log_path: str | os.PathLike | None = None, start_timeout: float = 90,
-                     cwd: str | os.PathLike = PROJECT, address: str | None = "127.0.0.1") -> Iterator[str]:
+                     cwd: str | os.PathLike = PROJECT, address: str | None = "127.0.0.1",
+                     launcher: str = "streamlit") -> Iterator[str]:
     """Serve `script` (relative to `cwd`, the project by default, so its .streamlit/config.toml
     applies) with `streamlit run` on `address` (None: whatever the config says) and a free port,
     reached through 127.0.0.1; yield the base URL once
@@ -72,12 +73,13 @@ def streamlit_server(script: str | os.PathLike = "streamlit_app.py", *, env: dic
 
     env: the server's whole environment (default: this process's). log_path: where its output
     goes (default: a temporary file); raises ServerDidNotStart with the log's tail when it exits
-    or does not answer within start_timeout seconds.
+    or does not answer within start_timeout seconds. launcher: the module run as
+    `python -m LAUNCHER run ...` (tests.server_probe wraps streamlit's).
     """
     port = free_port()
     log = open(log_path, "w+b") if log_path is not None else tempfile.TemporaryFile()
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+        [sys.executable, "-m", launcher, "run", str(script), "--server.headless", "true",
          *(["--server.address", address] if address is not None else []),
          "--server.port", str(port), "--browser.gatherUsageStats", "false"],
         cwd=cwd, env=dict(os.environ) if env is None else env, stdout=log, stderr=subprocess.STDOUT,
@@ -117,6 +119,19 @@ def chromium() -> Iterator:
 
 
 # ------------------------------------------------------------------- reading a Streamlit page
+
+# Diagnose's verdicts and explanations on screen that are not greyed out as stale (Streamlit marks
+# the elements of a finished run stale as soon as a new run is asked for): the page keys their
+# containers by the film's hash, `verdict-<16 hex>` and `explained-<16 hex>`. Each with its
+# film's hash, and for an explanation how many of its panels have loaded.
+SHOWN_FILMS = """() => [...document.querySelectorAll('[class*="st-key-explained-"], [class*="st-key-verdict-"]')]
+  .filter(box => box.querySelector('[data-testid="stElementContainer"]:not([data-stale="true"])'))
+  .map(box => {
+    const name = [...box.classList].find(c => /^st-key-(explained|verdict)-/.test(c));
+    return {kind: name.split('-')[2], film: name.split('-')[3],
+            loaded: [...box.querySelectorAll('[data-testid="stImage"] img')]
+                    .filter(img => img.complete && img.naturalWidth > 0).length};
+  })"""
 
 
 def new_page(browser, timeout_ms: int = 90_000):

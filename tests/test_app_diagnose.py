@@ -1,4 +1,8 @@
-"""AppTest of the Diagnose page: upload -> prediction and panels; bad files; DICOM; privacy."""
+"""AppTest of the Diagnose page: upload -> prediction and panels; bad files; DICOM; privacy.
+
+The explanation is computed by the server's explanation worker (a real process), so a test reruns
+the page until its panels, or the sentence saying why there are none, are shown.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import io
 import json
 import shutil
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -15,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.apptest_helpers import APP, open_page
 from app import diagnose_view as view
-from xray_core import imaging
+from xray_core import explain, imaging
 from xray_core.model import load_model
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -74,6 +79,17 @@ def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
+def explained(at: AppTest, timeout: float = 240) -> AppTest:
+    """Rerun the page until the explanation's five panels, or its refusal, are on it."""
+    deadline = time.monotonic() + timeout
+    while len(at.image) < 5 and not any(e.value.startswith("No explanation") for e in at.error):
+        assert not at.exception, at.exception
+        assert time.monotonic() < deadline, f"no explanation within {timeout:g} s"
+        time.sleep(0.25)
+        at.run()
+    return at
+
+
 def test_upload_shows_verdict_panels_then_error_then_works_again(diagnose, synthetic_dataset, tiny_run):
     at = diagnose
     runs_root, run_id = tiny_run
@@ -97,11 +113,12 @@ def test_upload_shows_verdict_panels_then_error_then_works_again(diagnose, synth
     assert any(c.startswith("Validation split (") for c in captions)  # the figures, named
     assert any("Research software, not a medical device" in c for c in captions)
     assert any("no fitted input gate" in i.value for i in at.info)  # said, not hidden
+    explained(at)
     assert len(at.image) == 5  # the four LIME panels and Grad-CAM
     titles = [m.value for m in at.markdown]
     for title in view.PANEL_TITLES.values():
         assert f"**{title}**" in titles
-    assert any("probability of pneumonia" in c for c in captions)
+    assert any("probability of pneumonia" in c.value for c in at.caption)
     labels = [b.label for b in at.get("download_button")]
     assert "Download report (PDF)" in labels
 
@@ -137,7 +154,23 @@ def test_unreadable_film_is_refused_until_asked(diagnose, synthetic_dataset, tin
     assert not at.exception
     assert any("not made for this image" in w.value for w in at.warning)
     assert metric(at, "Probability of pneumonia") == f"{expected_probability(runs_root, run_id, raw):.3f}"
+    explained(at)
     assert len(at.image) == 5
+
+
+def test_with_explanations_switched_off_the_verdict_stands_alone(monkeypatch, synthetic_dataset, tiny_run):
+    """explain_workers = 0 (XRAY_MAX_EXPLAIN_WORKERS): the verdict, a sentence saying so, no panels
+    and no job asked of the workers."""
+    monkeypatch.setenv("XRAY_MAX_EXPLAIN_WORKERS", "0")
+    runs_root, run_id = tiny_run
+    at = open_page(monkeypatch, synthetic_dataset, runs_root, timeout=180)
+    _, raw = image_bytes(synthetic_dataset, "test", "PNEUMONIA")
+    at.file_uploader(key="diagnose_upload").set_value(("film.png", enlarged(raw), "image/png")).run()
+    assert not at.exception and not at.error
+    assert "Probability of pneumonia" in [m.label for m in at.metric]
+    assert view.EXPLANATIONS_OFF in [i.value for i in at.info]
+    assert len(at.image) == 0 and not at.get("progress")
+    assert "diagnose_explain_key" not in at.session_state  # no explanation was asked for
 
 
 def test_dicom_upload_shows_its_facts_and_dataset_pick(diagnose, synthetic_dataset, tiny_run):
@@ -170,8 +203,9 @@ def test_result_zip_holds_the_panels_and_json(synthetic_dataset, tiny_run):
     model = load_model(run_id, root=runs_root)
     raw = enlarged(image_bytes(synthetic_dataset, "test", "PNEUMONIA")[1])
     a = case.assess(model, raw, "film.png")
-    result = view.explain_film(model, a.image, num_samples=128, segmentation="slic", seed=1)
-    archive = zipfile.ZipFile(io.BytesIO(view.result_zip(result["panels"], {**view.summary(a), **result["summary"]})))
+    result = explain.explain_film(model, a.image, num_samples=128, segmentation="slic", seed=1)
+    given = {**view.summary(a), **view.explained_summary(result)}
+    archive = zipfile.ZipFile(io.BytesIO(view.result_zip(result.panels, given)))
     names = sorted(archive.namelist())
     assert names == sorted(f"{k}.png" for k in ("full", "partial", "pros_cons", "heatmap", "gradcam")) + ["result.json"]
     summary = json.loads(archive.read("result.json"))
@@ -208,6 +242,7 @@ def test_diagnose_writes_nothing_to_disk(monkeypatch, synthetic_dataset, tiny_ru
     at.run()
     at.select_slider(key="diagnose_samples").set_value(256)
     at.file_uploader(key="diagnose_upload").set_value((name, raw, "image/jpeg")).run()
+    explained(at)
     assert not at.exception and not at.error and len(at.image) == 5
     at.file_uploader(key="diagnose_upload").set_value(("cut.jpg", raw[:200], "image/jpeg")).run()
     assert at.error and not at.exception
@@ -215,22 +250,3 @@ def test_diagnose_writes_nothing_to_disk(monkeypatch, synthetic_dataset, tiny_ru
     assert _files(models) == before_models
     assert sorted(p.name for p in private_tmp.rglob("*")) == []
     assert _files(PROJECT) - before_project == set()
-
-
-def test_settings_the_lime_design_cannot_take_are_said_in_place_of_the_panels(diagnose, synthetic_dataset,
-                                                                              monkeypatch):
-    """More superpixels than half the samples: the orthogonal design cannot be built. The verdict
-    stays; the explanation fragment says why there are no panels and what to change."""
-    from xray_core.explain import lime
-
-    monkeypatch.setitem(lime.DEFAULT_SEGMENTATION_PARAMS, "grid", {"rows": 12, "cols": 12})  # 144 superpixels
-    at = diagnose
-    at.select_slider(key="diagnose_samples").set_value(128)
-    at.selectbox(key="diagnose_segmentation").set_value("grid")
-    _, raw = image_bytes(synthetic_dataset, "test", "PNEUMONIA")
-    at.file_uploader(key="diagnose_upload").set_value(("film.png", enlarged(raw), "image/png")).run()
-    assert not at.exception, at.exception
-    errors = [e.value for e in at.error]
-    assert any(e.startswith("No explanation with these settings") and "power of two" in e for e in errors), errors
-    assert "Probability of pneumonia" in [m.label for m in at.metric]  # the verdict is still shown
-    assert len(at.image) == 0  # no panels

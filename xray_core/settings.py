@@ -17,6 +17,7 @@ small file), so a change applies without a restart.
     running_worklists = 1
     queued_worklists = 3
     upload_files = 500                           # films in one Worklist upload (or in its zip)
+    explain_workers = 1                          # Diagnose's explanation processes (0: no explanations)
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODES = ("full", "viewer")
 DEFAULT_LIMITS = {"running_trainings": 1, "queued_trainings": 3,
                   "running_worklists": 1, "queued_worklists": 3,
-                  "upload_files": 500}
+                  "upload_files": 500,
+                  # Diagnose's explanations run in this many worker processes, one film at a time
+                  # each, at a lower CPU priority than the verdicts; 0 switches explanations off.
+                  "explain_workers": 1}
 
 
 class SettingsError(ValueError):
