@@ -143,10 +143,16 @@ def new_page(browser, timeout_ms: int = 90_000):
 
 
 def wait_idle(page) -> None:
-    """Until Streamlit has finished the current script run."""
+    """Until Streamlit has finished the current script run. The status widget appears only some
+    hundred milliseconds into a run, so it must stay absent for a second before the run counts as done."""
     page.wait_for_selector('[data-testid="stApp"]')
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
+    absent = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+    for _ in range(120):
+        page.wait_for_function(absent, timeout=120_000)
+        page.wait_for_timeout(1000)
+        if page.evaluate(absent):
+            return
+    raise AssertionError("Streamlit did not finish its script run")
 
 
 def shot(page, name: str) -> None:

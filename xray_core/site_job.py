@@ -153,13 +153,14 @@ def _job_main(job_dir: str) -> int:
         site.validate(job["run_id"], job["labels"], root=job["models_root"], out=job_dir / REPORT_DIR,
                       exclude_seen=job.get("exclude_seen", False), workers=min(2, default_workers()),
                       progress=progress)
-        write(state="completed")
-        code = 0
+        outcome = {"state": "completed"}
     except (ValueError, OSError) as exc:  # a sentence for the page (SiteError, RunNotFound, ...)
-        write(state="failed", error=str(exc))
+        outcome = {"state": "failed", "error": str(exc)}
         print(f"error: {exc}", file=sys.stderr)
-        code = 1
     finally:
         if job.get("upload_folder") and Path(job["upload_folder"]).exists():
             shutil.rmtree(job["upload_folder"])
-    return code
+    # The final state is written after the upload is gone: a reader that sees "completed" or
+    # "failed" can rely on the patient films having been removed.
+    write(**outcome)
+    return 0 if outcome["state"] == "completed" else 1
