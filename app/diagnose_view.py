@@ -38,53 +38,60 @@ PANEL_TITLES = {
 }
 
 
-def faithfulness_line() -> str:
-    """The measured deletion-curve figure for the panels' help (empty when never measured); the
-    report is read again only when its file changes."""
+TRUST_TITLE = "How far to trust these panels"
+
+
+def trust_text() -> str:
+    """What the faithfulness report measured, in a few sentences, for the panels' one expander (empty
+    when never measured); the report is read again only when its file changes."""
     try:
         stamp = FAITHFULNESS_REPORT.stat()
     except FileNotFoundError:
         return ""
-    return _faithfulness_line(FAITHFULNESS_REPORT, stamp.st_mtime_ns, stamp.st_size)
+    return _trust_text(FAITHFULNESS_REPORT, stamp.st_mtime_ns, stamp.st_size)
 
 
 @functools.lru_cache(maxsize=2)
-def _faithfulness_line(path: Path, _mtime_ns: int, _size: int) -> str:
+def _trust_text(path: Path, _mtime_ns: int, _size: int) -> str:
     d = json.loads(path.read_text())
     areas = d.get("mean_deletion_area") or {}
     if not {"lime", "gradcam", "random"} <= set(areas):
         return ""
     fill = d.get("deletion_fill")
     filled = f" (filled with {fill}, as LIME hides them)" if fill else ""
-    line = (f" Measured on {d.get('n_images')} validation films of run {d.get('run')}: hiding regions{filled} in "
-            f"LIME's order lowers P(pneumonia) with a deletion area of {areas['lime']:.3f}, Grad-CAM's "
-            f"{areas['gradcam']:.3f}, a random order {areas['random']:.3f} (lower = more faithful).")
-    films = (d.get("stability") or {}).get("films") or []
+    text = ("Both methods show what the model relies on, not where the disease is. "
+            f"Measured on {d.get('n_images')} validation films of run {d.get('run')}: hiding regions{filled} in "
+            f"LIME's order lowers P(pneumonia) with a deletion area of {areas['lime']:.3f}, in Grad-CAM's "
+            f"{areas['gradcam']:.3f}, in a random order {areas['random']:.3f} (lower: the order found what the "
+            "model relies on).")
+    stability = d.get("stability") or {}
+    films = stability.get("films") or []
     if films:
-        line += (f" The top 5 regions stayed the same across 5 random seeds (overlap >= 0.8) on "
+        seeds = stability.get("seeds")
+        over = f" over {seeds} random seeds" if seeds else " over random seeds"
+        goal = stability.get("goal_jaccard")
+        overlap = f" (every pair's overlap at least {goal:g})" if goal else ""
+        text += (f" The top 5 regions stayed the same{over}{overlap} on "
                  f"{sum(bool(f.get('meets')) for f in films)} of {len(films)} films.")
         moved = [f for f in films if not f.get("meets")]
         tied = sum(bool(f.get("near_tie")) for f in moved)
         if tied:
-            line += (f" Where they moved ({tied} of {len(moved)} such films), the 5th and 6th regions weighed "
+            text += (f" Where they moved ({tied} of {len(moved)} such films), the 5th and 6th regions weighed "
                      "the same within LIME's precision: either could be shown.")
-    return line
+    return text
 
 
 def panel_help(vmax: float | None = None, scale: str = "probability") -> dict[str, str]:
     """One line per panel on how to read it. Every panel explains P(pneumonia), whatever the verdict;
     `scale` is what LIME fitted (LimeExplanation.scale), the unit of the heatmap's weights."""
     unit = "log-odds" if scale == "logit" else "probability"
-    scale = f" (scale ±{vmax:.3g} in {unit})" if vmax else ""
-    faith = faithfulness_line()
+    scale = f" (±{vmax:.3g})" if vmax else ""
     return {
-        "full": "Yellow outlines: the 2 regions that most raise the probability of pneumonia." + faith,
-        "partial": "Only those 2 regions, the rest blacked out: is the evidence for pneumonia in the lungs?",
-        "pros_cons": "The 5 strongest regions: green raises the probability of pneumonia, red lowers it." + faith,
-        "heatmap": f"Every region coloured by its weight on the {unit} of pneumonia: blue raises it, "
-                   f"red lowers it{scale}.",
-        "gradcam": "Grad-CAM of the probability of pneumonia: warm colours where the last convolutional "
-                   "layer saw evidence for pneumonia." + faith,
+        "full": "Yellow outlines: the 2 regions that most raise the probability of pneumonia.",
+        "partial": "Only those 2 regions, the rest blacked out: is the evidence in the lungs?",
+        "pros_cons": "The 5 strongest regions: green raises the probability of pneumonia, red lowers it.",
+        "heatmap": f"Each region's weight on the {unit} of pneumonia: blue raises it, red lowers it{scale}.",
+        "gradcam": "Warm colours: where the last convolutional layer saw evidence for pneumonia.",
     }
 
 

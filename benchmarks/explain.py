@@ -136,7 +136,7 @@ def faithfulness(model, paths: list[Path], steps: int, stability_films: int, see
     data = {"run": model.run_id, "n_images": len(per_image), "lime_settings": settings, "deletion_steps": steps,
             "deletion_fill": fill, "mean_deletion_area": areas["lime_fill"], "mean_deletion_area_black": areas["black"],
             "lime_beats_share": beats, "superpixels": {"min": int(min(n_sp)), "median": float(np.median(n_sp))},
-            "stability": {"films": stab, "share_meeting": float(np.mean([s["meets"] for s in stab])) if stab else None,
+            "stability": {"films": stab, "seeds": seeds, "goal_jaccard": GOAL_JACCARD, "share_meeting": float(np.mean([s["meets"] for s in stab])) if stab else None,
                           "median_jaccard_min": float(np.median([s["jaccard_min"] for s in stab])) if stab else None},
             "per_image": per_image}
     body = [f"Run `{model.run_id}`, {len(per_image)} of its validation films; the dashboard's recipe: "

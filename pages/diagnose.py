@@ -230,6 +230,10 @@ def show_explanation(result, a, metrics: dict) -> None:
                 col.caption(helps.get(name, ""))
         for note in view.explanation_notes(result.lime, result.cam_layer, a.name):
             st.caption(note)
+        trust = view.trust_text()
+        if trust:
+            with st.expander(view.TRUST_TITLE):
+                st.markdown(trust)
 
     def pdf() -> bytes:
         from xray_core import report

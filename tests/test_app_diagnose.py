@@ -119,6 +119,9 @@ def test_upload_shows_verdict_panels_then_error_then_works_again(diagnose, synth
     for title in view.PANEL_TITLES.values():
         assert f"**{title}**" in titles
     assert any("probability of pneumonia" in c.value for c in at.caption)
+    trust = [e for e in at.expander if e.label == view.TRUST_TITLE]
+    assert len(trust) == 1 and view.trust_text() in [m.value for m in trust[0].markdown]  # said once
+    assert sum("deletion area" in m.value for m in at.markdown) == 1
     labels = [b.label for b in at.get("download_button")]
     assert "Download report (PDF)" in labels
 

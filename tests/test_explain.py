@@ -593,27 +593,36 @@ def test_deletion_uses_the_fill_the_explanation_used(model, image):
     assert trust["deletion_curves"]["lime"]["probabilities"] == pytest.approx(mean_curve.probabilities)
 
 
-def test_panel_help_shows_the_measured_faithfulness_with_its_fill(tmp_path, monkeypatch):
-    """The panels' help quotes the faithfulness report: deletion areas, the fill they were measured
-    with, and how many films kept their top 5 across seeds; the shipped report is the one quoted."""
+def test_each_panel_has_one_line_and_the_measured_trust_is_said_once(tmp_path, monkeypatch):
+    """Under each panel one short line on how to read it; the faithfulness report (deletion areas, the
+    fill they were measured with, how many films kept their top 5 across seeds) is quoted once, in the
+    expander's text; the shipped report is the one quoted."""
     from app import diagnose_view as view
 
+    helps = view.panel_help(0.25, "logit")
+    assert set(helps) == set(view.PANEL_TITLES)
+    assert all(len(line) <= 100 and "deletion" not in line for line in helps.values()), helps
+    assert "log-odds" in helps["heatmap"] and "0.25" in helps["heatmap"]
+    assert "probability of pneumonia" in view.panel_help()["heatmap"]
+
     shipped = json.loads(view.FAITHFULNESS_REPORT.read_text())
-    assert f"{shipped['mean_deletion_area']['lime']:.3f}" in view.panel_help()["full"]
+    assert f"{shipped['mean_deletion_area']['lime']:.3f}" in view.trust_text()
     report = {"run": "r1", "n_images": 50, "deletion_fill": "each superpixel's mean",
               "mean_deletion_area": {"lime": 0.4321, "gradcam": 0.5, "random": 0.6},
-              "stability": {"films": [{"meets": True}, {"meets": False}, {"meets": True}]}}
+              "stability": {"seeds": 5, "goal_jaccard": 0.8,
+                            "films": [{"meets": True}, {"meets": False}, {"meets": True}]}}
     path = tmp_path / "faith.json"
     path.write_text(json.dumps(report))
     monkeypatch.setattr(view, "FAITHFULNESS_REPORT", path)
-    text = view.panel_help()["gradcam"]
+    text = view.trust_text()
     assert "0.432" in text and "each superpixel's mean" in text and "2 of 3 films" in text
+    assert "over 5 random seeds" in text and "at least 0.8" in text
     assert "within LIME's precision" not in text  # the film that moved was not a near-tie
     report["stability"]["films"] += [{"meets": False, "near_tie": True}]
     path.write_text(json.dumps(report))
-    assert "2 of 4 films" in view.panel_help()["full"] and "(1 of 2 such films)" in view.panel_help()["full"]
+    assert "2 of 4 films" in view.trust_text() and "(1 of 2 such films)" in view.trust_text()
     monkeypatch.setattr(view, "FAITHFULNESS_REPORT", tmp_path / "absent.json")
-    assert "deletion area" not in view.panel_help()["full"]
+    assert view.trust_text() == ""
 
 
 def test_lime_settings_give_diagnose_report_and_cli_one_recipe(model, image):
