@@ -218,6 +218,7 @@ def main(argv=None) -> int:
                         help=f"files per set (default {N_SMALL} and {N_LARGE}; fewer only to try the script)")
     args = parser.parse_args(argv)
     n_small, n_large = args.files
+    args.data = args.data.resolve()  # the listings hold these paths; a listing's relative paths are read from its folder
     small = sorted((args.data / "chest_xray" / "train").rglob("*.jpeg"))[:n_small]
     originals = sorted((args.data / "originals").rglob("*.jpeg"))
     with Bench("score", question="Is `xray score` at least twice as fast as a tf.data + Keras loop?") as bench, \
