@@ -13,23 +13,16 @@ import streamlit as st
 
 from app import common, compare_view, train_view
 from app.entry import refuse_in_viewer_mode, require_entry
-from xray_core import data, fileio, health, jobs, runs
+from xray_core import arch_catalog, data, fileio, health, jobs, runs
 
 require_entry()  # first: no page runs unless streamlit_app.py ran first (app/entry.py)
 
 
-@st.cache_data(show_spinner="Building the layer table…")
+@st.cache_data(show_spinner="Building the network to list its layers…")
 def layer_table(arch: str, size: int, channels: int) -> pd.DataFrame:
-    from xray_core import architectures
-
-    return architectures.layer_table(arch, (size, size, channels))
-
-
-@st.cache_resource(show_spinner=False)
-def architectures_registry() -> dict:
-    from xray_core import architectures
-
-    return dict(architectures.ARCHITECTURES)
+    """The layer table, built in a child process: the server never imports Keras (Streamlit clears a
+    Keras session, with a full garbage collection, after every script run of a process that has)."""
+    return train_view.layer_table_in_child(arch, size, channels)
 
 
 def settings(specs: dict, models: Path) -> dict:
@@ -69,10 +62,14 @@ def settings(specs: dict, models: Path) -> dict:
                          format_func={"sensitivity": "highest specificity with sensitivity ≥ 0.95",
                                       "youden": "Youden's J"}.get)
 
-    table = layer_table(arch, int(size), int(channels))
-    with st.expander(f"Layers of {arch} at {size}×{size}×{channels}: "
-                     f"{int(table['params'].sum()):,} parameters"):
-        st.dataframe(table, hide_index=True, key="train_layers")
+    try:
+        table = layer_table(arch, int(size), int(channels))
+    except ValueError as exc:  # a size the architecture cannot take: the library's sentence
+        st.warning(str(exc))
+    else:
+        with st.expander(f"Layers of {arch} at {size}×{size}×{channels}: "
+                         f"{int(table['params'].sum()):,} parameters"):
+            st.dataframe(table, hide_index=True, key="train_layers")
     per_epoch = train_view.seconds_per_epoch(runs.list_runs(models), arch, int(size), int(channels))
     st.caption(f"Default settings: {spec.epochs} epochs, batch {spec.batch_size}, "
                f"{spec.image_size}×{spec.image_size}×{spec.channels}. "
@@ -179,7 +176,7 @@ try:
 except fileio.PathNotAllowed as exc:
     st.error(str(exc))
     st.stop()
-options = settings(architectures_registry(), models)
+options = settings(dict(arch_catalog.CATALOG), models)
 if st.button("Start training", type="primary", key="train_start"):
     kind, text = start(models, options)
     getattr(st, kind)(text)

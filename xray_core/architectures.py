@@ -14,12 +14,14 @@ registers the pneumonia-column metrics, so import it before loading a saved ``mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import keras
 import numpy as np
 from keras import layers
+
+from xray_core.arch_catalog import CATALOG
 
 # XLA compilation of the train step. "auto" lets Keras compile with XLA where an accelerator is
 # present (GPU: no code change needed) and run plain graphs on CPU-only machines, where XLA was
@@ -345,46 +347,10 @@ def build_pneumonet(*, input_shape=(128, 128, 1), widths=(16, 48, 96, 192), drop
     return _assemble("pneumonet", input_shape, stack)
 
 
+_BUILDERS = {"baseline": build_baseline, "model2": build_model2, "model3": build_model3, "model4": build_model4,
+             "pneumonet": build_pneumonet}
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "baseline": ArchSpec(
-        name="baseline",
-        description=("The original study's baseline: one convolution layer (32 filters) and a small dense "
-                     "layer. Fast to train; a reference point rather than a strong model."),
-        epochs=5, batch_size=32, image_size=100, channels=1, output_units=2,
-        builder=build_baseline, min_size=2,
-    ),
-    "model2": ArchSpec(
-        name="model2",
-        description=("The original study's model 2: one wider convolution layer (128 filters), coarser "
-                     "pooling and two dense layers. About twice the baseline's parameters."),
-        epochs=5, batch_size=32, image_size=100, channels=1, output_units=2,
-        builder=build_model2, min_size=4,
-    ),
-    "model3": ArchSpec(
-        name="model3",
-        description=("The original study's model 3, the one it picked: a 256-filter convolution "
-                     "followed by per-pixel dense layers and dropout. Slow to start learning "
-                     "(predicts one class for the first epochs)."),
-        epochs=10, batch_size=64, image_size=100, channels=1, output_units=2,
-        builder=build_model3, min_size=4,
-    ),
-    "model4": ArchSpec(
-        name="model4",
-        description=("The original study's model 4, its deepest: three convolution layers with per-pixel "
-                     "dense layers and dropout between them. Fewest parameters, slowest to train."),
-        epochs=15, batch_size=64, image_size=100, channels=1, output_units=2,
-        builder=build_model4, min_size=38,
-    ),
-    "pneumonet": ArchSpec(
-        name="pneumonet",
-        description=("The bundled default model: a compact CNN for CPUs (per-image "
-                     "standardisation, a plain stem, separable convolutions with batch "
-                     "normalisation, global average pooling, one pneumonia output). 1 gray "
-                     "channel at 128 px; train with class weights, augmentation and early "
-                     "stopping (see trained_models/default/MODEL_CARD.md)."),
-        epochs=20, batch_size=32, image_size=128, channels=1, output_units=1,
-        builder=build_pneumonet, min_size=16,
-    ),
+    name: ArchSpec(**asdict(info), builder=_BUILDERS[name]) for name, info in CATALOG.items()
 }
 
 
