@@ -41,6 +41,7 @@ USER_ERRORS = {
     "xray_core.gate": ("GateError",),
     "xray_core.imaging": ("ImageDecodeError",),
     "xray_core.jobs": ("CapacityError",),
+    "xray_core.litert": ("BackendError",),
     "xray_core.metrics": ("MetricsInputError",),
     "xray_core.model": ("ModelError",),
     "xray_core.report": ("ReportError",),

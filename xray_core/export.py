@@ -117,6 +117,9 @@ def export(run, *, fmt: str, out: str | os.PathLike, root: str | os.PathLike | N
         raise ExportError(f"Unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
     model = load_model(run, root=root)
     folder = Path(out)
+    if folder.resolve() in (model.path.resolve(), Path(model.networks_dir).resolve()):
+        raise ExportError(f"{folder} is the run's own folder: the export's model.json would replace the run's. "
+                          "Give another --out-dir.")
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / FORMATS[fmt]
     fn = calibrated_function(model)
@@ -128,15 +131,19 @@ def export(run, *, fmt: str, out: str | os.PathLike, root: str | os.PathLike | N
         fileio.atomic_write_bytes(target, litert.convert(fn))
     x = _check_films(model)
     expected = model.forward(x).proba
-    got = (_run_onnx if fmt == "onnx" else _run_litert)(target, x)
+    try:
+        got = (_run_onnx if fmt == "onnx" else _run_litert)(target, x)
+    except BaseException:
+        target.unlink(missing_ok=True)  # an unchecked file is not kept
+        raise
     worst = float(np.abs(got - expected).max())
     if not worst <= TOLERANCE:
         target.unlink(missing_ok=True)
         raise ExportError(f"The exported {fmt} file gives probabilities up to {worst:.2g} away from the model's "
                           f"(allowed {TOLERANCE:g}); nothing was kept. Report this with the run and versions.")
     h, w = model.input_size
-    converter = {"onnx": f"tf2onnx {version('tf2onnx')} (opset {OPSET})",
-                 "litert": f"tensorflow {version('tensorflow')}"}[fmt]
+    converter = (f"tf2onnx {version('tf2onnx')} (opset {OPSET})" if fmt == "onnx"
+                 else f"tensorflow {version('tensorflow')}")
     card = {
         "file": target.name, "format": fmt, "notice": NOTICE,
         "input": {"name": "image", "dtype": "float32", "shape": ["N", h, w, model.channels], "layout": "NHWC",

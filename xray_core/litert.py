@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -131,6 +132,7 @@ def default_threads() -> int:
 
 
 _announced = False  # LiteRT says it created its XNNPACK delegate once per process, on stderr
+_announce_lock = threading.Lock()  # filtered_stderr swaps fd 2: two threads at once would lose it
 
 
 def _allocate(interpreter) -> None:
@@ -142,9 +144,13 @@ def _allocate(interpreter) -> None:
     if _announced or not quiet.is_quiet():
         interpreter.allocate_tensors()
         return
-    with quiet.filtered_stderr():
-        interpreter.allocate_tensors()
-    _announced = True
+    with _announce_lock:
+        if _announced:
+            interpreter.allocate_tensors()
+            return
+        with quiet.filtered_stderr():
+            interpreter.allocate_tensors()
+        _announced = True
 
 
 class Program:

@@ -18,6 +18,7 @@ scaling of the logit of that mean, `sigmoid(logit(p) / T + b)`; the threshold is
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import threading
@@ -469,14 +470,31 @@ def network_outputs(network, x: np.ndarray, *, batch_size: int = 256) -> np.ndar
     return np.concatenate(parts, axis=0).astype(np.float64) if parts else np.zeros((0, units))
 
 
-_CACHE: dict[tuple[str, float], Model] = {}
+_CACHE: collections.OrderedDict[tuple[str, tuple], Model] = collections.OrderedDict()
 _CACHE_LOCK = threading.Lock()
+CACHED_MODELS = 4  # the runs a process keeps loaded, the least recently used dropped first
 
 
-def _stamp(path: Path) -> float:
-    """Latest modification time of what defines a loaded model: its model.json and networks."""
-    files = [path / SPEC_FILE, path / runs.MODEL_FILE]
-    return max((p.stat().st_mtime for p in files if p.is_file()), default=0.0)
+def _stamp(path: Path) -> tuple:
+    """What defines a loaded model, as (file, size, mtime) of each: its model.json, the network files,
+    their LiteRT program, the gate and the conformal sets, in its folder and, for a derived run, in its
+    parent's."""
+    import json
+
+    folders = [path]
+    try:
+        parent = json.loads((path / SPEC_FILE).read_text()).get("parent")
+    except (OSError, ValueError, AttributeError):
+        parent = None  # no or unreadable model.json: Model(path) says what is wrong
+    if isinstance(parent, str):
+        folders.append((path / parent).resolve())
+    stamps = []
+    for folder in folders:
+        for p in sorted(folder.glob("*")):
+            if p.suffix in (".json", ".keras", ".tflite", ".npz") and p.is_file():
+                st = p.stat()
+                stamps.append((str(p), st.st_size, st.st_mtime_ns))
+    return tuple(stamps)
 
 
 def load_model(run: Any, *, root: str | os.PathLike | None = None, cache: bool = True) -> Model:
@@ -511,6 +529,9 @@ def load_model(run: Any, *, root: str | os.PathLike | None = None, cache: bool =
                 del _CACHE[stale]
             model = Model(path)
             _CACHE[key] = model
+            while len(_CACHE) > CACHED_MODELS:
+                _CACHE.popitem(last=False)
+        _CACHE.move_to_end(key)
     return model
 
 

@@ -48,9 +48,13 @@ class Worker:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [_PACKAGE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]))
         with theirs:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_CODE, str(theirs.fileno()), str(int(nice))],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+            try:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-c", _WORKER_CODE, str(theirs.fileno()), str(int(nice))],
+                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+            except BaseException:
+                ours.close()
+                raise
         self.conn = Connection(ours.detach())
         self._send_lock = threading.Lock()
 
@@ -124,10 +128,10 @@ class ExplainService:
 
     def warm(self, run_path: str | os.PathLike) -> None:
         """Have idle workers load this run and what explaining needs (lime, TensorFlow, Grad-CAM's
-        graph) before the first film comes; at their low priority."""
+        graph) before the first film comes; at their low priority. Only the latest run asked for is
+        warmed (a worker keeps at most `model.CACHED_MODELS` runs loaded)."""
         with self._lock:
-            if os.fspath(run_path) not in self._warm:
-                self._warm.append(os.fspath(run_path))
+            self._warm = [os.fspath(run_path)]
 
     def resize(self, workers: int) -> None:
         """Keep `workers` workers (one beyond that ends after its current job)."""
@@ -193,17 +197,22 @@ class ExplainService:
         """Send to the slot's worker, starting it first if needed; False if it could not be reached."""
         if slot.worker is None or not slot.worker.alive():
             self._stop(slot)
-            slot.worker, slot.warmed = Worker(nice=self.nice), set()
+            try:
+                slot.worker, slot.warmed = Worker(nice=self.nice), set()
+            except OSError as exc:  # no process could be started (memory, process limit)
+                print(f"xray_core: cannot start an explanation worker: {exc}", file=sys.stderr)
+                return False
         return slot.worker.send(message)
 
     def _follow(self, slot: _Slot, ticket: int | None) -> None:
         """Relay the worker's messages until its answer to the last request (a job, or a warm-up)."""
-        conn = slot.worker.conn
+        worker = slot.worker
+        conn = worker.conn
         while True:
             try:
                 if not conn.poll(0.2):
                     self.scheduler.sweep()
-                    if slot.worker.alive():
+                    if worker.alive():
                         continue
                     raise EOFError
                 message = conn.recv()
@@ -231,8 +240,8 @@ class ExplainService:
                 code = slot.worker.process.wait(5)  # its end of the socket closed as it died
             except subprocess.TimeoutExpired:
                 code = "none yet"
-        return (f"The explanation process stopped unexpectedly (exit code {code}). Choose the film again "
-                "to retry; if it happens again, the server's log says why.")
+        return (f"The explanation process stopped unexpectedly (exit code {code}). Press Try again; "
+                "if it happens again, the server's log says why.")
 
     def _stop(self, slot: _Slot, timeout: float = 10.0) -> None:
         worker, slot.worker = slot.worker, None
