@@ -21,7 +21,7 @@ INTRO = ("How does a model do on your own children's films, and can it be set fo
          "Every film goes through the same check and verdict as Diagnose; the figures come with 95 % intervals "
          "over patients.")
 SAVE_HELP = ("Sets the model's probabilities, threshold and prediction sets to these films, without retraining, "
-             "as a new run beside the original. The figures below are cross-fitted: each group of patients is "
+             "as a new run in the models folder. The figures below are cross-fitted: each group of patients is "
              "measured with what was fitted on the others, as new patients of your site would be.")
 SEEN_HINT = ("Tick 'Leave out films the model has seen' when you start a validation to measure on the other "
              "films only.")

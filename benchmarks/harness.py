@@ -31,6 +31,7 @@ NOTICE = ("> Research software, not a medical device. Images: Kermany, Zhang & G
 PACKAGES = ("numpy", "pillow", "ai-edge-litert", "tensorflow", "keras", "onnxruntime", "scikit-image",
             "scikit-learn", "lime", "streamlit", "playwright")
 QUIET_LOAD = 1.0  # a 1-minute load average above this on 2 cores means others were computing
+SETTLE_SECONDS = 240  # how long a measurement waits for the load of what ran before it to fade
 
 
 def versions(packages=PACKAGES) -> dict:
@@ -130,6 +131,11 @@ class Bench:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = open(path, "a")
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # waits for another measurement to end
+        # The 1-minute load average fades over minutes: after the previous measurement (or a test
+        # run) ends, wait for it to drop, up to SETTLE_SECONDS; the report says what it was.
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while os.getloadavg()[0] > QUIET_LOAD and time.monotonic() < deadline:
+            time.sleep(5)
         self.load_before = os.getloadavg()
         self.busy_before = busy_processes()
         return self

@@ -72,10 +72,19 @@ def has_test(root: str | None) -> bool:
     return bool(root) and any(p.is_dir() and p.name.lower() == "test" for p in Path(root).iterdir())
 
 
+def cached(info, root: str) -> bool:
+    """Whether the run's test-split scores are cached (False for a run that cannot load: the scoring
+    below says why)."""
+    try:
+        return view.cache_file(info, root, fileio.default_cache_dir()).is_file()
+    except (ValueError, OSError):
+        return False
+
+
 def test_parts(chosen: list, root: str) -> dict[str, dict]:
     """Test-split figures of each run at its threshold, from scores cached outside the run folder."""
     parts = {}
-    pending = [r for r in chosen if not view.cache_file(r, root, fileio.default_cache_dir()).is_file()]
+    pending = [r for r in chosen if not cached(r, root)]
     bar = st.progress(0.0, text="Scoring the test split…") if pending else None
     for i, info in enumerate(chosen):
         if bar is not None:

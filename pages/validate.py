@@ -34,7 +34,7 @@ def preview(folder: str, stamp: float, run_path: str, sensitivity: float, policy
     _, table = read_report(folder, stamp)
     try:
         fit, found, _ = site.site_fit(load_model(run_path), table, sensitivity=sensitivity, policy=policy)
-    except site.SiteError as exc:
+    except ValueError as exc:  # SiteError; RunNotFound when the job's run was removed since
         return None, str(exc)
     return {k: v for k, v in fit.items() if k != "conformal"}, found
 
@@ -70,7 +70,7 @@ def new_validation(models: Path, usable: list) -> None:
                                      exclude_seen=exclude)
         else:
             raise site.SiteError("Upload a zip of labelled films first.")
-    except (site.SiteError, fileio.PathNotAllowed, settings.SettingsError) as exc:
+    except (ValueError, OSError) as exc:  # SiteError, PathNotAllowed, SettingsError, ScoreError: sentences
         st.error(str(exc))
         return
     st.session_state["validate_job"] = job_id

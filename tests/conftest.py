@@ -123,7 +123,8 @@ def heavy_command(args) -> tuple[str, str] | None:
         return "starts the training queue's worker process", "slow"
     if any("_job_main" in a for a in argv) or _after_module(argv, "xray_core.scoring.uploads") is not None:
         return "starts a Worklist job's process", "slow"
-    if (_after_module(argv, "streamlit") or [None])[0] == "run":
+    if (_after_module(argv, "streamlit") or [None])[0] == "run" or \
+            (_after_module(argv, "tests.server_probe") or [None])[0] == "run":
         return "serves the app with `streamlit run`", "browser"
     if "run-driver" in argv or any(n.startswith(("chromium", "chrome")) for n in names):
         return "starts Chromium", "browser"

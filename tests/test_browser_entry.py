@@ -22,10 +22,12 @@ from tests.browser_helpers import (CHROMIUM_MISSING, PROJECT, chromium, have_chr
                                    streamlit_server, wait_idle)
 from tests.synthetic import make_synthetic_dataset
 
-PAGES = ["diagnose", "worklist", "dataset", "train", "compare"]
+PAGES = ["diagnose", "worklist", "dataset", "train", "compare", "validate"]
 TITLES = {"diagnose": "Diagnose", "worklist": "Worklist", "dataset": "Dataset", "train": "Train",
+          "validate": "Validate on your films",
           "compare": "Compare runs"}
-WRITE_BUTTONS = ("Start training", "Score the worklist", "Download the dataset", "Resume", "Remove", "Cancel")
+WRITE_BUTTONS = ("Start training", "Score the worklist", "Download the dataset", "Resume", "Remove", "Cancel",
+                 "Save as a site-calibrated run")
 RUN_ID = "entry-check"  # the models folder's one run: its name on a page shows that folder is the one used
 AUTO_LIST = "streamlit app"  # the first entry of Streamlit's automatic list of pages/ (streamlit_app.py)
 
@@ -157,6 +159,10 @@ def test_in_full_mode_a_page_opened_first_works_with_the_sidebar_settings(browse
             page.get_by_text(RUN_ID).first.wait_for()
         elif name == "dataset":
             page.get_by_text(f"{folders['dataset']} · 68 images").wait_for()
+        elif name == "validate":  # the models folder's run, and the sidebar's dataset folder offered
+            assert page.get_by_label("Model (run)", exact=True).input_value().startswith(RUN_ID)
+            folder = page.get_by_label("Folder with NORMAL/ and PNEUMONIA/ folders inside (at any depth)", exact=True)
+            assert folder.input_value() == str(folders["dataset"])
         else:  # the button reaches the library with the sidebar's dataset folder; its limit of 0 refuses
             button = "Start training" if name == "train" else "Score the worklist"
             kind = "training" if name == "train" else "worklist"

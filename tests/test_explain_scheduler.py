@@ -186,8 +186,6 @@ def test_a_waiting_worker_wakes_when_a_job_arrives():
     worker = threading.Thread(target=lambda: taken.append(jobs.take(lambda t: None, timeout=30)))
     worker.start()
     time.sleep(0.2)
-    start = time.monotonic()
     ticket = jobs.submit("ann", key("a"), ("run", "image", {}))
-    worker.join(10)
+    worker.join(10)  # well before take's own 30 s timeout: the submission woke it
     assert taken and taken[0][0] == ticket and taken[0][2] == ("run", "image", {})
-    assert time.monotonic() - start < 2.0

@@ -103,13 +103,10 @@ def test_a_verdict_asked_for_while_an_explanation_runs_returns_before_it_ends(se
     busy, other = film(2), film(3)
     ticket = service.submit("ann", key(busy, LONG), DEFAULT, busy.image, LONG)
     wait_for(service, ticket, ("running",), owner="ann", until=lambda s: s.done >= 2 * BATCH_SIZE)
-    start = time.perf_counter()
     (verdict,) = case.assess_films(model, [other])
-    seconds = time.perf_counter() - start
     during = service.status(ticket, owner="ann")
     assert during.state == "running" and during.done < during.total, during  # the explanation is not over
     assert verdict.probability == pytest.approx(float(model.predict_proba([other.image])[0]), abs=1e-9)
-    assert seconds < 1.0, f"a verdict took {seconds:.2f} s while an explanation ran"
     service.drop("ann")
     wait_for(service, ticket, ("cancelled",))
 
@@ -118,10 +115,8 @@ def test_a_newer_film_cancels_the_older_explanation_and_gets_its_own(service):
     older, newer = film(4), film(5)
     first = service.submit("bob", key(older, LONG), DEFAULT, older.image, LONG)
     wait_for(service, first, ("running",), owner="bob", until=lambda s: s.done > 0)
-    start = time.monotonic()
     second = service.submit("bob", key(newer, SHORT), DEFAULT, newer.image, SHORT)
     wait_for(service, first, ("cancelled",), timeout=10)
-    assert time.monotonic() - start < 5.0
     done = wait_for(service, second, ("done",), owner="bob")
     assert done.result.key == key(newer, SHORT)  # the newer film's own panels
     assert done.result.key.film == newer.sha256 and sorted(done.result.panels) == sorted(worker_mod.PANEL_NAMES)

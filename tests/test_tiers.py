@@ -55,6 +55,7 @@ def test_a_marked_test_may_do_what_its_marker_says():
     (["python", "-c", "import xray_core.scoring; print('light')"], None),
     (["python", "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true"], "browser"),
     (["python", "-m", "streamlit", "--version"], None),
+    (["python", "-m", "tests.server_probe", "run", "streamlit_app.py"], "browser"),
     (["/usr/bin/chromium", "--headless"], "browser"),
     (["/pw/node", "/pw/package/cli.js", "run-driver"], "browser"),
     (["/ray/core/src/ray/gcs/gcs_server", "--redis_address=x"], "slow"),

@@ -54,10 +54,7 @@ def secrets_file() -> Path | None:
 
 def secrets_table() -> dict[str, Any]:
     """The `[xray]` table of the secrets file ({} when there is none)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    import tomllib
 
     path = secrets_file()
     if path is None or not path.is_file():
@@ -149,6 +146,7 @@ WRITING_COMMANDS = {
     "report": "writes a PDF report",
     "explain": "writes explanation images",
     "recalibrate": "writes a site-calibrated run into the models folder",
+    "export": "writes the model's files for other platforms",
 }
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from xray_core import fileio, runs, settings
@@ -64,7 +65,7 @@ def sweep_uploads() -> list[str]:
     for job in list_jobs():
         folder = job.get("upload_folder")
         if folder and job["state"] not in ACTIVE and Path(folder).exists():
-            shutil.rmtree(folder)
+            shutil.rmtree(folder, ignore_errors=True)  # another session may be sweeping it too
             swept.append(job["job_id"])
     return swept
 
@@ -157,6 +158,10 @@ def _job_main(job_dir: str) -> int:
     except (ValueError, OSError) as exc:  # a sentence for the page (SiteError, RunNotFound, ...)
         outcome = {"state": "failed", "error": str(exc)}
         print(f"error: {exc}", file=sys.stderr)
+    except Exception:  # a bug: its traceback goes to the job's log.txt, the page says the job failed
+        traceback.print_exc()
+        outcome = {"state": "failed", "error": "The validation stopped on an unexpected error; the job's log.txt "
+                                               "holds the details. Report it with that file."}
     finally:
         if job.get("upload_folder") and Path(job["upload_folder"]).exists():
             shutil.rmtree(job["upload_folder"])

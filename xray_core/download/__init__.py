@@ -137,8 +137,9 @@ def download(source: str = "kermany", *, dest: str | os.PathLike = "data", url: 
     download leaves `<dest>/<file>.part`, and the next call resumes it. The archive is deleted
     once unpacked unless keep_archive. url_policy: on the served dashboard, `app_url_policy()`:
     the URL, every redirect and every connected address must pass it (UrlNotAllowed). Errors are `DownloadError` subclasses whose message
-    says what went wrong and what to do.
+    says what went wrong and what to do; in viewer mode, `settings.ViewerModeError`.
     """
+    settings.refuse_writes("download")  # the page and the command line refuse first; this holds for any caller
     spec = _source(source)
     target = target_path(source, dest=dest, size=size)
     dest = target.parent
