@@ -79,7 +79,7 @@ def main(argv=None) -> int:
                 top = imports(err)
                 results[name] = {"walls": walls[name], "median_s": statistics.median(walls[name]),
                                  "imports_s": top, "heavy_imported": [p for p in HEAVY if p in top],
-                                 "verdict": json.loads(out.splitlines()[0])}
+                                 "verdict": {**json.loads(out.splitlines()[0]), "image": film.name}}
         finally:
             if args.baseline:
                 subprocess.run(["git", "worktree", "remove", "--force", str(Path(tmp) / "baseline")], cwd=ROOT,

@@ -25,7 +25,10 @@ from xray_core import fileio
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "benchmarks" / "reports"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# The folder holding chest_xray/ (and originals/): XRAY_DATA_DIR's parent when it is set (it names
+# chest_xray/, as for the dashboard and the commands), else the development machine's shared data.
+SHARED_DATA = (Path(os.environ["XRAY_DATA_DIR"]).resolve().parent if os.environ.get("XRAY_DATA_DIR")
+               else ROOT.parent / "shared" / "data")
 NOTICE = ("> Research software, not a medical device. Images: Kermany, Zhang & Goldbaum (2018), "
           "Mendeley Data V3, doi:10.17632/rscbjbr9sj.3, CC BY 4.0.")
 PACKAGES = ("numpy", "pillow", "ai-edge-litert", "tensorflow", "keras", "onnxruntime", "scikit-image",

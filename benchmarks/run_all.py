@@ -83,7 +83,8 @@ def command(bench: Benchmark, data: Path) -> list[str]:
 def run(bench: Benchmark, data: Path) -> tuple[bool, float, str]:
     """Run one benchmark; (ok, seconds, what went wrong)."""
     started = time.time()
-    proc = subprocess.run(command(bench, data), cwd=ROOT)
+    # Benchmarks without a --data option find the films through XRAY_DATA_DIR (benchmarks.harness).
+    proc = subprocess.run(command(bench, data), cwd=ROOT, env=dict(os.environ, XRAY_DATA_DIR=str(data.resolve())))
     seconds = time.time() - started
     if proc.returncode != 0:
         return False, seconds, f"exit code {proc.returncode}"
