@@ -27,7 +27,7 @@ from xray_core.model import load_model
 
 require_entry()  # first: no page runs unless streamlit_app.py ran first (app/entry.py)
 
-POLL_SECONDS = 0.25  # how often a waiting page asks where its explanation stands
+POLL_SECONDS = 0.5  # how often a waiting page asks where its explanation stands
 
 
 @st.cache_data(show_spinner=False)

@@ -185,14 +185,3 @@ def _seen(tables: list[dict[str, str]], sha256: str) -> str | None:
     key = sha256[:32]
     return next((t[key] for t in tables if key and key in t), None)
 
-
-def seen_in(model, sha256: str) -> str | None:
-    """Where the run used these file bytes: 'training' or 'validation' (its split), or
-    'site-calibration' (a recalibrated run's fitting films); None when unknown or unused."""
-    return _seen(seen_tables(model), sha256)
-
-
-def stress_figures(metrics: dict | None) -> dict | None:
-    """The shift-stress validation block of metrics.json (with its intervals), None when absent."""
-    block = (metrics or {}).get("stress")
-    return block if isinstance(block, dict) and block else None

@@ -7,7 +7,8 @@ converted once from its Keras networks (the one step here that imports TensorFlo
 under the cache folder by the hash of the network files, so a retrained run converts anew.
 
 `XRAY_BACKEND` picks: `auto` (the default: LiteRT, or TensorFlow where a GPU is visible),
-`litert` or `tensorflow`. Only `xray_core.model` calls this module.
+`litert` or `tensorflow`. `xray_core.model` runs the networks through it; `export` and the
+batch scorer use its conversion and program only.
 """
 
 from __future__ import annotations

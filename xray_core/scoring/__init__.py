@@ -16,7 +16,7 @@ One job per module:
 - `inputs`: the files of a folder, zip or list, and their bytes;
 - `decoding`: read, hash and decode chunks in worker processes, ahead of the network;
 - `rows`: a decoded chunk through the model, the input gate and the prediction sets to rows
-  (the network on the next chunk while the gate reads this one);
+  (the network on the next chunks, one per core, while this one's rows are made);
 - `output`: the resumable CSV / Parquet writer and `read_scores`;
 - `job`: what every job shares (summary, status, progress) and the local pipeline `score`;
 - `on_ray`: the same job on Ray Data (`score_ray`);

@@ -4,8 +4,8 @@
 model loads, the model, the output and the files it already holds, the summary, the status file
 (for the Worklist page) and the progress bar. `score` is the local pipeline: the input streamed
 in chunks, decoded ahead by worker processes (`decoding.decoded_chunks`) while the network
-scores the chunk before and the gate reads the one before that; each chunk is written as soon as
-its rows are made.
+scores the next chunks, one per core (`rows.overlapped_rows`), and this chunk's rows are made;
+each chunk is written as soon as its rows are.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def score(run, source: str | os.PathLike, out: str | os.PathLike, *, root: str |
 
     workers: decoding processes (default: the CPUs available; 0 decodes in this process).
     batch_size: files per chunk, which is also the unit of writing (a kill loses only the chunks
-    not yet written: the one being scored and the one whose rows are being made).
+    not yet written: those being scored, one per core, and the one whose rows are being made).
     """
     job = ScoreJob(run, source, out, root=root, batch_size=batch_size, progress=progress, status_path=status_path)
     model = job.model
