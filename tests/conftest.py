@@ -85,6 +85,15 @@ def pytest_runtest_protocol(item, nextitem):
         _current["item"] = None
 
 
+@pytest.fixture(autouse=True)
+def _no_explanation_workers_in_the_fast_tier(request, monkeypatch):
+    """A page opened in the fast tier starts no explanation worker process (Diagnose warms one as
+    soon as a model is picked): the verdict alone, as on a server with explanations switched off.
+    Tests of the panels are marked slow and get the server's default."""
+    if not any(request.node.get_closest_marker(m) for m in TIER_MARKERS):
+        monkeypatch.setenv("XRAY_MAX_EXPLAIN_WORKERS", "0")
+
+
 def refuse_unless_marked(what: str, marker: str) -> None:
     """Fail the current test unless it carries a tier marker: it `what`s."""
     item = _current["item"]
@@ -121,6 +130,8 @@ def heavy_command(args) -> tuple[str, str] | None:
         return "starts Ray (`--ray`)", "slow"
     if (_after_module(argv, "xray_core.jobs") or [None])[0] == "work":
         return "starts the training queue's worker process", "slow"
+    if any("xray_core.explain.worker" in a for a in argv):
+        return "starts an explanation worker process", "slow"
     if any("_job_main" in a for a in argv) or _after_module(argv, "xray_core.scoring.uploads") is not None:
         return "starts a Worklist job's process", "slow"
     if (_after_module(argv, "streamlit") or [None])[0] == "run" or \

@@ -1,7 +1,8 @@
 """AppTest of the Diagnose page: upload -> prediction and panels; bad files; DICOM; privacy.
 
-The explanation is computed by the server's explanation worker (a real process), so a test reruns
-the page until its panels, or the sentence saying why there are none, are shown.
+The explanation is computed by the server's explanation worker (a real process), so a test of the
+panels (marked slow) reruns the page until they, or the sentence saying why there are none, are
+shown; in the fast tier no worker starts (conftest) and the verdict stands alone.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def explained(at: AppTest, timeout: float = 240) -> AppTest:
     return at
 
 
+@pytest.mark.slow  # the explanation worker computes the panels
 def test_upload_shows_verdict_panels_then_error_then_works_again(diagnose, synthetic_dataset, tiny_run):
     at = diagnose
     runs_root, run_id = tiny_run
@@ -142,6 +144,7 @@ def test_upload_shows_verdict_panels_then_error_then_works_again(diagnose, synth
     assert metric(at, "Probability of pneumonia") == f"{expected_probability(runs_root, run_id, raw):.3f}"
 
 
+@pytest.mark.slow  # the explanation worker computes the panels
 def test_unreadable_film_is_refused_until_asked(diagnose, synthetic_dataset, tiny_run):
     """A 48 px image: 'not a chest X-ray this model can read' with the reason, no verdict, no
     explanation; 'show anyway' reveals the output under a warning."""
@@ -224,6 +227,7 @@ def _files(folder: Path) -> set[str]:
             if p.is_file() and not skip.intersection(p.relative_to(folder).parts)}
 
 
+@pytest.mark.slow  # the explanation worker computes the panels
 def test_diagnose_writes_nothing_to_disk(monkeypatch, synthetic_dataset, tiny_run, tmp_path):
     """After an upload, its explanation and a bad upload: no new file in the project, the models
     folder or the temporary folder (pointed at an empty private one for this test)."""

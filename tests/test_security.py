@@ -32,11 +32,12 @@ TRAIN_OPTIONS = {"arch": "baseline", "data": "/nowhere", "epochs": 1, "batch_siz
 
 @pytest.fixture(autouse=True)
 def _no_admin_settings(monkeypatch, tmp_path_factory):
-    """Each test starts from the defaults: no secrets file, no administrator variables."""
+    """Each test starts from the defaults: no secrets file, no administrator variables (but the
+    explanation workers, which conftest switches off in the fast tier)."""
     monkeypatch.setenv("XRAY_SECRETS_FILE", str(tmp_path_factory.getbasetemp() / "no-secrets.toml"))
     for name in ("XRAY_MODE", "XRAY_ALLOWED_ROOTS", "XRAY_DOWNLOAD_HOSTS",
                  "XRAY_DOWNLOAD_PRIVATE_NETWORKS", "XRAY_DATA_DIR", "XRAY_MODELS_DIR",
-                 *(f"XRAY_MAX_{k.upper()}" for k in settings.DEFAULT_LIMITS)):
+                 *(f"XRAY_MAX_{k.upper()}" for k in settings.DEFAULT_LIMITS if k != "explain_workers")):
         monkeypatch.delenv(name, raising=False)
 
 
