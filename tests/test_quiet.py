@@ -93,12 +93,16 @@ def test_a_command_that_fails_says_only_its_sentence(tmp_path):
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
 
 
-def _serve_and_open_train_page(tmp_path, env: dict, name: str) -> str:
-    """Start `streamlit run`, open the Train page (it imports Keras for the layer table) in
-    Chromium until its parameter count shows, stop the server; return the server's log."""
+def _serve_and_explain(tmp_path, env: dict, name: str, film: Path) -> str:
+    """Start `streamlit run`; in Chromium, explain `film` on Diagnose (the explanation worker, whose
+    output goes to the server's log, imports TensorFlow for Grad-CAM) and open the Train page (its
+    layer table is built by a child process); stop the server; return the server's log."""
     log_path = tmp_path / f"streamlit-{name}.log"
     with streamlit_server(env=env, log_path=log_path) as base, chromium() as browser:
         page = browser.new_page()
+        page.goto(base, timeout=120_000)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(film))
+        page.get_by_text("Grad-CAM", exact=True).wait_for(timeout=240_000)
         page.goto(base + "/train", timeout=120_000)
         page.get_by_text("parameters").first.wait_for(timeout=240_000)
     return log_path.read_text(errors="replace")
@@ -111,8 +115,15 @@ def test_the_app_log_is_quiet_unless_asked(synthetic_dataset, tiny_run, tmp_path
     env = _env(XRAY_DATA_DIR=str(synthetic_dataset), XRAY_MODELS_DIR=str(runs_root),
                XRAY_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("PYTHONPATH")
-    quiet_log = _serve_and_open_train_page(tmp_path, env, "quiet")
+    from PIL import Image
+
+    from xray_core import imaging
+
+    film = tmp_path / "film.png"  # a synthetic 48 px film at a size the input gate accepts
+    source = sorted((synthetic_dataset / "test" / "PNEUMONIA").iterdir())[0]
+    Image.fromarray(imaging.decode(source)).resize((160, 160), Image.BILINEAR).save(film)
+    quiet_log = _serve_and_explain(tmp_path, env, "quiet", film)
     assert not GLOG_LINE.search(quiet_log) and not [m for m in NOISE_MARKERS if m in quiet_log], quiet_log[-3000:]
-    # The same visit with TensorFlow's logging left on shows the lines: the page did load TensorFlow.
-    loud_log = _serve_and_open_train_page(tmp_path, dict(env, TF_CPP_MIN_LOG_LEVEL="0"), "loud")
+    # The same visit with TensorFlow's logging left on shows the lines: the worker did load TensorFlow.
+    loud_log = _serve_and_explain(tmp_path, dict(env, TF_CPP_MIN_LOG_LEVEL="0"), "loud", film)
     assert GLOG_LINE.search(loud_log), loud_log[-3000:]

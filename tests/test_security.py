@@ -553,8 +553,8 @@ def test_a_dicom_with_patient_fields_leaves_no_trace_after_predict_score_report_
     from xray_core.model import load_model
 
     (expected,) = case.assess_films(load_model(run_id, root=models), [case.read(upload.read_bytes(), upload.name)])
-    row = next(line.split() for line in proc.stdout.splitlines() if line.startswith("scan.dcm"))
-    assert row[1:3] == [expected.verdict, f"{expected.probability:.4f}"], proc.stdout  # the film's own verdict
+    row = next((line.split() for line in proc.stdout.splitlines() if "scan.dcm" in line), None)
+    assert row is not None and row[1:3] == [expected.verdict, f"{expected.probability:.4f}"], proc.stdout
     assert not [v for v in PATIENT.values() if v in proc.stdout + proc.stderr]
 
     # score: the batch table of a folder holding the same file.

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from xray_core.arch_catalog import CATALOG
+from xray_core.arch_catalog import CATALOG, ArchInfo
 
 # XLA compilation of the train step. "auto" lets Keras compile with XLA where an accelerator is
 # present (GPU: no code change needed) and run plain graphs on CPU-only machines, where XLA was
@@ -32,19 +32,10 @@ PNEUMONIA_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
-class ArchSpec:
-    """A named architecture with the settings the seed trained it with."""
+class ArchSpec(ArchInfo):
+    """An architecture of the catalog (`arch_catalog.ArchInfo`: name, settings) with its builder."""
 
-    name: str
-    description: str
-    epochs: int
-    batch_size: int
-    image_size: int
-    channels: int
-    output_units: int
-    builder: Callable[..., "keras.Model"] = field(repr=False)
-    # Smallest square input for which every pooling stage still has at least one pixel.
-    min_size: int = 4
+    builder: Callable[..., "keras.Model"] | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------------------------
