@@ -19,7 +19,7 @@ import pandas as pd
 
 from xray_core.explain.panels import png_bytes
 from xray_core.fileio import to_jsonable
-from xray_core.report import RESEARCH_LINE, context_lines
+from xray_core.report import context_lines
 from xray_core.site_run import SITE_TOKEN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,8 +147,9 @@ def seen_caption(assessment) -> str | None:
 
 
 def context(metrics: dict | None) -> list[str]:
-    """The figures a verdict is read against, each named (shift-stress first), and the research line."""
-    return context_lines(metrics) + [RESEARCH_LINE]
+    """The figures a verdict is read against, each named (shift-stress first). The research-use line
+    is the sidebar's, on every page (the PDF report carries RESEARCH_LINE itself)."""
+    return context_lines(metrics)
 
 
 def dicom_table(facts: dict | None) -> pd.DataFrame | None:

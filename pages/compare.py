@@ -110,7 +110,7 @@ def show_table(table: pd.DataFrame, split_name: str) -> None:
 
 
 st.title("Compare runs")
-st.caption("Research software, not a medical device. Each run is measured on its own validation films: "
+st.caption("Each run is measured on its own validation films: "
            "training-hospital patients kept out of its training (Kermany et al. 2018, CC BY 4.0), or, for a "
            "site-calibrated run, its site's films, cross-fitted.")
 models = common.resolve_folder(st.session_state.get("models_dir", "trained_models"))

@@ -163,7 +163,7 @@ def show_job(job_id: str, polling: bool, models: Path) -> None:
 
 
 st.title("Validate on your films")
-st.caption(view.INTRO + " Research software, not a medical device: not for clinical decisions.")
+st.caption(view.INTRO)
 models_dir = common.resolve_folder(st.session_state.get("models_dir", "trained_models"))
 usable_runs = common.usable_runs(runs.list_runs(models_dir))
 if not usable_runs:

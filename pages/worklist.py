@@ -236,8 +236,7 @@ def show_job(models: Path, job_id: str, polling: bool) -> None:
 
 
 st.title("Worklist")
-st.caption("Score a whole worklist in the background and read the flagged films first. Research "
-           "software, not a medical device: not for clinical decisions.")
+st.caption("Score a whole worklist in the background and read the flagged films first.")
 refuse_in_viewer_mode("Worklists are switched off on this server (viewer mode): scoring writes score tables.")
 models_dir = common.resolve_folder(st.session_state.get("models_dir", "trained_models"))
 usable_runs = common.usable_runs(runs.list_runs(models_dir))

@@ -113,7 +113,7 @@ def test_upload_shows_verdict_panels_then_error_then_works_again(diagnose, synth
     assert metric(at, "90 % prediction set") == uncertainty.describe(probability, threshold, conformal).label
     captions = [c.value for c in at.caption]
     assert any(c.startswith("Validation split (") for c in captions)  # the figures, named
-    assert any("Research software, not a medical device" in c for c in captions)
+    assert sum("Research software, not a medical device" in c for c in captions) == 1  # the sidebar's, once
     assert any("no fitted input gate" in i.value for i in at.info)  # said, not hidden
     explained(at)
     assert len(at.image) == 5  # the four LIME panels and Grad-CAM

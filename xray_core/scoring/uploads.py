@@ -130,8 +130,10 @@ def discard_uploads(job_dir: str | os.PathLike, reason: str) -> bool:
         return False
     _remove_upload_folder(str(record.get("folder", "")), job_dir / UPLOADS_FILE)
     fileio.atomic_write_json(job_dir / UPLOADS_FILE, {**record, "removed": runs.now_iso(), "reason": reason})
-    print(f"{runs.now_iso()} the {record.get('files', '?')} uploaded films were removed ({reason})",
-          flush=True)  # into the job's log.txt; no file names (they may name a patient)
+    # Into the job's log.txt, whoever removed them (the watcher, or a page's sweep in the server
+    # process); no file names (they may name a patient).
+    with open(job_dir / JOB_LOG, "a", encoding="utf-8") as log:
+        log.write(f"{runs.now_iso()} the {record.get('files', '?')} uploaded films were removed ({reason})\n")
     return True
 
 
