@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -21,3 +22,14 @@ def open_page(monkeypatch, data_dir: Path, models_dir: Path, page: str | None = 
         at.switch_page(page).run()
     assert not at.exception, at.exception
     return at
+
+
+def wait_for(predicate, timeout: float = 240):
+    """predicate()'s first truthy value, asked every half second; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError("timed out waiting")

@@ -8,9 +8,8 @@ import shutil
 import time
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from tests.apptest_helpers import open_page
+from tests.apptest_helpers import open_page, wait_for
 from xray_core import fileio, jobs, runs
 
 
@@ -21,17 +20,6 @@ def train_page(monkeypatch, synthetic_dataset, tmp_path):
     at = open_page(monkeypatch, synthetic_dataset, models, "pages/train.py", timeout=120)
     return at, models
 
-
-def wait_until(predicate, timeout: float, at: AppTest | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if at is not None:
-            at.run()
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError("timed out waiting")
 
 
 def test_settings_show_layer_table_and_parameter_count(train_page):
@@ -69,7 +57,7 @@ def test_start_runs_in_background_queues_the_second_and_both_complete(train_page
         states = {r.run_id: r.state for r in runs.list_runs(models)}
         return states.get(first) == "completed" and states.get(second) == "completed"
 
-    wait_until(both_done, 240)
+    wait_for(both_done, 240)
     at.run()
     assert not at.exception
     recent = at.table[0].value

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.apptest_helpers import open_page
+from tests.apptest_helpers import open_page, wait_for
 from tests.test_scoring import add_bad_files, make_films, read_rows
 from xray_core import fileio, scoring
 
@@ -25,16 +25,6 @@ def worklist(monkeypatch, tiny_run, tmp_path):
     add_bad_files(films)
     at = open_page(monkeypatch, data, models, "pages/worklist.py", timeout=120)
     return at, models, films
-
-
-def wait_for(predicate, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError("timed out waiting")
 
 
 def only_job(models):

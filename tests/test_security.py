@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.apptest_helpers import APP
+from tests.apptest_helpers import APP, wait_for
 from tests.browser_helpers import streamlit_server
 from xray_core import fileio, imaging, jobs, scoring, settings
 from xray_core.scoring import uploads
@@ -624,13 +624,6 @@ def _models_copy(tiny_run, tmp_path: Path) -> tuple[Path, str]:
     return models, run_id
 
 
-def _wait(predicate, timeout: float = 240.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.25)
-
-
 def _zip_of(files: list[tuple[str, bytes]]) -> bytes:
     import io
     import zipfile
@@ -727,9 +720,9 @@ def test_a_worklist_upload_with_patient_fields_leaves_nothing_on_disk_after_its_
     (job,) = scoring.list_jobs(models)
     folder = Path(uploads.upload_record(job["path"])["folder"])
     assert folder.parent == private_tmp
-    _wait(lambda: scoring.job_info(job["path"])["state"] not in ("queued", "starting", "running"))
+    wait_for(lambda: scoring.job_info(job["path"])["state"] not in ("queued", "starting", "running"))
     assert scoring.job_info(job["path"])["state"] == "completed"
-    _wait(lambda: uploads.upload_record(job["path"])["removed"], timeout=30)  # the watcher, when the job ends
+    wait_for(lambda: uploads.upload_record(job["path"])["removed"], timeout=30)  # the watcher, when the job ends
     assert not folder.exists() and list(private_tmp.iterdir()) == []
     rows = (Path(job["path"]) / scoring.JOB_SCORES).read_text()
     assert "scan.dcm" in rows and rows.count("\n") == 5  # header and 4 films: the DICOM was scored
@@ -773,8 +766,8 @@ def test_a_failed_worklist_upload_job_has_its_uploads_removed(monkeypatch, tiny_
     films = [(p.name, p.read_bytes()) for p in make_films(tmp_path / "src", 2, size=64, nested=False)]
     job_id = uploads.submit_worklist_uploads(models, "no-such-run", films)  # its process fails: no such model
     job_dir = models / scoring.WORKLISTS_DIR / job_id
-    _wait(lambda: scoring.job_info(job_dir)["state"] == "failed")
-    _wait(lambda: uploads.upload_record(job_dir)["removed"] is not None, timeout=30)
+    wait_for(lambda: scoring.job_info(job_dir)["state"] == "failed")
+    wait_for(lambda: uploads.upload_record(job_dir)["removed"] is not None, timeout=30)
     assert list(private_tmp.iterdir()) == []
     assert uploads.upload_record(job_dir)["reason"] == "job failed"
 

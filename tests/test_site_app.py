@@ -12,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.apptest_helpers import open_page
+from tests.apptest_helpers import open_page, wait_for
 from tests.synthetic import make_synthetic_dataset
 from xray_core import runs, site, site_job
-
-
-def wait_for(predicate, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError("timed out waiting")
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ handlers are here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -420,10 +421,13 @@ def recalibrate(run, labels: str | os.PathLike | None = None, *, out: str | os.P
 # ------------------------------------------------------------------------------ the commands
 
 
+@contextlib.contextmanager
 def _progress(quiet: bool):
-    """(callback, bar): a tqdm bar on stderr of the films assessed, or (None, None)."""
+    """A progress callback drawing a tqdm bar of the films assessed on stderr (None when `quiet`);
+    the bar is closed on leaving, also on an error."""
     if quiet:
-        return None, None
+        yield None
+        return
     from tqdm import tqdm
 
     bar = tqdm(unit="film", file=sys.stderr, dynamic_ncols=True, desc="assessing films")
@@ -431,7 +435,10 @@ def _progress(quiet: bool):
     def update(done: int, total: int) -> None:
         bar.total = total
         bar.update(done - bar.n)
-    return update, bar
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _workers(args) -> int:
@@ -445,13 +452,9 @@ def _cmd_validate(args) -> int:
     from xray_core import site_report
     from xray_core.console import json_line, run_ref
 
-    update, bar = _progress(args.quiet or args.json)
-    try:
+    with _progress(args.quiet or args.json) as update:
         report = validate(run_ref(args.run), args.labels, root=args.runs_dir, out=args.out_dir,
                           exclude_seen=args.exclude_seen, workers=_workers(args), progress=update)
-    finally:
-        if bar is not None:
-            bar.close()
     if args.json:
         json_line(report)
     else:
@@ -464,14 +467,10 @@ def _cmd_recalibrate(args) -> int:
     from xray_core import site_report
     from xray_core.console import json_line, run_ref
 
-    update, bar = _progress(args.quiet or args.json)
-    try:
+    with _progress(args.quiet or args.json) as update:
         result = recalibrate(run_ref(args.run), args.labels, out=args.out, root=args.runs_dir,
                              sensitivity=args.sensitivity, policy=args.policy, folds=args.folds,
                              workers=_workers(args), progress=update)
-    finally:
-        if bar is not None:
-            bar.close()
     if args.json:
         json_line(result)
     else:
