@@ -140,6 +140,7 @@ class Model:
         self._keras_forward = None
         self._runner = None
         self._lanes = None
+        self._program: bytes | None = None  # the LiteRT flatbuffer, read (and its files hashed) once
         self.backend: str | None = None  # 'litert' or 'tensorflow' once the first batch ran
         self._lock = threading.Lock()
         self._runner_lock = threading.Lock()
@@ -378,7 +379,13 @@ class Model:
 
     def program(self) -> bytes:
         """The LiteRT program of the networks: the run's own networks.tflite when it was made from
-        these network files, else the cache's copy, else converted now (TensorFlow) and cached."""
+        these network files, else the cache's copy, else converted now (TensorFlow) and cached.
+        Found once per Model (the batch runner and the scorer's lanes share it)."""
+        if self._program is None:
+            self._program = self._find_program()
+        return self._program
+
+    def _find_program(self) -> bytes:
         from xray_core import litert
         from xray_core.fileio import default_cache_dir
 
@@ -393,7 +400,7 @@ class Model:
             f"The run {self.run_id!r} has no LiteRT program of its networks ({PROGRAM_FILE}); converting "
             f"it once with TensorFlow and caching it in {default_cache_dir()} "
             "(`Model.save_program()` stores it in the run folder instead).",
-            ConversionNotice, stacklevel=3)
+            ConversionNotice, stacklevel=4)
         return litert.cache_program(key, litert.convert(self.keras_forward()), default_cache_dir())
 
     def save_program(self) -> Path:
