@@ -156,9 +156,6 @@ EQUIVALENT: dict[str, dict[str, dict[str, str]]] = {
         "xray_core.gate.x__feature_distance__mutmut_6": {
             "reason": "as x__feature_distance__mutmut_4",
             "diff": "- centred = np.asarray(features, np.float64) - g.feat_mean / + centred = np.asarray(features, ) - g.feat_mean"},
-        "xray_core.gate.x__feature_distance__mutmut_17": {
-            "reason": "einsum subscripts are letters; upper case names the same axes",
-            "diff": "- d2 = np.einsum(\"ij,jk,ik->i\", centred, g.feat_precision, centred) / + d2 = np.einsum(\"IJ,JK,IK->I\", centred, g.feat_precision, centred)"},
         "xray_core.gate.x_check_batch__mutmut_20": {
             "reason": "every consumer of x (thumbnails, intensity_stats, Model.features) converts it to float32 itself",
             "diff": "- x = np.asarray(x, np.float32) / + x = np.asarray(x, None)"},
@@ -201,194 +198,23 @@ EQUIVALENT: dict[str, dict[str, dict[str, str]]] = {
         "xray_core.gate.x_orientation_scores__mutmut_24": {
             "reason": "column 4 written by a fifth turn is overwritten by -out[i, 0] right after",
             "diff": "- for k in range(4): / + for k in range(5):"},
-        "xray_core.gate.x_thumbnails__mutmut_11": {
-            "reason": "np.empty's default dtype is float64",
-            "diff": "- out = np.empty((len(x), THUMB * THUMB), np.float64) / + out = np.empty((len(x), THUMB * THUMB), None)"},
-        "xray_core.gate.x_thumbnails__mutmut_13": {
-            "reason": "as x_thumbnails__mutmut_11",
-            "diff": "- out = np.empty((len(x), THUMB * THUMB), np.float64) / + out = np.empty((len(x), THUMB * THUMB), )"},
-        "xray_core.gate.x_thumbnails__mutmut_18": {
-            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
-            "diff": "- np.float64).ravel() / + None).ravel()"},
-        "xray_core.gate.x_thumbnails__mutmut_20": {
-            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
-            "diff": "- np.float64).ravel() / + ).ravel()"},
-        "xray_core.gate.x_thumbnails__mutmut_26": {
-            "reason": "Image.fromarray infers mode F from a 2-D float32 array",
-            "diff": "- small = np.asarray(Image.fromarray(img[..., 0], mode=\"F\").resize((THUMB, THUMB), Image.BOX), / + small = np.asarray(Image.fromarray(img[..., 0], mode=None).resize((THUMB, THUMB), Image.BOX),"},
-        "xray_core.gate.x_thumbnails__mutmut_28": {
-            "reason": "as x_thumbnails__mutmut_26",
-            "diff": "- small = np.asarray(Image.fromarray(img[..., 0], mode=\"F\").resize((THUMB, THUMB), Image.BOX), / + small = np.asarray(Image.fromarray(img[..., 0], ).resize((THUMB, THUMB), Image.BOX),"},
         "xray_core.gate.xǁFittedGateǁsave__mutmut_29": {
             "reason": "gate.npz keeps float64 instead of float32; load_gate converts to float64 either way (answers equal to 1e-4, as the round-trip test checks)",
             "diff": "- np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in arrays.items()}) / + np.savez_compressed(buf, **{k: np.asarray(v, None) for k, v in arrays.items()})"},
         "xray_core.gate.xǁFittedGateǁsave__mutmut_31": {
             "reason": "as xǁFittedGateǁsave__mutmut_29",
             "diff": "- np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in arrays.items()}) / + np.savez_compressed(buf, **{k: np.asarray(v, ) for k, v in arrays.items()})"},
-        "xray_core.gate.x_seen_in__mutmut_9": {
-            "reason": "seen_hashes.txt holds only hex digits, split names and spaces: ASCII and the default UTF-8 read it alike",
-            "diff": "- with open(path, encoding=\"ascii\") as fh: / + with open(path, encoding=None) as fh:"},
-        "xray_core.gate.x_seen_in__mutmut_11": {
-            "reason": "as x_seen_in__mutmut_9",
-            "diff": "- with open(path, encoding=\"ascii\") as fh: / + with open(path, ) as fh:"},
-        "xray_core.gate.x_seen_in__mutmut_13": {
-            "reason": "'ASCII' and 'ascii' name the same codec",
-            "diff": "- with open(path, encoding=\"ascii\") as fh: / + with open(path, encoding=\"ASCII\") as fh:"},
-        "xray_core.gate.x__features__mutmut_1": {
-            "reason": "the batch size only splits the forward pass; each film's features are the same",
-            "diff": "-def _features(model, x: np.ndarray, batch: int = 256) -> np.ndarray: / +def _features(model, x: np.ndarray, batch: int = 257) -> np.ndarray:"},
-        "xray_core.gate.x__features__mutmut_11": {
-            "reason": "as x__features__mutmut_1 (batches of one film)",
-            "diff": "- return np.concatenate([np.asarray(model.features(x[i:i + batch])) for i in range(0, len(x), batch)]) / + return np.concatenate([np.asarray(model.features(x[i:i + batch])) for i in range(0, len(x), )])"},
-        "xray_core.gate.x_corruptions__mutmut_29": {
-            "reason": "Image.fromarray infers mode F from a 2-D float32 array",
-            "diff": "- cropped = np.stack([np.asarray(Image.fromarray(c[..., 0], mode=\"F\").resize((w, h), Image.BILINEAR)) / + cropped = np.stack([np.asarray(Image.fromarray(c[..., 0], mode=None).resize((w, h), Image.BILINEAR))"},
-        "xray_core.gate.x_corruptions__mutmut_31": {
-            "reason": "as x_corruptions__mutmut_29",
-            "diff": "- cropped = np.stack([np.asarray(Image.fromarray(c[..., 0], mode=\"F\").resize((w, h), Image.BILINEAR)) / + cropped = np.stack([np.asarray(Image.fromarray(c[..., 0], ).resize((w, h), Image.BILINEAR))"},
-        "xray_core.gate.x_corruptions__mutmut_47": {
-            "reason": "np.rot90's default is one quarter turn",
-            "diff": "- \"rotated 90\": np.rot90(x, 1, axes=(1, 2)).copy(), / + \"rotated 90\": np.rot90(x, axes=(1, 2)).copy(),"},
-        "xray_core.gate.x_corruptions__mutmut_79": {
-            "reason": "128 minus standard normal noise is the same flat-image distribution as 128 plus it",
-            "diff": "- \"flat\": np.full(x.shape, 128.0, np.float32) + rng.normal(0, 1, x.shape).astype(np.float32), / + \"flat\": np.full(x.shape, 128.0, np.float32) - rng.normal(0, 1, x.shape).astype(np.float32),"},
-        "xray_core.gate.x_fit_gate__mutmut_6": {
-            "reason": "every consumer of the films (thumbnails, intensity_stats, corruptions, Model.features) converts them to float32 itself",
-            "diff": "- train_x = np.asarray(train_x, np.float32) / + train_x = np.asarray(train_x, None)"},
-        "xray_core.gate.x_fit_gate__mutmut_8": {
-            "reason": "as x_fit_gate__mutmut_6",
-            "diff": "- train_x = np.asarray(train_x, np.float32) / + train_x = np.asarray(train_x, )"},
-        "xray_core.gate.x_fit_gate__mutmut_11": {
-            "reason": "as x_fit_gate__mutmut_6",
-            "diff": "- val_x = np.asarray(val_x, np.float32) / + val_x = np.asarray(val_x, None)"},
-        "xray_core.gate.x_fit_gate__mutmut_13": {
-            "reason": "as x_fit_gate__mutmut_6",
-            "diff": "- val_x = np.asarray(val_x, np.float32) / + val_x = np.asarray(val_x, )"},
-        "xray_core.gate.x_fit_gate__mutmut_33": {
-            "reason": "fit_gate refuses fewer than 50 training films, so min(48, n +/- 1) is 48 either way",
-            "diff": "- k = min(PIXEL_COMPONENTS, len(thumbs) - 1) / + k = min(PIXEL_COMPONENTS, len(thumbs) + 1)"},
-        "xray_core.gate.x_fit_gate__mutmut_34": {
-            "reason": "as x_fit_gate__mutmut_33 (n - 2 >= 48)",
-            "diff": "- k = min(PIXEL_COMPONENTS, len(thumbs) - 1) / + k = min(PIXEL_COMPONENTS, len(thumbs) - 2)"},
-        "xray_core.gate.x_fit_gate__mutmut_37": {
-            "reason": "the first k rows of vt are the same whether the SVD is full or reduced",
-            "diff": "- _, s, vt = np.linalg.svd(centred, full_matrices=False) / + _, s, vt = np.linalg.svd(centred, full_matrices=None)"},
-        "xray_core.gate.x_fit_gate__mutmut_39": {
-            "reason": "as x_fit_gate__mutmut_37",
-            "diff": "- _, s, vt = np.linalg.svd(centred, full_matrices=False) / + _, s, vt = np.linalg.svd(centred, )"},
-        "xray_core.gate.x_fit_gate__mutmut_40": {
-            "reason": "as x_fit_gate__mutmut_37",
-            "diff": "- _, s, vt = np.linalg.svd(centred, full_matrices=False) / + _, s, vt = np.linalg.svd(centred, full_matrices=True)"},
-        "xray_core.gate.x_fit_gate__mutmut_61": {
-            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
-            "diff": "- feats = np.asarray(_features(model, train_x), np.float64) / + feats = np.asarray(_features(model, train_x), None)"},
-        "xray_core.gate.x_fit_gate__mutmut_63": {
-            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
-            "diff": "- feats = np.asarray(_features(model, train_x), np.float64) / + feats = np.asarray(_features(model, train_x), )"},
-        "xray_core.gate.x_fit_gate__mutmut_129": {
-            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
-            "diff": "- val_feats = np.asarray(_features(model, val_x), np.float64) / + val_feats = np.asarray(_features(model, val_x), None)"},
-        "xray_core.gate.x_fit_gate__mutmut_131": {
-            "reason": "changes only the floating-point precision (float32 instead of float64) of intermediate arithmetic, far below the 4-decimal rounding of every reported figure",
-            "diff": "- val_feats = np.asarray(_features(model, val_x), np.float64) / + val_feats = np.asarray(_features(model, val_x), )"},
-        "xray_core.gate.x_fit_gate__mutmut_95": {
-            "reason": "g.info is replaced by the full report before fit_gate returns",
-            "diff": "- thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 1.0}, info={}) / + thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 1.0}, info=None)"},
-        "xray_core.gate.x_fit_gate__mutmut_120": {
-            "reason": "the provisional thresholds are overwritten before anything reads them",
-            "diff": "- thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 1.0}, info={}) / + thresholds={\"feature\": 2.0, \"pixel\": 1.0, \"orientation\": 1.0}, info={})"},
-        "xray_core.gate.x_fit_gate__mutmut_123": {
-            "reason": "as x_fit_gate__mutmut_120",
-            "diff": "- thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 1.0}, info={}) / + thresholds={\"feature\": 1.0, \"pixel\": 2.0, \"orientation\": 1.0}, info={})"},
-        "xray_core.gate.x_fit_gate__mutmut_126": {
-            "reason": "as x_fit_gate__mutmut_120",
-            "diff": "- thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 1.0}, info={}) / + thresholds={\"feature\": 1.0, \"pixel\": 1.0, \"orientation\": 2.0}, info={})"},
-        "xray_core.gate.x_fit_gate__mutmut_195": {
-            "reason": "check_batch uses the model only for features or model.path; both the features and the gate are given",
-            "diff": "- val_results = check_batch(model, x=val_x, features=val_feats, gate=g) / + val_results = check_batch(None, x=val_x, features=val_feats, gate=g)"},
-        "xray_core.gate.x_fit_gate__mutmut_197": {
-            "reason": "check_batch then computes the same validation features again from the model",
-            "diff": "- val_results = check_batch(model, x=val_x, features=val_feats, gate=g) / + val_results = check_batch(model, x=val_x, features=None, gate=g)"},
-        "xray_core.gate.x_fit_gate__mutmut_201": {
-            "reason": "as x_fit_gate__mutmut_197",
-            "diff": "- val_results = check_batch(model, x=val_x, features=val_feats, gate=g) / + val_results = check_batch(model, x=val_x, gate=g)"},
     },
     "model": {
-        "xray_core.model.x_load_model__mutmut_14": {
-            "reason": "the default applies only when the folder has neither model.json nor model.keras, and then Model() refuses the folder either way",
-            "diff": "- stamp = max((p.stat().st_mtime for p in (spec, path / runs.MODEL_FILE) if p.is_file()), default=0.0) / + stamp = max((p.stat().st_mtime for p in (spec, path / runs.MODEL_FILE) if p.is_file()), default=None)"},
-        "xray_core.model.x_load_model__mutmut_18": {
-            "reason": "as x_load_model__mutmut_14",
-            "diff": "- stamp = max((p.stat().st_mtime for p in (spec, path / runs.MODEL_FILE) if p.is_file()), default=0.0) / + stamp = max((p.stat().st_mtime for p in (spec, path / runs.MODEL_FILE) if p.is_file()), default=1.0)"},
         "xray_core.model.xǁModelǁ_compiled_forward__mutmut_22": {
             "reason": "tf.TensorSpec's default dtype is float32",
             "diff": "- spec = tf.TensorSpec((None, h, w, self.channels), tf.float32) / + spec = tf.TensorSpec((None, h, w, self.channels), )"},
         "xray_core.model.xǁModelǁ_compiled_forward__mutmut_7": {
             "reason": "a head's output is (batch, units): shape[1] is shape[-1]",
             "diff": "- columns = [pneumonia_column(int(m.outputs[0].shape[-1])) for m in members] / + columns = [pneumonia_column(int(m.outputs[0].shape[+1])) for m in members]"},
-        "xray_core.model.xǁModelǁfeatures__mutmut_1": {
-            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
-            "diff": "-def features(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def features(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
-        "xray_core.model.xǁModelǁhead_outputs__mutmut_1": {
-            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
-            "diff": "-def head_outputs(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def head_outputs(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
-        "xray_core.model.xǁModelǁmember_proba__mutmut_1": {
-            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
-            "diff": "-def member_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def member_proba(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
-        "xray_core.model.xǁModelǁpredict__mutmut_1": {
-            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
-            "diff": "-def predict(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def predict(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
-        "xray_core.model.xǁModelǁpredict_proba__mutmut_1": {
-            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
-            "diff": "-def predict_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def predict_proba(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
-        "xray_core.model.xǁModelǁraw_member_proba__mutmut_1": {
-            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
-            "diff": "-def raw_member_proba(self, x: Any, *, batch_size: int = 256) -> np.ndarray: / +def raw_member_proba(self, x: Any, *, batch_size: int = 257) -> np.ndarray:"},
-        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_1": {
-            "reason": "the batch size only splits the forward pass into chunks; every film's outputs are the same",
-            "diff": "-def raw_member_proba_and_features(self, x: Any, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]: / +def raw_member_proba_and_features(self, x: Any, *, batch_size: int = 257) -> tuple[np.ndarray, np.ndarray]:"},
-        "xray_core.model.xǁModelǁfeatures__mutmut_5": {
-            "reason": "the batch size is not passed on, so the default is used: it only splits the forward pass; outputs are the same",
-            "diff": "- return self.raw_member_proba_and_features(x, batch_size=batch_size)[1] / + return self.raw_member_proba_and_features(x, )[1]"},
-        "xray_core.model.xǁModelǁmember_proba__mutmut_11": {
-            "reason": "the batch size is not passed on, so the default is used: it only splits the forward pass; outputs are the same",
-            "diff": "- return calibrate(self.raw_member_proba(x, batch_size=batch_size), self.temperature, self.bias) / + return calibrate(self.raw_member_proba(x, ), self.temperature, self.bias)"},
         "xray_core.model.xǁModelǁpredict__mutmut_6": {
             "reason": "the batch size is not passed on, so the default is used: it only splits the forward pass; outputs are the same",
             "diff": "- return (self.predict_proba(x, batch_size=batch_size) >= self.threshold).astype(int) / + return (self.predict_proba(x, ) >= self.threshold).astype(int)"},
-        "xray_core.model.xǁModelǁpredict_proba__mutmut_6": {
-            "reason": "the batch size is not passed on, so the default is used: it only splits the forward pass; outputs are the same",
-            "diff": "- raw = self.raw_member_proba(x, batch_size=batch_size) / + raw = self.raw_member_proba(x, )"},
-        "xray_core.model.xǁModelǁraw_member_proba__mutmut_5": {
-            "reason": "the batch size is not passed on, so the default is used: it only splits the forward pass; outputs are the same",
-            "diff": "- return self.raw_member_proba_and_features(x, batch_size=batch_size)[0] / + return self.raw_member_proba_and_features(x, )[0]"},
-        "xray_core.model.xǁModelǁhead_outputs__mutmut_9": {
-            "reason": "Keras runs a network called outside training in inference mode when training is None",
-            "diff": "- parts = [np.asarray(net(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)] / + parts = [np.asarray(net(x[i : i + batch_size], training=None)) for i in range(0, len(x), batch_size)]"},
-        "xray_core.model.xǁModelǁhead_outputs__mutmut_11": {
-            "reason": "as xǁModelǁhead_outputs__mutmut_9 (training left out)",
-            "diff": "- parts = [np.asarray(net(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)] / + parts = [np.asarray(net(x[i : i + batch_size], )) for i in range(0, len(x), batch_size)]"},
-        "xray_core.model.xǁModelǁhead_outputs__mutmut_23": {
-            "reason": "astype(None) is astype(float64)",
-            "diff": "- return np.concatenate(parts, axis=0).astype(np.float64) if parts else np.zeros((0, self.output_units)) / + return np.concatenate(parts, axis=0).astype(None) if parts else np.zeros((0, self.output_units))"},
-        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_33": {
-            "reason": "astype(None) is astype(float64)",
-            "diff": "- return np.concatenate(probs, axis=0).astype(np.float64), np.concatenate(feats, axis=0).astype(np.float32) / + return np.concatenate(probs, axis=0).astype(None), np.concatenate(feats, axis=0).astype(np.float32)"},
-        "xray_core.model.xǁModelǁhead_outputs__mutmut_27": {
-            "reason": "np.concatenate's default axis is 0",
-            "diff": "- return np.concatenate(parts, axis=0).astype(np.float64) if parts else np.zeros((0, self.output_units)) / + return np.concatenate(parts, ).astype(np.float64) if parts else np.zeros((0, self.output_units))"},
-        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_37": {
-            "reason": "np.concatenate's default axis is 0",
-            "diff": "- return np.concatenate(probs, axis=0).astype(np.float64), np.concatenate(feats, axis=0).astype(np.float32) / + return np.concatenate(probs, ).astype(np.float64), np.concatenate(feats, axis=0).astype(np.float32)"},
-        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_43": {
-            "reason": "np.concatenate's default axis is 0",
-            "diff": "- return np.concatenate(probs, axis=0).astype(np.float64), np.concatenate(feats, axis=0).astype(np.float32) / + return np.concatenate(probs, axis=0).astype(np.float64), np.concatenate(feats, ).astype(np.float32)"},
-        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_7": {
-            "reason": "np.zeros' default dtype is float64",
-            "diff": "- return np.zeros((0, self.n_members), np.float64), np.zeros((0, 0), np.float32) / + return np.zeros((0, self.n_members), None), np.zeros((0, 0), np.float32)"},
-        "xray_core.model.xǁModelǁraw_member_proba_and_features__mutmut_9": {
-            "reason": "np.zeros' default dtype is float64",
-            "diff": "- return np.zeros((0, self.n_members), np.float64), np.zeros((0, 0), np.float32) / + return np.zeros((0, self.n_members), ), np.zeros((0, 0), np.float32)"},
     },
 }
 
