@@ -185,3 +185,20 @@ def test_an_unknown_export_format_is_refused():
 
     with pytest.raises(export.ExportError, match="onnx, litert"):
         export.export("default", fmt="torchscript", out="unused", root=ROOT / "trained_models")
+
+
+def test_a_stack_at_size_is_prepared_as_each_image_is():
+    """prepare_batch's shortcut for a uint8 stack already at the input size (the scorer's decoded
+    chunks) gives preprocess's values, for one channel and for three."""
+    import copy
+
+    model = load_model("default")
+    h, w = model.input_size
+    three = copy.copy(model)
+    three.__class__ = type("ThreeChannels", (type(model),), {"channels": property(lambda self: 3)})
+    stack = np.stack([film(i, size=max(h, w))[:h, :w] for i in range(3)])
+    for m in (model, three):
+        x = m.prepare_batch(stack)
+        assert x.shape == (3, h, w, m.channels) and x.dtype == np.float32
+        np.testing.assert_array_equal(x, np.stack([m.preprocess(im) for im in stack]))
+        np.testing.assert_array_equal(x, m.prepare_batch(list(stack)))

@@ -230,6 +230,20 @@ def test_thumbnails_are_box_averaged_and_standardised():
     np.testing.assert_allclose(gate.thumbnails(np.full((1, 40, 40, 1), 77.0)), 0.0)
 
 
+def test_thumbnails_of_whole_blocks_equal_pillows_box_filter():
+    """Sizes THUMB divides take the block mean; others Pillow's box filter: the same thumbnails."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for size in (192, 224, 200):
+        x = rng.integers(0, 256, (4, size, size, 1)).astype(np.float32)
+        boxed = np.stack([np.asarray(Image.fromarray(img[..., 0], mode="F").resize((gate.THUMB, gate.THUMB),
+                                                                                  Image.BOX), np.float64).ravel()
+                          for img in x])
+        expected = (boxed - boxed.mean(1, keepdims=True)) / np.maximum(boxed.std(1, keepdims=True), 1.0)
+        np.testing.assert_allclose(gate.thumbnails(x), expected, atol=1e-5)
+
+
 def test_intensity_stats_by_hand():
     levels = np.repeat([2.0, 3.0, 252.0, 253.0], 25).reshape(1, 10, 10, 1)  # sorted, 25 of each
     stats = gate.intensity_stats(levels)

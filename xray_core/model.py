@@ -261,6 +261,9 @@ class Model:
         h, w = self.input_size
         if len(images) == 0:
             return np.zeros((0, h, w, self.channels), np.float32)
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape[1:] == (h, w):
+            x = images.astype(np.float32)[..., None]  # a stack already at size: preprocess's values, at once
+            return np.repeat(x, self.channels, axis=-1) if self.channels > 1 else x
         return np.stack([self.preprocess(img) for img in images])
 
     def _as_batch(self, x: Any) -> np.ndarray:

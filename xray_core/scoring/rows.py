@@ -20,7 +20,7 @@ def forward(model, chunk: DecodedChunk):
     On the model's one-core lanes: overlapped_rows runs a chunk per core side by side."""
     if not len(chunk.images):
         return None
-    prepared = model.prepare_batch(list(chunk.images))
+    prepared = model.prepare_batch(chunk.images)
     return prepared, model.forward(prepared, throughput=True)
 
 
