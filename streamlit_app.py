@@ -1,7 +1,7 @@
 """The dashboard's entry point: page config, the shared sidebar, and the router over pages/.
 
 Run with `streamlit run streamlit_app.py`. The server process never imports TensorFlow, Keras or
-lime: verdicts run on LiteRT, and explanations in worker processes (`xray_core.explain.service`).
+lime: verdicts run on LiteRT, and explanations in worker processes (`xray_core.serving.service`).
 """
 
 from __future__ import annotations

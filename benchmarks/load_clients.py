@@ -89,7 +89,7 @@ def worker_pids(parent: int) -> list[int]:
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == parent and b"xray_core.explain.worker" in (stat.parent / "cmdline").read_bytes():
+            if ppid == parent and b"xray_core.serving.worker" in (stat.parent / "cmdline").read_bytes():
                 pids.append(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue

@@ -2,7 +2,7 @@
 
 The verdict (gate, prediction, probability, threshold, prediction set, context) is computed here,
 at once, from one forward pass on LiteRT, and drawn first. The explanation (LIME panels and
-Grad-CAM) is a job for the server's explanation workers (`xray_core.explain.service`): the page
+Grad-CAM) is a job for the server's explanation workers (`xray_core.serving.service`): the page
 asks for it, says where it stands while it waits or runs (a fragment that polls), and draws it
 when it is done. Another film, another model or leaving the page drops the job. The upload is
 decoded from memory and never written to disk; results live in this browser session only.
@@ -22,7 +22,7 @@ from app import common
 from app import diagnose_view as view
 from app.entry import require_entry
 from xray_core import case, data, explain, imaging, runs, settings
-from xray_core.explain import service
+from xray_core.serving import service
 from xray_core.model import load_model
 
 require_entry()  # first: no page runs unless streamlit_app.py ran first (app/entry.py)
@@ -183,7 +183,7 @@ def explanations(film: case.Film, a, model, options: dict, metrics: dict) -> Non
     svc = explainer()
     if svc is None:
         return
-    key = explain.JobKey.of(film.sha256, model.fingerprint, options)
+    key = service.JobKey.of(film.sha256, model.fingerprint, options)
     st.session_state["diagnose_explain_key"] = key
     kept = st.session_state.get("diagnose_explained")
     if kept is not None and kept.key == key:

@@ -130,7 +130,7 @@ def heavy_command(args) -> tuple[str, str] | None:
         return "starts Ray (`--ray`)", "slow"
     if (_after_module(argv, "xray_core.jobs") or [None])[0] == "work":
         return "starts the training queue's worker process", "slow"
-    if any("xray_core.explain.worker" in a for a in argv):
+    if any("xray_core.serving.worker" in a for a in argv):
         return "starts an explanation worker process", "slow"
     if any("_job_main" in a for a in argv) or _after_module(argv, "xray_core.scoring.uploads") is not None:
         return "starts a Worklist job's process", "slow"

@@ -1,4 +1,4 @@
-"""The explanation jobs' bookkeeping (xray_core.explain.scheduler), without processes: order, what
+"""The explanation jobs' bookkeeping (xray_core.serving.scheduler), without processes: order, what
 a page is told while it waits, a newer film cancelling the older, stale owners, shared and kept
 results. A clock of the test's own stands for time; `take` is what a worker calls."""
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from xray_core.explain.scheduler import JobKey, Scheduler
+from xray_core.serving.scheduler import JobKey, Scheduler
 
 
 class Clock:

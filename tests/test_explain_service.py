@@ -1,4 +1,4 @@
-"""The explanation workers for real (xray_core.explain.service): real processes, the bundled
+"""The explanation workers for real (xray_core.serving.service): real processes, the bundled
 default model, real threads. A cancelled explanation stops within one batch of samples; a verdict
 asked for while an explanation runs comes back before it ends; a newer film cancels the older;
 a job whose owner stopped asking is dropped; a worker that dies is said and replaced; the
@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from xray_core import case
-from xray_core.explain import JobKey
-from xray_core.explain import worker as worker_mod
+from xray_core.explain import PANEL_NAMES
 from xray_core.explain.lime import BATCH_SIZE
-from xray_core.explain.service import ExplainService, Worker
+from xray_core.serving import JobKey
+from xray_core.serving import worker as worker_mod
+from xray_core.serving.service import ExplainService, Worker
 from xray_core.model import load_model
 
 pytestmark = pytest.mark.slow
@@ -119,7 +120,7 @@ def test_a_newer_film_cancels_the_older_explanation_and_gets_its_own(service):
     wait_for(service, first, ("cancelled",), timeout=10)
     done = wait_for(service, second, ("done",), owner="bob")
     assert done.result.key == key(newer, SHORT)  # the newer film's own panels
-    assert done.result.key.film == newer.sha256 and sorted(done.result.panels) == sorted(worker_mod.PANEL_NAMES)
+    assert done.result.key.film == newer.sha256 and sorted(done.result.panels) == sorted(PANEL_NAMES)
     assert all(png.startswith(b"\x89PNG") for png in done.result.panels.values())
 
 
@@ -162,8 +163,8 @@ ASKER = """
 import sys, time
 from pathlib import Path
 from xray_core import case
-from xray_core.explain import JobKey
-from xray_core.explain.service import ExplainService
+from xray_core.serving import JobKey
+from xray_core.serving.service import ExplainService
 from xray_core.model import load_model
 
 if __name__ == "__main__":

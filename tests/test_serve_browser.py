@@ -113,9 +113,9 @@ def test_two_sessions_at_once_each_see_their_own_film_and_the_server_never_loads
         server = server_probe.ask(probe)
         heavy = sorted(m for m in server["modules"] if m.split(".")[0] in ("tensorflow", "keras", "lime"))
         assert heavy == [], heavy
-        assert "xray_core.explain.service" in server["modules"]  # the page did use the workers
+        assert "xray_core.serving.service" in server["modules"]  # the page did use the workers
         workers = [pid for pid in children(server["pid"])
-                   if b"xray_core.explain.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+                   if b"xray_core.serving.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(workers) == 1  # the default: one explanation worker
         assert nice(workers[0]) - nice(server["pid"]) == 10
         assert "libtensorflow" in Path(f"/proc/{workers[0]}/maps").read_text()  # Grad-CAM ran there

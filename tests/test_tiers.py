@@ -53,7 +53,7 @@ def test_a_marked_test_may_do_what_its_marker_says():
     (["python", "-c", "from xray_core.scoring.worklist import _job_main; _job_main()"], "slow"),
     (["python", "-m", "xray_core.scoring.uploads", "/models/.worklist/job"], "slow"),
     (["python", "-c", "import xray_core.scoring; print('light')"], None),
-    (["python", "-c", "from xray_core.explain.worker import main_cli; main_cli()", "5", "10"], "slow"),
+    (["python", "-c", "from xray_core.serving.worker import main_cli; main_cli()", "5", "10"], "slow"),
     (["python", "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true"], "browser"),
     (["python", "-m", "streamlit", "--version"], None),
     (["python", "-m", "tests.server_probe", "run", "streamlit_app.py"], "browser"),

@@ -2,10 +2,9 @@
 
 Rooms with one job each: `lime` (LIME through the lime package: weights per superpixel) and
 `gradcam` compute arrays from an `xray_core.model.Model`; `faithfulness` measures deletion curves
-and stability; `panels` draws; `folder` is the `explain` command. A served dashboard explains in
-worker processes: `worker` (what one does: `explain_film`, LIME, Grad-CAM and the drawn panels
-as plain data), `scheduler` (who waits for what) and `service` (the pool). Every explanation is
-of P(pneumonia) unless another label is asked for.
+and stability; `panels` draws; `folder` is the `explain` command; `film` is Diagnose's explanation
+of one film as plain data (`explain_film`), which `xray_core.serving` runs in worker processes.
+Every explanation is of P(pneumonia) unless another label is asked for.
 
 lime, TensorFlow, scikit-image, scikit-learn and matplotlib are imported inside the functions
 that need them, so `import xray_core.explain` stays fast.
@@ -15,6 +14,7 @@ from xray_core.explain.faithfulness import (
     DeletionCurve, Stability, deletion_curve, gradcam_order, jaccard, lime_order, random_order, stability,
     trust_figures,
 )
+from xray_core.explain.film import PANEL_NAMES, Explained, explain_film
 from xray_core.explain.folder import GRADCAM_FILE, JSON_FILE, PANEL_FILES, explain_to_folder
 from xray_core.explain.gradcam import GradCam, grad_cam
 from xray_core.explain.lime import (
@@ -26,9 +26,6 @@ from xray_core.explain.panels import (
     BOUNDARY_COLOR, DISPLAY_SIZE, HeatmapLegend, LimePanels, boundaries, display_shape, lime_panels,
     make_overlay, png_bytes, upsample_nearest,
 )
-from xray_core.explain.scheduler import JobKey, Scheduler, Status
-from xray_core.explain.service import ExplainService
-from xray_core.explain.worker import PANEL_NAMES, Explained, explain_film
 
 __all__ = [
     "DeletionCurve", "Stability", "deletion_curve", "gradcam_order", "jaccard", "lime_order", "random_order",
@@ -37,6 +34,5 @@ __all__ = [
     "RECIPES", "SAMPLINGS", "SCALES", "SEED_LIME", "SEGMENTATIONS", "TOP_PROS_CONS", "TOP_SUPPORTING",
     "ExplainCancelled", "ExplainError", "LimeExplanation", "explain_lime", "lime_settings", "segment", "to_gray",
     "BOUNDARY_COLOR", "DISPLAY_SIZE", "HeatmapLegend", "LimePanels", "boundaries", "display_shape", "lime_panels",
-    "make_overlay", "png_bytes", "upsample_nearest", "JobKey", "Scheduler", "Status", "ExplainService",
-    "PANEL_NAMES", "Explained", "explain_film",
+    "make_overlay", "png_bytes", "upsample_nearest", "PANEL_NAMES", "Explained", "explain_film",
 ]

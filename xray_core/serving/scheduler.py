@@ -5,7 +5,7 @@ owner's older one, queued or running; a job whose owners have not asked about it
 `stale_after` seconds (they left the page or closed the tab) is cancelled; owners asking for the
 same film, model and settings share one job; finished results are kept by their `JobKey` (film
 hash, model fingerprint, options), so a result is only ever handed out for its own film. A
-running job is cancelled through the callable its worker gave `take`. `explain.service` runs
+running job is cancelled through the callable its worker gave `take`. `serving.service` runs
 the workers; tests drive a `Scheduler` alone, with a clock of their own.
 """
 

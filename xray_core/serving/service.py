@@ -2,11 +2,11 @@
 
 A verdict (decode, gate, probability, set) takes milliseconds and runs where it is asked for, in
 the server process. An explanation (LIME, Grad-CAM, the drawn panels) takes about a second of
-every core, so it is a job for a small pool of worker processes (`explain.worker`), started on
+every core, so it is a job for a small pool of worker processes (`serving.worker`), started on
 first use as fresh interpreters, each at a lower CPU priority (nice) and with its own copy of
 each model it is asked for. The server process itself never imports TensorFlow, Keras or lime.
 
-`explain.scheduler` keeps the jobs (arrival order; a newer job of the same owner, one browser
+`serving.scheduler` keeps the jobs (arrival order; a newer job of the same owner, one browser
 session, cancels its older one; a job nobody asked about for a few seconds is dropped; results
 kept by film hash, model fingerprint and options). `ExplainService` adds the processes: one
 thread per worker takes the next job, sends it, relays its progress and answer, and restarts a
@@ -29,11 +29,10 @@ import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from xray_core.explain import worker as worker_mod
-from xray_core.explain.scheduler import KEEP_RESULTS, STALE_AFTER, JobKey, Scheduler, Status
-from xray_core.explain.worker import Explained
+from xray_core.serving import worker as worker_mod
+from xray_core.serving.scheduler import KEEP_RESULTS, STALE_AFTER, JobKey, Scheduler, Status
 
-__all__ = ["ExplainService", "Explained", "JobKey", "Scheduler", "Status", "WORKER_NICE", "existing", "shared"]
+__all__ = ["ExplainService", "JobKey", "Scheduler", "Status", "WORKER_NICE", "existing", "shared"]
 
 WORKER_NICE = 10  # the workers' CPU priority below the server's (a verdict gets the cores first)
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where `xray_core` is imported from

@@ -1,6 +1,6 @@
-"""What an explanation worker process does: LIME, Grad-CAM and the drawn panels of one film.
+"""An explanation worker process: it answers the server's requests for `explain.explain_film`.
 
-`explain.service` starts each worker as a fresh interpreter (`main_cli`: nothing of the server's
+`serving.service` starts each worker as a fresh interpreter (`main_cli`: nothing of the server's
 state is inherited) and talks to it over a `multiprocessing.connection` on a socket. A worker
 lowers its own CPU priority first, so the server's verdicts take the cores when they need them;
 then it loads each model it is asked for once (`load_model`'s cache: one copy per worker) and
@@ -20,73 +20,17 @@ machine, so a test can count the batches finished after a cancel.
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import os
 import signal
 import sys
 import time
 import traceback
-from typing import Any, Callable
 
 import numpy as np
 
-from xray_core.explain.gradcam import grad_cam
-from xray_core.explain.lime import ExplainCancelled, ExplainError, LimeExplanation, explain_lime, lime_settings
-from xray_core.explain.panels import HeatmapLegend, lime_panels, make_overlay
+from xray_core.explain import ExplainCancelled, ExplainError, explain_film
 
-PANEL_NAMES = ("full", "partial", "pros_cons", "heatmap", "gradcam")
 WARM_SAMPLES = 128  # a small explanation of a synthetic film loads lime, TensorFlow and Grad-CAM's graph
-
-
-@dataclasses.dataclass(frozen=True)
-class Explained:
-    """One film's explanation as plain data: what the page shows and what its downloads hold.
-
-    `key` is the job's `scheduler.JobKey` (film hash, model fingerprint, options), so a page can
-    check that a result is the one of the film it shows. It holds no file name: two users may send
-    the same bytes under different names.
-    """
-
-    key: Any
-    lime: LimeExplanation
-    legend: HeatmapLegend  # the weight heatmap's colour scale
-    heatmap: np.ndarray  # Grad-CAM, float32 0..1 at the last convolutional map's size
-    cam_layer: str
-    cam_seconds: float
-    panels: dict  # name (PANEL_NAMES) -> PNG bytes at display size, over the film
-    seconds: float  # the whole explanation, drawing included
-
-
-def png(rgb: np.ndarray) -> bytes:
-    """PNG bytes, fast: zlib level 1 is four times quicker than the default here and about as small
-    on these pictures (flat colour over a film)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def explain_film(model, image: np.ndarray, *, num_samples: int = 512, segmentation: str = "slic", seed: int = 0,
-                 progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-                 key: Any = None) -> Explained:
-    """LIME (the dashboard's recipe at these settings) and Grad-CAM of P(pneumonia), drawn over
-    `image` (the decoded 2-D film) as the Diagnose panels. Raises ExplainCancelled when `cancel()`
-    turns true, ExplainError for settings this film cannot take."""
-    t0 = time.perf_counter()
-    settings = lime_settings(num_samples=num_samples, segmentation=segmentation)
-    lime = explain_lime(model, image, seed=seed, progress=progress, cancel=cancel, **settings)
-    if cancel is not None and cancel():
-        raise ExplainCancelled("The explanation was cancelled after LIME.")
-    drawn = lime_panels(image, lime)
-    cam = grad_cam(model, image)
-    if cancel is not None and cancel():
-        raise ExplainCancelled("The explanation was cancelled after Grad-CAM.")
-    pictures = {**drawn.as_dict(), "gradcam": make_overlay(image, cam.heatmap)}
-    return Explained(key=key, lime=lime, legend=drawn.legend, heatmap=cam.heatmap, cam_layer=cam.layer,
-                     cam_seconds=cam.seconds, panels={name: png(pictures[name]) for name in PANEL_NAMES},
-                     seconds=time.perf_counter() - t0)
 
 
 def warm_film(size: int = 256) -> np.ndarray:
@@ -181,7 +125,7 @@ def main(conn, *, nice: int = 0) -> None:
 
 
 def main_cli() -> None:
-    """`python -c "from xray_core.explain.worker import main_cli; main_cli()" FD NICE`, as the
+    """`python -c "from xray_core.serving.worker import main_cli; main_cli()" FD NICE`, as the
     service starts a worker: FD is this process's end of the socket pair."""
     from multiprocessing.connection import Connection
 
