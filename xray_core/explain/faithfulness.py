@@ -22,10 +22,7 @@ from xray_core.explain.panels import resize_float
 
 @dataclasses.dataclass
 class DeletionCurve:
-    """The label's probability as superpixels are hidden, most important first.
-
-    A faithful order makes it fall fast: a lower area means a more faithful explanation.
-    """
+    """The label's probability as superpixels are hidden, most important first (lower area: more faithful)."""
 
     fractions: list  # share of superpixels hidden at each step, 0 .. 1
     probabilities: list  # the model's score for the label at each step
@@ -93,6 +90,7 @@ def gradcam_order(heatmap: np.ndarray, segments: np.ndarray) -> list[int]:
 
 
 def random_order(n: int, seed: int = 0) -> list[int]:
+    """The n superpixels in a random order (the baseline of the deletion curves)."""
     return [int(k) for k in np.random.default_rng(seed).permutation(n)]
 
 
@@ -107,17 +105,19 @@ NEAR_TIE = 2.0  # a top-k edge whose gap is within this many seed-to-seed deviat
 
 @dataclasses.dataclass
 class Stability:
-    """How much the top superpixels move when only the seed changes."""
+    """How much the top superpixels move when only the seed changes.
+
+    `cut_margin` and `cut_spread` say whether the top k end at a near-tie: with the superpixels
+    ranked by their |weight| averaged over the seeds, the gap between the k-th and the (k+1)-th,
+    and the larger seed-to-seed standard deviation of those two |weights|. None when the seeds
+    segment differently (quickshift) or there are no more than k superpixels.
+    """
 
     seeds: list
     jaccard_mean: float  # mean over seed pairs of the pixel Jaccard of the top-k regions
     jaccard_min: float
     top_k: int
     n_superpixels: list  # per seed (quickshift's tie-breaking is seeded too)
-    # Is the top-k's edge a near-tie? With the superpixels ranked by their |weight| averaged over the
-    # seeds: the gap between the k-th and the (k+1)-th, and the larger seed-to-seed standard
-    # deviation of those two |weights|. A gap within about two spreads means either may be shown.
-    # None when the seeds segment differently (quickshift) or there are no more than k superpixels.
     cut_margin: float | None = None
     cut_spread: float | None = None
 
@@ -214,13 +214,8 @@ def trust_figures(model, image: np.ndarray, explanation: LimeExplanation | None 
                 for name, order in orders.items()}
     stab = stability(model, image, label=label, seeds=seeds, first=explanation, **explanation.settings())
     return {
-        "label": label,
-        "label_name": CLASSES[label],
-        "n_superpixels": n,
+        "label": label, "label_name": CLASSES[label], "n_superpixels": n,
         "deletion_area": {name: curve["area"] for name, curve in deletion.items()},
-        "deletion_fill": "superpixel mean" if fill is None else fill,
-        "deletion_curves": deletion,
-        "random_seed": random_seed,
-        "stability": stab.to_dict(),
-        "seconds": time.perf_counter() - t0,
+        "deletion_fill": "superpixel mean" if fill is None else fill, "deletion_curves": deletion,
+        "random_seed": random_seed, "stability": stab.to_dict(), "seconds": time.perf_counter() - t0,
     }

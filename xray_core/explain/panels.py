@@ -198,10 +198,11 @@ def make_overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = GRADC
     return np.clip((1 - alpha) * base + alpha * colour + 0.5, 0, 255).astype(np.uint8)
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """Encode a uint8 gray or RGB array as PNG, in memory (the CLI's files, the Diagnose zip)."""
+def png_bytes(rgb: np.ndarray, *, compress_level: int = -1) -> bytes:
+    """Encode a uint8 gray or RGB array as PNG, in memory; `compress_level` is zlib's (-1 its default,
+    1 much quicker and about as small on flat colour over a film, for the dashboard's panels)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, np.uint8)).save(buf, format="PNG")
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
