@@ -93,7 +93,7 @@ def streamlit_server(script: str | os.PathLike = "streamlit_app.py", *, env: dic
             if time.monotonic() > deadline:
                 raise ServerDidNotStart(f"streamlit did not answer on {base} within {start_timeout:g} s: "
                                         + _tail(log))
-            time.sleep(0.5)
+            time.sleep(0.1)
         yield base
     finally:
         server.terminate()
@@ -143,14 +143,18 @@ def new_page(browser, timeout_ms: int = 90_000):
 
 
 def wait_idle(page) -> None:
-    """Until Streamlit has finished the current script run. The status widget appears only some
-    hundred milliseconds into a run, so it must stay absent for a second before the run counts as done."""
+    """Until Streamlit has finished the current script run: the app's script state (an attribute
+    Streamlit's frontend sets the moment a run is asked for) reads notRunning and the status widget
+    (which appears only some hundred milliseconds into a run) is absent, both for half a second, so
+    that a run an action has just asked for is not missed."""
     page.wait_for_selector('[data-testid="stApp"]')
-    absent = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-    for _ in range(120):
-        page.wait_for_function(absent, timeout=120_000)
-        page.wait_for_timeout(1000)
-        if page.evaluate(absent):
+    idle = ("() => !document.querySelector('[data-testid=\"stStatusWidget\"]') && "
+            "document.querySelector('[data-testid=\"stApp\"]')?.getAttribute('data-test-script-state') "
+            "=== 'notRunning'")
+    for _ in range(240):
+        page.wait_for_function(idle, timeout=120_000)
+        page.wait_for_timeout(500)
+        if page.evaluate(idle):
             return
     raise AssertionError("Streamlit did not finish its script run")
 

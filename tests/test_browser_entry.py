@@ -74,7 +74,8 @@ def fresh_server(folders: dict[str, Path], mode: str):
                # Streamlit's secrets: the [auth] file, or none (never a secrets.toml of the project)
                STREAMLIT_SECRETS_FILES=str(folders["secrets"] if mode == "auth"
                                            else folders["base"] / "no-secrets.toml"),
-               XRAY_MODE="viewer" if mode == "viewer" else "full")
+               XRAY_MODE="viewer" if mode == "viewer" else "full",
+               XRAY_MAX_EXPLAIN_WORKERS="0")  # what a page shows first needs no explanation worker
     if mode == "full":
         env.update(XRAY_MAX_RUNNING_TRAININGS="0", XRAY_MAX_RUNNING_WORKLISTS="0")
     log = folders["base"] / f"streamlit-{mode}.log"

@@ -36,7 +36,8 @@ def worklist_app(tmp_path_factory):
     make_films(films, N_FILMS, size=128)  # large enough for the input gate's size check
     add_bad_files(films)
     env = dict(os.environ, XRAY_DATA_DIR=str(films), XRAY_MODELS_DIR=str(models),
-               XRAY_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "xray_cache"))
+               XRAY_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "xray_cache"),
+               XRAY_MAX_EXPLAIN_WORKERS="0")  # verdicts only: no explanation worker loading TensorFlow meanwhile
     with streamlit_server(env=env, log_path=tmp_path_factory.getbasetemp() / "streamlit_worklist.log") as base:
         yield base, models, films
 

@@ -24,7 +24,8 @@ def validate_app(tiny_run, tmp_path_factory):
     data = tmp_path_factory.mktemp("validate_data")
     make_synthetic_dataset(data / "site", n_train=(24, 24), n_val=(0, 0), n_test=(0, 0), size=128, seed=13)
     env = dict(os.environ, XRAY_DATA_DIR=str(data), XRAY_MODELS_DIR=str(models),
-               XRAY_CACHE_DIR=str(tmp_path_factory.mktemp("validate_cache")))
+               XRAY_CACHE_DIR=str(tmp_path_factory.mktemp("validate_cache")),
+               XRAY_MAX_EXPLAIN_WORKERS="0")  # no explanation is looked at here
     env.pop("XRAY_MODE", None)
     with streamlit_server(env=env, log_path=tmp_path_factory.getbasetemp() / "streamlit_validate.log") as base:
         yield base, models, data, run_id
