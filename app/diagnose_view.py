@@ -104,15 +104,17 @@ def gate_lines(assessment) -> list[str]:
     return lines
 
 
+VERDICT_LABELS = ("Prediction", "Probability of pneumonia", "Operating threshold", "90 % prediction set")
+NO_FILM = "—"  # the verdict row's value before a film is chosen
+
+
 def verdict_metrics(assessment) -> list[tuple[str, str]]:
-    """(label, value) pairs for the verdict row, in order."""
+    """(label, value) pairs for the verdict row, in order; None: the row before a film is chosen."""
+    if assessment is None:
+        return [(label, NO_FILM) for label in VERDICT_LABELS]
     u = assessment.uncertainty
-    return [
-        ("Prediction", assessment.verdict),
-        ("Probability of pneumonia", f"{assessment.probability:.3f}"),
-        ("Operating threshold", f"{assessment.threshold:.3f}"),
-        ("90 % prediction set", u.label),
-    ]
+    values = (assessment.verdict, f"{assessment.probability:.3f}", f"{assessment.threshold:.3f}", u.label)
+    return list(zip(VERDICT_LABELS, values))
 
 
 def verdict_caption(assessment) -> str:

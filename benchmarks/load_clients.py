@@ -235,7 +235,11 @@ def summary(result: dict) -> dict:
     return {"uploads": len(rows), "refused": sum(bool(r.get("refused")) for r in rows),
             "verdict": quantiles([r["verdict_s"] for r in rows if "verdict_s" in r]),
             "panels": quantiles([r["panels_s"] for r in rows if "panels_s" in r]),
-            "failures": sum("failure" in r for r in rows), "wrong_film": sum(bool(r["wrong_film"]) for r in rows)}
+            "failures": sum("failure" in r for r in rows), "wrong_film": sum(bool(r["wrong_film"]) for r in rows),
+            # each client's first upload: all N at the same moment, each session's first verdict
+            "first_verdicts": [r["verdict_s"] for r in (next((r for r in rows if r["client"] == c), {})
+                                                         for c in sorted({r["client"] for r in rows}))
+                               if "verdict_s" in r]}
 
 
 def fmt(v, unit=" s") -> str:
@@ -265,6 +269,10 @@ def report(results: dict, floor: dict | None, args) -> str:
               "opened) " + "; ".join(f"N = {n}: verdict {fmt(r['cold'].get('verdict_s'))} after the upload, "
                                      f"{fmt(r['cold'].get('since_launch_s'))} after the server was launched"
                                      for n, r in results.items() if r.get("cold")) + ".",
+              "The N clients start together, so their first uploads come at the same moment, each the first "
+              "film of its browser session; those verdicts took at most "
+              + "; ".join(f"{fmt(max(r['summary']['first_verdicts']))} (N = {n})" for n, r in results.items()
+                          if r["summary"]["first_verdicts"]) + ".",
               "Peak RSS is the kernel's VmHWM of the server process and of the explanation worker (one "
               "copy of each model per process: LiteRT's in the server, LiteRT's and Keras' in the worker).", ""]
     four = results.get(4)

@@ -106,6 +106,12 @@ def explanation_settings() -> dict:
     return {"num_samples": int(samples), "segmentation": segmentation, "seed": int(seed)}
 
 
+def verdict_row(a) -> None:
+    """The four figures of a verdict (an Assessment), or their empty row (None)."""
+    for col, (label, value) in zip(st.columns([1.6, 1.5, 1.3, 1.9]), view.verdict_metrics(a)):
+        col.metric(label, value)
+
+
 def show_verdict(a, metrics: dict) -> bool:
     """Gate, verdict and its context. Returns whether the verdict was shown."""
     shown = a.in_distribution
@@ -116,9 +122,7 @@ def show_verdict(a, metrics: dict) -> bool:
             st.warning("The model was not made for this image: the output below is shown on request "
                        "and should not be read as a finding.")
     if shown:
-        cols = st.columns([1.6, 1.5, 1.3, 1.9])
-        for col, (label, value) in zip(cols, view.verdict_metrics(a)):
-            col.metric(label, value)
+        verdict_row(a)
         st.caption(view.uncertainty_caption(a))
         st.caption(view.verdict_caption(a))
         if a.in_distribution and a.gate.warnings:
@@ -265,6 +269,9 @@ options = explanation_settings()
 
 if chosen is None:
     drop_explanation()
+    # The verdict's row, empty: the layout stays put when the answer comes, and the browser loads
+    # the code that draws the row with the page, not on the first film (load_clients.md).
+    verdict_row(None)
 else:
     name, raw = chosen
     try:

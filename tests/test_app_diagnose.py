@@ -170,10 +170,13 @@ def test_with_explanations_switched_off_the_verdict_stands_alone(monkeypatch, sy
     monkeypatch.setenv("XRAY_MAX_EXPLAIN_WORKERS", "0")
     runs_root, run_id = tiny_run
     at = open_page(monkeypatch, synthetic_dataset, runs_root, timeout=180)
+    # before a film: the verdict's row, empty
+    assert [(m.label, m.value) for m in at.metric] == [(label, view.NO_FILM) for label in view.VERDICT_LABELS]
     _, raw = image_bytes(synthetic_dataset, "test", "PNEUMONIA")
     at.file_uploader(key="diagnose_upload").set_value(("film.png", enlarged(raw), "image/png")).run()
     assert not at.exception and not at.error
-    assert "Probability of pneumonia" in [m.label for m in at.metric]
+    assert [m.label for m in at.metric] == list(view.VERDICT_LABELS)  # the film's row in place of the empty one
+    assert view.NO_FILM not in [m.value for m in at.metric]
     assert view.EXPLANATIONS_OFF in [i.value for i in at.info]
     assert len(at.image) == 0 and not at.get("progress")
     assert "diagnose_explain_key" not in at.session_state  # no explanation was asked for
