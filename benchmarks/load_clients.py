@@ -232,14 +232,14 @@ def quantiles(values: list[float]) -> dict:
 
 def summary(result: dict) -> dict:
     rows = result["rows"]
+    firsts: dict = {}  # each client's first upload: all N at the same moment, each session's first verdict
+    for r in rows:
+        firsts.setdefault(r["client"], r)
     return {"uploads": len(rows), "refused": sum(bool(r.get("refused")) for r in rows),
             "verdict": quantiles([r["verdict_s"] for r in rows if "verdict_s" in r]),
             "panels": quantiles([r["panels_s"] for r in rows if "panels_s" in r]),
             "failures": sum("failure" in r for r in rows), "wrong_film": sum(bool(r["wrong_film"]) for r in rows),
-            # each client's first upload: all N at the same moment, each session's first verdict
-            "first_verdicts": [r["verdict_s"] for r in (next((r for r in rows if r["client"] == c), {})
-                                                         for c in sorted({r["client"] for r in rows}))
-                               if "verdict_s" in r]}
+            "first_verdicts": [r["verdict_s"] for r in firsts.values() if "verdict_s" in r]}
 
 
 def fmt(v, unit=" s") -> str:

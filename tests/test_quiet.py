@@ -94,30 +94,24 @@ def test_a_command_that_fails_says_only_its_sentence(tmp_path):
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
 
 
-def _serve_and_explain(tmp_path, env: dict, name: str, film: Path) -> str:
-    """Start `streamlit run`; in Chromium, explain `film` on Diagnose (the explanation worker, whose
-    output goes to the server's log, imports TensorFlow for Grad-CAM) and open the Train page (its
-    layer table is built by a child process); stop the server; return the server's log."""
+def _server_log(tmp_path, env: dict, name: str, *, film: Path | None = None, until: re.Pattern | None = None,
+                timeout: float = 240) -> str:
+    """Start `streamlit run` and open Diagnose in Chromium (the page warms the explanation worker,
+    whose output goes to the server's log). With `film`: explain it (the worker imports TensorFlow
+    for Grad-CAM) and open the Train page (its layer table is built by a child process). With
+    `until`: wait until the log matches it (or `timeout` seconds pass). Stop the server; return its log."""
     log_path = tmp_path / f"streamlit-{name}.log"
     with streamlit_server(env=env, log_path=log_path) as base, chromium() as browser:
         page = browser.new_page()
         page.goto(base, timeout=120_000)
-        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(film))
-        page.get_by_text("Grad-CAM", exact=True).wait_for(timeout=240_000)
-        page.goto(base + "/train", timeout=120_000)
-        page.get_by_text("parameters").first.wait_for(timeout=240_000)
-    return log_path.read_text(errors="replace")
-
-
-def _serve_until_logged(tmp_path, env: dict, name: str, pattern: re.Pattern, timeout: float = 240) -> str:
-    """Start `streamlit run`, open Diagnose in Chromium and wait until the server's log matches
-    `pattern` (or `timeout` seconds pass); stop the server; return the log."""
-    log_path = tmp_path / f"streamlit-{name}.log"
-    with streamlit_server(env=env, log_path=log_path) as base, chromium() as browser:
-        page = browser.new_page()
-        page.goto(base, timeout=120_000)
+        if film is not None:
+            page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(film))
+            page.get_by_text("Grad-CAM", exact=True).wait_for(timeout=240_000)
+            page.goto(base + "/train", timeout=120_000)
+            page.get_by_text("parameters").first.wait_for(timeout=240_000)
         deadline = time.monotonic() + timeout
-        while not pattern.search(log_path.read_text(errors="replace")) and time.monotonic() < deadline:
+        while until is not None and not until.search(log_path.read_text(errors="replace")) \
+                and time.monotonic() < deadline:
             time.sleep(0.5)
     return log_path.read_text(errors="replace")
 
@@ -136,10 +130,10 @@ def test_the_app_log_is_quiet_unless_asked(synthetic_dataset, tiny_run, tmp_path
     film = tmp_path / "film.png"  # a synthetic 48 px film at a size the input gate accepts
     source = sorted((synthetic_dataset / "test" / "PNEUMONIA").iterdir())[0]
     Image.fromarray(imaging.decode(source)).resize((160, 160), Image.BILINEAR).save(film)
-    quiet_log = _serve_and_explain(tmp_path, env, "quiet", film)
+    quiet_log = _server_log(tmp_path, env, "quiet", film=film)
     assert not GLOG_LINE.search(quiet_log) and not [m for m in NOISE_MARKERS if m in quiet_log], quiet_log[-3000:]
     # With TensorFlow's logging left on, the worker's lines reach the same log: the quiet visit was
     # quiet because they were silenced, not because nothing loaded TensorFlow. Opening Diagnose is
     # enough: the page warms the worker with a small explanation, Grad-CAM and TensorFlow included.
-    loud_log = _serve_until_logged(tmp_path, dict(env, TF_CPP_MIN_LOG_LEVEL="0"), "loud", GLOG_LINE)
+    loud_log = _server_log(tmp_path, dict(env, TF_CPP_MIN_LOG_LEVEL="0"), "loud", until=GLOG_LINE)
     assert GLOG_LINE.search(loud_log), loud_log[-3000:]

@@ -35,7 +35,6 @@ USER_ERRORS = {
     "xray_core.download": ("DownloadError",),
     "xray_core.evaluation": ("EvaluationError",),
     "xray_core.explain": ("ExplainError",),
-    "xray_core.explain.lime": ("ExplainError",),
     "xray_core.export": ("ExportError",),
     "xray_core.fileio": ("PathNotAllowed",),
     "xray_core.gate": ("GateError",),

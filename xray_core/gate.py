@@ -159,12 +159,11 @@ def thumbnails(x: np.ndarray) -> np.ndarray:
     n, h, w = x.shape[:3]
     if h % THUMB == 0 and w % THUMB == 0:  # Pillow's box filter on whole blocks is their mean
         rows = x[..., 0].reshape(n, THUMB, h // THUMB, w).sum(axis=2, dtype=np.float64)
-        small = (rows.reshape(n, THUMB, THUMB, w // THUMB).sum(axis=3) / (h * w // THUMB**2)).astype(np.float32)
-        small = small.reshape(n, -1)
+        boxes = (rows.reshape(n, THUMB, THUMB, w // THUMB).sum(axis=3) / (h * w // THUMB**2)).astype(np.float32)
     else:
-        small = np.stack([np.asarray(Image.fromarray(img[..., 0], mode="F").resize((THUMB, THUMB), Image.BOX))
-                          for img in x]).reshape(n, -1)
-    small = small.astype(np.float64)
+        boxes = np.stack([np.asarray(Image.fromarray(img[..., 0], mode="F").resize((THUMB, THUMB), Image.BOX))
+                          for img in x])
+    small = boxes.reshape(n, -1).astype(np.float64)
     return (small - small.mean(1, keepdims=True)) / np.maximum(small.std(1, keepdims=True), 1.0)
 
 

@@ -381,10 +381,16 @@ def resize(img: np.ndarray, size, method: str = "bilinear") -> np.ndarray:
 def to_model_input(img: np.ndarray, size, *, channels: int = 1, method: str = "bilinear") -> np.ndarray:
     """A decoded gray image as a model's input: float32 of shape (height, width, channels) in
     0..255 (the networks rescale inside themselves; 3 channels are copies of the gray)."""
+    return with_channels(resize(img, size, method), channels)
+
+
+def with_channels(gray: np.ndarray, channels: int = 1) -> np.ndarray:
+    """uint8 gray (..., h, w) at a model's size -> float32 (..., h, w, channels) 0..255: one image
+    or a stack of them, the channels copies of the gray."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    small = resize(img, size, method).astype(np.float32)[..., None]
-    return np.repeat(small, channels, axis=-1) if channels == 3 else small
+    x = np.asarray(gray).astype(np.float32)[..., None]
+    return np.repeat(x, channels, axis=-1) if channels == 3 else x
 
 
 

@@ -262,8 +262,9 @@ class Model:
         if len(images) == 0:
             return np.zeros((0, h, w, self.channels), np.float32)
         if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape[1:] == (h, w):
-            x = images.astype(np.float32)[..., None]  # a stack already at size: preprocess's values, at once
-            return np.repeat(x, self.channels, axis=-1) if self.channels > 1 else x
+            from xray_core import imaging
+
+            return imaging.with_channels(images, self.channels)  # a stack already at size, at once
         return np.stack([self.preprocess(img) for img in images])
 
     def _as_batch(self, x: Any) -> np.ndarray:
