@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -248,6 +250,31 @@ def test_sigkill_mid_run_then_rerun_has_every_file_exactly_once(tiny_run, tmp_pa
     assert all(r["probability"] and not r["error"] for r in rows)
     assert summary["already_scored"] == killed_rows and summary["scored"] + summary["already_scored"] == 600
     assert summary["images_per_second"] > 0
+
+
+def test_a_job_that_fails_keeps_its_rows_closes_its_file_and_says_failed(tiny_run, films, tmp_path, monkeypatch):
+    from xray_core.scoring import job
+
+    scored_rows = job.overlapped_rows
+
+    def fails_after_one_chunk(*args, **kwargs):
+        chunks = scored_rows(*args, **kwargs)
+        yield next(chunks)
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(job, "overlapped_rows", fails_after_one_chunk)
+    out, status = tmp_path / "scores.csv", tmp_path / "status.json"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(RuntimeError, match="disk went away"):
+            _score(tiny_run, films, out, batch_size=8, status_path=status)
+        gc.collect()  # an output left open would warn here, when the failed job is collected
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert len(read_rows(out)) == 8
+    assert json.loads(status.read_text())["state"] == "failed"
+    monkeypatch.undo()
+    assert _score(tiny_run, films, out, batch_size=8)["already_scored"] == 8
+    assert len(read_rows(out)) == 20
 
 
 def test_parquet_output_resumes_from_parts(tiny_run, films, tmp_path):

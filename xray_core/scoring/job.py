@@ -119,6 +119,8 @@ class ScoreJob:
             state = "cancelled"
             raise
         finally:
+            if state != "completed":
+                self.output.abandon()  # the rows written so far stay, for the next run to go on from
             bar.close()
             elapsed = self._elapsed()
             summary["already_scored"] = self.skipped

@@ -93,6 +93,10 @@ class _CsvOutput:
     def close(self) -> None:
         self._fh.close()
 
+    def abandon(self) -> None:
+        """Stop without finishing: every row is on disk already, so only the file is closed."""
+        self._fh.close()
+
 
 def _arrow_schema():
     import pyarrow as pa
@@ -139,6 +143,9 @@ class _ParquetOutput:
         pq.write_table(table, buf)
         fileio.atomic_write_bytes(self.parts / f"part-{self._next:07d}.parquet", buf.getvalue().to_pybytes())
         self._next += 1
+
+    def abandon(self) -> None:
+        """Stop without finishing: the parts stay for the next run to merge (nothing is held open)."""
 
     def close(self) -> None:
         import pyarrow as pa
