@@ -81,7 +81,7 @@ def test_the_readme_screenshot_is_retaken_by_its_script(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tools.screenshot", "--film", str(films[0]), "--out", str(out),
                            "--width", "1024"], cwd=PROJECT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    image = Image.open(out)
-    assert image.width == 1024 and image.height > 1200  # the verdict and the panels below it
-    assert out.stat().st_size < 400_000 and image.mode == "P"
+    with Image.open(out) as image:
+        assert image.width == 1024 and image.height > 1200  # the verdict and the panels below it
+        assert out.stat().st_size < 400_000 and image.mode == "P"
     assert f"from {films[0].name}" in proc.stdout
