@@ -51,7 +51,9 @@ def _compiled(network, layer_name: str, input_shape: tuple[int, int, int]):
 
             feature_model = keras.Model(network.inputs, [network.get_layer(layer_name).output, network.outputs[0]])
 
-            @tf.function(input_signature=[tf.TensorSpec((1, *input_shape), tf.float32), tf.TensorSpec((), tf.int32)])
+            # autograph=False: no Python control flow to convert, and no generated source file in the temp folder
+            @tf.function(input_signature=[tf.TensorSpec((1, *input_shape), tf.float32), tf.TensorSpec((), tf.int32)],
+                         autograph=False)
             def gradcam(x, label):
                 with tf.GradientTape() as tape:
                     features, out = feature_model(x, training=False)  # (1,hc,wc,k), (1,units)
