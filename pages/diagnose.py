@@ -164,6 +164,9 @@ def explainer(*, quiet: bool = False):
             st.error(f"The server's settings cannot be used: {exc}")
         return None
     if workers == 0:
+        running = service.existing()
+        if running is not None:  # switched off while the server runs: its workers end after their job
+            running.resize(0)
         if not quiet:
             st.info(view.EXPLANATIONS_OFF)
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.apptest_helpers import APP, open_page
+from tests.apptest_helpers import APP, open_page, wait_for
 from app import diagnose_view as view
 from xray_core import explain, imaging
 from xray_core.model import load_model
@@ -180,6 +181,34 @@ def test_with_explanations_switched_off_the_verdict_stands_alone(monkeypatch, sy
     assert view.EXPLANATIONS_OFF in [i.value for i in at.info]
     assert len(at.image) == 0 and not at.get("progress")
     assert "diagnose_explain_key" not in at.session_state  # no explanation was asked for
+
+
+def exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow  # an explanation worker starts, and ends
+def test_explanations_switched_off_on_a_running_server_end_its_workers(diagnose, monkeypatch):
+    """explain_workers set to 0 while the server runs (its settings file or environment): at the
+    next page run the worker that was warming the model ends; set to 1 again, one starts."""
+    from xray_core.serving import service
+
+    at = diagnose
+    running = service.existing()
+    assert running is not None
+    pids = wait_for(running.worker_pids, timeout=120)  # Diagnose warms a worker as soon as a model is picked
+    monkeypatch.setenv("XRAY_MAX_EXPLAIN_WORKERS", "0")
+    at.run()
+    assert not at.exception
+    wait_for(lambda: not any(map(exists, pids)), timeout=120)  # ended, and reaped
+    assert running.worker_pids() == []
+    monkeypatch.setenv("XRAY_MAX_EXPLAIN_WORKERS", "1")
+    at.run()  # switched on again: a worker warms the model anew
+    assert not at.exception and wait_for(running.worker_pids, timeout=120)
 
 
 def test_dicom_upload_shows_its_facts_and_dataset_pick(diagnose, synthetic_dataset, tiny_run):
