@@ -154,6 +154,17 @@ def _app(monkeypatch, page: str | None = None, **env) -> AppTest:
     return at
 
 
+@pytest.mark.parametrize("sent, kept", [
+    ("site.zip", "site.zip"), ("St Olaf 2026 (ward 3).zip", "St Olaf 2026 (ward 3).zip"), ("r\u00f6ntgen.zip", "r\u00f6ntgen.zip"),
+    ("../../etc/passwd", "passwd"), ("C:\\Users\\ward\\site.zip", "site.zip"), ("..", "upload.zip"), ("", "upload.zip"),
+    (".hidden.zip", "hidden.zip"), ("a\0b.zip", "ab.zip"), ("x" * 300 + ".zip", "x" * 196 + ".zip"),
+    ("\u00f6" * 150 + "a.zip", "\u00f6" * 97 + "a.zip")])  # a cut character is dropped
+def test_an_uploaded_file_keeps_a_safe_form_of_its_own_name(sent, kept):
+    """Worklist films and Validate's zip are written under their own names, never outside their folder."""
+    assert fileio.upload_file_name(sent, "upload.zip") == kept
+    assert len(kept.encode()) <= fileio.MAX_NAME_BYTES
+
+
 @pytest.mark.parametrize("typed", ["/etc", "data/../../", "{root}/escape"])
 def test_the_sidebar_refuses_folders_outside_the_roots_and_the_page_reads_nothing(
         monkeypatch, synthetic_dataset, tmp_path, typed):

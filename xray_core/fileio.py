@@ -69,6 +69,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+MAX_NAME_BYTES = 200  # an uploaded file's name as written: within every file system's 255 bytes
+
+
+def upload_file_name(name: str, default: str) -> str:
+    """The name a browser sent with an upload, as a file name in a private upload folder: its last
+    part (after either slash), without leading dots or NUL, at most MAX_NAME_BYTES of UTF-8 (its
+    end kept, so the suffix stays); `default` when nothing is left (".." or "")."""
+    base = Path(str(name).replace("\\", "/").replace("\0", "")).name.lstrip(".")
+    return base.encode()[-MAX_NAME_BYTES:].decode(errors="ignore") or default
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (POSIX only; a no-op where folders cannot be opened)."""
     if os.name != "posix":

@@ -70,14 +70,6 @@ def sweep_uploads() -> list[str]:
     return swept
 
 
-def upload_file_name(name: str) -> str:
-    """The uploaded zip's own file name, made safe to write: its last part, letters, digits, ``._-``
-    and spaces only (others become ``_``), at most 100 characters; "upload.zip" when nothing is left."""
-    base = "".join(c if c.isascii() and (c.isalnum() or c in "._- ") else "_" for c in Path(name).name)
-    base = base.strip(" .")[-100:]
-    return base or "upload.zip"
-
-
 def submit(run_id: str, models_root: str | os.PathLike, labels: str | os.PathLike | None = None, *,
            upload: bytes | None = None, upload_name: str = "upload.zip", exclude_seen: bool = False) -> str:
     """Start a validation of `run_id` on a label list on the server (`labels`) or an uploaded zip
@@ -98,7 +90,7 @@ def submit(run_id: str, models_root: str | os.PathLike, labels: str | os.PathLik
         if upload[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
             raise SiteError(f"{upload_name} is not a zip file. Upload one zip holding NORMAL/ and PNEUMONIA/ folders.")
         folder = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX))  # 0700: only the server's account reads it
-        labels = folder / upload_file_name(upload_name)  # the report and a saved run name the user's zip
+        labels = folder / fileio.upload_file_name(upload_name, "upload.zip")  # the report names the user's zip
         fileio.atomic_write_bytes(labels, upload)
     try:
         if labels is None:

@@ -63,7 +63,7 @@ def save_uploads(job_dir: str | os.PathLike, files: list[tuple[str, bytes]]) -> 
     folder.mkdir(parents=True, exist_ok=True)
     used: set = set()
     for name, raw in files:
-        base = Path(str(name).replace("\\", "/")).name.lstrip(".") or "upload"
+        base = fileio.upload_file_name(name, "upload")
         stem, suffix, k = Path(base).stem, Path(base).suffix, 1
         while base in used:
             k += 1
