@@ -163,14 +163,10 @@ def explainer(*, quiet: bool = False):
         if not quiet:
             st.error(f"The server's settings cannot be used: {exc}")
         return None
-    if workers == 0:
-        running = service.existing()
-        if running is not None:  # switched off while the server runs: its workers end after their job
-            running.resize(0)
-        if not quiet:
-            st.info(view.EXPLANATIONS_OFF)
-        return None
-    return service.shared(workers=workers)
+    explaining = service.shared(workers=workers)
+    if explaining is None and not quiet:
+        st.info(view.EXPLANATIONS_OFF)
+    return explaining
 
 
 def drop_explanation() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -22,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.apptest_helpers import APP, open_page, wait_for
 from app import diagnose_view as view
-from xray_core import explain, imaging
+from xray_core import explain, imaging, runs
 from xray_core.model import load_model
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -183,14 +182,6 @@ def test_with_explanations_switched_off_the_verdict_stands_alone(monkeypatch, sy
     assert "diagnose_explain_key" not in at.session_state  # no explanation was asked for
 
 
-def exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.slow  # an explanation worker starts, and ends
 def test_explanations_switched_off_on_a_running_server_end_its_workers(diagnose, monkeypatch):
     """explain_workers set to 0 while the server runs (its settings file or environment): at the
@@ -204,7 +195,7 @@ def test_explanations_switched_off_on_a_running_server_end_its_workers(diagnose,
     monkeypatch.setenv("XRAY_MAX_EXPLAIN_WORKERS", "0")
     at.run()
     assert not at.exception
-    wait_for(lambda: not any(map(exists, pids)), timeout=120)  # ended, and reaped
+    wait_for(lambda: not any(map(runs.pid_alive, pids)), timeout=120)  # ended
     assert running.worker_pids() == []
     monkeypatch.setenv("XRAY_MAX_EXPLAIN_WORKERS", "1")
     at.run()  # switched on again: a worker warms the model anew

@@ -252,15 +252,16 @@ _SHARED: ExplainService | None = None
 _SHARED_LOCK = threading.Lock()
 
 
-def shared(*, workers: int) -> ExplainService:
-    """This process's one service (the dashboard's), created on first use, kept at `workers`."""
+def shared(*, workers: int) -> ExplainService | None:
+    """This process's one service (the dashboard's), created on first use, kept at `workers`; None
+    while `workers` is 0 (explanations switched off: a running service's workers end after their job)."""
     global _SHARED
     with _SHARED_LOCK:
-        if _SHARED is None:
-            _SHARED = ExplainService(workers=workers)
-        else:
+        if _SHARED is not None:
             _SHARED.resize(workers)
-        return _SHARED
+        elif workers > 0:
+            _SHARED = ExplainService(workers=workers)
+        return _SHARED if workers > 0 else None
 
 
 def existing() -> ExplainService | None:
